@@ -1,0 +1,9 @@
+"""Google Cloud Functions entry point of fl_server_aggregator (--entry-point handler)."""
+
+from typing import Any
+
+from fedkeeper.tasks.entry import gcf_handler
+
+
+def handler(request: Any) -> tuple[str, int, dict[str, str]]:
+    return gcf_handler("fl_server_aggregator", request)

@@ -1,0 +1,9 @@
+"""OpenWhisk entry point of fl_server_init."""
+
+from typing import Any
+
+from fedkeeper.tasks.entry import openwhisk_main
+
+
+def main(params: dict[str, Any]) -> dict[str, Any]:
+    return openwhisk_main("fl_server_init", params)

@@ -1,0 +1,9 @@
+"""OpenWhisk entry point of nodeinfo."""
+
+from typing import Any
+
+from fedkeeper.tasks.entry import openwhisk_main
+
+
+def main(params: dict[str, Any]) -> dict[str, Any]:
+    return openwhisk_main("nodeinfo", params)
