@@ -103,6 +103,7 @@ class FunctionSpec:
     concurrency: int = 1
     bound: Mapping[str, Any] = field(default_factory=dict)
     web_export: bool = False
+    instances: int = 1  # devices to run (edge fleets); FaaS platforms scale by themselves and ignore it
 
 
 def now_ms() -> int:
