@@ -12,6 +12,9 @@ _STARTED = time.time()
 
 
 def handle(params: dict[str, Any]) -> dict[str, Any]:
+    """Describe the host; ``{"fail": "why"}`` makes it fail on purpose (provider contract tests)."""
+    if params.get("fail"):
+        return {"error": f"failed on request: {params['fail']}"}
     try:
         import psutil
 
