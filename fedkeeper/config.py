@@ -152,6 +152,8 @@ class MongoConfig(_Model):
     url: str = "embedded"
     database: str = "fedkeeper"
     embedded_path: str = ".fedkeeper/mongo"
+    # Fixed, because functions deployed by `-d` are bound to this address for later `-s` runs.
+    embedded_port: Annotated[int, Field(gt=0, lt=65536)] = 27117
 
     @model_validator(mode="after")
     def _check(self) -> MongoConfig:

@@ -148,7 +148,7 @@ class Provider(ABC):
         """Records of the given activations that have finished (only where ``async_invoke``)."""
         raise ProviderError(f"{self.platform} cluster {self.cluster!r} has no activation records")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Release connections."""
 
     def __enter__(self) -> Provider:

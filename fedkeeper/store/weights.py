@@ -11,6 +11,7 @@ import hashlib
 import io
 import zipfile
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,8 @@ def checksum(weights: Sequence[np.ndarray]) -> str:
 def encode(weights: Sequence[np.ndarray]) -> bytes:
     """Serialize to ``.npz`` bytes (arrays ``a0``, ``a1``, ... in order)."""
     buffer = io.BytesIO()
-    np.savez(buffer, **{f"a{i}": np.asarray(w) for i, w in enumerate(weights)})
+    named: dict[str, Any] = {f"a{i}": np.asarray(w) for i, w in enumerate(weights)}
+    np.savez(buffer, **named)
     return buffer.getvalue()
 
 

@@ -1,0 +1,121 @@
+"""The activation ledger: every invocation the keeper makes, by id, attempt and outcome.
+
+One document per ``(session, round, function, client, attempt)``. The keeper writes an entry
+*before* it trusts an activation to exist and settles it once its record arrives, so after a
+crash the ledger tells which activations may still be running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING
+from pymongo.errors import DuplicateKeyError
+
+from fedkeeper.providers.base import ActivationRecord
+from fedkeeper.store.db import Store, utcnow
+
+SUBMITTED = "submitted"
+TIMED_OUT = "timed out"  # the keeper stopped waiting for a record (lost or hung activation)
+NOT_STARTED = "not started"  # the platform refused the invocation
+SERVER = -1  # ``client`` value of entries for the managing functions
+
+
+@dataclass
+class LedgerEntry:
+    session: str
+    round: int
+    function: str
+    client: int
+    attempt: int
+    platform: str
+    cluster: str
+    activation_id: str | None = None
+    status: str = SUBMITTED
+    error: str | None = None
+    submitted_at: datetime = field(default_factory=utcnow)
+    start_ms: int | None = None
+    end_ms: int | None = None
+    duration_ms: int | None = None
+
+    @property
+    def key(self) -> dict[str, Any]:
+        return {
+            "session": self.session,
+            "round": self.round,
+            "function": self.function,
+            "client": self.client,
+            "attempt": self.attempt,
+        }
+
+    @property
+    def settled(self) -> bool:
+        return self.status != SUBMITTED
+
+
+class Ledger:
+    """Activation ledger in the ``activations`` collection."""
+
+    def __init__(self, store: Store) -> None:
+        self._col = store.collection("activations")
+        self._store = store
+
+    def submit(self, entry: LedgerEntry) -> bool:
+        """Record a new attempt; ``False`` when that attempt is already recorded."""
+        try:
+            self._col.insert_one(asdict(entry))
+        except DuplicateKeyError:
+            return False
+        if entry.status == SUBMITTED:
+            self._store.count(entry.session, active=1)
+        return True
+
+    def settle(
+        self,
+        entry: LedgerEntry,
+        status: str,
+        record: ActivationRecord | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record the outcome of a submitted attempt (only the first outcome counts)."""
+        update: dict[str, Any] = {"status": status, "error": error}
+        if record is not None:
+            update.update(
+                start_ms=record.start_ms,
+                end_ms=record.end_ms,
+                duration_ms=(record.end_ms - record.start_ms)
+                if record.start_ms is not None and record.end_ms is not None
+                else None,
+            )
+        result = self._col.update_one({**entry.key, "status": SUBMITTED}, {"$set": update})
+        if result.modified_count:
+            entry.status, entry.error = status, error
+            ok = status == "success"
+            self._store.count(entry.session, active=-1, succeeded=int(ok), failed=int(not ok))
+
+    def open_entries(self, session: str, round_number: int) -> list[LedgerEntry]:
+        """Attempts of the round still waiting for a record."""
+        return [
+            _entry(doc)
+            for doc in self._col.find({"session": session, "round": round_number, "status": SUBMITTED})
+        ]
+
+    def attempts(self, session: str, round_number: int, function: str, client: int) -> int:
+        return self._col.count_documents(
+            {"session": session, "round": round_number, "function": function, "client": client}
+        )
+
+    def entries(self, session: str) -> Iterator[LedgerEntry]:
+        cursor = self._col.find({"session": session}).sort(
+            [("round", ASCENDING), ("submitted_at", ASCENDING)]
+        )
+        for doc in cursor:
+            yield _entry(doc)
+
+
+def _entry(doc: dict[str, Any]) -> LedgerEntry:
+    fields = LedgerEntry.__dataclass_fields__
+    return LedgerEntry(**{k: v for k, v in doc.items() if k in fields})

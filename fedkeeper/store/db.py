@@ -1,0 +1,358 @@
+"""All fedkeeper state in MongoDB: sessions, rounds, weights, updates, partitions.
+
+Every write is idempotent on its natural key (unique indexes), so a revived activation or a
+resumed keeper can repeat any step without counting anything twice.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pymongo
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from fedkeeper.errors import InvalidUpdate, StoreError
+from fedkeeper.store import weights as wire
+from fedkeeper.store.blobs import BlobStore
+
+PHASES = ("Pending", "Running", "Succeeded", "Failed")
+
+# collection -> indexes; one for every query the keeper and the functions make.
+INDEXES: dict[str, list[IndexModel]] = {
+    "sessions": [IndexModel([("phase", ASCENDING), ("created_at", DESCENDING)])],
+    "rounds": [IndexModel([("session", ASCENDING), ("round", ASCENDING)], unique=True)],
+    "weights": [IndexModel([("session", ASCENDING), ("round", ASCENDING)], unique=True)],
+    "updates": [
+        IndexModel([("session", ASCENDING), ("round", ASCENDING), ("client", ASCENDING)], unique=True),
+    ],
+    "partitions": [IndexModel([("session", ASCENDING), ("client", ASCENDING)], unique=True)],
+    "activations": [
+        IndexModel(
+            [
+                ("session", ASCENDING),
+                ("round", ASCENDING),
+                ("function", ASCENDING),
+                ("client", ASCENDING),
+                ("attempt", ASCENDING),
+            ],
+            unique=True,
+        ),
+        IndexModel([("session", ASCENDING), ("status", ASCENDING)]),
+        IndexModel([("activation_id", ASCENDING)]),
+    ],
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class StoredUpdate:
+    client: int
+    num_examples: int
+    weights: wire.Weights
+    loss: float
+    accuracy: float
+
+
+_clients: dict[str, pymongo.MongoClient] = {}
+_clients_lock = threading.Lock()
+
+
+def shared_client(url: str) -> pymongo.MongoClient:
+    """One client per URL per process: warm function workers reuse their connection pool."""
+    with _clients_lock:
+        client = _clients.get(url)
+        if client is None:
+            client = pymongo.MongoClient(url, serverSelectionTimeoutMS=10_000, tz_aware=True)
+            _clients[url] = client
+        return client
+
+
+class Store:
+    """fedkeeper's database.
+
+    Parameters
+    ----------
+    url, database
+        Where the state lives (``mongodb://`` URL, database name).
+    """
+
+    def __init__(self, url: str, database: str) -> None:
+        self.url = url
+        self.db: Database = shared_client(url)[database]
+        self.blobs = BlobStore(self.db)
+
+    @classmethod
+    def from_bound(cls, params: dict[str, Any]) -> Store:
+        """The store a function was bound to at deploy time (``params["store"]``)."""
+        bound = params.get("store")
+        if not isinstance(bound, dict) or "url" not in bound:
+            raise StoreError("function has no store binding; redeploy with `main.py -d`")
+        return cls(bound["url"], bound.get("database", "fedkeeper"))
+
+    def collection(self, name: str) -> Collection:
+        return self.db[name]
+
+    def ensure_indexes(self) -> None:
+        try:
+            for name, indexes in INDEXES.items():
+                self.db[name].create_indexes(indexes)
+        except PyMongoError as exc:
+            raise StoreError(f"cannot reach MongoDB at {_redact(self.url)}: {exc}") from None
+
+    def ping(self) -> None:
+        try:
+            self.db.client.admin.command("ping")
+        except PyMongoError as exc:
+            raise StoreError(f"cannot reach MongoDB at {_redact(self.url)}: {exc}") from None
+
+    # ------------------------------------------------------------------ sessions
+    def create_session(self, doc: dict[str, Any]) -> None:
+        now = utcnow()
+        doc = {
+            "phase": "Pending",
+            "round": 0,
+            "conditions": [],
+            "counters": {"active": 0, "succeeded": 0, "failed": 0},
+            "created_at": now,
+            "start_time": now,
+            "completion_time": None,
+            **doc,
+        }
+        self.db.sessions.insert_one(doc)
+
+    def session(self, session_id: str) -> dict[str, Any]:
+        doc = self.db.sessions.find_one({"_id": session_id})
+        if doc is None:
+            raise StoreError(f"no session {session_id!r} in database {self.db.name}")
+        return dict(doc)
+
+    def set_phase(self, session_id: str, phase: str, reason: str, message: str = "") -> None:
+        """Move the session to ``phase`` and record why, as a Kubernetes-style condition."""
+        assert phase in PHASES
+        now = utcnow()
+        update: dict[str, Any] = {"phase": phase}
+        if phase in ("Succeeded", "Failed"):
+            update["completion_time"] = now
+        condition = {
+            "type": phase,
+            "status": "True",
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": now,
+        }
+        self.db.sessions.update_one({"_id": session_id}, {"$set": update, "$push": {"conditions": condition}})
+
+    def advance_round(self, session_id: str, next_round: int) -> None:
+        """Record that rounds before ``next_round`` are done (never moves backwards)."""
+        self.db.sessions.update_one(
+            {"_id": session_id, "round": {"$lt": next_round}}, {"$set": {"round": next_round}}
+        )
+
+    def count(self, session_id: str, **deltas: int) -> None:
+        self.db.sessions.update_one(
+            {"_id": session_id}, {"$inc": {f"counters.{k}": v for k, v in deltas.items()}}
+        )
+
+    def sessions(self, limit: int = 20) -> list[dict[str, Any]]:
+        return list(self.db.sessions.find().sort("created_at", DESCENDING).limit(limit))
+
+    # ------------------------------------------------------------------ weights
+    def put_weights(self, session_id: str, round_number: int, weights: Sequence[np.ndarray]) -> bool:
+        """Store the global weights of a round; ``False`` when they were already there."""
+        key = {"session": session_id, "round": round_number}
+        if self.db.weights.find_one(key, {"_id": 1}) is not None:
+            return False
+        ref = self.blobs.put(wire.encode(weights), session=session_id, round=round_number)
+        try:
+            self.db.weights.insert_one(
+                {
+                    **key,
+                    "blob": ref,
+                    "checksum": wire.checksum(weights),
+                    "shapes": [list(w.shape) for w in weights],
+                    "dtypes": [w.dtype.name for w in weights],
+                    "created_at": utcnow(),
+                }
+            )
+        except DuplicateKeyError:  # a concurrent writer won the race; its copy counts
+            self.blobs.delete(ref)
+            return False
+        return True
+
+    def get_weights(self, session_id: str, round_number: int) -> wire.Weights:
+        doc = self.db.weights.find_one({"session": session_id, "round": round_number})
+        if doc is None:
+            raise StoreError(f"session {session_id}: no global weights for round {round_number}")
+        weights = wire.decode(self.blobs.get(doc["blob"]))
+        if wire.checksum(weights) != doc["checksum"]:
+            raise StoreError(f"session {session_id}: round {round_number} weights fail their checksum")
+        return weights
+
+    def has_weights(self, session_id: str, round_number: int) -> bool:
+        return (
+            self.db.weights.find_one({"session": session_id, "round": round_number}, {"_id": 1}) is not None
+        )
+
+    # ------------------------------------------------------------------ updates
+    def put_update(
+        self,
+        session_id: str,
+        round_number: int,
+        client: int,
+        weights: Sequence[np.ndarray],
+        num_examples: int,
+        loss: float,
+        accuracy: float,
+        activation_id: str | None = None,
+        attempt: int | None = None,
+    ) -> bool:
+        """Store a client's update; ``False`` (and nothing written) when one is already there."""
+        if num_examples <= 0:
+            raise InvalidUpdate(f"client {client}: num_examples must be positive, got {num_examples}")
+        key = {"session": session_id, "round": round_number, "client": client}
+        if self.db.updates.find_one(key, {"_id": 1}) is not None:
+            return False
+        ref = self.blobs.put(wire.encode(weights), session=session_id, round=round_number, client=client)
+        try:
+            self.db.updates.insert_one(
+                {
+                    **key,
+                    "blob": ref,
+                    "checksum": wire.checksum(weights),
+                    "num_examples": int(num_examples),
+                    "loss": float(loss),
+                    "accuracy": float(accuracy),
+                    "activation_id": activation_id,
+                    "attempt": attempt,
+                    "status": "received",
+                    "created_at": utcnow(),
+                }
+            )
+        except DuplicateKeyError:
+            self.blobs.delete(ref)
+            return False
+        return True
+
+    def update_clients(self, session_id: str, round_number: int) -> set[int]:
+        """Clients whose update for the round is stored."""
+        cursor = self.db.updates.find({"session": session_id, "round": round_number}, {"client": 1})
+        return {int(doc["client"]) for doc in cursor}
+
+    def iter_updates(
+        self, session_id: str, round_number: int, clients: Sequence[int]
+    ) -> Iterator[StoredUpdate | InvalidUpdate]:
+        """Updates one at a time (the aggregator streams them); a corrupt one yields its error."""
+        cursor = self.db.updates.find(
+            {"session": session_id, "round": round_number, "client": {"$in": list(clients)}},
+            batch_size=1,
+        ).sort("client", ASCENDING)
+        for doc in cursor:
+            try:
+                weights = wire.decode(self.blobs.get(doc["blob"]))
+                if wire.checksum(weights) != doc["checksum"]:
+                    raise InvalidUpdate(f"client {doc['client']}: update fails its checksum")
+            except InvalidUpdate as exc:
+                yield InvalidUpdate(f"client {doc['client']}: {exc}")
+                continue
+            yield StoredUpdate(
+                int(doc["client"]), int(doc["num_examples"]), weights, doc["loss"], doc["accuracy"]
+            )
+
+    def mark_update(self, session_id: str, round_number: int, client: int, status: str, reason: str) -> None:
+        self.db.updates.update_one(
+            {"session": session_id, "round": round_number, "client": client},
+            {"$set": {"status": status, "reason": reason}},
+        )
+
+    # ------------------------------------------------------------------ partitions
+    def put_partitions(self, session_id: str, partitions: Sequence[np.ndarray]) -> None:
+        docs = [
+            {
+                "session": session_id,
+                "client": client,
+                "indices": wire.encode([np.asarray(indices, dtype=np.int64)]),
+                "size": len(indices),
+            }
+            for client, indices in enumerate(partitions)
+        ]
+        try:
+            self.db.partitions.insert_many(docs, ordered=False)
+        except pymongo.errors.BulkWriteError as exc:  # re-run of init: the existing ones stand
+            if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                raise
+
+    def get_partition(self, session_id: str, client: int) -> np.ndarray:
+        doc = self.db.partitions.find_one({"session": session_id, "client": client})
+        if doc is None:
+            raise StoreError(f"session {session_id}: no data partition for client {client}")
+        return wire.decode(bytes(doc["indices"]))[0]
+
+    def partition_sizes(self, session_id: str) -> dict[int, int]:
+        cursor = self.db.partitions.find({"session": session_id}, {"client": 1, "size": 1})
+        return {int(d["client"]): int(d["size"]) for d in cursor}
+
+    # ------------------------------------------------------------------ rounds
+    def open_round(self, session_id: str, round_number: int, selected: Sequence[int]) -> list[int]:
+        """Record the round's selection once; a resumed keeper gets the original selection back."""
+        doc = self.db.rounds.find_one_and_update(
+            {"session": session_id, "round": round_number},
+            {
+                "$setOnInsert": {
+                    "selected": [int(c) for c in selected],
+                    "status": "open",
+                    "started_at": utcnow(),
+                }
+            },
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        assert doc is not None  # upsert with AFTER always returns the document
+        return [int(c) for c in doc["selected"]]
+
+    def close_round(self, session_id: str, round_number: int, included: Sequence[int]) -> list[int]:
+        """Freeze the set of updates the round aggregates (first close wins)."""
+        self.db.rounds.update_one(
+            {"session": session_id, "round": round_number, "status": "open"},
+            {
+                "$set": {
+                    "status": "closed",
+                    "included": sorted(int(c) for c in included),
+                    "closed_at": utcnow(),
+                }
+            },
+        )
+        return [int(c) for c in self.round(session_id, round_number)["included"]]
+
+    def finish_round(self, session_id: str, round_number: int, metrics: dict[str, Any]) -> None:
+        self.db.rounds.update_one(
+            {"session": session_id, "round": round_number},
+            {"$set": {"status": "aggregated", "metrics": metrics, "aggregated_at": utcnow()}},
+        )
+
+    def round(self, session_id: str, round_number: int) -> dict[str, Any]:
+        doc = self.db.rounds.find_one({"session": session_id, "round": round_number})
+        if doc is None:
+            raise StoreError(f"session {session_id}: round {round_number} was never opened")
+        return dict(doc)
+
+    def rounds(self, session_id: str) -> list[dict[str, Any]]:
+        return list(self.db.rounds.find({"session": session_id}).sort("round", ASCENDING))
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a MongoDB URL before it reaches a message."""
+    if "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"
