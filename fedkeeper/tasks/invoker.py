@@ -1,0 +1,96 @@
+"""``fl_invoker_weights_update``: the bridge to clients reachable only by a synchronous call.
+
+The keeper tracks *this* function's activation. It reads what the client needs from the store,
+calls the client on its platform, validates the reply and writes the update to the store.
+Target platforms and their credentials are bound at deploy time (``params["targets"]``); a
+call names its target only by key.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fedkeeper.errors import PayloadTooLarge, ProviderError
+from fedkeeper.providers.registry import provider_from_binding
+from fedkeeper.store import weights as wire
+from fedkeeper.store.db import Store
+from fedkeeper.tasks.common import SessionSettings, require
+from fedkeeper.tasks.contract import ClientJob
+from fedkeeper.tasks.entry import BadRequest
+
+CLIENT_FUNCTION = "fl_client"
+
+
+def handle(params: dict[str, Any]) -> dict[str, Any]:
+    store = Store.from_bound(params)
+    session_id = require(params, "session", str)
+    round_number = require(params, "round", int)
+    client = require(params, "client", int)
+    attempt = require(params, "attempt", int)
+    target_key = require(params, "target", str)
+    timeout_s = float(params.get("timeout_s", 180))
+    targets = params.get("targets") or {}
+    if target_key not in targets:
+        raise BadRequest(f"target {target_key!r} is not bound to this invoker; redeploy with `main.py -d`")
+    summary: dict[str, Any] = {"client": client, "round": round_number, "target": target_key}
+    if client in store.update_clients(session_id, round_number):
+        return {**summary, "stored": False, "reason": "an update for this round is already stored"}
+
+    settings = SessionSettings.load(store, session_id)
+    weights = store.get_weights(session_id, round_number)
+    job = ClientJob(
+        session=session_id,
+        round=round_number,
+        client=client,
+        attempt=attempt,
+        weights=wire.to_b64(weights),
+        model=settings.model.model_dump(mode="json"),
+        data={
+            "dataset": settings.data.model_dump(mode="json"),
+            "indices": store.get_partition(session_id, client).tolist(),
+        },
+    )
+    provider = provider_from_binding(targets[target_key])
+    with provider:
+        inline = len(json.dumps(job)) <= provider.capabilities.max_request_bytes
+        if not inline and not provider.capabilities.store_access:
+            raise PayloadTooLarge(
+                f"client {client}: the job is past {target_key}'s {provider.capabilities.max_request_bytes} "
+                "byte request limit and that platform cannot reach the store"
+            )
+        # Past the platform's limit, weights go by reference: the client reads and writes the store.
+        request: dict[str, Any] = (
+            dict(job) if inline else {k: job[k] for k in ("session", "round", "client", "attempt")}
+        )  # type: ignore[literal-required]
+        record = provider.invoke_sync(CLIENT_FUNCTION, request, timeout_s)
+    summary["target_activation"] = record.activation_id
+    if not record.ok:
+        raise ProviderError(f"client {client} on {target_key} ({record.activation_id}): {record.error}")
+    reply = record.result or {}
+    if not inline:
+        if client not in store.update_clients(session_id, round_number):
+            raise ProviderError(f"client {client} on {target_key} succeeded but stored no update")
+        return {**summary, "stored": True, **{k: reply.get(k) for k in ("num_examples", "loss", "accuracy")}}
+
+    update = wire.from_b64(require(reply, "weights", str))
+    wire.validate_like(update, weights)
+    num_examples = require(reply, "num_examples", int)
+    stored = store.put_update(
+        session_id,
+        round_number,
+        client,
+        update,
+        num_examples,
+        float(reply.get("loss", float("nan"))),
+        float(reply.get("accuracy", float("nan"))),
+        activation_id=record.activation_id,
+        attempt=attempt,
+    )
+    return {
+        **summary,
+        "stored": stored,
+        "num_examples": num_examples,
+        "loss": reply.get("loss"),
+        "accuracy": reply.get("accuracy"),
+    }

@@ -1,0 +1,30 @@
+"""``fl_server_init``: a session's round-0 global weights and the clients' data partitions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedkeeper.learning.datasets import load_dataset
+from fedkeeper.learning.models import initial_weights
+from fedkeeper.learning.partition import partition
+from fedkeeper.store.db import Store
+from fedkeeper.tasks.common import SessionSettings, require
+
+
+def handle(params: dict[str, Any]) -> dict[str, Any]:
+    store = Store.from_bound(params)
+    session_id = require(params, "session", str)
+    settings = SessionSettings.load(store, session_id)
+    dataset = load_dataset(settings.data)
+    weights = initial_weights(settings.model, dataset.num_features, dataset.num_classes)
+    created = store.put_weights(session_id, 0, weights)
+    parts = partition(dataset.y_train, settings.total_clients, settings.sampling)
+    store.put_partitions(session_id, parts)
+    sizes = store.partition_sizes(session_id)
+    return {
+        "session": session_id,
+        "created": created,
+        "num_params": int(sum(w.size for w in weights)),
+        "partition_sizes": [sizes[c] for c in sorted(sizes)],
+        "test_examples": len(dataset.y_test),
+    }
