@@ -55,7 +55,7 @@ def settings_model(platform: str) -> type[Any]:
     if field is None:
         raise ConfigError(f"unknown platform {platform!r}")
     _, model = get_args(field.annotation)
-    return model  # type: ignore[no-any-return]
+    return model
 
 
 def provider_from_binding(binding: dict[str, Any]) -> Provider:

@@ -62,7 +62,7 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
         # Past the platform's limit, weights go by reference: the client reads and writes the store.
         request: dict[str, Any] = (
             dict(job) if inline else {k: job[k] for k in ("session", "round", "client", "attempt")}
-        )  # type: ignore[literal-required]
+        )
         record = provider.invoke_sync(CLIENT_FUNCTION, request, timeout_s)
     summary["target_activation"] = record.activation_id
     if not record.ok:
