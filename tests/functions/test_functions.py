@@ -1,0 +1,165 @@
+"""The four functions' core, called through the same entry adapter every platform uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedkeeper.config import FederatedLearning, ModelParams, TrainingTestData
+from fedkeeper.store import weights as wire
+from fedkeeper.store.db import Store
+from fedkeeper.tasks.entry import run
+
+SCENARIO = FederatedLearning.model_validate(
+    {
+        "server_config": {"cluster": "local", "num_clients_per_round": 2},
+        "clients_info": {"total_num_clients": 3, "ow_clients_count": 3},
+        "training_test_data": {"dataset": "digits"},
+        "model_params": {"model": "mlp", "hidden_size": 16, "local_epochs": 1, "learning_rate": 0.05},
+        "data_sampling": {"method": "iid", "seed": 1},
+    }
+)
+
+
+@pytest.fixture
+def bound(mongo_url: str, mongo_db_name: str) -> dict[str, Any]:
+    store = Store(mongo_url, mongo_db_name)
+    store.ensure_indexes()
+    store.create_session(
+        {
+            "_id": "s1",
+            "config_digest": "d",
+            "scenario": SCENARIO.model_dump(mode="json", exclude={"mongo_config"}),
+        }
+    )
+    yield {"store": {"url": mongo_url, "database": mongo_db_name}}
+    store.db.client.drop_database(mongo_db_name)
+
+
+def _store(bound: dict[str, Any]) -> Store:
+    return Store(bound["store"]["url"], bound["store"]["database"])
+
+
+def test_server_init_creates_round_zero_and_disjoint_partitions_idempotently(bound: dict[str, Any]) -> None:
+    first = run("fl_server_init", {"session": "s1"}, bound)
+    again = run("fl_server_init", {"session": "s1"}, bound)
+    assert "error" not in first, first
+    assert first["created"] is True and again["created"] is False
+    store = _store(bound)
+    parts = [store.get_partition("s1", c) for c in range(3)]
+    assert sum(len(p) for p in parts) == sum(first["partition_sizes"])
+    assert len(set(np.concatenate(parts).tolist())) == sum(len(p) for p in parts)
+    assert [w.shape for w in store.get_weights("s1", 0)] == [(64, 16), (16,), (16, 10), (10,)]
+
+
+def test_client_direct_mode_stores_its_update_exactly_once(bound: dict[str, Any]) -> None:
+    run("fl_server_init", {"session": "s1"}, bound)
+    call = {"session": "s1", "round": 0, "client": 1, "attempt": 1}
+    first = run("fl_client", call, bound)
+    second = run("fl_client", {**call, "attempt": 2}, bound)
+    assert first["stored"] is True and first["num_examples"] > 0
+    assert second["stored"] is False
+    assert _store(bound).update_clients("s1", 0) == {1}
+
+
+def test_client_inline_mode_needs_no_store_and_returns_weights(bound: dict[str, Any]) -> None:
+    run("fl_server_init", {"session": "s1"}, bound)
+    store = _store(bound)
+    weights = store.get_weights("s1", 0)
+    job = {
+        "session": "s1",
+        "round": 0,
+        "client": 0,
+        "attempt": 1,
+        "weights": wire.to_b64(weights),
+        "model": SCENARIO.model_params.model_dump(mode="json"),
+        "data": {
+            "dataset": SCENARIO.training_test_data.model_dump(mode="json"),
+            "indices": store.get_partition("s1", 0).tolist(),
+        },
+    }
+    reply = run("fl_client", job)  # no binding at all
+    assert "error" not in reply, reply
+    update = wire.from_b64(reply["weights"])
+    wire.validate_like(update, weights)
+    assert reply["num_examples"] == len(job["data"]["indices"])
+    assert not np.allclose(update[0], weights[0])
+
+
+@pytest.mark.parametrize(
+    ("mutation", "message"),
+    [
+        ({"weights": "not base64!"}, "base64"),
+        ({"weights": wire.to_b64([np.zeros(3, np.float32)])}, "arrays"),
+        ({"client": "one"}, "'client' must be int"),
+        ({"data": {"dataset": {"dataset": "digits"}, "indices": [0, 10**9]}}, "indices must lie"),
+        ({"data": {"dataset": {"dataset": "cifar"}, "indices": [0]}}, "bad data"),
+        ({"model": {"model": "transformer"}}, "bad data or model"),
+    ],
+)
+def test_client_rejects_malformed_jobs_with_one_line_errors(
+    bound: dict[str, Any], mutation: dict[str, Any], message: str
+) -> None:
+    run("fl_server_init", {"session": "s1"}, bound)
+    store = _store(bound)
+    job = {
+        "session": "s1",
+        "round": 0,
+        "client": 0,
+        "attempt": 1,
+        "weights": wire.to_b64(store.get_weights("s1", 0)),
+        "model": SCENARIO.model_params.model_dump(mode="json"),
+        "data": {"dataset": {"dataset": "digits"}, "indices": [0, 1, 2]},
+        **mutation,
+    }
+    reply = run("fl_client", job)
+    assert message in reply["error"]
+    assert "\n" not in reply["error"]
+
+
+def test_aggregator_rejects_malformed_updates_and_averages_the_rest(bound: dict[str, Any]) -> None:
+    run("fl_server_init", {"session": "s1"}, bound)
+    store = _store(bound)
+    for client in (0, 1):
+        assert run("fl_client", {"session": "s1", "round": 0, "client": client, "attempt": 1}, bound)[
+            "stored"
+        ]
+    poisoned = [w.copy() for w in store.get_weights("s1", 0)]
+    poisoned[0][0, 0] = np.nan
+    store.put_update("s1", 0, 2, poisoned, 50, 1.0, 0.1)
+    store.open_round("s1", 0, [0, 1, 2])
+    store.close_round("s1", 0, [0, 1, 2])
+    metrics = run("fl_server_aggregator", {"session": "s1", "round": 0, "clients": [0, 1, 2]}, bound)
+    assert "error" not in metrics, metrics
+    assert metrics["accepted"] == [0, 1]
+    assert "2" in metrics["rejected"] and "NaN" in metrics["rejected"]["2"]
+    assert store.db.updates.find_one({"session": "s1", "round": 0, "client": 2})["status"] == "rejected"
+    # FedAvg of the two accepted updates, weighted by their example counts
+    updates = {u.client: u for u in store.iter_updates("s1", 0, [0, 1])}
+    n0, n1 = updates[0].num_examples, updates[1].num_examples
+    expected = (updates[0].weights[0] * n0 + updates[1].weights[0] * n1) / (n0 + n1)
+    np.testing.assert_allclose(store.get_weights("s1", 1)[0], expected, atol=1e-6)
+    again = run("fl_server_aggregator", {"session": "s1", "round": 0, "clients": [0, 1, 2]}, bound)
+    assert again["accuracy"] == metrics["accuracy"]  # a revived aggregator returns the same round
+
+
+def test_functions_without_store_binding_fail_clearly() -> None:
+    reply = run("fl_server_init", {"session": "s1"})
+    assert reply["error"].startswith("StoreError: function has no store binding")
+
+
+def test_invoker_refuses_targets_not_bound_at_deploy(bound: dict[str, Any]) -> None:
+    call = {"session": "s1", "round": 0, "client": 0, "attempt": 1, "target": "google/evil"}
+    reply = run("fl_invoker_weights_update", call, {**bound, "targets": {}})
+    assert "not bound to this invoker" in reply["error"]
+
+
+def test_mlp_weights_have_keras_dense_layout() -> None:
+    from fedkeeper.learning.models import initial_weights
+
+    params = ModelParams(hidden_size=5)
+    shapes = [w.shape for w in initial_weights(params, 64, 10)]
+    assert shapes == [(64, 5), (5,), (5, 10), (10,)]
+    assert TrainingTestData().dataset == "digits"
