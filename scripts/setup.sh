@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Set up a fresh machine for fedkeeper: system packages, a virtualenv with every extra, the npm
+# conformance client. Safe to run again; it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "setup: need root for: $*" >&2; return 1; fi
+}
+
+missing=()
+command -v qemu-system-i386 >/dev/null || missing+=(qemu-system-x86)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+command -v ld >/dev/null || missing+=(binutils)
+command -v make >/dev/null || missing+=(make)
+if [ ${#missing[@]} -gt 0 ]; then
+  step "apt-get install ${missing[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  step "create .venv"
+  "$PYTHON" -m venv .venv
+fi
+step "pip install -e .[tf,gcp,aws,dev]"
+.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/python -m pip install -q -e ".[tf,gcp,aws,dev]" 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/python -c "import fedkeeper, tensorflow, pymongo" 2>/dev/null || { echo "setup: pip install failed" >&2; exit 1; }
+
+if [ -f package-lock.json ]; then
+  step "npm ci (conformance client)"
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+step "ready: . .venv/bin/activate"
