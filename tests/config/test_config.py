@@ -1,0 +1,150 @@
+"""Config errors are one line naming the file, the field and the bad value; never a traceback."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fedkeeper.config import load_config, parse_config
+from fedkeeper.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "config-sample.yaml"
+
+
+def sample() -> dict[str, Any]:
+    return yaml.safe_load(SAMPLE.read_text())
+
+
+def test_sample_config_is_valid() -> None:
+    config = load_config(SAMPLE)
+    assert config.fl.clients_info.total_num_clients == 8
+    assert config.providers.openwhisk["local"].local is True
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (["scenarios", "federated_learning", "server_config", "min_fit_fraction"], 1.5, "min_fit_fraction"),
+        (
+            ["scenarios", "federated_learning", "server_config", "cluster"],
+            "nowhere",
+            "'nowhere' is not a cluster",
+        ),
+        (["scenarios", "federated_learning", "clients_info", "ow_clients_count"], 3, "add up to 3"),
+        (["scenarios", "federated_learning", "model_params", "optimizer"], "adamw", "optimizer"),
+        (
+            ["scenarios", "federated_learning", "model_params", "input_size"],
+            784,
+            "does not match dataset 'digits'",
+        ),
+        (["scenarios", "federated_learning", "mongo_config", "url"], "postgres://x", "mongodb:// URL"),
+        (["scenarios", "federated_learning", "training_test_data", "dataset"], "mnist", "needs path"),
+        (["providers", "openwhisk", "local", "base_url"], "ftp://x", "base_url"),
+        (["scenarios", "federated_learning", "server_config", "max_rounds"], "ten", "max_rounds"),
+        (["scenarios", "federated_learning", "server_config", "colour"], "red", "colour"),
+    ],
+)
+def test_bad_field_gives_one_line_naming_file_and_field(
+    tmp_path: Path, path: list[str], value: Any, expected: str
+) -> None:
+    data = sample()
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    file = tmp_path / "bad.yaml"
+    file.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as info:
+        load_config(file)
+    message = str(info.value)
+    assert message.startswith(f"{file}:")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_invalid_yaml_names_line_and_column(tmp_path: Path) -> None:
+    file = tmp_path / "broken.yaml"
+    file.write_text("providers:\n  openwhisk: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: line \d+ column \d+: invalid YAML"):
+        load_config(file)
+
+
+def test_missing_environment_variable_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FK_NO_SUCH_VAR", raising=False)
+    data = sample()
+    data["providers"]["openwhisk"]["local"]["auth"] = "${FK_NO_SUCH_VAR}"
+    with pytest.raises(
+        ConfigError, match="providers.openwhisk.local.auth: environment variable FK_NO_SUCH_VAR"
+    ):
+        parse_config(data, "c.yaml")
+
+
+def test_environment_variables_fill_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FK_AUTH", "u:k")
+    data = sample()
+    data["providers"]["openwhisk"]["local"]["auth"] = "${FK_AUTH}"
+    assert parse_config(data).providers.openwhisk["local"].auth == "u:k"
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if isinstance(node, dict):
+        out = []
+        for k, v in node.items():
+            out.append((*prefix, k))
+            out.extend(_paths(v, (*prefix, k)))
+        return out
+    return []
+
+
+JUNK = st.one_of(
+    st.none(), st.booleans(), st.integers(-(10**12), 10**12), st.floats(allow_nan=True),
+    st.text(max_size=20), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_fuzzed_configs_either_load_or_fail_with_one_clean_line(data: st.DataObject) -> None:
+    config = sample()
+    paths = _paths(config)
+    for _ in range(data.draw(st.integers(1, 3))):
+        path = data.draw(st.sampled_from(paths))
+        node = config
+        try:
+            for key in path[:-1]:
+                node = node[key]
+            if isinstance(node, dict):
+                node[path[-1]] = data.draw(JUNK)
+        except (KeyError, TypeError):
+            continue
+    try:
+        parse_config(copy.deepcopy(config), "fuzz.yaml")
+    except ConfigError as exc:
+        assert str(exc).startswith("fuzz.yaml")
+        assert "\n" not in str(exc)
+
+
+def test_main_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:
+    data = sample()
+    data["scenarios"]["federated_learning"]["server_config"]["num_clients_per_round"] = 99
+    file = tmp_path / "c.yaml"
+    file.write_text(yaml.safe_dump(data))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "-c", str(file), "-s"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "num_clients_per_round: 99 is more than total_num_clients 8" in proc.stderr
+    assert "Traceback" not in proc.stderr
