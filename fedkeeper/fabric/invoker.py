@@ -1,0 +1,192 @@
+"""Activations from request to record: in-flight limit, fault plan, the pool, the record store."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+from fedkeeper.fabric.actions import Action
+from fedkeeper.fabric.auth import Identity
+from fedkeeper.fabric.faults import FaultDecision, FaultPlan
+from fedkeeper.fabric.limits import FabricLimits
+from fedkeeper.fabric.pool import RunOutcome, RunRequest, WorkerPool, now_ms
+from fedkeeper.fabric.records import Activation, RecordStore, Status
+from fedkeeper.fabric.worker import WorkerKey
+
+log = logging.getLogger("fedkeeper.fabric.invoker")
+
+
+def new_id() -> str:
+    """OpenWhisk's activation and transaction ids: 32 lowercase hex digits."""
+    return uuid.uuid4().hex
+
+
+def image_pull_error(image: str) -> str:
+    return f"Failed to pull container image '{image}'."
+
+
+class TooManyRequests(Exception):
+    """The namespace has ``allowed`` activations in flight already (answered with 429)."""
+
+    def __init__(self, count: int, allowed: int) -> None:
+        super().__init__(f"Too many concurrent requests in flight (count: {count}, allowed: {allowed}).")
+        self.count = count
+        self.allowed = allowed
+
+
+class Invoker:
+    """Starts activations and turns their outcomes into records."""
+
+    def __init__(
+        self, limits: FabricLimits, pool: WorkerPool, records: RecordStore, faults: FaultPlan | None = None
+    ) -> None:
+        self.limits = limits
+        self.pool = pool
+        self.records = records
+        self.faults = faults or FaultPlan()
+        self.api_host = ""
+        self.in_flight: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(
+        self, action: Action, params: dict[str, Any], identity: Identity, transaction_id: str
+    ) -> tuple[str, asyncio.Future[Activation | None]]:
+        """Admit one activation; returns its id and a future of its record (``None``: record lost)."""
+        count = self.in_flight.get(action.namespace, 0)
+        if count >= self.limits.concurrent_invocations:
+            raise TooManyRequests(count, self.limits.concurrent_invocations)
+        activation_id = new_id()
+        future = self.records.expect(activation_id)
+        self.in_flight[action.namespace] = count + 1
+        task = asyncio.create_task(
+            self._execute(activation_id, transaction_id, action, params, identity, now_ms())
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return activation_id, future
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _execute(
+        self,
+        activation_id: str,
+        transaction_id: str,
+        action: Action,
+        params: dict[str, Any],
+        identity: Identity,
+        arrived_ms: int,
+    ) -> None:
+        record: Activation | None = None
+        decision = self.faults.decide(action.name)
+        try:
+            if decision.latency_s > 0:
+                await asyncio.sleep(decision.latency_s)
+            outcome = await self._outcome(
+                activation_id, transaction_id, action, params, identity, arrived_ms, decision
+            )
+            record = Activation(
+                activation_id=activation_id,
+                namespace=action.namespace,
+                name=action.name,
+                version=action.version,
+                subject=identity.subject,
+                kind=action.exec.kind,
+                limits=action.limits,
+                start=outcome.start_ms,
+                end=outcome.end_ms,
+                status=outcome.status,
+                result=outcome.result,
+                logs=outcome.logs,
+                wait_ms=outcome.wait_ms,
+                init_ms=outcome.init_ms,
+                timeout=outcome.timeout,
+                extra_annotations=[{"key": "fault", "value": _describe(decision)}] if decision.any else [],
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a fabric bug must still end the activation, as a whisk internal error
+            log.exception("activation %s of %s failed inside the fabric", activation_id, action.path)
+            now = now_ms()
+            record = Activation(
+                activation_id=activation_id,
+                namespace=action.namespace,
+                name=action.name,
+                version=action.version,
+                subject=identity.subject,
+                kind=action.exec.kind,
+                limits=action.limits,
+                start=now,
+                end=now,
+                status=Status.INTERNAL_ERROR,
+                result={"error": "There was an error processing your request."},
+                wait_ms=now - arrived_ms,
+            )
+        finally:
+            self.in_flight[action.namespace] -= 1
+            self.records.finish(activation_id, None if decision.lost_record else record)
+
+    async def _outcome(
+        self,
+        activation_id: str,
+        transaction_id: str,
+        action: Action,
+        params: dict[str, Any],
+        identity: Identity,
+        arrived_ms: int,
+        decision: FaultDecision,
+    ) -> RunOutcome:
+        if decision.status is not None:
+            # The injected status is reported without running the action, as the platform would
+            # when it fails around the action.
+            now = now_ms()
+            return RunOutcome(
+                decision.status,
+                {"error": f"Injected fault: {decision.status.label}."},
+                now,
+                now,
+                now - arrived_ms,
+            )
+        if action.exec.code is None:
+            # A blackbox action without code: this fabric runs no images (see docs/fabric.md).
+            now = now_ms()
+            message = image_pull_error(action.exec.image or "")
+            return RunOutcome(Status.INTERNAL_ERROR, {"error": message}, now, now, now - arrived_ms)
+        context: dict[str, Any] = {
+            "namespace": action.namespace,
+            "action_name": f"/{action.namespace}/{action.name}",
+            "action_version": action.version,
+            "activation_id": activation_id,
+            "transaction_id": transaction_id,
+        }
+        if action.annotation("provide-api-key") is True:
+            context["api_key"] = identity.key
+        request = RunRequest(
+            key=WorkerKey(action.namespace, action.name, action.version),
+            limits=action.limits,
+            init_value={
+                "name": action.name,
+                "main": action.exec.main,
+                "code": action.exec.code,
+                "binary": action.exec.binary,
+                "env": {"__OW_API_HOST": self.api_host},
+            },
+            params=params,
+            context=context,
+            arrived_ms=arrived_ms,
+            crash=decision.crash,
+        )
+        return await self.pool.run(request)
+
+
+def _describe(decision: FaultDecision) -> dict[str, Any]:
+    return {
+        "status": decision.status.label if decision.status is not None else None,
+        "crash": decision.crash,
+        "lost_record": decision.lost_record,
+        "latency_ms": round(decision.latency_s * 1000, 3),
+    }

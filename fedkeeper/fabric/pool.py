@@ -1,0 +1,400 @@
+"""The worker pool: warm reuse, cold starts, capacity, FIFO queueing, timeout and memory kills.
+
+Capacity follows OpenWhisk's invoker: every worker reserves its action's ``limits.memory`` from
+``user_memory_mb``, and at most ``max_workers`` processes live at once. An activation takes a
+free slot of a warm worker of the same action version (``limits.concurrency`` slots each);
+otherwise a new worker if capacity allows, after evicting idle workers of other actions if
+needed; otherwise it waits in a FIFO queue. Waiting activations are served in arrival order;
+one that needs new capacity holds back later ones that need new capacity too, so big actions
+are not starved by small ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from fedkeeper.fabric.limits import MB, ActionLimits, FabricLimits
+from fedkeeper.fabric.logs import DEVELOPER_WARNING, LOG_FAILURE, LogLine
+from fedkeeper.fabric.records import Status
+from fedkeeper.fabric.worker import Worker, WorkerKey, WorkerStartError, WorkerState
+
+log = logging.getLogger("fedkeeper.fabric.pool")
+
+# OpenWhisk's messages (org.apache.openwhisk.http.Messages).
+ABNORMAL_INIT = "The action did not initialize and exited unexpectedly."
+ABNORMAL_RUN = "The action did not produce a valid response and exited unexpectedly."
+MEMORY_EXHAUSTED = "The action exhausted its memory and was aborted."
+PROVISION_ERROR = "Failed to provision resources to run the action."
+_CRASH_AFTER_S = 0.02  # an injected crash kills the worker this long after /run was sent
+_LOG_WAIT_S = 2.0
+
+
+def timed_out_message(timeout_ms: int, init: bool) -> str:
+    return f"The action exceeded its time limits of {timeout_ms} milliseconds" + (
+        " during initialization." if init else "."
+    )
+
+
+def truncated_message(length: int, limit: int) -> str:
+    return f"The action produced a response that exceeded the allowed length: {length} > {limit} bytes."
+
+
+def invalid_run_message(body: bytes) -> str:
+    text = body[:1000].decode("utf-8", "replace").strip()
+    return "The action did not produce a valid JSON response" + (f": {text}" if text else ".")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class RunRequest:
+    """Everything the pool needs to run one activation."""
+
+    key: WorkerKey
+    limits: ActionLimits
+    init_value: dict[str, Any]
+    params: dict[str, Any]
+    context: dict[str, Any]
+    arrived_ms: int
+    crash: bool = False
+
+
+@dataclass
+class RunOutcome:
+    status: Status
+    result: dict[str, Any]
+    start_ms: int
+    end_ms: int
+    wait_ms: int
+    init_ms: int | None = None
+    timeout: bool = False
+    logs: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Waiter:
+    key: WorkerKey
+    limits: ActionLimits
+    future: asyncio.Future[tuple[Worker, bool]]
+
+
+class WorkerPool:
+    """All workers of one fabric."""
+
+    def __init__(self, limits: FabricLimits, worker_env: dict[str, str] | None = None) -> None:
+        self.limits = limits
+        self.worker_env = dict(worker_env if worker_env is not None else _default_env())
+        self.workers: list[Worker] = []
+        self._queue: deque[_Waiter] = deque()
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        self.cold_starts = 0
+
+    # ------------------------------------------------------------------ life cycle
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
+        )
+        self._spawn(self._watch_memory())
+        self._spawn(self._reap_idle())
+
+    async def close(self) -> None:
+        """Kill every worker and wait until they are gone."""
+        self._closed = True
+        for waiter in self._queue:
+            if not waiter.future.done():
+                waiter.future.cancel()
+        self._queue.clear()
+        for worker in list(self.workers):
+            worker.kill("fabric stopping")
+        await asyncio.gather(*(w.reap() for w in list(self.workers)), return_exceptions=True)
+        self.workers.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ capacity
+    @property
+    def reserved_mb(self) -> int:
+        return sum(w.memory_mb for w in self.workers)
+
+    def _fits(self, memory_mb: int) -> bool:
+        return len(self.workers) < self.limits.max_workers and self.reserved_mb + memory_mb <= (
+            self.limits.user_memory_mb
+        )
+
+    def _make_room(self, memory_mb: int) -> bool:
+        """Evict idle workers (least recently used first) until ``memory_mb`` fits."""
+        if self._fits(memory_mb):
+            return True
+        idle = sorted(
+            (w for w in self.workers if w.state is WorkerState.READY and w.in_flight == 0),
+            key=lambda w: w.last_used,
+        )
+        for worker in idle:
+            self._remove(worker, "evicted")
+            if self._fits(memory_mb):
+                return True
+        return False
+
+    def _dispatch(self) -> None:
+        """Serve waiting activations in arrival order (see the module docstring)."""
+        blocked = False
+        for waiter in list(self._queue):
+            if waiter.future.done():
+                self._queue.remove(waiter)
+                continue
+            warm = next((w for w in self.workers if w.key == waiter.key and w.has_slot()), None)
+            if warm is not None:
+                warm.in_flight += 1
+                self._queue.remove(waiter)
+                waiter.future.set_result((warm, False))
+                continue
+            if blocked:
+                continue
+            if self._make_room(waiter.limits.memory):
+                worker = Worker(waiter.key, waiter.limits)
+                self.workers.append(worker)
+                self._queue.remove(waiter)
+                waiter.future.set_result((worker, True))
+            else:
+                blocked = True
+
+    async def _acquire(self, key: WorkerKey, limits: ActionLimits) -> tuple[Worker, bool]:
+        future: asyncio.Future[tuple[Worker, bool]] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(key, limits, future)
+        self._queue.append(waiter)
+        self._dispatch()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                worker, _ = future.result()
+                self._release(worker)
+            elif waiter in self._queue:
+                self._queue.remove(waiter)
+            raise
+
+    def _release(self, worker: Worker) -> None:
+        worker.in_flight -= 1
+        worker.last_used = time.monotonic()
+        if not worker.alive or (worker.retired and worker.in_flight == 0):
+            self._remove(worker, worker.death or "retired")
+        self._dispatch()
+
+    def _remove(self, worker: Worker, reason: str) -> None:
+        if worker in self.workers:
+            self.workers.remove(worker)
+        worker.kill(reason)
+        self._spawn(worker.reap())
+
+    def retire(self, namespace: str, name: str) -> None:
+        """An action changed or went away: its workers serve nobody new and stop when idle."""
+        for worker in list(self.workers):
+            if worker.key.namespace == namespace and worker.key.name == name:
+                worker.retired = True
+                if worker.in_flight == 0:
+                    self._remove(worker, "retired")
+        self._dispatch()
+
+    # ------------------------------------------------------------------ background duties
+    async def _watch_memory(self) -> None:
+        while True:
+            await asyncio.sleep(self.limits.memory_poll_s)
+            for worker in list(self.workers):
+                if worker.alive and worker.rss_bytes() > worker.memory_mb * MB:
+                    log.info("%r is over its %d MB memory limit: killed", worker, worker.memory_mb)
+                    worker.kill("memory")
+                    if worker.in_flight == 0:
+                        self._remove(worker, "memory")
+                        self._dispatch()
+
+    async def _reap_idle(self) -> None:
+        period = min(max(self.limits.idle_timeout_s / 4, 0.05), 5.0)
+        while True:
+            await asyncio.sleep(period)
+            horizon = time.monotonic() - self.limits.idle_timeout_s
+            stale = [w for w in self.workers if w.in_flight == 0 and w.last_used < horizon]
+            for worker in stale:
+                self._remove(worker, "idle")
+            dead = [
+                w for w in self.workers if w.in_flight == 0 and w.state is WorkerState.READY and not w.alive
+            ]
+            for worker in dead:  # exited on its own while idle
+                self._remove(worker, "exited")
+            if stale or dead:
+                self._dispatch()
+
+    # ------------------------------------------------------------------ one activation
+    async def run(self, request: RunRequest) -> RunOutcome:
+        """Run one activation to its outcome; never raises for the action's own failures."""
+        if request.limits.memory > self.limits.user_memory_mb:
+            now = now_ms()
+            return RunOutcome(
+                Status.INTERNAL_ERROR, {"error": PROVISION_ERROR}, now, now, now - request.arrived_ms
+            )
+        worker, cold = await self._acquire(request.key, request.limits)
+        try:
+            return await self._run_on(worker, cold, request)
+        finally:
+            self._release(worker)
+
+    async def _run_on(self, worker: Worker, cold: bool, request: RunRequest) -> RunOutcome:
+        assert self._session is not None
+        timeout_s = request.limits.timeout / 1000
+        init_ms: int | None = None
+        if cold:
+            self.cold_starts += 1
+            try:
+                await worker.spawn(self.worker_env, self.limits.worker_start_timeout_s)
+            except WorkerStartError as exc:
+                log.warning("%r: %s", worker, exc)
+                now = now_ms()
+                return RunOutcome(
+                    Status.INTERNAL_ERROR, {"error": PROVISION_ERROR}, now, now, now - request.arrived_ms
+                )
+            start = now_ms()
+            wait_ms = start - request.arrived_ms
+            try:
+                status, body = await worker.post(
+                    self._session, "/init", {"value": request.init_value}, timeout_s
+                )
+            except TimeoutError:
+                worker.kill("timeout")
+                return await self._failed(
+                    worker,
+                    start,
+                    wait_ms,
+                    None,
+                    timed_out_message(request.limits.timeout, True),
+                    timeout=True,
+                )
+            except aiohttp.ClientError:
+                message = MEMORY_EXHAUSTED if worker.death == "memory" else ABNORMAL_INIT
+                worker.kill(worker.death or "init crash")
+                return await self._failed(worker, start, wait_ms, None, message)
+            init_ms = now_ms() - start
+            if status != 200:
+                worker.kill("init failure")
+                return await self._failed(worker, start, wait_ms, init_ms, _init_error(body))
+            worker.state = WorkerState.READY
+        else:
+            start = now_ms()
+            wait_ms = start - request.arrived_ms
+        run_start = now_ms()
+        payload = {
+            "value": request.params,
+            **request.context,
+            "deadline": str(run_start + request.limits.timeout),
+        }
+        crasher = asyncio.create_task(self._crash_later(worker)) if request.crash else None
+        try:
+            status, body = await worker.post(self._session, "/run", payload, timeout_s)
+        except TimeoutError:
+            worker.kill("timeout")
+            return await self._failed(
+                worker,
+                start,
+                wait_ms,
+                init_ms,
+                timed_out_message(request.limits.timeout, False),
+                timeout=True,
+            )
+        except aiohttp.ClientError:
+            message = MEMORY_EXHAUSTED if worker.death == "memory" else ABNORMAL_RUN
+            worker.kill(worker.death or "crashed")
+            return await self._failed(worker, start, wait_ms, init_ms, message)
+        finally:
+            if crasher is not None:
+                crasher.cancel()
+        if request.crash or not worker.alive:
+            # The reply raced the kill; the activation still crashed mid-run.
+            worker.kill(worker.death or "crash")
+            message = MEMORY_EXHAUSTED if worker.death == "memory" else ABNORMAL_RUN
+            return await self._failed(worker, start, wait_ms, init_ms, message)
+        end = now_ms()
+        outcome_status, result = interpret_run(status, body, self.limits.max_result_bytes)
+        assert worker.logs is not None
+        logs, complete = await worker.logs.next_activation(_LOG_WAIT_S)
+        if not complete:
+            logs.append(LogLine(time.time(), "stderr", LOG_FAILURE).format())
+        return RunOutcome(outcome_status, result, start, end, wait_ms, init_ms, False, logs)
+
+    async def _crash_later(self, worker: Worker) -> None:
+        await asyncio.sleep(_CRASH_AFTER_S)
+        worker.kill("crash")
+
+    async def _failed(
+        self,
+        worker: Worker,
+        start: int,
+        wait_ms: int,
+        init_ms: int | None,
+        message: str,
+        *,
+        timeout: bool = False,
+    ) -> RunOutcome:
+        """A developer error from a worker that is gone; its partial logs are kept."""
+        end = now_ms()
+        logs: list[str] = []
+        if worker.logs is not None:
+            logs = await worker.logs.drain()
+        logs.append(LogLine(time.time(), "stderr", DEVELOPER_WARNING).format())
+        return RunOutcome(
+            Status.DEVELOPER_ERROR, {"error": message}, start, end, wait_ms, init_ms, timeout, logs
+        )
+
+
+def interpret_run(status: int, body: bytes, max_result_bytes: int) -> tuple[Status, dict[str, Any]]:
+    """OpenWhisk's reading of a runtime's /run reply (ActivationResponse.processRunResponseContent)."""
+    if len(body) > max_result_bytes:
+        return Status.DEVELOPER_ERROR, {"error": truncated_message(len(body), max_result_bytes)}
+    try:
+        result = json.loads(body)
+    except ValueError:
+        return Status.DEVELOPER_ERROR, {"error": invalid_run_message(body)}
+    if not isinstance(result, dict):
+        return Status.DEVELOPER_ERROR, {"error": invalid_run_message(body)}
+    if status == 200:
+        if "error" in result:
+            return Status.APPLICATION_ERROR, {"error": result["error"]}
+        return Status.SUCCESS, result
+    return Status.DEVELOPER_ERROR, {"error": result.get("error", invalid_run_message(body))}
+
+
+def _init_error(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+        if isinstance(data, dict) and "error" in data:
+            return str(data["error"])
+    except ValueError:
+        pass
+    text = body[:1000].decode("utf-8", "replace").strip()
+    return "The action failed during initialization" + (f": {text}" if text else ".")
+
+
+def _default_env() -> dict[str, str]:
+    """The fabric's environment, minus what would change what an action imports."""
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"}}
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
