@@ -30,10 +30,10 @@ class AuthError(Exception):
 def parse_key_spec(spec: str) -> tuple[str, str]:
     """``uuid:key`` or ``uuid:key=namespace`` -> (key, namespace); the namespace defaults to guest."""
     key, _, namespace = spec.partition("=")
-    if ":" not in key or not key.split(":", 1)[0] or not key.split(":", 1)[1]:
-        raise ValueError(
-            f"auth key must be 'uuid:key' or 'uuid:key=namespace' (got {spec.split(':')[0]}:...)"
-        )
+    user, _, secret = key.partition(":")
+    if not user or not secret:
+        # Never echo the value: it is a credential.
+        raise ValueError("auth key must be 'uuid:key' or 'uuid:key=namespace'")
     return key, namespace or GUEST_NAMESPACE
 
 

@@ -252,11 +252,16 @@ class WorkerPool:
             return RunOutcome(
                 Status.INTERNAL_ERROR, {"error": PROVISION_ERROR}, now, now, now - request.arrived_ms
             )
-        worker, cold = await self._acquire(request.key, request.limits)
-        try:
-            return await self._run_on(worker, cold, request)
-        finally:
-            self._release(worker)
+        while True:
+            worker, cold = await self._acquire(request.key, request.limits)
+            try:
+                if not cold and not worker.ready.is_set():
+                    await worker.ready.wait()  # a slot in a worker that is still starting
+                if not cold and worker.state is not WorkerState.READY:
+                    continue  # it failed to start: ask again (in finally, the slot is released)
+                return await self._run_on(worker, cold, request)
+            finally:
+                self._release(worker)
 
     async def _run_on(self, worker: Worker, cold: bool, request: RunRequest) -> RunOutcome:
         assert self._session is not None
@@ -297,6 +302,7 @@ class WorkerPool:
                 worker.kill("init failure")
                 return await self._failed(worker, start, wait_ms, init_ms, _init_error(body))
             worker.state = WorkerState.READY
+            worker.ready.set()
         else:
             start = now_ms()
             wait_ms = start - request.arrived_ms

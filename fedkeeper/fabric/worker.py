@@ -60,6 +60,7 @@ class Worker:
         self.process: asyncio.subprocess.Process | None = None
         self.logs: LogCollector | None = None
         self.url = ""
+        self.ready = asyncio.Event()  # set once it serves (or is dead): activations may queue on it
         self._psutil: psutil.Process | None = None
         self._folder: str | None = None
 
@@ -76,8 +77,11 @@ class Worker:
         )
 
     def has_slot(self) -> bool:
+        """A free activation slot, now or once the worker has started (``limits.concurrency`` > 1)."""
         return (
-            self.state is WorkerState.READY and not self.retired and self.in_flight < self.limits.concurrency
+            self.state is not WorkerState.DEAD
+            and not self.retired
+            and self.in_flight < self.limits.concurrency
         )
 
     def __repr__(self) -> str:
@@ -156,6 +160,7 @@ class Worker:
         if self.death is None:
             self.death = reason
         self.state = WorkerState.DEAD
+        self.ready.set()
         if self.process is not None and self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)

@@ -1,0 +1,1 @@
+"""Tests of the local OpenWhisk-compatible fabric and the OpenWhisk provider."""

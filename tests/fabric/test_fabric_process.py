@@ -1,0 +1,142 @@
+"""The fabric as a process: persistence across restarts, the detached daemon, no orphan workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from fedkeeper.config import OpenWhiskCluster
+from fedkeeper.fabric.process import FabricProcess, ensure_local_fabric, fabric_pid, stop_local_fabric
+
+from .conftest import FabricClient
+from .snippets import ECHO
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def gone(pid: int, within: float = 5.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_actions_persist_across_restarts(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with FabricProcess(state_dir=state) as first:
+        client = FabricClient(first.url)
+        client.deploy("kept", ECHO, parameters={"p": 1})
+        client.deploy("kept", ECHO, parameters={"p": 2})
+        client.deploy("dropped", ECHO)
+        assert client.session.delete(client.ns("actions/dropped"), timeout=5).status_code == 200
+    with FabricProcess(state_dir=state) as second:
+        client = FabricClient(second.url)
+        action = client.session.get(client.ns("actions/kept"), timeout=5).json()
+        assert action["version"] == "0.0.2"
+        assert action["exec"]["code"] == ECHO
+        assert action["parameters"] == [{"key": "p", "value": 2}]
+        assert client.session.get(client.ns("actions/dropped"), timeout=5).status_code == 404
+        assert client.run("kept")["response"]["result"]["params"] == {"p": 2}
+        assert client.deploy("kept", ECHO)["version"] == "0.0.3"
+
+
+def test_stop_leaves_no_worker_behind() -> None:
+    process = FabricProcess().start()
+    try:
+        client = FabricClient(process.url)
+        client.deploy("w", ECHO)
+        worker = client.run("w")["response"]["result"]["pid"]
+        assert psutil.pid_exists(worker)
+    finally:
+        process.cleanup()
+    assert gone(worker)
+
+
+def test_workers_die_with_a_killed_fabric() -> None:
+    process = FabricProcess().start()
+    try:
+        client = FabricClient(process.url)
+        client.deploy("w", ECHO)
+        worker = client.run("w")["response"]["result"]["pid"]
+        assert process.process is not None
+        os.kill(process.process.pid, signal.SIGKILL)
+        assert gone(worker)
+    finally:
+        process.cleanup()
+
+
+def test_ensure_local_fabric_starts_a_detached_daemon_once(tmp_path: Path) -> None:
+    cluster = OpenWhiskCluster(base_url=f"http://127.0.0.1:{free_port()}", local=True)
+    try:
+        assert ensure_local_fabric(cluster, tmp_path) is True
+        assert ensure_local_fabric(cluster, tmp_path) is False  # already answering
+        pid = fabric_pid(cluster, tmp_path)
+        assert pid is not None
+        assert os.getsid(pid) != os.getsid(0)  # its own session: it survives the caller
+        client = FabricClient(cluster.base_url)
+        client.deploy("daemon", ECHO)
+        worker = client.run("daemon")["response"]["result"]["pid"]
+        assert (tmp_path / "fabric" / str(cluster.base_url.rsplit(":", 1)[1]) / "actions").is_dir()
+    finally:
+        stopped = stop_local_fabric(cluster, tmp_path)
+    assert stopped is True
+    assert gone(pid) and gone(worker)
+    assert stop_local_fabric(cluster, tmp_path) is False  # safe twice
+
+
+def test_ensure_local_fabric_leaves_remote_clusters_alone(tmp_path: Path) -> None:
+    cluster = OpenWhiskCluster(base_url=f"http://127.0.0.1:{free_port()}", local=False)
+    assert ensure_local_fabric(cluster, tmp_path) is False
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-workers", "0"], "fabric limit max_workers must be positive (got 0)"),
+        (["--default-memory-mb", "4096"], "default_memory_mb must lie within"),
+        (["--auth", "nocolon"], "auth key must be 'uuid:key'"),
+    ],
+)
+def test_bad_command_line_is_one_line_and_exit_2(args: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fedkeeper.fabric", "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stdout == ""
+
+
+def test_bad_fault_plan_file_names_file_and_field(tmp_path: Path) -> None:
+    plan = tmp_path / "faults.json"
+    plan.write_text(json.dumps({"default": {"lost_record": -1}}))
+    result = subprocess.run(
+        [sys.executable, "-m", "fedkeeper.fabric", "--port", "0", "--faults", str(plan)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"{plan}.default.lost_record must be a probability in [0, 1] (got -1)" in result.stderr
