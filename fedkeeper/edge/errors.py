@@ -12,6 +12,10 @@ class EdgeError(ProviderError):
 class GuestUnavailable(EdgeError):
     """The guest died or did not answer in time; the fleet restarts it, so a retry can succeed."""
 
+    def __init__(self, message: str, *, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.timeout = timeout
+
 
 class GuestRefused(EdgeError):
     """The guest answered a request with an ERROR frame (the same request would fail again)."""

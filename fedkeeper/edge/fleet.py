@@ -326,6 +326,7 @@ class Instance:
 
     async def kill(self) -> None:
         """SIGKILL the guest as a crash would; the watcher relaunches it."""
+        self.status = None  # not alive from now on, though the process may take a moment to go
         if self.proc is not None and self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGKILL)
@@ -420,7 +421,8 @@ class Instance:
             log.warning("edge%d: no reply to %s within %.1f s; killing it", self.index, mtype.name, timeout_s)
             await self.kill()
             raise GuestUnavailable(
-                f"edge instance {self.index} did not answer {mtype.name} within {timeout_s:g} s; restarting it"
+                f"edge instance {self.index} did not answer {mtype.name} within {timeout_s:g} s; restarting it",
+                timeout=True,
             ) from None
         finally:
             self._pending.pop(seq, None)
@@ -457,7 +459,7 @@ class Instance:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise GuestUnavailable(
-                        f"edge instance {self.index}: job deadline of {timeout_s:g} s passed"
+                        f"edge instance {self.index}: job deadline of {timeout_s:g} s passed", timeout=True
                     )
                 return remaining
 

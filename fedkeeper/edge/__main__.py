@@ -1,0 +1,104 @@
+"""``python -m fedkeeper.edge --instances N --host 127.0.0.1 --port P --state-dir DIR``.
+
+Boots N QEMU edge guests and serves the edge gateway. Prints exactly one line on stdout,
+``edge gateway listening on http://HOST:PORT``, once every guest said hello; logs go to stderr.
+SIGTERM or SIGINT powers every guest off and removes their pipes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from fedkeeper.edge.fleet import FleetConfig
+from fedkeeper.edge.gateway import MAX_REQUEST_BYTES, MB, GatewayOptions, serve
+from fedkeeper.errors import FedkeeperError
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m fedkeeper.edge", description=__doc__.splitlines()[0])
+    p.add_argument("--instances", type=int, default=4, help="edge guests to run (default 4)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=0, help="port; 0 picks a free one (default 0)")
+    p.add_argument(
+        "--state-dir", type=Path, default=Path(".fedkeeper/edge"), help="pipes, logs, gateway.json"
+    )
+    p.add_argument("--kernel", type=Path, default=None, help="guest kernel (default: build emulated_edge)")
+    p.add_argument("--qemu", default="qemu-system-i386", help="QEMU binary")
+    p.add_argument("--memory-mb", type=int, default=15, help="guest RAM (default 15)")
+    p.add_argument("--cpu", default="qemu32", help="QEMU CPU model (default qemu32: has SSE2)")
+    p.add_argument("--accel", default="tcg", help="QEMU accelerators, ':'-separated (default tcg)")
+    p.add_argument("--boot-timeout-s", type=float, default=30.0, help="wait for a guest's HELLO (default 30)")
+    p.add_argument("--job-timeout-s", type=float, default=120.0, help="default train job timeout (120)")
+    p.add_argument("--health-interval-s", type=float, default=15.0, help="ping idle guests every (15)")
+    p.add_argument(
+        "--max-request-mb", type=float, default=MAX_REQUEST_BYTES / MB, help="largest job body (default 8)"
+    )
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def options_from_args(argv: list[str] | None = None) -> GatewayOptions:
+    args = parser().parse_args(argv)
+    if args.instances < 1:
+        raise ValueError(f"--instances must be at least 1 (got {args.instances})")
+    if not 0 <= args.port < 65536:
+        raise ValueError(f"--port must be within 0..65535 (got {args.port})")
+    if args.memory_mb < 4:
+        raise ValueError(f"--memory-mb must be at least 4 (got {args.memory_mb})")
+    if args.kernel is None:
+        from fedkeeper.edge.firmware import ensure_built
+
+        args.kernel = ensure_built()
+    state_dir = args.state_dir.resolve()
+    fleet = FleetConfig(
+        kernel=args.kernel.resolve(),
+        run_dir=state_dir / "run",
+        qemu=args.qemu,
+        memory_mb=args.memory_mb,
+        cpu=args.cpu,
+        accel=args.accel,
+        boot_timeout_s=args.boot_timeout_s,
+        health_interval_s=args.health_interval_s,
+    )
+    return GatewayOptions(
+        args.host,
+        args.port,
+        state_dir,
+        args.instances,
+        fleet,
+        job_timeout_s=args.job_timeout_s,
+        max_request_bytes=int(args.max_request_mb * MB),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        options = options_from_args(argv)
+    except (ValueError, FedkeeperError) as exc:
+        print(f"edge gateway: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, parser().parse_args(argv).log_level),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(serve(options))
+    except OSError as exc:
+        print(
+            f"edge gateway: cannot serve on {options.host}:{options.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+    except FedkeeperError as exc:
+        print(f"edge gateway: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
