@@ -35,6 +35,7 @@ INIT, CLIENT, INVOKER, AGGREGATOR = (
     "fl_invoker_weights_update",
     "fl_server_aggregator",
 )
+RECORD_GRACE_S = 3.0
 RECORD_LOST = "record lost"  # the update is stored but the platform never showed the activation's record
 
 
@@ -48,7 +49,7 @@ def new_session_id() -> str:
 
 def backoff_s(attempt: int, base_s: float, cap_s: float = 60.0) -> float:
     """Delay before attempt ``attempt + 1``: tenacity's exponential wait with jitter."""
-    wait = tenacity.wait_exponential_jitter(initial=base_s, max=cap_s, jitter=base_s / 2)
+    wait = tenacity.wait_exponential_jitter(multiplier=base_s, max=cap_s, jitter=base_s / 2)
     state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
     state.attempt_number = attempt
     return float(wait(state)) if base_s > 0 else 0.0
@@ -212,7 +213,7 @@ class Keeper:
 
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.server.max_retries + 1),
-            wait=tenacity.wait_exponential_jitter(initial=self.server.retry_backoff_s, max=30),
+            wait=tenacity.wait_exponential_jitter(multiplier=self.server.retry_backoff_s, max=30),
             retry=tenacity.retry_if_exception_type(ProviderError),
             before_sleep=lambda state: self._note(
                 f"{function} failed ({state.outcome.exception() if state.outcome else '?'}); retrying"
@@ -311,13 +312,12 @@ class Keeper:
             for client, due in sorted(state.retry_at.items()):
                 if due <= now:
                     del state.retry_at[client]
-                    self._dispatch(state, client)
+                    if client not in state.done:
+                        self._dispatch(state, client)
             self._poll(state)
+            # An update can be stored before its record is visible (or its record may be lost):
+            # the client counts as done now; its entry stays open until the record or the close.
             state.done |= self.store.update_clients(self.session_id, state.number) & set(state.selected)
-            for client in list(state.pending):
-                if client in state.done:  # its update is stored: the record may never come
-                    entry = state.pending.pop(client)
-                    self.ledger.settle(entry, RECORD_LOST, error="update stored, activation record not seen")
             self.reporter.progress(
                 state.number,
                 len(state.selected),
@@ -327,22 +327,39 @@ class Keeper:
                 watch.elapsed,
             )
             if state.done >= set(state.selected):
-                return
+                return self._close_open_entries(state)
             if len(state.done) >= quorum and self.clock() >= deadline:
                 self._note(
                     f"round {state.number}: deadline passed with quorum ({len(state.done)}/{quorum}); closing"
                 )
-                for entry in state.pending.values():
-                    self.ledger.settle(entry, TIMED_OUT, error="round closed on quorum before it finished")
-                return
-            if not state.pending and not state.retry_at:
+                return self._close_open_entries(state)
+            if not (set(state.pending) - state.done) and not state.retry_at:
                 if len(state.done) >= quorum:
-                    return
+                    return self._close_open_entries(state)
                 raise SessionFailed(
                     f"round {state.number}: only {len(state.done)} of {len(state.selected)} clients delivered an "
                     f"update after {self.server.max_retries} retries each; quorum is {quorum}"
                 )
             time.sleep(self.server.poll_interval_s)
+
+    def _close_open_entries(self, state: RoundState) -> None:
+        """Settle what is still open when the round closes: a short last poll, then by the store.
+
+        A record appears just after its action returns, so a finished client's record gets a
+        moment to show up before it is booked as lost.
+        """
+        grace_until = self.clock() + RECORD_GRACE_S
+        while state.pending:
+            self._poll(state)
+            if not any(c in state.done for c in state.pending) or self.clock() >= grace_until:
+                break
+            time.sleep(min(self.server.poll_interval_s, 0.2))
+        for entry in state.pending.values():
+            if entry.client in state.done:
+                self.ledger.settle(entry, RECORD_LOST, error="update stored, activation record not seen")
+            else:
+                self.ledger.settle(entry, TIMED_OUT, error="round closed before this activation finished")
+        state.pending.clear()
 
     def _function_for(self, client: int) -> str:
         placement = self.placements[client]
@@ -417,12 +434,21 @@ class Keeper:
                     self._settle(state, entry, record)
                 elif self._age_s(entry) > self._activation_timeout(function):
                     state.pending.pop(entry.client)
+                    if entry.client in state.done:
+                        self.ledger.settle(
+                            entry, RECORD_LOST, error="update stored, activation record not seen"
+                        )
+                        continue
                     self.ledger.settle(entry, TIMED_OUT, error=f"no record after {self._age_s(entry):.0f}s")
                     self._schedule_retry(state, entry.client, "timed out")
 
     def _settle(self, state: RoundState, entry: LedgerEntry, record: ActivationRecord) -> None:
         """Book a finished activation; it counts only if its update is in the store."""
         stored = entry.client in self.store.update_clients(self.session_id, state.number)
+        if stored and not record.ok:  # failed after (or despite) an earlier attempt's update: nothing to redo
+            self.ledger.settle(entry, record.status.value, record, record.error)
+            state.done.add(entry.client)
+            return
         if record.ok and stored:
             self.ledger.settle(entry, record.status.value, record)
             state.done.add(entry.client)

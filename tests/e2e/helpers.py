@@ -1,0 +1,40 @@
+"""Checks shared by the end-to-end tests: what a finished session must look like in the store."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from fedkeeper.ledger import Ledger
+from fedkeeper.store.db import Store
+
+
+def assert_every_selected_update_counted_once(store: Store, session: str, rounds: int) -> list[float]:
+    """Each round aggregated exactly its selected clients' updates, each once. Returns accuracies."""
+    docs = store.rounds(session)
+    assert [d["round"] for d in docs] == list(range(rounds))
+    accuracies = []
+    for doc in docs:
+        r = doc["round"]
+        assert doc["status"] == "aggregated", doc
+        assert doc["included"] == sorted(doc["selected"]), f"round {r} lost updates: {doc}"
+        assert sorted(doc["metrics"]["accepted"]) == sorted(doc["selected"])
+        stored = Counter(u["client"] for u in store.db.updates.find({"session": session, "round": r}))
+        assert all(n == 1 for n in stored.values())
+        assert set(doc["selected"]) <= set(stored)
+        accuracies.append(doc["metrics"]["accuracy"])
+    assert store.has_weights(session, rounds)
+    return accuracies
+
+
+def client_attempts(store: Store, session: str) -> list[dict]:
+    return [
+        {
+            "round": e.round,
+            "client": e.client,
+            "attempt": e.attempt,
+            "status": e.status,
+            "id": e.activation_id,
+        }
+        for e in Ledger(store).entries(session)
+        if e.function in ("fl_client", "fl_invoker_weights_update")
+    ]

@@ -1,0 +1,48 @@
+"""Training end to end on the local fabric: the four functions, MongoDB, the keeper."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from fedkeeper import deployment
+from fedkeeper.cli import opened_providers
+from fedkeeper.fabric.process import FabricProcess
+from fedkeeper.keeper import Keeper
+from fedkeeper.store.db import Store
+
+from .conftest import build, training_config
+from .helpers import assert_every_selected_update_counted_once, client_attempts
+
+
+def test_four_clients_three_rounds_accuracy_rises_and_each_update_counts_once(
+    fabric: FabricProcess, mongo_url: str, tmp_path: Path
+) -> None:
+    config = build(training_config(fabric.url, mongo_url, tmp_path / "logs"))
+    mongo = config.fl.mongo_config
+    store = Store(mongo.url, mongo.database)
+    store.ensure_indexes()
+    with opened_providers(config) as providers:
+        deployment.deploy(config, providers, say=lambda _: None)
+        session = Keeper(config, store, providers).start()
+
+    doc = store.session(session)
+    assert doc["phase"] == "Succeeded"
+    assert doc["conditions"][-1]["reason"] == "MaxRoundsReached"
+    accuracies = assert_every_selected_update_counted_once(store, session, rounds=3)
+    assert accuracies[-1] > accuracies[0], accuracies
+    assert accuracies[-1] > 0.8, accuracies
+
+    attempts = client_attempts(store, session)
+    assert len(attempts) == 12 and all(a["status"] == "success" for a in attempts)
+    assert len({a["id"] for a in attempts}) == 12  # a distinct OpenWhisk activation id each
+
+    logs = tmp_path / "logs" / session
+    rounds_csv = list(csv.DictReader((logs / "rounds.csv").open()))
+    assert [float(r["accuracy"]) for r in rounds_csv] == [round(a, 6) for a in accuracies]
+    activations_csv = list(csv.DictReader((logs / "activations.csv").open()))
+    client_rows = [r for r in activations_csv if r["function"] == "fl_client"]
+    assert {r["activation_id"] for r in client_rows} == {a["id"] for a in attempts}
+    assert all(r["start"] and r["end"] and int(r["duration_ms"]) >= 0 for r in client_rows)
+    assert (logs / "accuracy.png").stat().st_size > 1000
+    assert (logs / "keeper.jsonl").read_text().count('"event": "round_aggregated"') == 3
