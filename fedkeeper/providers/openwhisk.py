@@ -19,7 +19,7 @@ from urllib.parse import quote, urlsplit
 
 import requests
 from requests.auth import AuthBase
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
 
 from fedkeeper.config import OpenWhiskCluster
 from fedkeeper.errors import PayloadTooLarge, ProviderError
@@ -176,7 +176,8 @@ class OpenWhiskProvider(Provider):
 
         retrying = Retrying(
             stop=stop_after_attempt(self.max_attempts),
-            wait=wait_exponential_jitter(initial=self.backoff_initial_s, max=self.backoff_max_s),
+            wait=wait_exponential(multiplier=self.backoff_initial_s, max=self.backoff_max_s)
+            + wait_random(0, self.backoff_initial_s),
             retry=retry_if_exception_type(_Retryable),
             reraise=True,
             before_sleep=lambda state: log.info(

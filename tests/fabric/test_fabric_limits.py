@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -104,8 +105,6 @@ def test_idle_workers_are_evicted_after_the_idle_timeout(
     fabric = start_fabric(limits={"idle_timeout_s": 0.3})
     fabric.deploy(name, ECHO)
     first = fabric.run(name)
-    import time
-
     time.sleep(1.0)
     second = fabric.run(name)
     assert annotation(second, "initTime") is not None
