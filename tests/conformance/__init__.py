@@ -1,0 +1,1 @@
+"""Conformance of the local fabric with independent OpenWhisk clients."""
