@@ -398,9 +398,25 @@ def _init_error(body: bytes) -> str:
     return "The action failed during initialization" + (f": {text}" if text else ".")
 
 
+# What a worker inherits from the fabric's environment. An OpenWhisk container sees none of its
+# host's variables; workers get only locale, paths and numeric-library knobs, so an action cannot
+# come to depend on (or leak) the caller's credentials. Everything else reaches it as parameters.
+_INHERITED = {
+    "PATH",
+    "HOME",
+    "USER",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "VIRTUAL_ENV",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+}
+_INHERITED_PREFIXES = ("LC_", "TF_", "OMP_", "MKL_", "OPENBLAS_", "CUDA_", "KERAS_", "XLA_")
+
+
 def _default_env() -> dict[str, str]:
-    """The fabric's environment, minus what would change what an action imports."""
-    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"}}
+    env = {k: v for k, v in os.environ.items() if k in _INHERITED or k.startswith(_INHERITED_PREFIXES)}
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
