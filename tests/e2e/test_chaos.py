@@ -1,0 +1,70 @@
+"""Training survives 30% injected activation failures of every kind."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from fedkeeper import deployment
+from fedkeeper.cli import opened_providers
+from fedkeeper.fabric.process import FabricProcess
+from fedkeeper.keeper import Keeper
+from fedkeeper.store.db import Store
+
+from .conftest import E2E_LIMITS, build, training_config
+from .helpers import assert_every_selected_update_counted_once, client_attempts
+
+# 30% of activations fail, spread over every kind the fabric can inject; records get lost too.
+CHAOS = {
+    "seed": 11,
+    "default": {
+        "application_error": 0.075,
+        "developer_error": 0.075,
+        "internal_error": 0.075,
+        "crash": 0.075,
+        "lost_record": 0.05,
+        "latency_ms": [0, 200],
+    },
+}
+
+
+def test_thirty_percent_failures_lose_and_duplicate_nothing_and_the_ledger_shows_every_retry(
+    mongo_url: str, tmp_path: Path
+) -> None:
+    with FabricProcess(limits=E2E_LIMITS, faults=CHAOS) as fabric:
+        config = build(
+            training_config(
+                fabric.url,
+                mongo_url,
+                tmp_path / "logs",
+                max_retries=10,
+                retry_backoff_s=0.1,
+                activation_timeout_s=20,
+            )
+        )
+        mongo = config.fl.mongo_config
+        store = Store(mongo.url, mongo.database)
+        store.ensure_indexes()
+        with opened_providers(config) as providers:
+            deployment.deploy(config, providers, say=lambda _: None)
+            session = Keeper(config, store, providers).start()
+
+    assert store.session(session)["phase"] == "Succeeded"
+    assert_every_selected_update_counted_once(store, session, rounds=3)
+
+    attempts = client_attempts(store, session)
+    failed = [a for a in attempts if a["status"] not in ("success", "record lost")]
+    assert failed, "the fault plan injected nothing"
+    statuses = {a["status"] for a in failed}
+    assert statuses & {"application error", "action developer error", "whisk internal error"}
+    by_client: dict[tuple[int, int], list[dict]] = defaultdict(list)
+    for a in attempts:
+        by_client[(a["round"], a["client"])].append(a)
+    for a in failed:  # every failure was followed by another attempt of the same client
+        later = [b for b in by_client[(a["round"], a["client"])] if b["attempt"] > a["attempt"]]
+        stored = store.db.updates.find_one({"session": session, "round": a["round"], "client": a["client"]})
+        assert later or stored["attempt"] < a["attempt"], a
+    assert max(a["attempt"] for a in attempts) > 1
+    # the managing functions were hit by the same plan and retried too
+    server = [e for e in store.db.activations.find({"session": session, "client": -1})]
+    assert all(e["status"] != "submitted" for e in server)
