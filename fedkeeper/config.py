@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 from fedkeeper.errors import ConfigError
 
@@ -29,6 +37,11 @@ FUNCTION_NAMES = ("fl_server_init", "fl_client", "fl_invoker_weights_update", "f
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
+# A credential: masked in repr/str (so a logged config shows "**********"), but kept in JSON dumps,
+# which is how deploy-time bindings carry it to fl_invoker_weights_update.
+Secret = Annotated[
+    SecretStr, PlainSerializer(lambda s: s.get_secret_value(), return_type=str, when_used="json")
+]
 
 
 class _Model(BaseModel):
@@ -62,10 +75,17 @@ class GoogleCluster(_Model):
     project: str
     region: str = "us-central1"
     runtime: str = "python311"
-    credentials: str | None = None
+    credentials: Secret | None = None  # service-account JSON: a file path or the JSON text itself
     allow_unauthenticated: bool = False
     api_endpoint: str | None = None
     max_instances: PositiveInt = 10
+    operation_timeout_s: PositiveFloat = 600.0  # wait for a create/update/delete operation
+
+    @model_validator(mode="after")
+    def _check(self) -> GoogleCluster:
+        if self.api_endpoint is not None and not re.match(r"^https?://", self.api_endpoint):
+            raise ValueError(f"api_endpoint must start with http:// or https:// (got {self.api_endpoint!r})")
+        return self
 
 
 class AwsCluster(_Model):
@@ -75,9 +95,19 @@ class AwsCluster(_Model):
     role_arn: str = "arn:aws:iam::123456789012:role/fedkeeper-lambda"
     runtime: str = "python3.11"
     access_key_id: str | None = None
-    secret_access_key: str | None = None
+    secret_access_key: Secret | None = None
+    session_token: Secret | None = None
     endpoint_url: str | None = None
     runtime_api: str | None = None
+    operation_timeout_s: PositiveFloat = 300.0  # wait for a function to become Active / updated
+
+    @model_validator(mode="after")
+    def _check(self) -> AwsCluster:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("access_key_id and secret_access_key go together: set both or neither")
+        if self.endpoint_url is not None and not re.match(r"^https?://", self.endpoint_url):
+            raise ValueError(f"endpoint_url must start with http:// or https:// (got {self.endpoint_url!r})")
+        return self
 
 
 class EdgeCluster(_Model):

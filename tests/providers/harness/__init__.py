@@ -1,0 +1,1 @@
+"""Test-only stand-ins for cloud control planes, driven by the real client libraries."""
