@@ -1,0 +1,583 @@
+#!/usr/bin/env python
+"""One FL workload through fedkeeper (local fabric + MongoDB) and through Flower's simulation.
+
+Both sides train the same model (``fedkeeper.learning.models``) on the same IID partitions
+(``fedkeeper.learning.partition``) of the same data (``fedkeeper.learning.datasets``) with the
+same local-training core (``fedkeeper.tasks.client.train_partition`` over ``train_local``, which
+also fixes the per-(client, round) shuffle seed) and evaluate with the same ``evaluate``; only the
+orchestration differs: fedkeeper's keeper, FaaS fabric and MongoDB versus Flower's in-process
+simulation engine (Ray actors). Each side runs in its own child process, so that one cannot warm
+the other's caches and its peak memory can be measured as its own process tree.
+
+    python bench/round_vs_flower.py            # 10 clients, 5 rounds (a few minutes on 2 cores)
+    python bench/round_vs_flower.py --quick    # 4 clients, 2 rounds: a smoke run
+
+Prints per-round wall time and test accuracy of each side and the ratio fedkeeper / flower.
+Needs ``pip install -r bench/requirements.txt`` (Flower with its Ray simulation backend).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, cast
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+SIDES = ("fedkeeper", "flower")
+DATASET: Final = "mnist5k"
+SAMPLING_SEED = 42
+DATABASE = "bench"
+# fabric memory reservations (MB): a client reserves more than a managing function, so that the
+# fabric's user memory admits exactly `parallel` clients next to one managing function
+CLIENT_MB = 2048
+MANAGING_MB = 1024
+RSS_SAMPLE_S = 0.25
+SIDE_TIMEOUT_S = 3600.0
+QUIET_ENV = {
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "FLWR_TELEMETRY_ENABLED": "0",  # Flower reports usage events over the network otherwise
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+# --------------------------------------------------------------------------- the workload
+@dataclass(frozen=True)
+class Workload:
+    """What both sides run."""
+
+    rounds: int = 5
+    clients: int = 10
+    hidden: int = 128
+    epochs: int = 1
+    batch: int = 32
+    learning_rate: float = 0.001
+    parallel: int = 2
+
+    def describe(self) -> str:
+        return (
+            f"{DATASET}, mlp 784-{self.hidden}-10, {self.clients} clients (all {self.clients} every round), "
+            f"iid, {self.epochs} local epoch(s), batch {self.batch}, adam lr {self.learning_rate}, "
+            f"{self.rounds} rounds"
+        )
+
+    def as_args(self) -> list[str]:
+        return [
+            "--rounds", str(self.rounds), "--clients", str(self.clients), "--hidden", str(self.hidden),
+            "--epochs", str(self.epochs), "--batch", str(self.batch), "--lr", str(self.learning_rate),
+            "--parallel", str(self.parallel),
+        ]  # fmt: skip
+
+    def data_spec(self) -> Any:
+        from fedkeeper.config import TrainingTestData
+
+        return TrainingTestData(dataset=DATASET)
+
+    def sampling(self) -> Any:
+        from fedkeeper.config import DataSampling
+
+        return DataSampling(method="iid", seed=SAMPLING_SEED)
+
+    def model_params(self) -> Any:
+        from fedkeeper.config import ModelParams
+
+        return ModelParams(**self.model_fields())
+
+    def model_fields(self) -> dict[str, Any]:
+        return {
+            "model": "mlp",
+            "input_size": 784,
+            "hidden_size": self.hidden,
+            "output_size": 10,
+            "optimizer": "adam",
+            "learning_rate": self.learning_rate,
+            "local_epochs": self.epochs,
+            "batch_size": self.batch,
+        }
+
+
+@dataclass
+class SideResult:
+    """What one side measured (written by the child as JSON, read by the parent)."""
+
+    side: str
+    version: str
+    parallelism: str
+    round_s: list[float]
+    accuracy: list[float]
+    total_s: float  # from starting the side's infrastructure to the last round's metrics
+    notes: list[str] = field(default_factory=list)
+    peak_rss_mb: float | None = None  # filled in by the parent
+
+    @property
+    def rounds_s(self) -> float:
+        return sum(self.round_s)
+
+
+# --------------------------------------------------------------------------- fedkeeper side
+def fedkeeper_config(w: Workload, fabric_url: str, mongo_url: str, logs_dir: Path) -> dict[str, Any]:
+    managing = {"memory": MANAGING_MB, "timeout": 300}
+    return {
+        "providers": {"openwhisk": {"bench": {"base_url": fabric_url, "local": False}}},
+        "logs_dir": str(logs_dir),
+        "scenarios": {
+            "federated_learning": {
+                "server_config": {
+                    "cluster": "bench",
+                    "max_rounds": w.rounds,
+                    "target_accuracy": 1.0,  # never reached: every round runs
+                    "num_clients_per_round": w.clients,
+                    "min_fit_fraction": 1.0,
+                    "seed": SAMPLING_SEED,
+                },
+                "clients_info": {"total_num_clients": w.clients, "ow_clients_count": w.clients},
+                "data_sampling": {"method": "iid", "seed": SAMPLING_SEED},
+                "mongo_config": {"url": mongo_url, "database": DATABASE},
+                "training_test_data": {"dataset": DATASET},
+                "model_params": w.model_fields(),
+                "functions": {
+                    "fl_client": {"memory": CLIENT_MB, "timeout": 300},
+                    "fl_server_init": managing,
+                    "fl_invoker_weights_update": managing,
+                    "fl_server_aggregator": managing,
+                },
+            }
+        },
+    }
+
+
+def fabric_limits(w: Workload) -> dict[str, int]:
+    """Room for ``parallel`` fl_client workers plus one managing function, no more."""
+    return {"user_memory_mb": w.parallel * CLIENT_MB + MANAGING_MB, "max_workers": w.parallel + 1}
+
+
+def cold_activations(fabric_url: str) -> dict[str, str]:
+    """Activation id -> action name of every cold start, from the records' ``initTime`` annotation
+    (OpenWhisk's list API, so this works against any OpenWhisk)."""
+    import requests
+
+    from fedkeeper.config import GUEST_AUTH
+
+    user, key = GUEST_AUTH.split(":")
+    cold: dict[str, str] = {}
+    skip = 0
+    while True:
+        response = requests.get(
+            f"{fabric_url}/api/v1/namespaces/_/activations",
+            params={"limit": "200", "skip": str(skip), "docs": "true"},
+            auth=(user, key),
+            timeout=30,
+        )
+        response.raise_for_status()
+        page = response.json()
+        for record in page:
+            if any(a.get("key") == "initTime" for a in record.get("annotations", [])):
+                cold[record["activationId"]] = record["name"]
+        if len(page) < 200:
+            return cold
+        skip += len(page)
+
+
+def round_details(entries: list[Any], rounds: int, cold: dict[str, str]) -> list[str]:
+    """Per round: how long the clients' activations spanned and how long the aggregator took."""
+    details = []
+    for number in range(rounds):
+        mine = [e for e in entries if e.round == number and e.start_ms and e.end_ms]
+        clients = [e for e in mine if e.function == "fl_client"]
+        aggregators = [e for e in mine if e.function == "fl_server_aggregator"]
+        span = (max(e.end_ms for e in clients) - min(e.start_ms for e in clients)) / 1000 if clients else 0.0
+        cold_clients = sum(e.activation_id in cold for e in clients)
+        text = f"round {number + 1}: client activations span {span:.2f} s ({cold_clients} cold)"
+        if aggregators:
+            last = aggregators[-1]
+            state = "cold" if last.activation_id in cold else "warm"
+            text += f", aggregator {(last.end_ms - last.start_ms) / 1000:.2f} s ({state})"
+        details.append(text)
+    return details
+
+
+def run_fedkeeper(w: Workload, work: Path) -> SideResult:
+    from importlib.metadata import version
+
+    from fedkeeper import deployment
+    from fedkeeper.cli import opened_providers
+    from fedkeeper.config import parse_config
+    from fedkeeper.fabric.process import FabricProcess
+    from fedkeeper.keeper import Keeper
+    from fedkeeper.ledger import Ledger
+    from fedkeeper.store.db import Store
+    from fedkeeper.store.embedded import EmbeddedMongo
+
+    limits = fabric_limits(w)
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        mongo = EmbeddedMongo(":memory:").start()
+        stack.callback(mongo.stop)
+        fabric = FabricProcess(limits=limits).start()
+        stack.callback(fabric.cleanup)
+        config = parse_config(fedkeeper_config(w, fabric.url, mongo.url, work / "logs"), "<bench config>")
+        providers = stack.enter_context(opened_providers(config))
+        deployment.deploy(config, providers, say=lambda line: print(line, flush=True))
+        store = Store(mongo.url, DATABASE)
+        store.ensure_indexes()
+        session = Keeper(config, store, providers).start()
+        total_s = time.monotonic() - started
+        rounds = store.rounds(session)
+        entries = list(Ledger(store).entries(session))
+        cold = cold_activations(fabric.url)
+    metrics = [r["metrics"] for r in rounds]
+    per_action: dict[str, int] = {}
+    for name in cold.values():
+        per_action[name] = per_action.get(name, 0) + 1
+    return SideResult(
+        side="fedkeeper",
+        version=version("fedkeeper"),
+        parallelism=(
+            f"local fabric: at most {w.parallel} fl_client workers at once (user memory "
+            f"{limits['user_memory_mb']} MB, fl_client {CLIENT_MB} MB, managing functions {MANAGING_MB} MB, "
+            f"max_workers {limits['max_workers']}); MongoDB: secantusd-py in memory"
+        ),
+        round_s=[float(m["duration_s"]) for m in metrics],
+        accuracy=[float(m["accuracy"]) for m in metrics],
+        total_s=total_s,
+        notes=[
+            "round time = keeper dispatch of the first client .. aggregator's metrics (includes "
+            "server-side evaluation)",
+            "fabric cold starts: " + ", ".join(f"{name} {n}" for name, n in sorted(per_action.items())),
+            *round_details(entries, len(metrics), cold),
+        ],
+    )
+
+
+# --------------------------------------------------------------------------- Flower side
+def make_client_app(w: Workload) -> Any:
+    """A Flower ``ClientApp`` whose train step is fedkeeper's own ``fl_client`` core."""
+    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        from fedkeeper.learning.datasets import load_dataset
+        from fedkeeper.learning.partition import partition
+        from fedkeeper.tasks.client import train_partition
+
+        client = int(context.node_config["partition-id"])
+        server_round = cast(int, msg.content.config_records["config"]["server-round"])
+        weights = msg.content.array_records["arrays"].to_numpy_ndarrays()
+        spec = w.data_spec()
+        parts = partition(load_dataset(spec).y_train, w.clients, w.sampling())
+        # Flower counts rounds from 1, fedkeeper from 0: the same round gets the same shuffle seed.
+        result = train_partition(weights, spec, w.model_params(), parts[client], client, server_round - 1)
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord(result.weights),
+                "metrics": MetricRecord(
+                    {
+                        "train_loss": result.loss,
+                        "train_accuracy": result.accuracy,
+                        "num-examples": result.num_examples,
+                    }
+                ),
+            }
+        )
+        return Message(content=content, reply_to=msg)
+
+    return app
+
+
+def make_server_app(w: Workload, marks: list[tuple[float, float]]) -> Any:
+    """A Flower ``ServerApp``: FedAvg over every client each round, central evaluation after each."""
+    from flwr.app import ArrayRecord, Context, MetricRecord
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.serverapp.strategy import FedAvg
+
+    from fedkeeper.learning.datasets import load_dataset
+    from fedkeeper.learning.models import initial_weights
+    from fedkeeper.learning.training import evaluate
+
+    app = ServerApp()
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        dataset = load_dataset(w.data_spec())
+        loss, accuracy = evaluate(
+            arrays.to_numpy_ndarrays(), dataset.x_test, dataset.y_test, w.model_params(), dataset.num_classes
+        )
+        marks.append((time.monotonic(), accuracy))
+        return MetricRecord({"loss": loss, "accuracy": accuracy})
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        dataset = load_dataset(w.data_spec())
+        start = initial_weights(w.model_params(), dataset.num_features, dataset.num_classes)
+        strategy = FedAvg(
+            fraction_train=1.0,
+            fraction_evaluate=0.0,  # fedkeeper evaluates centrally only; so does this side
+            min_train_nodes=w.clients,
+            min_available_nodes=w.clients,
+        )
+        strategy.start(
+            grid=grid, initial_arrays=ArrayRecord(start), num_rounds=w.rounds, evaluate_fn=evaluate_fn
+        )
+
+    return app
+
+
+def run_flower(w: Workload, work: Path) -> SideResult:
+    try:
+        import flwr
+        from flwr.simulation import run_simulation
+    except ImportError as exc:
+        raise SystemExit(f"flower side: {exc}: pip install -r bench/requirements.txt") from None
+
+    marks: list[tuple[float, float]] = []  # (time, accuracy) after evaluating round 0, 1, ...
+    backend_config = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": w.parallel, "num_gpus": 0, "include_dashboard": False},
+    }
+    started = time.monotonic()
+    run_simulation(
+        server_app=make_server_app(w, marks),
+        client_app=make_client_app(w),
+        num_supernodes=w.clients,
+        backend_config=backend_config,  # type: ignore[arg-type]
+    )
+    if len(marks) != w.rounds + 1:
+        raise SystemExit(f"flower side: expected {w.rounds + 1} evaluations, got {len(marks)} (see its log)")
+    total_s = marks[-1][0] - started
+    times = [t for t, _ in marks]
+    return SideResult(
+        side="flower",
+        version=flwr.__version__,
+        parallelism=(
+            f"run_simulation, Ray backend with {w.parallel} CPUs and 1 CPU per client: {w.parallel} "
+            "ClientApp actors at once; ServerApp (FedAvg, evaluation) in the driver process"
+        ),
+        round_s=[b - a for a, b in itertools.pairwise(times)],
+        accuracy=[acc for _, acc in marks[1:]],
+        total_s=total_s,
+        notes=[
+            "round time = end of the previous central evaluation .. end of this round's central "
+            "evaluation; round 0's evaluation of the initial weights is in the startup time",
+        ],
+    )
+
+
+RUNNERS: dict[str, Callable[[Workload, Path], SideResult]] = {
+    "fedkeeper": run_fedkeeper,
+    "flower": run_flower,
+}
+
+
+# --------------------------------------------------------------------------- the parent
+class TreeMemory:
+    """Samples the summed RSS of a process and all its descendants; remembers who was seen."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = psutil.Process(pid)
+        self.peak_bytes = 0
+        self.seen: dict[int, float] = {}  # pid -> create_time, so a recycled pid is never touched
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _family(self) -> list[psutil.Process]:
+        try:
+            return [self.root, *self.root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def _run(self) -> None:
+        while not self._stop.wait(RSS_SAMPLE_S):
+            total = 0
+            for proc in self._family():
+                with contextlib.suppress(psutil.Error):
+                    total += proc.memory_info().rss
+                    self.seen.setdefault(proc.pid, proc.create_time())
+            self.peak_bytes = max(self.peak_bytes, total)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def kill_leftovers(self) -> int:
+        """Kill descendants that outlived the side's process (e.g. Ray daemons); returns how many."""
+        leftovers = []
+        for pid, created in self.seen.items():
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                if proc.create_time() == created and proc.is_running():
+                    leftovers.append(proc)
+        for proc in leftovers:
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
+        _, alive = psutil.wait_procs(leftovers, timeout=5)
+        for proc in alive:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        return len(leftovers)
+
+
+def run_side(side: str, w: Workload, work: Path, verbose: bool) -> SideResult:
+    """Run one side in a child process; its output goes to ``work/<side>.log``."""
+    result_path = work / f"{side}.json"
+    log_path = work / f"{side}.log"
+    command = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--result", str(result_path),
+               *w.as_args()]  # fmt: skip
+    env = {**os.environ, **QUIET_ENV}
+    print(f"running {side} ... (log: {log_path})", flush=True)
+    with open(log_path, "w", encoding="utf-8") as log:
+        child = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=None if verbose else log,
+            stderr=None if verbose else subprocess.STDOUT,
+        )
+        with TreeMemory(child.pid) as memory:
+            try:
+                code = child.wait(timeout=SIDE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                code = child.wait()
+        memory.kill_leftovers()
+    if code != 0 or not result_path.exists():
+        tail = "\n".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-25:])
+        raise SystemExit(f"{side} side failed (exit status {code}); last lines of {log_path}:\n{tail}")
+    data = json.loads(result_path.read_text(encoding="utf-8"))
+    result = SideResult(**data)
+    result.peak_rss_mb = memory.peak_bytes / 2**20
+    return result
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:6.2f}x" if b > 0 else "    n/a"
+
+
+def report(w: Workload, results: dict[str, SideResult]) -> Iterator[str]:
+    fk, fl = results["fedkeeper"], results["flower"]
+    yield ""
+    yield f"fedkeeper {fk.version} vs Flower {fl.version} — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, " + (
+        f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
+        f"Python {platform.python_version()}"
+    )
+    yield f"workload: {w.describe()}"
+    yield f"  fedkeeper parallelism: {fk.parallelism}"
+    yield f"  flower    parallelism: {fl.parallelism}"
+    yield ""
+    yield f"{'round':>5}  {'fedkeeper s':>11}  {'flower s':>9}  {'fk/flower':>9}  {'fk accuracy':>11}  {'flower acc':>10}"
+    for i in range(w.rounds):
+        yield (
+            f"{i + 1:>5}  {fk.round_s[i]:>11.2f}  {fl.round_s[i]:>9.2f}  {ratio(fk.round_s[i], fl.round_s[i]):>9}  "
+            f"{fk.accuracy[i]:>11.4f}  {fl.accuracy[i]:>10.4f}"
+        )
+    yield (
+        f"{'sum':>5}  {fk.rounds_s:>11.2f}  {fl.rounds_s:>9.2f}  {ratio(fk.rounds_s, fl.rounds_s):>9}  "
+        f"{'':>11}  {'':>10}"
+    )
+    yield ""
+    yield f"{'':<34}{'fedkeeper':>10}  {'flower':>9}  {'fk/flower':>9}"
+    startup_fk, startup_fl = fk.total_s - fk.rounds_s, fl.total_s - fl.rounds_s
+    yield f"{'rounds 2.. (warm), s':<34}{sum(fk.round_s[1:]):>10.2f}  {sum(fl.round_s[1:]):>9.2f}  " + ratio(
+        sum(fk.round_s[1:]), sum(fl.round_s[1:])
+    )
+    yield f"{'startup (before round 1), s':<34}{startup_fk:>10.2f}  {startup_fl:>9.2f}  " + ratio(
+        startup_fk, startup_fl
+    )
+    yield f"{'end to end, s':<34}{fk.total_s:>10.2f}  {fl.total_s:>9.2f}  " + ratio(fk.total_s, fl.total_s)
+    if fk.peak_rss_mb and fl.peak_rss_mb:
+        yield (
+            f"{'peak RSS of the process tree, MB':<34}{fk.peak_rss_mb:>10.0f}  {fl.peak_rss_mb:>9.0f}  "
+            + ratio(fk.peak_rss_mb, fl.peak_rss_mb)
+        )
+    gap = max(abs(a - b) for a, b in zip(fk.accuracy, fl.accuracy, strict=True))
+    yield f"{'largest accuracy difference':<34}{gap:>10.4f}"
+    yield ""
+    for result in (fk, fl):
+        for note in result.notes:
+            yield f"  {result.side}: {note}"
+    yield (
+        "  peak RSS: summed resident memory of the side's process and all its descendants, sampled every "
+        f"{RSS_SAMPLE_S} s (shared libraries count once per process)"
+    )
+
+
+# --------------------------------------------------------------------------- command line
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--rounds", type=int, default=None, help="rounds (default 5; 2 with --quick)")
+    p.add_argument(
+        "--clients",
+        type=int,
+        default=None,
+        help="clients, all train every round (default 10; 4 with --quick)",
+    )
+    p.add_argument("--hidden", type=int, default=128, help="mlp hidden units (default 128)")
+    p.add_argument("--epochs", type=int, default=1, help="local epochs (default 1)")
+    p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    p.add_argument("--lr", type=float, default=0.001, help="adam learning rate (default 0.001)")
+    p.add_argument(
+        "--parallel", type=int, default=2, help="clients training at once on either side (default 2)"
+    )
+    p.add_argument("--quick", action="store_true", help="a smoke run: 4 clients, 2 rounds")
+    p.add_argument("--keep", action="store_true", help="keep the work folder (logs, results)")
+    p.add_argument("--verbose", action="store_true", help="show each side's output instead of logging it")
+    p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)  # the child's role
+    p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.rounds = args.rounds or (2 if args.quick else 5)
+    args.clients = args.clients or (4 if args.quick else 10)
+    for name in ("rounds", "clients", "hidden", "epochs", "batch", "parallel"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1 (got {getattr(args, name)})")
+    if args.lr <= 0:
+        p.error(f"--lr must be positive (got {args.lr})")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    w = Workload(args.rounds, args.clients, args.hidden, args.epochs, args.batch, args.lr, args.parallel)
+    if args.side:  # a child: run one side, write its result
+        work = args.result.parent / f"{args.side}-work"  # kept with the parent's --keep
+        work.mkdir(parents=True, exist_ok=True)
+        result = RUNNERS[args.side](w, work)
+        args.result.write_text(json.dumps(asdict(result)), encoding="utf-8")
+        return 0
+    work = Path(tempfile.mkdtemp(prefix="round-vs-flower-"))
+    try:
+        results = {side: run_side(side, w, work, args.verbose) for side in SIDES}
+        for line in report(w, results):
+            print(line)
+    finally:
+        if args.keep:
+            print(f"\nwork folder kept: {work}")
+        else:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
