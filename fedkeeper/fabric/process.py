@@ -203,7 +203,7 @@ def _daemon_files(cluster: OpenWhiskCluster, state_root: Path) -> tuple[str, int
         port,
         state_root / f"fabric-{port}.pid",
         state_root / f"fabric-{port}.log",
-        state_root / "fabric" / str(port),
+        state_root / str(port),
     )
 
 
@@ -211,7 +211,8 @@ def ensure_local_fabric(cluster: OpenWhiskCluster, state_root: Path, start_timeo
     """Start a detached fabric for a ``local`` cluster when nothing answers at its ``base_url``.
 
     Returns True when it started one. The daemon outlives the caller; its pid and log files are
-    ``<state_root>/fabric-<port>.pid`` and ``.log``, its actions ``<state_root>/fabric/<port>``.
+    ``<state_root>/fabric-<port>.pid`` and ``.log``, its actions ``<state_root>/<port>`` (with
+    ``state_root`` = ``.fedkeeper/fabric``, the same folder ``python -m fedkeeper.fabric`` uses).
     """
     if not cluster.local or _answers(cluster.base_url):
         return False

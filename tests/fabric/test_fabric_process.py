@@ -94,7 +94,7 @@ def test_ensure_local_fabric_starts_a_detached_daemon_once(tmp_path: Path) -> No
         client = FabricClient(cluster.base_url)
         client.deploy("daemon", ECHO)
         worker = client.run("daemon")["response"]["result"]["pid"]
-        assert (tmp_path / "fabric" / str(cluster.base_url.rsplit(":", 1)[1]) / "actions").is_dir()
+        assert (tmp_path / cluster.base_url.rsplit(":", 1)[1] / "actions").is_dir()
     finally:
         stopped = stop_local_fabric(cluster, tmp_path)
     assert stopped is True
