@@ -172,7 +172,9 @@ class FaultPlan:
                 status = kind
                 break
             draw -= probability
-        crash = self._random.random() < rule.crash
+        # Drawn even under a status fault (which does not run the action), so that one plan
+        # consumes the same random numbers per activation whatever happens.
+        crash = self._random.random() < rule.crash and status is None
         lost = self._random.random() < rule.lost_record
         low, high = rule.latency_ms
         latency_ms = low if low == high else self._random.uniform(low, high)
