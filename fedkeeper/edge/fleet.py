@@ -435,7 +435,7 @@ class Instance:
         return frame
 
     # ------------------------------------------------------------------ jobs
-    async def ping(self, timeout_s: float = 5.0) -> Status:
+    async def ping(self, timeout_s: float = 10.0) -> Status:
         return Status.from_bytes((await self.request(MsgType.PING, b"", timeout_s)).payload)
 
     async def ensure(self, partition: Partition | None) -> None:
