@@ -94,7 +94,7 @@ class AwsCluster(_Model):
     region: str = "us-east-1"
     role_arn: str = "arn:aws:iam::123456789012:role/fedkeeper-lambda"
     runtime: str = "python3.11"
-    access_key_id: str | None = None
+    access_key_id: Secret | None = None
     secret_access_key: Secret | None = None
     session_token: Secret | None = None
     endpoint_url: str | None = None

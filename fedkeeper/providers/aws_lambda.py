@@ -81,16 +81,23 @@ class LambdaProvider(Provider):
     def __init__(self, cluster: str, settings: AwsCluster) -> None:
         super().__init__(cluster, settings)
         self.settings: AwsCluster = settings
+        key_id = settings.access_key_id.get_secret_value() if settings.access_key_id else None
         secret = settings.secret_access_key.get_secret_value() if settings.secret_access_key else None
         token = settings.session_token.get_secret_value() if settings.session_token else None
-        register_secret(settings.access_key_id, secret, token)
+        register_secret(key_id, secret, token)
         # Keys from the config, else the standard chain (environment, shared files, instance role).
         self._session = boto3.session.Session(
-            aws_access_key_id=settings.access_key_id,
+            aws_access_key_id=key_id,
             aws_secret_access_key=secret,
             aws_session_token=token,
             region_name=settings.region,
         )
+        if key_id is None:
+            # Keys found by the chain are masked in logs too (botocore logs the signing key id).
+            found = self._session.get_credentials()
+            if found is not None:
+                frozen = found.get_frozen_credentials()
+                register_secret(frozen.access_key, frozen.secret_key, frozen.token)
         self._control = self._client(BotoConfig(retries={"mode": "standard", "max_attempts": 5}))
         self._invokers: dict[int, Any] = {}
 
@@ -105,7 +112,7 @@ class LambdaProvider(Provider):
         if client is None:
             client = self._client(
                 BotoConfig(
-                    read_timeout=key + 5,
+                    read_timeout=key,
                     connect_timeout=10,
                     retries={"mode": "standard", "total_max_attempts": 1},
                 )
