@@ -24,6 +24,7 @@ from fedkeeper.fabric.logs import LogCollector
 
 RUNTIME = Path(__file__).resolve().with_name("runtime.py")
 _ids = itertools.count(1)
+_CHILDREN_REFRESH_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ class Worker:
         self.url = ""
         self.ready = asyncio.Event()  # set once it serves (or is dead): activations may queue on it
         self._psutil: psutil.Process | None = None
+        self._children: list[psutil.Process] = []
+        self._children_at = 0.0
         self._folder: str | None = None
 
     @property
@@ -78,8 +81,10 @@ class Worker:
 
     def has_slot(self) -> bool:
         """A free activation slot, now or once the worker has started (``limits.concurrency`` > 1)."""
+        exited = self.process is not None and self.process.returncode is not None
         return (
             self.state is not WorkerState.DEAD
+            and not exited
             and not self.retired
             and self.in_flight < self.limits.concurrency
         )
@@ -143,17 +148,26 @@ class Worker:
             return response.status, await response.read()
 
     def rss_bytes(self) -> int:
-        """Resident memory of the worker and every process it started."""
+        """Resident memory of the worker and every process it started.
+
+        Listing children scans all of /proc (milliseconds), so it is refreshed once a second;
+        the RSS reads themselves are cheap and happen on every poll.
+        """
         if self._psutil is None:
             return 0
+        now = time.monotonic()
+        if now - self._children_at >= _CHILDREN_REFRESH_S:
+            self._children_at = now
+            with contextlib.suppress(psutil.Error):
+                self._children = self._psutil.children(recursive=True)
         try:
             total = self._psutil.memory_info().rss
-            for child in self._psutil.children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    total += child.memory_info().rss
-            return total
         except psutil.Error:
             return 0
+        for child in self._children:
+            with contextlib.suppress(psutil.Error):
+                total += child.memory_info().rss
+        return total
 
     def kill(self, reason: str) -> None:
         """SIGKILL the worker's whole process group (idempotent)."""
