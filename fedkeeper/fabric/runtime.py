@@ -99,6 +99,10 @@ class ActionHost:
                 handle.write(code)
         sys.path.insert(0, folder)
         os.chdir(folder)
+        activate = os.path.join(folder, "virtualenv", "bin", "activate_this.py")
+        if os.path.isfile(activate):  # OpenWhisk's python runtime honours a bundled virtualenv
+            with open(activate, encoding="utf-8") as handle:
+                exec(compile(handle.read(), activate, "exec"), {"__file__": activate})
         main_name = value.get("main") or "main"
         try:
             spec = importlib.util.spec_from_file_location("main__", entry)

@@ -107,6 +107,7 @@ def web_action(controller: Controller) -> Handler:
             return error_response(request, 401, NOT_AUTHORIZED)
         params: dict[str, Any] = dict(request.query)
         body = await controller.read_body(request)
+        decoded: Any = None
         if body:
             try:
                 decoded = json.loads(body)
@@ -115,9 +116,11 @@ def web_action(controller: Controller) -> Handler:
             if isinstance(decoded, dict):
                 params.update(decoded)
             else:
-                params["__ow_body"] = body.decode("utf-8", "replace")
-        if any(key.startswith("__ow_") and key != "__ow_body" for key in params):
+                decoded = None
+        if any(key.startswith("__ow_") for key in params):
             return error_response(request, 400, RESERVED)
+        if body and decoded is None:
+            params["__ow_body"] = body.decode("utf-8", "replace")
         tail = request.match_info.get("path", "")
         params.update(
             __ow_method=request.method.lower(),
