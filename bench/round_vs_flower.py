@@ -123,6 +123,7 @@ class SideResult:
     total_s: float  # from starting the side's infrastructure to the last round's metrics
     notes: list[str] = field(default_factory=list)
     peak_rss_mb: float | None = None  # filled in by the parent
+    load_before: float | None = None  # 1-minute load average when the side started (parent)
 
     @property
     def rounds_s(self) -> float:
@@ -444,7 +445,8 @@ def run_side(side: str, w: Workload, work: Path, verbose: bool) -> SideResult:
     command = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--result", str(result_path),
                *w.as_args()]  # fmt: skip
     env = {**os.environ, **QUIET_ENV}
-    print(f"running {side} ... (log: {log_path})", flush=True)
+    load_before = os.getloadavg()[0]
+    print(f"running {side} ... (log: {log_path}; load average {load_before:.1f})", flush=True)
     with open(log_path, "w", encoding="utf-8") as log:
         child = subprocess.Popen(
             command,
@@ -467,6 +469,7 @@ def run_side(side: str, w: Workload, work: Path, verbose: bool) -> SideResult:
     data = json.loads(result_path.read_text(encoding="utf-8"))
     result = SideResult(**data)
     result.peak_rss_mb = memory.peak_bytes / 2**20
+    result.load_before = load_before
     return result
 
 
@@ -482,6 +485,10 @@ def report(w: Workload, results: dict[str, SideResult]) -> Iterator[str]:
         f"Python {platform.python_version()}"
     )
     yield f"workload: {w.describe()}"
+    yield (
+        f"load average (1 min) when each side started: fedkeeper {fk.load_before or 0:.1f}, "
+        f"flower {fl.load_before or 0:.1f} (on {os.cpu_count()} cores; higher means other work competed)"
+    )
     yield f"  fedkeeper parallelism: {fk.parallelism}"
     yield f"  flower    parallelism: {fl.parallelism}"
     yield ""
