@@ -99,7 +99,6 @@ class WorkerPool:
         self._queue: deque[_Waiter] = deque()
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._closed = False
         self.cold_starts = 0
 
     # ------------------------------------------------------------------ life cycle
@@ -112,7 +111,6 @@ class WorkerPool:
 
     async def close(self) -> None:
         """Kill every worker and wait until they are gone."""
-        self._closed = True
         for waiter in self._queue:
             if not waiter.future.done():
                 waiter.future.cancel()
@@ -150,6 +148,11 @@ class WorkerPool:
             (w for w in self.workers if w.state is WorkerState.READY and w.in_flight == 0),
             key=lambda w: w.last_used,
         )
+        # Evict only if that is enough: stopping warm workers for nothing would only cost cold starts.
+        busy_count = len(self.workers) - len(idle)
+        busy_mb = self.reserved_mb - sum(w.memory_mb for w in idle)
+        if busy_count >= self.limits.max_workers or busy_mb + memory_mb > self.limits.user_memory_mb:
+            return False
         for worker in idle:
             self._remove(worker, "evicted")
             if self._fits(memory_mb):
