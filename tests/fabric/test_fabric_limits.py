@@ -124,7 +124,6 @@ def test_capacity_of_one_worker_runs_activations_sequentially(
     fabric = start_fabric(limits={"max_workers": 1})
     fabric.deploy(name, SLEEP)
     first, second, third = _run_together(fabric, [(name, {"seconds": 0.7})] * 3)
-    assert annotation(first, "waitTime") < 700
     assert second["start"] >= first["end"] and third["start"] >= second["end"]  # FIFO, one at a time
     assert annotation(second, "waitTime") >= 500
     assert annotation(third, "waitTime") > annotation(second, "waitTime")
