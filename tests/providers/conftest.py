@@ -12,13 +12,11 @@ name to ``CONTRACT_PROVIDERS``.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -30,12 +28,12 @@ from fedkeeper.providers.gcf import GcfProvider
 from fedkeeper.providers.openwhisk import OpenWhiskProvider
 
 from .harness.gcf_fake import GcfFake
-from .harness.lambda_runtime import LambdaEmulator, MotoServer
+from .harness.lambda_runtime import LambdaBackend, LambdaEmulator
 
 CONTRACT_PROVIDERS = ["openwhisk_provider", "gcf_provider", "lambda_provider"]
 MISBEHAVE = Path(__file__).parent / "functions" / "misbehave"
 AWS_REGION = "eu-west-1"
-LAMBDA_ROLE = "arn:aws:iam::123456789012:role/fedkeeper-lambda"
+LAMBDA_ROLE = f"arn:aws:iam::{LambdaBackend.ACCOUNT}:role/fedkeeper-lambda"
 # Dummy keys (moto accepts any); long and distinctive so a leak is easy to grep for.
 AWS_KEYS = {
     "access_key_id": "AKIAFKTEST7XQ2LM4NPZ",
@@ -57,23 +55,15 @@ def gcf_fake() -> Iterator[GcfFake]:
 
 
 @pytest.fixture(scope="session")
-def lambda_endpoint() -> Iterator[LambdaEmulator]:
-    moto = MotoServer().start()
-    emulator = LambdaEmulator(moto.url).start()
-    try:
-        iam = boto3.client(
-            "iam",
-            region_name=AWS_REGION,
-            endpoint_url=emulator.url,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-        role_name = LAMBDA_ROLE.rsplit("/", 1)[1]
-        iam.create_role(RoleName=role_name, AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17"}))
-        yield emulator
-    finally:
-        emulator.stop()
-        moto.stop()
+def lambda_backend() -> Iterator[LambdaBackend]:
+    with LambdaBackend(region=AWS_REGION) as backend:
+        yield backend
+
+
+@pytest.fixture(scope="session")
+def lambda_endpoint(lambda_backend: LambdaBackend) -> LambdaEmulator:
+    assert lambda_backend.emulator is not None
+    return lambda_backend.emulator
 
 
 # --------------------------------------------------------------------------- settings and providers

@@ -14,6 +14,7 @@ import pytest
 from fedkeeper.errors import PayloadTooLarge, ProviderError
 from fedkeeper.packaging import function_dir
 from fedkeeper.providers.base import ActivationStatus, FunctionSpec, Provider
+from fedkeeper.providers.registry import provider_from_binding
 
 from .conftest import CONTRACT_PROVIDERS
 
@@ -108,3 +109,21 @@ def test_declared_capabilities_are_consistent(provider: Provider) -> None:
     if not caps.async_invoke:
         with pytest.raises(ProviderError):
             provider.invoke_async("anything", {})
+
+
+def test_a_provider_rebuilt_from_its_deploy_time_binding_reaches_the_same_functions(
+    provider: Provider, unique_name: str
+) -> None:
+    # fl_invoker_weights_update holds each target as {"platform", "cluster", "settings"} (JSON).
+    binding = {
+        "platform": provider.platform,
+        "cluster": provider.cluster,
+        "settings": json.loads(json.dumps(provider.settings.model_dump(mode="json"))),
+    }
+    provider.deploy(nodeinfo(unique_name))
+    try:
+        with provider_from_binding(binding) as rebuilt:
+            assert type(rebuilt) is type(provider)
+            assert rebuilt.invoke_sync(unique_name, {"echo": 1}, timeout_s=60).ok
+    finally:
+        provider.remove(unique_name)

@@ -156,7 +156,9 @@ class GcfFake:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*(self._stop_instances(d) for d in self.functions.values()))
+        await asyncio.gather(
+            *(self._stop_instances(d) for d in self.functions.values()), return_exceptions=True
+        )
         if self._session is not None:
             await self._session.close()
         if self._runner is not None:

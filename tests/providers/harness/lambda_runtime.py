@@ -322,7 +322,7 @@ class FunctionPool:
 
     async def stop(self) -> None:
         self.retired = True
-        await asyncio.gather(*(w.stop(grace_s=0) for w in list(self.workers)))
+        await asyncio.gather(*(w.stop(grace_s=0) for w in list(self.workers)), return_exceptions=True)
         self.workers.clear()
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -365,7 +365,8 @@ class LambdaEmulator:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     async def _stop(self) -> None:
-        await asyncio.gather(*(pool.stop() for pool in self.pools.values()))
+        # return_exceptions: one failing pool must not leave the others' processes running.
+        await asyncio.gather(*(pool.stop() for pool in self.pools.values()), return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -518,3 +519,63 @@ class LambdaEmulator:
             status=status,
             headers={"x-amzn-ErrorType": error_type, "x-amzn-RequestId": request_id},
         )
+
+
+class LambdaBackend:
+    """moto_server + :class:`LambdaEmulator` + the execution role, as one context manager.
+
+    ``url`` is the ``endpoint_url`` for boto3 (and ``providers.aws.<cluster>.endpoint_url``).
+    """
+
+    ACCOUNT = "123456789012"  # moto's default account
+
+    def __init__(
+        self, region: str = "us-east-1", role_name: str = "fedkeeper-lambda", max_workers: int = 2
+    ) -> None:
+        self.region = region
+        self.role_arn = f"arn:aws:iam::{self.ACCOUNT}:role/{role_name}"
+        self._role_name = role_name
+        self._max_workers = max_workers
+        self.moto: MotoServer | None = None
+        self.emulator: LambdaEmulator | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.emulator is not None, "start() first"
+        return self.emulator.url
+
+    def start(self) -> LambdaBackend:
+        import boto3
+
+        self.moto = MotoServer().start()
+        try:
+            self.emulator = LambdaEmulator(self.moto.url, max_workers=self._max_workers).start()
+            iam = boto3.client(
+                "iam",
+                region_name=self.region,
+                endpoint_url=self.emulator.url,
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+            )
+            iam.create_role(
+                RoleName=self._role_name, AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17"})
+            )
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        emulator, moto, self.emulator, self.moto = self.emulator, self.moto, None, None
+        try:
+            if emulator is not None:
+                emulator.stop()
+        finally:
+            if moto is not None:
+                moto.stop()
+
+    def __enter__(self) -> LambdaBackend:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
