@@ -160,27 +160,42 @@ class WorkerPool:
         return False
 
     def _dispatch(self) -> None:
-        """Serve waiting activations in arrival order (see the module docstring)."""
+        """Serve waiting activations in arrival order (see the module docstring).
+
+        Linear in queue length plus workers: it runs after every activation.
+        """
+        if not self._queue:
+            return
+        free: dict[WorkerKey, deque[Worker]] = {}
+        for worker in self.workers:
+            if worker.has_slot():
+                free.setdefault(worker.key, deque()).append(worker)
         blocked = False
-        for waiter in list(self._queue):
+        waiting: deque[_Waiter] = deque()
+        while self._queue:
+            waiter = self._queue.popleft()
             if waiter.future.done():
-                self._queue.remove(waiter)
                 continue
-            warm = next((w for w in self.workers if w.key == waiter.key and w.has_slot()), None)
-            if warm is not None:
-                warm.in_flight += 1
-                self._queue.remove(waiter)
-                waiter.future.set_result((warm, False))
+            slots = free.get(waiter.key)
+            while slots and not slots[0].has_slot():  # filled up, or evicted below
+                slots.popleft()
+            if slots:
+                slots[0].in_flight += 1
+                waiter.future.set_result((slots[0], False))
                 continue
-            if blocked:
-                continue
-            if self._make_room(waiter.limits.memory):
+            if not blocked and self._make_room(waiter.limits.memory):
                 worker = Worker(waiter.key, waiter.limits)
                 self.workers.append(worker)
-                self._queue.remove(waiter)
                 waiter.future.set_result((worker, True))
-            else:
-                blocked = True
+                if worker.has_slot():  # limits.concurrency > 1: later waiters may join it
+                    free.setdefault(worker.key, deque()).append(worker)
+                continue
+            blocked = True
+            waiting.append(waiter)
+            if not any(free.values()):  # nothing left to hand out: keep the rest in order
+                waiting.extend(self._queue)
+                self._queue.clear()
+        self._queue = waiting
 
     async def _acquire(self, key: WorkerKey, limits: ActionLimits) -> tuple[Worker, bool]:
         future: asyncio.Future[tuple[Worker, bool]] = asyncio.get_running_loop().create_future()
