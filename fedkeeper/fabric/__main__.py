@@ -46,8 +46,8 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def options_from_args(argv: list[str] | None = None) -> FabricOptions:
-    args = parser().parse_args(argv)
+def options_from_args(args: argparse.Namespace) -> FabricOptions:
+    """Validated options; ValueError or FaultPlanError name the bad flag or file."""
     changes = {
         f.name: getattr(args, f.name) for f in fields(FabricLimits) if getattr(args, f.name) is not None
     }
@@ -60,13 +60,14 @@ def options_from_args(argv: list[str] | None = None) -> FabricOptions:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     try:
-        options = options_from_args(argv)
+        options = options_from_args(args)
     except (ValueError, FaultPlanError) as exc:
         print(f"fabric: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(
-        level=getattr(logging, parser().parse_args(argv).log_level),
+        level=getattr(logging, args.log_level),
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
