@@ -169,7 +169,8 @@ class Controller:
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return error_response(request, exc.status, exc.reason, headers=dict(exc.headers))
+            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            return error_response(request, exc.status, exc.reason, headers=allow)
         except (asyncio.CancelledError, ConnectionResetError):
             raise
         except Exception:

@@ -153,3 +153,10 @@ def test_list_actions_pages_newest_first(fabric: FabricClient, name: str) -> Non
     too_many = fabric.session.get(fabric.ns("actions"), params={"limit": 201}, timeout=5)
     assert too_many.status_code == 400
     assert too_many.json()["error"] == "The value '201' is not in the range of 0 to 200 for actions."
+
+
+def test_unsupported_method_is_405_with_a_json_error(fabric: FabricClient, name: str) -> None:
+    response = fabric.session.patch(fabric.ns(f"actions/{name}"), timeout=5)
+    assert response.status_code == 405
+    assert response.json()["error"] == "Method Not Allowed"
+    assert "PUT" in response.headers["Allow"]
