@@ -119,6 +119,7 @@ class GcfFake:
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._processes: set[asyncio.subprocess.Process] = set()  # every instance ever started
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> GcfFake:
@@ -159,6 +160,8 @@ class GcfFake:
         await asyncio.gather(
             *(self._stop_instances(d) for d in self.functions.values()), return_exceptions=True
         )
+        # Instances caught mid-start or mid-retirement by the cancellations above.
+        await asyncio.gather(*(kill_group(p, grace_s=0) for p in self._processes), return_exceptions=True)
         if self._session is not None:
             await self._session.close()
         if self._runner is not None:
@@ -405,6 +408,7 @@ class GcfFake:
             "--source", "main.py", "--host", "127.0.0.1", "--port", "0",
         ]  # fmt: skip
         process = await spawn(args, root, env)
+        self._processes.add(process)
         output: list[str] = []
         try:
             match = await wait_for_line(process, _LISTENING, 60.0, output)

@@ -149,6 +149,7 @@ class Worker:
             },
         )
         self.process = await spawn([PYTHON, "-m", "awslambdaric", pool.handler], pool.root, env)
+        pool.emulator.processes.add(self.process)
         pool.emulator.background(self._watch())
 
     async def _watch(self) -> None:
@@ -343,6 +344,7 @@ class LambdaEmulator:
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.processes: set[asyncio.subprocess.Process] = set()  # every runtime process ever started
 
     def start(self) -> LambdaEmulator:
         self._loop = LoopThread("lambda-emulator")
@@ -370,6 +372,7 @@ class LambdaEmulator:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(kill_group(p, grace_s=0) for p in self.processes), return_exceptions=True)
         if self._session is not None:
             await self._session.close()
         if self._runner is not None:

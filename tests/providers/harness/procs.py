@@ -49,12 +49,17 @@ async def spawn(args: list[str], cwd: Path, env: Mapping[str, str]) -> asyncio.s
 
 
 async def kill_group(process: asyncio.subprocess.Process, grace_s: float = 3.0) -> None:
-    """SIGTERM the process group, SIGKILL it after ``grace_s``, and reap the leader."""
-    if process.returncode is None:
-        _signal_group(process.pid, signal.SIGTERM if grace_s > 0 else signal.SIGKILL)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(process.wait(), grace_s if grace_s > 0 else 5.0)
-    # Children (gunicorn workers) may outlive a leader that died first.
+    """SIGTERM the process group, SIGKILL it after ``grace_s``, and reap the leader.
+
+    A leader reaped earlier is left alone: its group id may since have been given to another
+    process group, which is not ours to signal.
+    """
+    if process.returncode is not None:
+        return
+    _signal_group(process.pid, signal.SIGTERM if grace_s > 0 else signal.SIGKILL)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(process.wait(), grace_s if grace_s > 0 else 5.0)
+    # Children (gunicorn workers) may outlive their leader; the group id is still ours this instant.
     _signal_group(process.pid, signal.SIGKILL)
     if process.returncode is None:
         await process.wait()
