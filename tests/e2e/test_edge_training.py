@@ -1,0 +1,81 @@
+"""Edge and fabric clients in one session: 4 QEMU guests beside 4 TensorFlow clients."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from fedkeeper import deployment
+from fedkeeper.cli import opened_providers
+from fedkeeper.fabric.process import FabricProcess
+from fedkeeper.keeper import Keeper
+from fedkeeper.store.db import Store
+
+from .conftest import E2E_LIMITS, build, training_config
+from .helpers import assert_every_selected_update_counted_once, client_attempts
+from .test_cli import free_port
+
+
+def _kill_guests_when_round_opens(store: Store, round_number: int, killed: list[int]) -> None:
+    """Once the round's edge activations are out, SIGKILL every guest the launcher brings up until one
+    of those activations has failed (a single kill can land between jobs and go unnoticed)."""
+    deadline = time.monotonic() + 300
+    failed = {
+        "round": round_number,
+        "function": "fl_invoker_weights_update",
+        "status": {"$nin": ["submitted", "success"]},
+    }
+    while time.monotonic() < deadline:
+        if store.db.activations.find_one({"round": round_number, "function": "fl_invoker_weights_update"}):
+            storm_end = time.monotonic() + 60
+            while time.monotonic() < storm_end and not store.db.activations.find_one(failed):
+                for proc in psutil.process_iter(["name"]):
+                    if proc.info["name"] == "qemu-system-i386" and proc.pid not in killed:
+                        proc.send_signal(signal.SIGKILL)
+                        killed.append(proc.pid)
+                time.sleep(0.02)
+            return
+        time.sleep(0.05)
+
+
+def test_four_edge_and_four_fabric_clients_train_together_and_survive_a_killed_guest(
+    mongo_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEDKEEPER_EDGE_STATE_DIR", str(tmp_path / "edge"))
+    with FabricProcess(limits=E2E_LIMITS) as fabric:
+        data = training_config(fabric.url, mongo_url, tmp_path / "logs", num_clients_per_round=8)
+        data["providers"]["edge"] = {"qemu": {"gateway_port": free_port()}}
+        fl = data["scenarios"]["federated_learning"]
+        fl["clients_info"] = {"total_num_clients": 8, "ow_clients_count": 4, "edge_clients_count": 4}
+        config = build(data)
+        store = Store(fl["mongo_config"]["url"], fl["mongo_config"]["database"])
+        store.ensure_indexes()
+        killed: list[int] = []
+        with opened_providers(config) as providers:
+            try:
+                deployment.deploy(config, providers, say=lambda _: None)
+                keeper = Keeper(config, store, providers)
+                killer = threading.Thread(target=_kill_guests_when_round_opens, args=(store, 1, killed))
+                killer.start()
+                session = keeper.start()
+                killer.join(timeout=5)
+            finally:
+                deployment.remove(config, providers, say=lambda _: None)
+
+    accuracies = assert_every_selected_update_counted_once(store, session, rounds=3)
+    assert accuracies[-1] > accuracies[0], accuracies
+    attempts = client_attempts(store, session)
+    edge = [a for a in attempts if a["client"] >= 4]
+    assert {a["client"] for a in edge} == {4, 5, 6, 7}
+    assert all(
+        e["function"] == "fl_invoker_weights_update"
+        for e in store.db.activations.find({"client": {"$gte": 4}})
+    )
+    assert killed, "no guest was killed"
+    assert any(a["status"] != "success" for a in edge), "the killed guest's activation did not fail"
+    assert not any(p.info["name"] == "qemu-system-i386" for p in psutil.process_iter(["name"]))
