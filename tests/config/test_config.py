@@ -83,7 +83,7 @@ def test_missing_environment_variable_is_named(tmp_path: Path, monkeypatch: pyte
     data = sample()
     data["providers"]["openwhisk"]["local"]["auth"] = "${FK_NO_SUCH_VAR}"
     with pytest.raises(
-        ConfigError, match="providers.openwhisk.local.auth: environment variable FK_NO_SUCH_VAR"
+        ConfigError, match=r"providers\.openwhisk\.local\.auth: environment variable FK_NO_SUCH_VAR"
     ):
         parse_config(data, "c.yaml")
 
