@@ -71,7 +71,9 @@ class Reporter:
         self._end_bar()
         print(message, file=self.stream, flush=True)
 
-    def progress(self, round_number: int, selected: int, done: int, failed: int, retried: int, elapsed: float) -> None:
+    def progress(
+        self, round_number: int, selected: int, done: int, failed: int, retried: int, elapsed: float
+    ) -> None:
         """The round's progress: a redrawn bar on a terminal, nothing extra elsewhere."""
         if not self.tty:
             return
@@ -150,7 +152,9 @@ class Reporter:
             return
         rounds = [r["round"] + 1 for r in rows]
         fig, ax_acc = plt.subplots(figsize=(7, 4))
-        ax_acc.plot(rounds, [r["metrics"]["accuracy"] for r in rows], "o-", color="tab:blue", label="accuracy")
+        ax_acc.plot(
+            rounds, [r["metrics"]["accuracy"] for r in rows], "o-", color="tab:blue", label="accuracy"
+        )
         ax_acc.set_xlabel("round")
         ax_acc.set_ylabel("test accuracy", color="tab:blue")
         ax_acc.set_ylim(0, 1)
