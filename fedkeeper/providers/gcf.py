@@ -248,11 +248,14 @@ class GcfProvider(Provider):
             raise ProviderError(f"{where}: {action} failed: {_api_message(exc)}") from None
         return result
 
-    def _call(self, where: str, what: str, call: Any) -> Any:
+    def _call(self, where: str, what: str, call: Any, *, not_found_ok: bool = False) -> Any:
+        """``call()`` with API errors as one-line ProviderErrors (``NotFound`` raised as is if asked)."""
         try:
             return call()
         except gexc.NotFound:
-            raise
+            if not_found_ok:
+                raise
+            raise ProviderError(f"{where}: {what} refused: not found") from None
         except gexc.GoogleAPICallError as exc:
             raise ProviderError(f"{where}: {what} refused: {_api_message(exc)}") from None
 
@@ -424,5 +427,7 @@ def _local_record(
     return ActivationRecord(uuid.uuid4().hex, status, {"error": message}, start, now_ms(), timeout)
 
 
-def _api_message(exc: gexc.GoogleAPICallError) -> str:
-    return redact(f"HTTP {exc.code}: {exc.message}")
+def _api_message(exc: gexc.GoogleAPICallError, limit: int = 500) -> str:
+    """The API's error on one line (build errors can quote whole tracebacks)."""
+    text = " ".join(f"HTTP {exc.code}: {exc.message}".split())
+    return redact(text if len(text) <= limit else text[: limit - 1] + "…")

@@ -414,7 +414,11 @@ class GcfFake:
             match = await wait_for_line(process, _LISTENING, 60.0, output)
         except (RuntimeError, TimeoutError) as exc:
             await kill_group(process, grace_s=0)
-            detail = str(exc) if isinstance(exc, RuntimeError) else "no 'Listening at' line within 60 s"
+            # Like GCF's build errors: the last line of the log says what went wrong.
+            last = next((line for line in reversed(output) if line.strip()), "no output")
+            detail = (
+                f"exit {process.returncode}: {last}" if isinstance(exc, RuntimeError) else "not ready in 60 s"
+            )
             raise RuntimeError(f"container failed to start: {detail}") from None
         instance = Instance(process, int(match.group(1)), output)
         self._background(pump(process, output))
