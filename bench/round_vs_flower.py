@@ -24,12 +24,13 @@ import itertools
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -194,6 +195,11 @@ def cold_activations(fabric_url: str) -> dict[str, str]:
         skip += len(page)
 
 
+def activation_s(entry: Any) -> float:
+    """How long a settled ledger entry's activation ran, in seconds."""
+    return float(entry.end_ms - entry.start_ms) / 1000
+
+
 def round_details(entries: list[Any], rounds: int, cold: dict[str, str]) -> list[str]:
     """Per round: how long the clients' activations spanned and how long the aggregator took."""
     details = []
@@ -207,7 +213,7 @@ def round_details(entries: list[Any], rounds: int, cold: dict[str, str]) -> list
         if aggregators:
             last = aggregators[-1]
             state = "cold" if last.activation_id in cold else "warm"
-            text += f", aggregator {(last.end_ms - last.start_ms) / 1000:.2f} s ({state})"
+            text += f", aggregator {activation_s(last):.2f} s ({state})"
         details.append(text)
     return details
 
@@ -231,9 +237,11 @@ def run_fedkeeper(w: Workload, work: Path) -> SideResult:
         stack.callback(mongo.stop)
         fabric = FabricProcess(limits=limits).start()
         stack.callback(fabric.cleanup)
+        services_s = time.monotonic() - started
         config = parse_config(fedkeeper_config(w, fabric.url, mongo.url, work / "logs"), "<bench config>")
         providers = stack.enter_context(opened_providers(config))
         deployment.deploy(config, providers, say=lambda line: print(line, flush=True))
+        deploy_s = time.monotonic() - started - services_s
         store = Store(mongo.url, DATABASE)
         store.ensure_indexes()
         session = Keeper(config, store, providers).start()
@@ -245,6 +253,8 @@ def run_fedkeeper(w: Workload, work: Path) -> SideResult:
     per_action: dict[str, int] = {}
     for name in cold.values():
         per_action[name] = per_action.get(name, 0) + 1
+    init = [e for e in entries if e.function == "fl_server_init" and e.start_ms and e.end_ms]
+    init_s = activation_s(init[-1]) if init else float("nan")
     return SideResult(
         side="fedkeeper",
         version=version("fedkeeper"),
@@ -259,6 +269,8 @@ def run_fedkeeper(w: Workload, work: Path) -> SideResult:
         notes=[
             "round time = keeper dispatch of the first client .. aggregator's metrics (includes "
             "server-side evaluation)",
+            f"startup: MongoDB + fabric up {services_s:.2f} s, deploy {deploy_s:.2f} s, "
+            f"fl_server_init activation {init_s:.2f} s (cold)",
             "fabric cold starts: " + ", ".join(f"{name} {n}" for name, n in sorted(per_action.items())),
             *round_details(entries, len(metrics), cold),
         ],
@@ -440,10 +452,10 @@ class TreeMemory:
         return len(leftovers)
 
 
-def run_side(side: str, w: Workload, work: Path, verbose: bool) -> SideResult:
-    """Run one side in a child process; its output goes to ``work/<side>.log``."""
-    result_path = work / f"{side}.json"
-    log_path = work / f"{side}.log"
+def run_side(side: str, w: Workload, work: Path, verbose: bool, run: int) -> SideResult:
+    """Run one side in a child process; its output goes to ``work/<side>-<run>.log``."""
+    result_path = work / f"{side}-{run}.json"
+    log_path = work / f"{side}-{run}.log"
     command = [sys.executable, str(Path(__file__).resolve()), "--side", side, "--result", str(result_path),
                *w.as_args()]  # fmt: skip
     env = {**os.environ, **QUIET_ENV}
@@ -479,58 +491,74 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:6.2f}x" if b > 0 else "    n/a"
 
 
-def report(w: Workload, results: dict[str, SideResult]) -> Iterator[str]:
-    fk, fl = results["fedkeeper"], results["flower"]
+@dataclass(frozen=True)
+class Row:
+    """One line of the summary: a figure computed from each run of a side."""
+
+    label: str
+    figure: Callable[[SideResult], float]
+    digits: int = 2
+
+
+SUMMARY = (
+    Row("rounds 2.. (warm), s", lambda r: sum(r.round_s[1:])),
+    Row("startup (before round 1), s", lambda r: r.total_s - r.rounds_s),
+    Row("startup + round 1 (cold), s", lambda r: r.total_s - sum(r.round_s[1:])),
+    Row("end to end, s", lambda r: r.total_s),
+    Row("peak RSS of the process tree, MB", lambda r: r.peak_rss_mb or 0.0, 0),
+)
+
+
+def report(w: Workload, runs: dict[str, list[SideResult]]) -> Iterator[str]:
+    """The table: medians over the runs of each side (one run unless ``--repeat``)."""
+    fk_runs, fl_runs = runs["fedkeeper"], runs["flower"]
+    fk, fl = fk_runs[-1], fl_runs[-1]
+    repeat = len(fk_runs)
     yield ""
     yield f"fedkeeper {fk.version} vs Flower {fl.version} — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, " + (
         f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
         f"Python {platform.python_version()}"
     )
     yield f"workload: {w.describe()}"
-    yield (
-        f"load average (1 min) when each side started: fedkeeper {fk.load_before or 0:.1f}, "
-        f"flower {fl.load_before or 0:.1f} (on {os.cpu_count()} cores; higher means other work competed)"
+    loads = ", ".join(
+        f"{r.side} {r.load_before or 0:.1f}" for pair in zip(fk_runs, fl_runs, strict=True) for r in pair
     )
+    yield f"load average (1 min) when each run started: {loads} (on {os.cpu_count()} cores)"
+    if repeat > 1:
+        yield f"each figure is the median of {repeat} runs per side (the sides alternate)"
     yield f"  fedkeeper parallelism: {fk.parallelism}"
     yield f"  flower    parallelism: {fl.parallelism}"
     yield ""
     yield f"{'round':>5}  {'fedkeeper s':>11}  {'flower s':>9}  {'fk/flower':>9}  {'fk accuracy':>11}  {'flower acc':>10}"
     for i in range(w.rounds):
+        a, b = median(r.round_s[i] for r in fk_runs), median(r.round_s[i] for r in fl_runs)
         yield (
-            f"{i + 1:>5}  {fk.round_s[i]:>11.2f}  {fl.round_s[i]:>9.2f}  {ratio(fk.round_s[i], fl.round_s[i]):>9}  "
-            f"{fk.accuracy[i]:>11.4f}  {fl.accuracy[i]:>10.4f}"
+            f"{i + 1:>5}  {a:>11.2f}  {b:>9.2f}  {ratio(a, b):>9}  {fk.accuracy[i]:>11.4f}  {fl.accuracy[i]:>10.4f}"
         )
-    yield (
-        f"{'sum':>5}  {fk.rounds_s:>11.2f}  {fl.rounds_s:>9.2f}  {ratio(fk.rounds_s, fl.rounds_s):>9}  "
-        f"{'':>11}  {'':>10}"
-    )
+    a, b = median(r.rounds_s for r in fk_runs), median(r.rounds_s for r in fl_runs)
+    yield f"{'sum':>5}  {a:>11.2f}  {b:>9.2f}  {ratio(a, b):>9}"
     yield ""
     yield f"{'':<34}{'fedkeeper':>10}  {'flower':>9}  {'fk/flower':>9}"
-    startup_fk, startup_fl = fk.total_s - fk.rounds_s, fl.total_s - fl.rounds_s
-    yield f"{'rounds 2.. (warm), s':<34}{sum(fk.round_s[1:]):>10.2f}  {sum(fl.round_s[1:]):>9.2f}  " + ratio(
-        sum(fk.round_s[1:]), sum(fl.round_s[1:])
-    )
-    yield f"{'startup (before round 1), s':<34}{startup_fk:>10.2f}  {startup_fl:>9.2f}  " + ratio(
-        startup_fk, startup_fl
-    )
-    cold_fk, cold_fl = startup_fk + fk.round_s[0], startup_fl + fl.round_s[0]
-    yield f"{'startup + round 1 (cold), s':<34}{cold_fk:>10.2f}  {cold_fl:>9.2f}  " + ratio(cold_fk, cold_fl)
-    yield f"{'end to end, s':<34}{fk.total_s:>10.2f}  {fl.total_s:>9.2f}  " + ratio(fk.total_s, fl.total_s)
-    if fk.peak_rss_mb and fl.peak_rss_mb:
-        yield (
-            f"{'peak RSS of the process tree, MB':<34}{fk.peak_rss_mb:>10.0f}  {fl.peak_rss_mb:>9.0f}  "
-            + ratio(fk.peak_rss_mb, fl.peak_rss_mb)
-        )
-    gap = max(abs(a - b) for a, b in zip(fk.accuracy, fl.accuracy, strict=True))
+    for row in SUMMARY:
+        a, b = median(row.figure(r) for r in fk_runs), median(row.figure(r) for r in fl_runs)
+        yield f"{row.label:<34}{a:>10.{row.digits}f}  {b:>9.{row.digits}f}  {ratio(a, b)}"
+    accuracies = [r.accuracy for r in fk_runs + fl_runs]
+    gap = max(abs(x - y) for other in accuracies for x, y in zip(accuracies[0], other, strict=True))
     yield f"{'largest accuracy difference':<34}{gap:>10.4f}"
     yield ""
     for result in (fk, fl):
         for note in result.notes:
             yield f"  {result.side}: {note}"
+    if repeat > 1:
+        yield "  (the per-round fedkeeper details above are from its last run)"
     yield (
         "  peak RSS: summed resident memory of the side's process and all its descendants, sampled every "
         f"{RSS_SAMPLE_S} s (shared libraries count once per process)"
     )
+
+
+def median(values: Iterable[float]) -> float:
+    return float(statistics.median(list(values)))
 
 
 # --------------------------------------------------------------------------- command line
@@ -550,6 +578,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--parallel", type=int, default=2, help="clients training at once on either side (default 2)"
     )
+    p.add_argument("--repeat", type=int, default=1, help="runs per side, medians reported (default 1)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 4 clients, 2 rounds")
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs, results)")
     p.add_argument("--verbose", action="store_true", help="show each side's output instead of logging it")
@@ -558,7 +587,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.rounds = args.rounds or (2 if args.quick else 5)
     args.clients = args.clients or (4 if args.quick else 10)
-    for name in ("rounds", "clients", "hidden", "epochs", "batch", "parallel"):
+    for name in ("rounds", "clients", "hidden", "epochs", "batch", "parallel", "repeat"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1 (got {getattr(args, name)})")
     if args.lr <= 0:
@@ -570,15 +599,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     w = Workload(args.rounds, args.clients, args.hidden, args.epochs, args.batch, args.lr, args.parallel)
     if args.side:  # a child: run one side, write its result
-        work = args.result.parent / f"{args.side}-work"  # kept with the parent's --keep
+        work = args.result.with_name(f"{args.result.stem}-work")  # kept with the parent's --keep
         work.mkdir(parents=True, exist_ok=True)
         result = RUNNERS[args.side](w, work)
         args.result.write_text(json.dumps(asdict(result)), encoding="utf-8")
         return 0
     work = Path(tempfile.mkdtemp(prefix="round-vs-flower-"))
     try:
-        results = {side: run_side(side, w, work, args.verbose) for side in SIDES}
-        for line in report(w, results):
+        runs: dict[str, list[SideResult]] = {side: [] for side in SIDES}
+        for run in range(1, args.repeat + 1):
+            for side in SIDES:
+                runs[side].append(run_side(side, w, work, args.verbose, run))
+        for line in report(w, runs):
             print(line)
     finally:
         if args.keep:
