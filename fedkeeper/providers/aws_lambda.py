@@ -177,6 +177,8 @@ class LambdaProvider(Provider):
             self._wait(name, "function_updated_v2")
         except botocore.exceptions.ClientError as exc:
             raise ProviderError(f"{where}: update refused: {_client_message(exc)}") from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise ProviderError(f"{where}: update failed: {redact(str(exc))}") from None
 
     def _wait(self, name: str, waiter_name: str) -> None:
         """Wait for State Active / LastUpdateStatus Successful, within ``operation_timeout_s``."""
@@ -193,6 +195,8 @@ class LambdaProvider(Provider):
                 f"{self._where(name)}: not ready within {self.settings.operation_timeout_s:g} s "
                 f"({waiter_name}) {redact(str(reason))}".rstrip()
             ) from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise ProviderError(f"{self._where(name)}: waiting failed: {redact(str(exc))}") from None
 
     def remove(self, name: str) -> bool:
         try:
@@ -201,6 +205,8 @@ class LambdaProvider(Provider):
             return False
         except botocore.exceptions.ClientError as exc:
             raise ProviderError(f"{self._where(name)}: delete refused: {_client_message(exc)}") from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise ProviderError(f"{self._where(name)}: delete failed: {redact(str(exc))}") from None
         log.info("%s: deleted", self._where(name))
         return True
 
@@ -233,6 +239,8 @@ class LambdaProvider(Provider):
             )
         except botocore.exceptions.ClientError as exc:
             return self._client_error_record(name, exc, start)
+        except botocore.exceptions.BotoCoreError as exc:  # no credentials, bad endpoint, ...
+            raise ProviderError(f"{self._where(name)}: invoke failed: {redact(str(exc))}") from None
         return self._record(response, start)
 
     def invoke_event(self, name: str, params: Mapping[str, Any]) -> str:

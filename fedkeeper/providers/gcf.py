@@ -66,6 +66,8 @@ EXECUTION_ID_HEADER = "Function-Execution-Id"
 _FUNCTION_ID = re.compile(r"^[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _CONNECT_TIMEOUT_S = 10.0
 _MEMORY_MB = (128, 32768)
+# The REST transport lets connection failures through as requests (or google-auth) exceptions.
+_UNREACHABLE = (requests.RequestException, google.auth.exceptions.TransportError)
 _TOKEN_SLACK_S = 300  # refresh an ID token this long before it expires
 # Poll operations from 0.25 s up to every 10 s (the library starts at 1 s, grows to 20 s): a small
 # function's update is often done within a second.
@@ -168,6 +170,10 @@ class GcfProvider(Provider):
             action = "update"
         except gexc.GoogleAPICallError as exc:
             raise ProviderError(f"{where}: create refused: {_api_message(exc)}") from None
+        except _UNREACHABLE as exc:
+            raise ProviderError(
+                f"{where}: create failed: cannot reach the GCF API ({type(exc).__name__})"
+            ) from None
         deployed = self._await(operation, where, action)
         if deployed.state != functions_v2.Function.State.ACTIVE:
             messages = "; ".join(m.message for m in deployed.state_messages) or "no detail"
@@ -246,6 +252,8 @@ class GcfProvider(Provider):
             ) from None
         except gexc.GoogleAPICallError as exc:
             raise ProviderError(f"{where}: {action} failed: {_api_message(exc)}") from None
+        except _UNREACHABLE as exc:
+            raise ProviderError(f"{where}: {action}: lost the GCF API ({type(exc).__name__})") from None
         return result
 
     def _call(self, where: str, what: str, call: Any, *, not_found_ok: bool = False) -> Any:
@@ -258,13 +266,20 @@ class GcfProvider(Provider):
             raise ProviderError(f"{where}: {what} refused: not found") from None
         except gexc.GoogleAPICallError as exc:
             raise ProviderError(f"{where}: {what} refused: {_api_message(exc)}") from None
+        except _UNREACHABLE as exc:
+            raise ProviderError(
+                f"{where}: {what} failed: cannot reach the GCF API ({type(exc).__name__})"
+            ) from None
 
     def remove(self, name: str) -> bool:
         where = self._where(name)
         self._urls.pop(name, None)
         try:
             operation = self._call(
-                where, "delete", lambda: self.client.delete_function(name=self.resource(name))
+                where,
+                "delete",
+                lambda: self.client.delete_function(name=self.resource(name)),
+                not_found_ok=True,
             )
         except gexc.NotFound:
             return False
@@ -277,6 +292,8 @@ class GcfProvider(Provider):
             raise ProviderError(f"{where}: delete did not finish within {timeout:g} s") from None
         except gexc.GoogleAPICallError as exc:
             raise ProviderError(f"{where}: delete failed: {_api_message(exc)}") from None
+        except _UNREACHABLE as exc:
+            raise ProviderError(f"{where}: delete: lost the GCF API ({type(exc).__name__})") from None
         log.info("%s: deleted", where)
         return True
 
@@ -288,7 +305,10 @@ class GcfProvider(Provider):
         where = self._where(name)
         try:
             function = self._call(
-                where, "look-up", lambda: self.client.get_function(name=self.resource(name))
+                where,
+                "look-up",
+                lambda: self.client.get_function(name=self.resource(name)),
+                not_found_ok=True,
             )
         except gexc.NotFound:
             raise ProviderError(f"{where} is not deployed") from None

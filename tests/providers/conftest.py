@@ -12,6 +12,7 @@ name to ``CONTRACT_PROVIDERS``.
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,6 +111,15 @@ def lambda_provider(lambda_endpoint: LambdaEmulator) -> Iterator[LambdaProvider]
     provider = LambdaProvider("aws-test", lambda_settings(lambda_endpoint))
     yield provider
     provider.close()
+
+
+@pytest.fixture
+def dead_url() -> str:
+    """An http:// URL on which nothing listens (a port just released by the kernel)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

@@ -129,6 +129,17 @@ def test_unreachable_front_end_is_an_internal_error(unique_name: str) -> None:
     assert record.activation_id
 
 
+def test_unreachable_control_plane_is_a_clear_provider_error(dead_url: str, unique_name: str) -> None:
+    with GcfProvider("down", GoogleCluster(project="p", api_endpoint=dead_url)) as provider:
+        for call in (
+            lambda: provider.deploy(FunctionSpec(unique_name, MISBEHAVE)),
+            lambda: provider.remove(unique_name),
+            lambda: provider.invoke_sync(unique_name, {}, timeout_s=5),
+        ):
+            with pytest.raises(ProviderError, match=r"cannot reach the GCF API \(ConnectionError\)$"):
+                call()
+
+
 def test_build_failure_fails_the_operation_with_one_clear_line(
     tmp_path: Path, gcf_provider: GcfProvider, unique_name: str
 ) -> None:

@@ -192,12 +192,18 @@ def test_killed_environments_are_replaced(
     assert first.result["pid"] != second.result["pid"]
 
 
-def test_unreachable_endpoint_is_an_internal_error() -> None:
-    settings = AwsCluster(endpoint_url="http://127.0.0.1:9", region=AWS_REGION, **AWS_KEYS)  # type: ignore[arg-type]
+def test_unreachable_endpoint_is_an_internal_error_for_invoke_and_a_provider_error_for_deploy(
+    dead_url: str, unique_name: str
+) -> None:
+    settings = AwsCluster.model_validate({"endpoint_url": dead_url, "region": AWS_REGION, **AWS_KEYS})
     with LambdaProvider("down", settings) as provider:
-        record = provider.invoke_sync("anything", {}, timeout_s=5)
-    assert record.status is ActivationStatus.INTERNAL_ERROR
-    assert record.activation_id
+        record = provider.invoke_sync(unique_name, {}, timeout_s=5)
+        assert record.status is ActivationStatus.INTERNAL_ERROR
+        assert record.activation_id
+        with pytest.raises(ProviderError, match="create failed: Could not connect to the endpoint URL"):
+            provider.deploy(FunctionSpec(unique_name, MISBEHAVE))
+        with pytest.raises(ProviderError, match="delete failed: Could not connect to the endpoint URL"):
+            provider.remove(unique_name)
 
 
 def test_missing_role_is_a_clear_deploy_error(lambda_endpoint: LambdaEmulator, unique_name: str) -> None:
