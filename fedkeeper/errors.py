@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class FedkeeperError(Exception):
-    """Base class: the message is shown to the user as is, without a traceback."""
+    """Base class: the message is shown to the user as is, without a traceback.
+
+    ``details`` are extra JSON fields a function adds to its ``{"error": ...}`` result.
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str = "", details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.details: dict[str, Any] = details or {}
 
 
 class ConfigError(FedkeeperError):

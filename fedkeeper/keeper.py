@@ -389,6 +389,8 @@ class Keeper:
             provider, function = self.server_provider, INVOKER
             params.update(target=placement.target, timeout_s=self.fl.functions.fl_client.timeout)
         entry = self._entry(state.number, function, client, attempt, provider)
+        if function == INVOKER:
+            entry.target = placement.target
         if not self.ledger.submit(entry):  # this attempt number was used by a keeper that died
             state.attempts[client] = self.ledger.attempts(self.session_id, state.number, function, client)
             state.retry_at[client] = self.clock()

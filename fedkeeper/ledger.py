@@ -34,6 +34,8 @@ class LedgerEntry:
     platform: str
     cluster: str
     activation_id: str | None = None
+    target: str | None = None  # "platform/cluster" of a client reached through the invoker
+    target_activation_id: str | None = None  # the client's own execution id on that platform
     status: str = SUBMITTED
     error: str | None = None
     submitted_at: datetime = field(default_factory=utcnow)
@@ -83,6 +85,9 @@ class Ledger:
         """Record the outcome of a submitted attempt (only the first outcome counts)."""
         update: dict[str, Any] = {"status": status, "error": error}
         if record is not None:
+            target_id = (record.result or {}).get("target_activation")
+            if target_id:
+                update["target_activation_id"] = entry.target_activation_id = str(target_id)
             update.update(
                 start_ms=record.start_ms,
                 end_ms=record.end_ms,

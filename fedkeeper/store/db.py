@@ -64,6 +64,14 @@ class StoredUpdate:
     accuracy: float
 
 
+@dataclass(frozen=True)
+class UnreadableUpdate:
+    """A stored update that cannot be decoded or fails its checksum."""
+
+    client: int
+    reason: str
+
+
 _clients: dict[str, pymongo.MongoClient] = {}
 _clients_lock = threading.Lock()
 
@@ -251,8 +259,8 @@ class Store:
 
     def iter_updates(
         self, session_id: str, round_number: int, clients: Sequence[int]
-    ) -> Iterator[StoredUpdate | InvalidUpdate]:
-        """Updates one at a time (the aggregator streams them); a corrupt one yields its error."""
+    ) -> Iterator[StoredUpdate | UnreadableUpdate]:
+        """Updates one at a time (the aggregator streams them); a corrupt one yields why."""
         cursor = self.db.updates.find(
             {"session": session_id, "round": round_number, "client": {"$in": list(clients)}},
             batch_size=1,
@@ -263,11 +271,21 @@ class Store:
                 if wire.checksum(weights) != doc["checksum"]:
                     raise InvalidUpdate(f"client {doc['client']}: update fails its checksum")
             except InvalidUpdate as exc:
-                yield InvalidUpdate(f"client {doc['client']}: {exc}")
+                yield UnreadableUpdate(int(doc["client"]), str(exc))
                 continue
             yield StoredUpdate(
                 int(doc["client"]), int(doc["num_examples"]), weights, doc["loss"], doc["accuracy"]
             )
+
+    def update_marks(
+        self, session_id: str, round_number: int, clients: Sequence[int]
+    ) -> list[dict[str, Any]]:
+        """Each update's bookkeeping (status, examples, local metrics), without its weights."""
+        cursor = self.db.updates.find(
+            {"session": session_id, "round": round_number, "client": {"$in": list(clients)}},
+            {"blob": 0},
+        ).sort("client", ASCENDING)
+        return list(cursor)
 
     def mark_update(self, session_id: str, round_number: int, client: int, status: str, reason: str) -> None:
         self.db.updates.update_one(

@@ -13,7 +13,7 @@ from typing import Any
 from fedkeeper.errors import InvalidUpdate, StoreError
 from fedkeeper.learning.datasets import load_dataset
 from fedkeeper.learning.training import evaluate
-from fedkeeper.store.db import Store
+from fedkeeper.store.db import Store, UnreadableUpdate
 from fedkeeper.strategies import make_strategy
 from fedkeeper.tasks.common import SessionSettings, require
 
@@ -28,34 +28,31 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
         return dict(done)
 
     settings = SessionSettings.load(store, session_id)
-    accepted: list[int] = []
-    rejected: dict[str, str] = {}
-    train_loss = train_accuracy = 0.0
+    # An earlier attempt may have died after writing the weights: then only the metrics are missing.
     if not store.has_weights(session_id, round_number + 1):
         strategy = make_strategy(settings.server.strategy)
         strategy.begin(store.get_weights(session_id, round_number))
         for item in store.iter_updates(session_id, round_number, clients):
-            if isinstance(item, InvalidUpdate):
-                rejected[str(item).split(":")[0]] = str(item)
+            if isinstance(item, UnreadableUpdate):
+                store.mark_update(session_id, round_number, item.client, "rejected", item.reason)
                 continue
             try:
                 strategy.accumulate(item.weights, item.num_examples)
             except InvalidUpdate as exc:
                 print(f"rejected update of client {item.client}: {exc}", file=sys.stderr)
                 store.mark_update(session_id, round_number, item.client, "rejected", str(exc))
-                rejected[str(item.client)] = str(exc)
                 continue
             store.mark_update(session_id, round_number, item.client, "accepted", "")
-            accepted.append(item.client)
-            train_loss += item.loss * item.num_examples
-            train_accuracy += item.accuracy * item.num_examples
-        if not accepted:
+        if strategy.accepted == 0:
             raise StoreError(f"round {round_number}: no valid update among clients {clients}")
-        examples = strategy.total_examples
-        train_loss, train_accuracy = train_loss / examples, train_accuracy / examples
         store.put_weights(session_id, round_number + 1, strategy.finish())
-    else:  # weights were written by an earlier attempt that died before recording metrics
-        examples = 0
+
+    marks = store.update_marks(session_id, round_number, clients)
+    accepted = [m for m in marks if m.get("status") == "accepted"]
+    rejected = {str(m["client"]): m.get("reason", "") for m in marks if m.get("status") == "rejected"}
+    examples = sum(int(m["num_examples"]) for m in accepted)
+    train_loss = sum(m["loss"] * m["num_examples"] for m in accepted) / max(examples, 1)
+    train_accuracy = sum(m["accuracy"] * m["num_examples"] for m in accepted) / max(examples, 1)
 
     dataset = load_dataset(settings.data)
     weights = store.get_weights(session_id, round_number + 1)
@@ -66,7 +63,7 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
         "loss": float(loss),
         "train_loss": float(train_loss),
         "train_accuracy": float(train_accuracy),
-        "accepted": accepted,
+        "accepted": [int(m["client"]) for m in accepted],
         "rejected": rejected,
         "examples": int(examples),
     }

@@ -50,7 +50,7 @@ def run(function: str, params: Mapping[str, Any], bound: Mapping[str, Any] | Non
     try:
         return _handler(function)(merged)
     except FedkeeperError as exc:
-        return {"error": f"{type(exc).__name__}: {exc}"}
+        return {**exc.details, "error": f"{type(exc).__name__}: {exc}"}
     except Exception as exc:  # an unexpected crash still answers with a JSON error, as OpenWhisk expects
         traceback.print_exc()
         return {"error": f"{type(exc).__name__}: {exc}"}

@@ -66,7 +66,10 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
         record = provider.invoke_sync(CLIENT_FUNCTION, request, timeout_s)
     summary["target_activation"] = record.activation_id
     if not record.ok:
-        raise ProviderError(f"client {client} on {target_key} ({record.activation_id}): {record.error}")
+        raise ProviderError(
+            f"client {client} on {target_key} ({record.activation_id}): {record.error}",
+            details={"target_activation": record.activation_id},
+        )
     reply = record.result or {}
     if not inline:
         if client not in store.update_clients(session_id, round_number):

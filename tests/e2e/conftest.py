@@ -50,10 +50,10 @@ def training_config(fabric_url: str, mongo_url: str, logs_dir: Path, **server: A
                     "batch_size": 32,
                 },
                 "functions": {
-                    "fl_client": {"memory": 768, "timeout": 120},
-                    "fl_server_init": {"memory": 768, "timeout": 120},
+                    "fl_client": {"memory": 1024, "timeout": 120},
+                    "fl_server_init": {"memory": 1024, "timeout": 120},
                     "fl_invoker_weights_update": {"memory": 256, "timeout": 120},
-                    "fl_server_aggregator": {"memory": 768, "timeout": 120},
+                    "fl_server_aggregator": {"memory": 1024, "timeout": 120},
                 },
             }
         },

@@ -163,3 +163,19 @@ def test_mlp_weights_have_keras_dense_layout() -> None:
     shapes = [w.shape for w in initial_weights(params, 64, 10)]
     assert shapes == [(64, 5), (5,), (5, 10), (10,)]
     assert TrainingTestData().dataset == "digits"
+
+
+def test_aggregator_revived_after_writing_weights_reports_the_same_round(bound: dict[str, Any]) -> None:
+    run("fl_server_init", {"session": "s1"}, bound)
+    for client in (0, 1, 2):
+        run("fl_client", {"session": "s1", "round": 0, "client": client, "attempt": 1}, bound)
+    store = _store(bound)
+    store.open_round("s1", 0, [0, 1, 2])
+    store.close_round("s1", 0, [0, 1, 2])
+    first = run("fl_server_aggregator", {"session": "s1", "round": 0, "clients": [0, 1, 2]}, bound)
+    # the first attempt died after writing round 1's weights, before recording the metrics
+    store.db.rounds.update_one(
+        {"session": "s1", "round": 0}, {"$unset": {"metrics": ""}, "$set": {"status": "closed"}}
+    )
+    revived = run("fl_server_aggregator", {"session": "s1", "round": 0, "clients": [0, 1, 2]}, bound)
+    assert revived == first

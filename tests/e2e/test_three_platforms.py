@@ -1,0 +1,133 @@
+"""One session over three FaaS platforms: the local OpenWhisk, GCF (functions-framework), Lambda (awslambdaric)."""
+
+from __future__ import annotations
+
+import csv
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from providers.conftest import AWS_KEYS, AWS_REGION, LAMBDA_ROLE
+from providers.harness.gcf_fake import GcfFake
+from providers.harness.lambda_runtime import LambdaBackend
+
+from fedkeeper import deployment
+from fedkeeper.cli import opened_providers
+from fedkeeper.fabric.process import FabricProcess
+from fedkeeper.keeper import Keeper
+from fedkeeper.store.db import Store
+
+from .conftest import E2E_LIMITS, build, training_config
+from .helpers import client_attempts
+
+PLATFORM_OF = {0: "openwhisk", 1: "openwhisk", 2: "google", 3: "google", 4: "aws", 5: "aws"}
+
+
+@pytest.fixture
+def backends() -> Iterator[tuple[FabricProcess, GcfFake, LambdaBackend]]:
+    with (
+        FabricProcess(limits=E2E_LIMITS) as fabric,
+        GcfFake() as gcf,
+        LambdaBackend(region=AWS_REGION) as aws,
+    ):
+        yield fabric, gcf, aws
+
+
+def three_platform_config(
+    backends: tuple[FabricProcess, GcfFake, LambdaBackend], mongo_url: str, logs: Path, **server: Any
+) -> dict[str, Any]:
+    fabric, gcf, aws = backends
+    assert aws.emulator is not None
+    data = training_config(fabric.url, mongo_url, logs, num_clients_per_round=6, **server)
+    data["providers"]["google"] = {
+        "gcf": {
+            "project": "fk-e2e",
+            "region": "europe-west1",
+            "api_endpoint": gcf.url,
+            "allow_unauthenticated": True,
+        }
+    }
+    data["providers"]["aws"] = {
+        "lambda": {
+            "region": AWS_REGION,
+            "endpoint_url": aws.emulator.url,
+            "role_arn": LAMBDA_ROLE,
+            **AWS_KEYS,
+        }
+    }
+    fl = data["scenarios"]["federated_learning"]
+    fl["clients_info"] = {
+        "total_num_clients": 6,
+        "ow_clients_count": 2,
+        "gcf_clients_count": 2,
+        "aws_clients_count": 2,
+    }
+    return data
+
+
+def _train(data: dict[str, Any], during: Any = None, remove: bool = True) -> tuple[Store, str]:
+    config = build(data)
+    mongo = config.fl.mongo_config
+    store = Store(mongo.url, mongo.database)
+    store.ensure_indexes()
+    with opened_providers(config) as providers:
+        deployment.deploy(config, providers, say=lambda _: None)
+        watcher = threading.Thread(target=during, args=(store,), daemon=True) if during else None
+        if watcher:
+            watcher.start()
+        session = Keeper(config, store, providers).start()
+        if remove:  # a platform killed on purpose cannot remove anything
+            deployment.remove(config, providers, say=lambda _: None)
+    return store, session
+
+
+def test_one_session_trains_over_openwhisk_gcf_and_lambda_with_one_ledger(
+    backends: tuple[FabricProcess, GcfFake, LambdaBackend], mongo_url: str, tmp_path: Path
+) -> None:
+    store, session = _train(three_platform_config(backends, mongo_url, tmp_path / "logs"))
+
+    rounds = store.rounds(session)
+    assert [r["included"] for r in rounds] == [[0, 1, 2, 3, 4, 5]] * 3
+    accuracies = [r["metrics"]["accuracy"] for r in rounds]
+    assert accuracies[-1] > accuracies[0], accuracies
+    ledger = list(store.db.activations.find({"session": session, "client": {"$gte": 0}}))
+    assert {(e["client"], e["function"]) for e in ledger} == {
+        (0, "fl_client"), (1, "fl_client"),
+        (2, "fl_invoker_weights_update"), (3, "fl_invoker_weights_update"),
+        (4, "fl_invoker_weights_update"), (5, "fl_invoker_weights_update"),
+    }  # fmt: skip
+    by_platform = {e["client"]: e.get("target_activation_id") for e in ledger if e["client"] >= 2}
+    assert all(by_platform.values()), "the GCF/Lambda execution ids are in the ledger too"
+    rows = list(csv.DictReader((tmp_path / "logs" / session / "activations.csv").open()))
+    assert {r["activation_id"] for r in rows if r["client"]} == {e["activation_id"] for e in ledger}
+    assert {r["target_platform"] for r in rows if r["client"]} == {"", "google", "aws"}
+
+
+def test_a_platform_killed_mid_round_is_retried_then_the_round_closes_on_quorum(
+    backends: tuple[FabricProcess, GcfFake, LambdaBackend], mongo_url: str, tmp_path: Path
+) -> None:
+    _, gcf, _ = backends
+
+    def kill_gcf_when_round_one_opens(store: Store) -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not store.db.rounds.find_one({"round": 1}):
+            time.sleep(0.05)
+        gcf.stop()
+
+    data = three_platform_config(
+        backends, mongo_url, tmp_path / "logs", min_fit_fraction=0.6, max_retries=2, retry_backoff_s=0.1
+    )
+    store, session = _train(data, during=kill_gcf_when_round_one_opens, remove=False)
+
+    assert store.session(session)["phase"] == "Succeeded"
+    rounds = store.rounds(session)
+    assert rounds[0]["included"] == [0, 1, 2, 3, 4, 5]
+    for r in rounds[1:]:
+        assert r["included"] == [0, 1, 4, 5], r  # GCF's clients gave up; quorum 4 of 6 closed the round
+        assert r["metrics"]["failed_clients"] == 2
+    gcf_attempts = [a for a in client_attempts(store, session) if a["round"] == 1 and a["client"] in (2, 3)]
+    assert sorted(a["attempt"] for a in gcf_attempts) == [1, 1, 2, 2, 3, 3]  # each retried max_retries times
+    assert all(a["status"] == "application error" for a in gcf_attempts)
