@@ -131,3 +131,32 @@ def test_a_platform_killed_mid_round_is_retried_then_the_round_closes_on_quorum(
     gcf_attempts = [a for a in client_attempts(store, session) if a["round"] == 1 and a["client"] in (2, 3)]
     assert sorted(a["attempt"] for a in gcf_attempts) == [1, 1, 2, 2, 3, 3]  # each retried max_retries times
     assert all(a["status"] == "application error" for a in gcf_attempts)
+
+
+def test_deploy_py_checks_all_three_platforms_and_removes_from_each(
+    backends: tuple[FabricProcess, GcfFake, LambdaBackend], mongo_url: str, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(three_platform_config(backends, mongo_url, tmp_path / "logs")))
+    root = Path(__file__).resolve().parents[2]
+
+    def deploy_py(*flags: str) -> list[str]:
+        proc = subprocess.run(
+            [sys.executable, str(root / "deploy.py"), "-c", str(config), "-a", "-s", "test", "-f", "nodeinfo", *flags],
+            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout.splitlines()
+
+    lines = deploy_py("-d")
+    for where in ("openwhisk/local", "google/gcf", "aws/lambda"):
+        (line,) = [ln for ln in lines if ln.startswith(where)]
+        assert "reachable  cold start" in line and "python 3." in line, line
+    removed = deploy_py("-r")
+    assert sum("removed nodeinfo" in ln for ln in removed) == 3
+    assert sum("not deployed nodeinfo" in ln for ln in deploy_py("-r")) == 3
