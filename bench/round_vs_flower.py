@@ -69,6 +69,7 @@ class Workload:
     batch: int = 32
     learning_rate: float = 0.001
     parallel: int = 2
+    poll_s: float = 0.5  # fedkeeper only: the keeper's poll_interval_s (its default)
 
     def describe(self) -> str:
         return (
@@ -81,7 +82,7 @@ class Workload:
         return [
             "--rounds", str(self.rounds), "--clients", str(self.clients), "--hidden", str(self.hidden),
             "--epochs", str(self.epochs), "--batch", str(self.batch), "--lr", str(self.learning_rate),
-            "--parallel", str(self.parallel),
+            "--parallel", str(self.parallel), "--poll", str(self.poll_s),
         ]  # fmt: skip
 
     def data_spec(self) -> Any:
@@ -145,6 +146,7 @@ def fedkeeper_config(w: Workload, fabric_url: str, mongo_url: str, logs_dir: Pat
                     "target_accuracy": 1.0,  # never reached: every round runs
                     "num_clients_per_round": w.clients,
                     "min_fit_fraction": 1.0,
+                    "poll_interval_s": w.poll_s,
                     "seed": SAMPLING_SEED,
                 },
                 "clients_info": {"total_num_clients": w.clients, "ow_clients_count": w.clients},
@@ -261,7 +263,8 @@ def run_fedkeeper(w: Workload, work: Path) -> SideResult:
         parallelism=(
             f"local fabric: at most {w.parallel} fl_client workers at once (user memory "
             f"{limits['user_memory_mb']} MB, fl_client {CLIENT_MB} MB, managing functions {MANAGING_MB} MB, "
-            f"max_workers {limits['max_workers']}); MongoDB: secantusd-py in memory"
+            f"max_workers {limits['max_workers']}); keeper polls every {w.poll_s:g} s; "
+            "MongoDB: secantusd-py in memory"
         ),
         round_s=[float(m["duration_s"]) for m in metrics],
         accuracy=[float(m["accuracy"]) for m in metrics],
@@ -578,6 +581,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--parallel", type=int, default=2, help="clients training at once on either side (default 2)"
     )
+    p.add_argument(
+        "--poll",
+        type=float,
+        default=0.5,
+        help="fedkeeper keeper's poll_interval_s (default 0.5, its default)",
+    )
     p.add_argument("--repeat", type=int, default=1, help="runs per side, medians reported (default 1)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 4 clients, 2 rounds")
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs, results)")
@@ -590,14 +599,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("rounds", "clients", "hidden", "epochs", "batch", "parallel", "repeat"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1 (got {getattr(args, name)})")
-    if args.lr <= 0:
-        p.error(f"--lr must be positive (got {args.lr})")
+    for name in ("lr", "poll"):
+        if getattr(args, name) <= 0:
+            p.error(f"--{name} must be positive (got {getattr(args, name)})")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    w = Workload(args.rounds, args.clients, args.hidden, args.epochs, args.batch, args.lr, args.parallel)
+    w = Workload(
+        args.rounds, args.clients, args.hidden, args.epochs, args.batch, args.lr, args.parallel, args.poll
+    )
     if args.side:  # a child: run one side, write its result
         work = args.result.with_name(f"{args.result.stem}-work")  # kept with the parent's --keep
         work.mkdir(parents=True, exist_ok=True)
