@@ -27,7 +27,10 @@ PHASES = ("Pending", "Running", "Succeeded", "Failed")
 
 # collection -> indexes; one for every query the keeper and the functions make.
 INDEXES: dict[str, list[IndexModel]] = {
-    "sessions": [IndexModel([("phase", ASCENDING), ("created_at", DESCENDING)])],
+    "sessions": [
+        IndexModel([("created_at", DESCENDING)]),
+        IndexModel([("phase", ASCENDING), ("created_at", DESCENDING)]),
+    ],
     "rounds": [IndexModel([("session", ASCENDING), ("round", ASCENDING)], unique=True)],
     "weights": [IndexModel([("session", ASCENDING), ("round", ASCENDING)], unique=True)],
     "updates": [
@@ -45,7 +48,8 @@ INDEXES: dict[str, list[IndexModel]] = {
             ],
             unique=True,
         ),
-        IndexModel([("session", ASCENDING), ("status", ASCENDING)]),
+        IndexModel([("session", ASCENDING), ("round", ASCENDING), ("status", ASCENDING)]),
+        IndexModel([("session", ASCENDING), ("round", ASCENDING), ("submitted_at", ASCENDING)]),
         IndexModel([("activation_id", ASCENDING)]),
     ],
 }

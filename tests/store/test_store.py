@@ -105,3 +105,17 @@ def test_ledger_settles_each_attempt_once_and_keeps_counters(store: Store) -> No
     assert store.session("s1")["counters"] == {"active": 0, "succeeded": 1, "failed": 0}
     assert ledger.attempts("s1", 0, "fl_client", 4) == 1
     assert ledger.attempts("s1", 0, "fl_server_aggregator", SERVER) == 0
+
+
+def test_every_keeper_query_is_served_by_an_index(store: Store) -> None:
+    """The queries the keeper repeats every poll must not scan a growing collection."""
+    queries = {
+        "activations": {"session": "s1", "round": 0, "status": "submitted"},
+        "updates": {"session": "s1", "round": 0},
+        "rounds": {"session": "s1", "round": 0},
+        "weights": {"session": "s1", "round": 0},
+        "partitions": {"session": "s1", "client": 0},
+    }
+    for collection, query in queries.items():
+        plan = store.db.command("explain", {"find": collection, "filter": query}, verbosity="queryPlanner")
+        assert "IXSCAN" in str(plan["queryPlanner"]["winningPlan"]), (collection, plan["queryPlanner"])
