@@ -19,7 +19,6 @@ from fedkeeper.placement import Route, clients_per_cluster, place_clients, route
 from fedkeeper.providers.base import FunctionSpec, Provider
 from fedkeeper.services import store_url
 
-MANAGING = ("fl_server_init", "fl_invoker_weights_update", "fl_server_aggregator")
 CLIENT = "fl_client"
 SECRET_KEYS = ("auth", "credentials", "secret_access_key", "access_key_id", "password", "url")
 
@@ -53,45 +52,35 @@ def _targets(config: Config, providers: dict[tuple[str, str], Provider]) -> dict
     return targets
 
 
+def _spec(config: Config, name: str, bound: dict[str, Any], instances: int = 1) -> FunctionSpec:
+    settings = config.fl.functions.settings(name)
+    return FunctionSpec(
+        name=name,
+        source=function_dir(name),
+        memory_mb=settings.memory,
+        timeout_s=settings.timeout,
+        concurrency=settings.concurrency,
+        bound=bound,
+        instances=instances,
+    )
+
+
 def plan(config: Config, providers: dict[tuple[str, str], Provider]) -> list[tuple[Provider, FunctionSpec]]:
     """Every (provider, function) pair this configuration deploys."""
-    fl = config.fl
-    bound = _store_binding(config)
-    server = providers[("openwhisk", fl.server_config.cluster)]
-    pairs: list[tuple[Provider, FunctionSpec]] = []
-    for name in MANAGING:
-        settings = fl.functions.settings(name)
-        extra = {"targets": _targets(config, providers)} if name == "fl_invoker_weights_update" else {}
-        pairs.append(
-            (
-                server,
-                FunctionSpec(
-                    name=name,
-                    source=function_dir(name),
-                    memory_mb=settings.memory,
-                    timeout_s=settings.timeout,
-                    concurrency=settings.concurrency,
-                    bound={**bound, **extra},
-                ),
-            )
-        )
-    client_settings = fl.functions.fl_client
+    store = _store_binding(config)
+    server = providers[("openwhisk", config.fl.server_config.cluster)]
+    pairs = [
+        (server, _spec(config, "fl_server_init", store)),
+        (
+            server,
+            _spec(config, "fl_invoker_weights_update", {**store, "targets": _targets(config, providers)}),
+        ),
+        (server, _spec(config, "fl_server_aggregator", store)),
+    ]
     for (platform, cluster), count in clients_per_cluster(place_clients(config)).items():
         provider = providers[(platform, cluster)]
-        pairs.append(
-            (
-                provider,
-                FunctionSpec(
-                    name=CLIENT,
-                    source=function_dir(CLIENT),
-                    memory_mb=client_settings.memory,
-                    timeout_s=client_settings.timeout,
-                    concurrency=client_settings.concurrency,
-                    bound=bound if provider.capabilities.store_access else {},
-                    instances=count,
-                ),
-            )
-        )
+        bound = store if provider.capabilities.store_access else {}
+        pairs.append((provider, _spec(config, CLIENT, bound, instances=count)))
     return pairs
 
 
