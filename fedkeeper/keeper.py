@@ -434,7 +434,7 @@ class Keeper:
                 if record is not None and record.status.done:
                     state.pending.pop(entry.client)
                     self._settle(state, entry, record)
-                elif self._age_s(entry) > self._activation_timeout(function):
+                elif self._age_s(entry) > self.server.activation_timeout_s:
                     state.pending.pop(entry.client)
                     if entry.client in state.done:
                         self.ledger.settle(
@@ -485,14 +485,9 @@ class Keeper:
             )
 
     # ------------------------------------------------------------------ helpers
-    def _activation_timeout(self, function: str) -> float:
-        return self.server.activation_timeout_s
-
     @staticmethod
     def _age_s(entry: LedgerEntry) -> float:
-        return (
-            datetime.now(UTC) - entry.submitted_at.replace(tzinfo=entry.submitted_at.tzinfo or UTC)
-        ).total_seconds()
+        return (datetime.now(UTC) - entry.submitted_at).total_seconds()  # the store is tz-aware
 
     def _entry(
         self, round_number: int, function: str, client: int, attempt: int, provider: Provider
