@@ -86,6 +86,13 @@ def test_main_deploys_trains_on_embedded_defaults_and_removes_everything(tmp_pat
     params = json.loads((tmp_path / "params" / "fl_invoker_weights_update.json").read_text())
     assert params["deployments"][0]["bound"]["store"]["url"] == "***"  # no secret written to disk
     assert GUEST_AUTH.split(":")[1] not in (tmp_path / "params" / "fl_client.json").read_text()
+    key = GUEST_AUTH.split(":")[1]
+    written = [
+        p for p in tmp_path.rglob("*") if p.is_file() and p.suffix in {".json", ".jsonl", ".csv", ".log"}
+    ]
+    assert written and not [
+        p for p in written if key in p.read_text(errors="replace")
+    ]  # no secret in any log
     assert not port_open(fabric_port) and not port_open(mongo_port)  # both stopped at the end
     second = run(tmp_path, str(ROOT / "main.py"), "-c", str(config), "-r")
     assert second.returncode == 0 and "not deployed: fl_client" in second.stdout
