@@ -5,11 +5,11 @@ Both sides train the same model (``fedkeeper.learning.models``) on the same IID 
 (``fedkeeper.learning.partition``) of the same data (``fedkeeper.learning.datasets``) with the
 same local-training core (``fedkeeper.tasks.client.train_partition`` over ``train_local``, which
 also fixes the per-(client, round) shuffle seed) and evaluate with the same ``evaluate``; only the
-orchestration differs: fedkeeper's keeper, FaaS fabric and MongoDB versus Flower's in-process
-simulation engine (Ray actors). Each side runs in its own child process, so that one cannot warm
+orchestration differs: fedkeeper's keeper, FaaS fabric and MongoDB versus Flower's simulation
+engine (ServerApp in the driver process, ClientApps in Ray actors). Each side runs in its own child process, so that one cannot warm
 the other's caches and its peak memory can be measured as its own process tree.
 
-    python bench/round_vs_flower.py            # 10 clients, 5 rounds (a few minutes on 2 cores)
+    python bench/round_vs_flower.py            # 10 clients, 5 rounds (~1 min per side on 2 cores)
     python bench/round_vs_flower.py --quick    # 4 clients, 2 rounds: a smoke run
 
 Prints per-round wall time and test accuracy of each side and the ratio fedkeeper / flower.
