@@ -36,6 +36,7 @@ INIT, CLIENT, INVOKER, AGGREGATOR = (
     "fl_server_aggregator",
 )
 RECORD_GRACE_S = 3.0
+MIN_POLL_S = 0.05
 RECORD_LOST = "record lost"  # the update is stored but the platform never showed the activation's record
 
 
@@ -307,6 +308,9 @@ class Keeper:
         assert self.reporter is not None
         quorum = math.ceil(self.server.min_fit_fraction * len(state.selected))
         deadline = state.started + self.server.round_deadline_s
+        # Poll fast right after something changed, then back off to poll_interval_s: short
+        # activations are seen soon after they end, long ones cost few requests.
+        interval, last_seen = MIN_POLL_S, (-1, -1, -1)
         while True:
             now = self.clock()
             for client, due in sorted(state.retry_at.items()):
@@ -340,7 +344,10 @@ class Keeper:
                     f"round {state.number}: only {len(state.done)} of {len(state.selected)} clients delivered an "
                     f"update after {self.server.max_retries} retries each; quorum is {quorum}"
                 )
-            time.sleep(self.server.poll_interval_s)
+            seen = (len(state.done), len(state.pending), len(state.retry_at))
+            interval = MIN_POLL_S if seen != last_seen else min(interval * 1.5, self.server.poll_interval_s)
+            last_seen = seen
+            time.sleep(interval)
 
     def _close_open_entries(self, state: RoundState) -> None:
         """Settle what is still open when the round closes: a short last poll, then by the store.
