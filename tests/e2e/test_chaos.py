@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -68,3 +69,42 @@ def test_thirty_percent_failures_lose_and_duplicate_nothing_and_the_ledger_shows
     # the managing functions were hit by the same plan and retried too
     server = [e for e in store.db.activations.find({"session": session, "client": -1})]
     assert all(e["status"] != "submitted" for e in server)
+
+
+def test_past_the_deadline_a_round_closes_on_quorum_and_late_updates_are_left_out(
+    mongo_url: str, tmp_path: Path
+) -> None:
+    # Client activations take 0-9 s longer than usual; the round deadline is 4 s.
+    stragglers = {"seed": 5, "actions": {"fl_client": {"latency_ms": [0, 9000]}}}
+    with FabricProcess(limits=E2E_LIMITS, faults=stragglers) as fabric:
+        config = build(
+            training_config(
+                fabric.url,
+                mongo_url,
+                tmp_path / "logs",
+                max_rounds=2,
+                min_fit_fraction=0.25,
+                round_deadline_s=4,
+            )
+        )
+        mongo = config.fl.mongo_config
+        store = Store(mongo.url, mongo.database)
+        store.ensure_indexes()
+        with opened_providers(config) as providers:
+            deployment.deploy(config, providers, say=lambda _: None)
+            session = Keeper(config, store, providers).start()
+            time.sleep(10)  # let the stragglers finish and write their (late) updates
+
+    for doc in store.rounds(session):
+        included = doc["included"]
+        assert 1 <= len(included) <= 4
+        assert sorted(doc["metrics"]["accepted"]) == included  # only the closing set was aggregated
+        late = store.update_clients(session, doc["round"]) - set(included)
+        timed_out = {
+            e["client"]
+            for e in store.db.activations.find(
+                {"session": session, "round": doc["round"], "status": "timed out"}
+            )
+        }
+        assert late <= timed_out  # a late update exists only for an activation the round gave up on
+    assert any(len(doc["included"]) < 4 for doc in store.rounds(session)), "no round closed on quorum"
