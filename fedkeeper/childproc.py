@@ -3,29 +3,96 @@
 The fabric (``python -m fedkeeper.fabric``) and the edge gateway (``python -m fedkeeper.edge``)
 keep one contract: they log to stderr, print exactly one line on stdout once they serve
 (``<what> listening on <url>``), and end their own workers or guests on SIGTERM.
-:class:`ChildService` runs such a service as a child (tests, benches) and stops its whole process
-tree; :class:`Daemon` starts one that outlives the caller and finds it again through a pid file.
+
+The service's side: :func:`bind`, :func:`serving` and :func:`run_service`. The caller's side:
+:class:`ChildService` runs a service as a child (tests, benches) and stops its whole process tree;
+:class:`Daemon` starts one that outlives the caller and finds it again through a pid file.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import signal
+import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, ClassVar, Self, TypeVar
+from typing import IO, Any, ClassVar, Self, TypeVar
 
 import psutil
+from aiohttp import web
 
 from fedkeeper.errors import FedkeeperError
 
 T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- the service's side
+def bind(host: str, port: int, backlog: int) -> socket.socket:
+    """A listening, non-blocking socket: binding first lets a taken port fail before any set-up."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+def http_url(host: str, sock: socket.socket) -> str:
+    """Where ``sock`` serves (an IPv6 host in brackets)."""
+    return f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    app: web.Application, sock: socket.socket, stop: asyncio.Event | None = None
+) -> AsyncIterator[asyncio.Event]:
+    """Serve ``app`` on ``sock`` while the body runs; yields ``stop`` (made when None), which
+    SIGTERM and SIGINT set."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock, shutdown_timeout=1.0).start()
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, stop.set)
+        yield stop
+    finally:
+        await runner.cleanup()
+
+
+def run_service(name: str, main: Coroutine[Any, Any, None], host: str, port: int, log_level: str) -> int:
+    """Run a service's ``main`` with logs on stderr; the exit status for ``python -m``.
+
+    A port it cannot bind or a :class:`FedkeeperError` is one line on stderr and status 1.
+    """
+    logging.basicConfig(
+        level=getattr(logging, log_level),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(main)
+    except OSError as exc:
+        print(f"{name}: cannot serve on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except FedkeeperError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --------------------------------------------------------------------------- the caller's side
 
 
 def tail(path: Path, lines: int = 15) -> str:
@@ -230,4 +297,14 @@ class Daemon:
         return stopped
 
 
-__all__ = ["ChildService", "Daemon", "read_line", "tail", "terminate_tree"]
+__all__ = [
+    "ChildService",
+    "Daemon",
+    "bind",
+    "http_url",
+    "read_line",
+    "run_service",
+    "serving",
+    "tail",
+    "terminate_tree",
+]

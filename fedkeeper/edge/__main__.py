@@ -8,11 +8,10 @@ SIGTERM or SIGINT powers every guest off and removes their pipes.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import sys
 from pathlib import Path
 
+from fedkeeper.childproc import run_service
 from fedkeeper.edge.fleet import FleetConfig
 from fedkeeper.edge.gateway import MAX_REQUEST_BYTES, MB, GatewayOptions, serve
 from fedkeeper.errors import FedkeeperError
@@ -81,23 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FedkeeperError) as exc:
         print(f"edge gateway: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=getattr(logging, parser().parse_args(argv).log_level),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        asyncio.run(serve(options))
-    except OSError as exc:
-        print(
-            f"edge gateway: cannot serve on {options.host}:{options.port}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
-        return 1
-    except FedkeeperError as exc:
-        print(f"edge gateway: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    log_level = parser().parse_args(argv).log_level
+    return run_service("edge gateway", serve(options), options.host, options.port, log_level)
 
 
 if __name__ == "__main__":

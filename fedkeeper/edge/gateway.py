@@ -14,14 +14,11 @@ outnumber instances.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
-import signal
-import socket
 import time
 import uuid
 import zlib
@@ -35,6 +32,7 @@ import numpy as np
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from fedkeeper.childproc import bind, http_url, serving
 from fedkeeper.config import ModelParams, TrainingTestData
 from fedkeeper.edge import protocol
 from fedkeeper.edge.errors import EdgeError, GuestRefused, GuestUnavailable
@@ -379,48 +377,28 @@ class Gateway:
         return app
 
 
-def bind(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
-
-
 async def serve(options: GatewayOptions, stop: asyncio.Event | None = None) -> None:
     """Boot the fleet, serve until ``stop`` is set or SIGTERM/SIGINT, then power everything off."""
-    sock = bind(options.host, options.port)  # first: a taken port fails before any guest boots
+    sock = bind(options.host, options.port, backlog=128)  # first: a taken port fails before any guest boots
     options.state_dir.mkdir(parents=True, exist_ok=True)
     fleet = Fleet(options.fleet, options.instances)
     state_file = options.state_dir / STATE_FILE
-    runner: web.AppRunner | None = None
     try:
         await fleet.start()
-        gateway = Gateway(fleet, options.job_timeout_s)
-        runner = web.AppRunner(
-            gateway.build_app(options.max_request_bytes), access_log=None, handle_signals=False
-        )
-        await runner.setup()
-        await web.SockSite(runner, sock, shutdown_timeout=1.0).start()
-        host = f"[{options.host}]" if ":" in options.host else options.host
-        url = f"http://{host}:{sock.getsockname()[1]}"
-        stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(signum, stop.set)
-        state = {"url": url, "pid": os.getpid(), "instances": options.instances}
-        tmp = state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state), encoding="utf-8")
-        tmp.replace(state_file)
-        log.info("%d edge instances up; state in %s", options.instances, options.state_dir)
-        print(READY_LINE.format(url=url), flush=True)
-        await stop.wait()
+        app = Gateway(fleet, options.job_timeout_s).build_app(options.max_request_bytes)
+        async with serving(app, sock, stop) as stopped:
+            url = http_url(options.host, sock)
+            try:
+                state = {"url": url, "pid": os.getpid(), "instances": options.instances}
+                tmp = state_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(state), encoding="utf-8")
+                tmp.replace(state_file)
+                log.info("%d edge instances up; state in %s", options.instances, options.state_dir)
+                print(READY_LINE.format(url=url), flush=True)
+                await stopped.wait()
+            finally:
+                state_file.unlink(missing_ok=True)  # first: nobody may find a gateway that is stopping
     finally:
-        state_file.unlink(missing_ok=True)
-        if runner is not None:
-            await runner.cleanup()
         await fleet.stop()
         sock.close()
         log.info("edge gateway stopped")

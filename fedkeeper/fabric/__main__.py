@@ -7,12 +7,11 @@ Prints exactly one line on stdout, ``fabric listening on http://HOST:PORT``, onc
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import sys
 from dataclasses import fields
 from pathlib import Path
 
+from fedkeeper.childproc import run_service
 from fedkeeper.fabric.auth import KeyRing
 from fedkeeper.fabric.faults import FaultPlan, FaultPlanError
 from fedkeeper.fabric.limits import FabricLimits
@@ -66,19 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FaultPlanError) as exc:
         print(f"fabric: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=getattr(logging, args.log_level),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        asyncio.run(serve(options))
-    except OSError as exc:
-        print(
-            f"fabric: cannot serve on {options.host}:{options.port}: {exc.strerror or exc}", file=sys.stderr
-        )
-        return 1
-    return 0
+    return run_service("fabric", serve(options), options.host, options.port, args.log_level)
 
 
 if __name__ == "__main__":
