@@ -282,8 +282,6 @@ class WorkerPool:
                 self._release(worker)
 
     async def _run_on(self, worker: Worker, cold: bool, request: RunRequest) -> RunOutcome:
-        assert self._session is not None
-        timeout_s = request.limits.timeout / 1000
         init_ms: int | None = None
         if cold:
             self.cold_starts += 1
@@ -297,24 +295,10 @@ class WorkerPool:
                 )
             start = now_ms()
             wait_ms = start - request.arrived_ms
-            try:
-                status, body = await worker.post(
-                    self._session, "/init", {"value": request.init_value}, timeout_s
-                )
-            except TimeoutError:
-                worker.kill("timeout")
-                return await self._failed(
-                    worker,
-                    start,
-                    wait_ms,
-                    None,
-                    timed_out_message(request.limits.timeout, True),
-                    timeout=True,
-                )
-            except aiohttp.ClientError:
-                message = MEMORY_EXHAUSTED if worker.death == "memory" else ABNORMAL_INIT
-                worker.kill(worker.death or "init crash")
-                return await self._failed(worker, start, wait_ms, None, message)
+            reply = await self._post(worker, "/init", {"value": request.init_value}, request, start, wait_ms)
+            if isinstance(reply, RunOutcome):
+                return reply
+            status, body = reply
             init_ms = now_ms() - start
             if status != 200:
                 worker.kill("init failure")
@@ -332,29 +316,16 @@ class WorkerPool:
         }
         crasher = asyncio.create_task(self._crash_later(worker)) if request.crash else None
         try:
-            status, body = await worker.post(self._session, "/run", payload, timeout_s)
-        except TimeoutError:
-            worker.kill("timeout")
-            return await self._failed(
-                worker,
-                start,
-                wait_ms,
-                init_ms,
-                timed_out_message(request.limits.timeout, False),
-                timeout=True,
-            )
-        except aiohttp.ClientError:
-            message = MEMORY_EXHAUSTED if worker.death == "memory" else ABNORMAL_RUN
-            worker.kill(worker.death or "crashed")
-            return await self._failed(worker, start, wait_ms, init_ms, message)
+            reply = await self._post(worker, "/run", payload, request, start, wait_ms, init_ms)
         finally:
             if crasher is not None:
                 crasher.cancel()
+        if isinstance(reply, RunOutcome):
+            return reply
         if request.crash or not worker.alive:
             # The reply raced the kill; the activation still crashed mid-run.
-            worker.kill(worker.death or "crash")
-            message = MEMORY_EXHAUSTED if worker.death == "memory" else ABNORMAL_RUN
-            return await self._failed(worker, start, wait_ms, init_ms, message)
+            return await self._crashed(worker, "crash", ABNORMAL_RUN, start, wait_ms, init_ms)
+        status, body = reply
         end = now_ms()
         outcome_status, result = interpret_run(status, body, self.limits.max_result_bytes)
         assert worker.logs is not None
@@ -362,6 +333,40 @@ class WorkerPool:
         if not complete:
             logs.append(LogLine(time.time(), "stderr", LOG_FAILURE).format())
         return RunOutcome(outcome_status, result, start, end, wait_ms, init_ms, False, logs)
+
+    async def _post(
+        self,
+        worker: Worker,
+        path: str,
+        payload: dict[str, Any],
+        request: RunRequest,
+        start: int,
+        wait_ms: int,
+        init_ms: int | None = None,
+    ) -> tuple[int, bytes] | RunOutcome:
+        """The runtime's reply to ``/init`` or ``/run``, or the outcome of a worker that timed out
+        (killed here) or died."""
+        assert self._session is not None
+        init = path == "/init"
+        try:
+            return await worker.post(self._session, path, payload, request.limits.timeout / 1000)
+        except TimeoutError:
+            worker.kill("timeout")
+            message = timed_out_message(request.limits.timeout, init)
+            return await self._failed(worker, start, wait_ms, init_ms, message, timeout=True)
+        except aiohttp.ClientError:
+            if init:
+                return await self._crashed(worker, "init crash", ABNORMAL_INIT, start, wait_ms, init_ms)
+            return await self._crashed(worker, "crashed", ABNORMAL_RUN, start, wait_ms, init_ms)
+
+    async def _crashed(
+        self, worker: Worker, reason: str, message: str, start: int, wait_ms: int, init_ms: int | None
+    ) -> RunOutcome:
+        """A worker that died mid-request: ``message``, unless it ran out of memory."""
+        if worker.death == "memory":
+            message = MEMORY_EXHAUSTED
+        worker.kill(worker.death or reason)
+        return await self._failed(worker, start, wait_ms, init_ms, message)
 
     async def _crash_later(self, worker: Worker) -> None:
         await asyncio.sleep(_CRASH_AFTER_S)
