@@ -89,43 +89,16 @@ class Invoker:
             outcome = await self._outcome(
                 activation_id, transaction_id, action, params, identity, arrived_ms, decision
             )
-            record = Activation(
-                activation_id=activation_id,
-                namespace=action.namespace,
-                name=action.name,
-                version=action.version,
-                subject=identity.subject,
-                kind=action.exec.kind,
-                limits=action.limits,
-                start=outcome.start_ms,
-                end=outcome.end_ms,
-                status=outcome.status,
-                result=outcome.result,
-                logs=outcome.logs,
-                wait_ms=outcome.wait_ms,
-                init_ms=outcome.init_ms,
-                timeout=outcome.timeout,
-                extra_annotations=[{"key": "fault", "value": _describe(decision)}] if decision.any else [],
-            )
+            fault = [{"key": "fault", "value": _describe(decision)}] if decision.any else []
+            record = _record(activation_id, action, identity, outcome, fault)
         except asyncio.CancelledError:
             raise
         except Exception:  # a fabric bug must still end the activation, as a whisk internal error
             log.exception("activation %s of %s failed inside the fabric", activation_id, action.path)
-            now = now_ms()
-            record = Activation(
-                activation_id=activation_id,
-                namespace=action.namespace,
-                name=action.name,
-                version=action.version,
-                subject=identity.subject,
-                kind=action.exec.kind,
-                limits=action.limits,
-                start=now,
-                end=now,
-                status=Status.INTERNAL_ERROR,
-                result={"error": "There was an error processing your request."},
-                wait_ms=now - arrived_ms,
+            failure = RunOutcome.unrun(
+                Status.INTERNAL_ERROR, "There was an error processing your request.", arrived_ms
             )
+            record = _record(activation_id, action, identity, failure)
         finally:
             self.in_flight[action.namespace] -= 1
             self.records.finish(activation_id, None if decision.lost_record else record)
@@ -143,19 +116,11 @@ class Invoker:
         if decision.status is not None:
             # The injected status is reported without running the action, as the platform would
             # when it fails around the action.
-            now = now_ms()
-            return RunOutcome(
-                decision.status,
-                {"error": f"Injected fault: {decision.status.label}."},
-                now,
-                now,
-                now - arrived_ms,
-            )
+            return RunOutcome.unrun(decision.status, f"Injected fault: {decision.status.label}.", arrived_ms)
         if action.exec.code is None:
             # A blackbox action without code: this fabric runs no images (see docs/fabric.md).
-            now = now_ms()
             message = image_pull_error(action.exec.image or "")
-            return RunOutcome(Status.INTERNAL_ERROR, {"error": message}, now, now, now - arrived_ms)
+            return RunOutcome.unrun(Status.INTERNAL_ERROR, message, arrived_ms)
         context: dict[str, Any] = {
             "namespace": action.namespace,
             "action_name": f"/{action.namespace}/{action.name}",
@@ -181,6 +146,34 @@ class Invoker:
             crash=decision.crash,
         )
         return await self.pool.run(request)
+
+
+def _record(
+    activation_id: str,
+    action: Action,
+    identity: Identity,
+    outcome: RunOutcome,
+    annotations: list[dict[str, Any]] | None = None,
+) -> Activation:
+    """The record of ``action``'s activation that ended with ``outcome``."""
+    return Activation(
+        activation_id=activation_id,
+        namespace=action.namespace,
+        name=action.name,
+        version=action.version,
+        subject=identity.subject,
+        kind=action.exec.kind,
+        limits=action.limits,
+        start=outcome.start_ms,
+        end=outcome.end_ms,
+        status=outcome.status,
+        result=outcome.result,
+        logs=outcome.logs,
+        wait_ms=outcome.wait_ms,
+        init_ms=outcome.init_ms,
+        timeout=outcome.timeout,
+        extra_annotations=annotations or [],
+    )
 
 
 def _describe(decision: FaultDecision) -> dict[str, Any]:

@@ -81,6 +81,12 @@ class RunOutcome:
     timeout: bool = False
     logs: list[str] = field(default_factory=list)
 
+    @classmethod
+    def unrun(cls, status: Status, error: str, arrived_ms: int) -> RunOutcome:
+        """An activation that ends as it starts, with ``error``: its action never ran."""
+        now = now_ms()
+        return cls(status, {"error": error}, now, now, now - arrived_ms)
+
 
 @dataclass
 class _Waiter:
@@ -289,10 +295,7 @@ class WorkerPool:
                 await worker.spawn(self.worker_env, self.limits.worker_start_timeout_s)
             except WorkerStartError as exc:
                 log.warning("%r: %s", worker, exc)
-                now = now_ms()
-                return RunOutcome(
-                    Status.INTERNAL_ERROR, {"error": PROVISION_ERROR}, now, now, now - request.arrived_ms
-                )
+                return RunOutcome.unrun(Status.INTERNAL_ERROR, PROVISION_ERROR, request.arrived_ms)
             start = now_ms()
             wait_ms = start - request.arrived_ms
             reply = await self._post(worker, "/init", {"value": request.init_value}, request, start, wait_ms)
