@@ -93,8 +93,6 @@ def run_service(name: str, main: Coroutine[Any, Any, None], host: str, port: int
 
 
 # --------------------------------------------------------------------------- the caller's side
-
-
 def tail(path: Path, lines: int = 15) -> str:
     """The last ``lines`` lines of a log, for an error message."""
     try:
@@ -295,16 +293,3 @@ class Daemon:
         for path in (self.pid_file, *self.state_files):
             path.unlink(missing_ok=True)
         return stopped
-
-
-__all__ = [
-    "ChildService",
-    "Daemon",
-    "bind",
-    "http_url",
-    "read_line",
-    "run_service",
-    "serving",
-    "tail",
-    "terminate_tree",
-]
