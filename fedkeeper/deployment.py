@@ -20,7 +20,15 @@ from fedkeeper.providers.base import FunctionSpec, Provider
 from fedkeeper.services import store_url
 
 CLIENT = "fl_client"
-SECRET_KEYS = ("auth", "credentials", "secret_access_key", "access_key_id", "session_token", "password", "url")
+SECRET_KEYS = (
+    "auth",
+    "credentials",
+    "secret_access_key",
+    "access_key_id",
+    "session_token",
+    "password",
+    "url",
+)
 
 
 @dataclass(frozen=True)
