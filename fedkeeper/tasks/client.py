@@ -8,7 +8,6 @@ the update goes back in the reply; no database credentials needed.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ from fedkeeper.learning.datasets import load_dataset
 from fedkeeper.learning.training import LocalResult, train_local
 from fedkeeper.store import weights as wire
 from fedkeeper.store.db import Store
+from fedkeeper.tasks import entry
 from fedkeeper.tasks.common import SessionSettings, check_indices, require
 from fedkeeper.tasks.contract import ClientReply
 from fedkeeper.tasks.entry import BadRequest
@@ -86,7 +86,7 @@ def _direct(params: dict[str, Any]) -> dict[str, Any]:
         result.num_examples,
         result.loss,
         result.accuracy,
-        activation_id=os.environ.get("__OW_ACTIVATION_ID"),
+        activation_id=entry.activation_id.get(),
         attempt=attempt,
     )
     return {

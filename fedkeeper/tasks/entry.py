@@ -13,11 +13,15 @@ import json
 import os
 import traceback
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 from fedkeeper.errors import FedkeeperError
 
 BOUND_ENV = "FEDKEEPER_BOUND"
+
+# The platform's id of the running invocation (a context variable: GCF serves requests on threads).
+activation_id: ContextVar[str | None] = ContextVar("activation_id", default=None)
 
 # function name -> "module:callable"; each callable takes the merged params and returns a JSON object.
 HANDLERS: dict[str, str] = {
@@ -44,9 +48,15 @@ def bound_from_env() -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
-def run(function: str, params: Mapping[str, Any], bound: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def run(
+    function: str,
+    params: Mapping[str, Any],
+    bound: Mapping[str, Any] | None = None,
+    invocation_id: str | None = None,
+) -> dict[str, Any]:
     """Run ``function`` on ``params`` (+ ``bound``); errors become ``{"error": ...}``."""
     merged = {**params, **(bound or {})}
+    activation_id.set(invocation_id)
     try:
         return _handler(function)(merged)
     except FedkeeperError as exc:
@@ -58,7 +68,7 @@ def run(function: str, params: Mapping[str, Any], bound: Mapping[str, Any] | Non
 
 def openwhisk_main(function: str, params: dict[str, Any]) -> dict[str, Any]:
     """OpenWhisk: bound parameters are already merged into ``params`` by the platform."""
-    return run(function, params)
+    return run(function, params, invocation_id=os.environ.get("__OW_ACTIVATION_ID"))
 
 
 def gcf_handler(function: str, request: Any) -> tuple[str, int, dict[str, str]]:
@@ -67,7 +77,8 @@ def gcf_handler(function: str, request: Any) -> tuple[str, int, dict[str, str]]:
     params = request.get_json(silent=True)
     if not isinstance(params, dict):
         return json.dumps({"error": "request body must be a JSON object"}), 400, headers
-    result = run(function, params, bound_from_env())
+    execution = request.headers.get("Function-Execution-Id") if hasattr(request, "headers") else None
+    result = run(function, params, bound_from_env(), execution)
     return json.dumps(result), (500 if "error" in result else 200), headers
 
 
@@ -75,7 +86,7 @@ def lambda_handler(function: str, event: Any, context: Any) -> dict[str, Any]:
     """Lambda: the event is the parameters object; an error result is raised so Lambda reports it."""
     if not isinstance(event, dict):
         raise BadRequest("event must be a JSON object")
-    result = run(function, event, bound_from_env())
+    result = run(function, event, bound_from_env(), getattr(context, "aws_request_id", None))
     if "error" in result:
         raise RuntimeError(result["error"])
     return result

@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any
 
+from fedkeeper.tasks.entry import activation_id
+
 _STARTED = time.time()
 
 
@@ -28,6 +30,6 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "memory_mb": memory_mb,
         "process_uptime_s": round(time.time() - _STARTED, 3),
-        "activation_id": os.environ.get("__OW_ACTIVATION_ID") or params.get("activation_id"),
+        "activation_id": activation_id.get(),
         "echo": params.get("echo"),
     }

@@ -160,3 +160,33 @@ def test_deploy_py_checks_all_three_platforms_and_removes_from_each(
     removed = deploy_py("-r")
     assert sum("removed nodeinfo" in ln for ln in removed) == 3
     assert sum("not deployed nodeinfo" in ln for ln in deploy_py("-r")) == 3
+
+
+def test_weights_past_lambdas_payload_limit_go_by_reference(mongo_url: str, tmp_path: Path) -> None:
+    """A cnn's weights (6.6 MB, ~9 MB as base64) exceed Lambda's 6 MB request: the client uses the store."""
+    with FabricProcess(limits=E2E_LIMITS) as fabric, LambdaBackend(region=AWS_REGION) as aws:
+        assert aws.emulator is not None
+        data = training_config(
+            fabric.url, mongo_url, tmp_path / "logs", max_rounds=1, num_clients_per_round=2
+        )
+        data["providers"]["aws"] = {
+            "lambda": {
+                "region": AWS_REGION,
+                "endpoint_url": aws.emulator.url,
+                "role_arn": LAMBDA_ROLE,
+                **AWS_KEYS,
+            }
+        }
+        fl = data["scenarios"]["federated_learning"]
+        fl["clients_info"] = {"total_num_clients": 2, "ow_clients_count": 1, "aws_clients_count": 1}
+        fl["training_test_data"] = {"dataset": "mnist5k"}
+        fl["model_params"].update(model="cnn", input_size=784, learning_rate=0.001)
+        store, session = _train(data)
+
+    (round_doc,) = store.rounds(session)
+    assert round_doc["included"] == [0, 1]
+    (invoker,) = list(store.db.activations.find({"session": session, "client": 1}))
+    assert invoker["function"] == "fl_invoker_weights_update" and invoker["status"] == "success"
+    update = store.db.updates.find_one({"session": session, "round": 0, "client": 1})
+    assert update["blob"]["size"] > 6 * 1024 * 1024  # the update itself is past Lambda's limit
+    assert update["activation_id"] == invoker["target_activation_id"]  # written by the Lambda client itself
