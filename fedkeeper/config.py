@@ -98,7 +98,6 @@ class AwsCluster(_Model):
     secret_access_key: Secret | None = None
     session_token: Secret | None = None
     endpoint_url: str | None = None
-    runtime_api: str | None = None
     operation_timeout_s: PositiveFloat = 300.0  # wait for a function to become Active / updated
 
     @model_validator(mode="after")
