@@ -18,8 +18,21 @@ CORE_ROOT = Path(fedkeeper.__file__).resolve().parent
 REPO_ROOT = CORE_ROOT.parent
 FUNCTIONS_ROOT = REPO_ROOT / "functions"
 
-# Parts of the package that never run inside a function: the local fabric, the keeper's CLI.
-_EXCLUDED_CORE = {"fabric", "edge", "cli.py", "keeper.py"}
+# Parts of the package that run only on the keeper's host: the keeper and its CLI, the local
+# fabric, the edge fleet. tests/functions/test_packaging.py proves a zip never needs them.
+_EXCLUDED_CORE = {
+    "__main__.py",
+    "childproc.py",
+    "cli.py",
+    "deployment.py",
+    "edge",
+    "fabric",
+    "keeper.py",
+    "ledger.py",
+    "placement.py",
+    "reporting.py",
+    "services.py",
+}
 _FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # reproducible archives: same source -> same bytes -> same hash
 
 REQUIREMENTS = """\

@@ -40,18 +40,25 @@ from fedkeeper.edge.fleet import Fleet, FleetConfig, Partition
 from fedkeeper.edge.protocol import ErrorCode, Optimizer, TrainParams
 from fedkeeper.errors import FedkeeperError, InvalidUpdate
 from fedkeeper.store import weights as wire
-from fedkeeper.tasks.contract import ClientReply
+from fedkeeper.tasks.contract import (
+    EDGE_EXECUTION_HEADER,
+    EDGE_MAX_JOB_TIMEOUT_S,
+    EDGE_MAX_REQUEST_BYTES,
+    EDGE_STATE_FILE,
+    EDGE_TIMEOUT_HEADER,
+    ClientReply,
+)
 
 log = logging.getLogger("fedkeeper.edge")
 
 READY_LINE = "edge gateway listening on {url}"
-STATE_FILE = "gateway.json"
-EXECUTION_HEADER = "X-Edge-Execution-Id"
+STATE_FILE = EDGE_STATE_FILE
+EXECUTION_HEADER = EDGE_EXECUTION_HEADER
 INSTANCE_HEADER = "X-Edge-Instance"
-TIMEOUT_HEADER = "X-Edge-Timeout-S"
+TIMEOUT_HEADER = EDGE_TIMEOUT_HEADER
 MB = 1024 * 1024
-MAX_REQUEST_BYTES = 8 * MB
-MAX_JOB_TIMEOUT_S = 900.0
+MAX_REQUEST_BYTES = EDGE_MAX_REQUEST_BYTES
+MAX_JOB_TIMEOUT_S = EDGE_MAX_JOB_TIMEOUT_S
 PARTITION_CACHE_BYTES = 256 * MB
 OPTIMIZERS = {"sgd": Optimizer.SGD, "adam": Optimizer.ADAM, "nadam": Optimizer.NADAM}
 # Guest refusals that the same job would meet again: the job's fault, not the device's.

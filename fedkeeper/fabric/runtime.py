@@ -249,6 +249,10 @@ def main(argv: list[str] | None = None) -> None:
 
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    # An editable install of fedkeeper would fill in modules a zip lacks; a real platform has only the zip.
+    sys.meta_path[:] = [
+        f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")
+    ]
     _die_with_parent(args.parent_pid)
 
     host = ActionHost()

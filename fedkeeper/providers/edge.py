@@ -13,6 +13,7 @@ fabric worker) reaches the same gateway.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Mapping
@@ -22,7 +23,6 @@ from typing import Any
 import requests
 
 from fedkeeper.config import EdgeCluster
-from fedkeeper.edge.gateway import EXECUTION_HEADER, MAX_JOB_TIMEOUT_S, MAX_REQUEST_BYTES, TIMEOUT_HEADER
 from fedkeeper.errors import ProviderError
 from fedkeeper.providers.base import (
     ActivationRecord,
@@ -31,6 +31,13 @@ from fedkeeper.providers.base import (
     FunctionSpec,
     Provider,
     now_ms,
+)
+from fedkeeper.tasks.contract import (
+    EDGE_EXECUTION_HEADER,
+    EDGE_MAX_JOB_TIMEOUT_S,
+    EDGE_MAX_REQUEST_BYTES,
+    EDGE_STATE_FILE,
+    EDGE_TIMEOUT_HEADER,
 )
 
 STATE_ENV = "FEDKEEPER_EDGE_STATE_DIR"
@@ -63,9 +70,9 @@ class EdgeProvider(Provider):
         async_invoke=False,
         batch_listing=False,
         store_access=False,
-        max_request_bytes=MAX_REQUEST_BYTES,
-        max_result_bytes=MAX_REQUEST_BYTES,
-        max_duration_s=int(MAX_JOB_TIMEOUT_S),
+        max_request_bytes=EDGE_MAX_REQUEST_BYTES,
+        max_result_bytes=EDGE_MAX_REQUEST_BYTES,
+        max_duration_s=int(EDGE_MAX_JOB_TIMEOUT_S),
         web_actions=False,
     )
 
@@ -130,18 +137,18 @@ class EdgeProvider(Provider):
 
     def gateway_url(self) -> str:
         """Where the gateway serves: the fixed port of the config, or the running daemon's URL."""
-        from fedkeeper.edge.process import running_daemon
-
         s = self.settings
         if s.gateway_port:
             host = f"[{s.gateway_host}]" if ":" in s.gateway_host else s.gateway_host
             return f"http://{host}:{s.gateway_port}"
-        running = running_daemon(self.state_dir)
-        if running is None:
+        # Read the daemon's state file directly: this runs inside the invoker function too, whose
+        # zip does not carry fedkeeper.edge. A stale file only makes the call fail, and be retried.
+        try:
+            return str(json.loads((self.state_dir / EDGE_STATE_FILE).read_text(encoding="utf-8"))["url"])
+        except (OSError, ValueError, KeyError, TypeError):
             raise ProviderError(
                 f"edge cluster {self.cluster!r}: no gateway runs from {self.state_dir} (deploy fl_client first)"
-            )
-        return running.url
+            ) from None
 
     # ------------------------------------------------------------------ invocation
     def invoke_sync(self, name: str, params: Mapping[str, Any], timeout_s: float) -> ActivationRecord:
@@ -157,13 +164,13 @@ class EdgeProvider(Provider):
                 end_ms=now_ms(),
             )
         start = now_ms()
-        guest_timeout = max(1.0, min(float(timeout_s), MAX_JOB_TIMEOUT_S))
+        guest_timeout = max(1.0, min(float(timeout_s), EDGE_MAX_JOB_TIMEOUT_S))
         try:
             url = self.gateway_url()
             response = self._session.post(
                 f"{url}/v1/clients/{client}/train",
                 json=dict(params),
-                headers={TIMEOUT_HEADER: f"{guest_timeout:g}"},
+                headers={EDGE_TIMEOUT_HEADER: f"{guest_timeout:g}"},
                 # the gateway gives up on the guest first, so its 503 (not our timeout) is the usual answer
                 timeout=(CONNECT_TIMEOUT_S, guest_timeout + 30.0),
             )
@@ -184,7 +191,7 @@ class EdgeProvider(Provider):
                 start_ms=start,
                 end_ms=now_ms(),
             )
-        activation = response.headers.get(EXECUTION_HEADER) or uuid.uuid4().hex
+        activation = response.headers.get(EDGE_EXECUTION_HEADER) or uuid.uuid4().hex
         try:
             body = response.json()
         except ValueError:

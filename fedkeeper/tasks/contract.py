@@ -37,3 +37,13 @@ class ClientReply(TypedDict):
     num_examples: int
     loss: float
     accuracy: float
+
+
+# The edge gateway's HTTP contract (``POST /v1/clients/{client}/train`` with a ClientJob). It lives
+# here, not in fedkeeper.edge, because the invoker calls the gateway from inside a function, whose
+# zip carries the tasks and providers but not the gateway itself.
+EDGE_EXECUTION_HEADER = "X-Edge-Execution-Id"  # the gateway's id of one train call
+EDGE_TIMEOUT_HEADER = "X-Edge-Timeout-S"  # how long the caller waits for the guest
+EDGE_MAX_REQUEST_BYTES = 8 * 1024 * 1024
+EDGE_MAX_JOB_TIMEOUT_S = 900.0
+EDGE_STATE_FILE = "gateway.json"  # the gateway daemon's URL, pid and size, in its state folder
