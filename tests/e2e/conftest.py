@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fedkeeper.config import GUEST_AUTH, Config, parse_config
+from fedkeeper.config import GUEST_AUTH
 from fedkeeper.fabric.process import FabricProcess
 
 # Two cores: keep TensorFlow workers few; idle ones are evicted when another action needs room.
@@ -58,10 +58,6 @@ def training_config(fabric_url: str, mongo_url: str, logs_dir: Path, **server: A
             }
         },
     }
-
-
-def build(data: dict[str, Any]) -> Config:
-    return parse_config(data, "e2e.yaml")
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,40 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
+from fedkeeper import deployment
+from fedkeeper.cli import opened_providers
+from fedkeeper.config import parse_config
+from fedkeeper.keeper import Keeper
 from fedkeeper.ledger import Ledger
 from fedkeeper.store.db import Store
+
+
+def run_session(
+    data: dict[str, Any], during: Callable[[Store], None] | None = None, remove: bool = True
+) -> tuple[Store, str]:
+    """Deploy, train one session to its stop rule (``during`` runs beside it), then remove."""
+    config = parse_config(data, "e2e.yaml")
+    mongo = config.fl.mongo_config
+    store = Store(mongo.url, mongo.database)
+    store.ensure_indexes()
+    with opened_providers(config) as providers:
+        deployment.deploy(config, providers, say=lambda _: None)
+        watcher = threading.Thread(target=during, args=(store,), daemon=True) if during else None
+        try:
+            if watcher:
+                watcher.start()
+            session = Keeper(config, store, providers).start()
+        finally:
+            if remove:  # skipped where a platform was killed on purpose and cannot remove anything
+                deployment.remove(config, providers, say=lambda _: None)
+    if watcher:
+        watcher.join(timeout=5)
+    return store, session
 
 
 def assert_every_selected_update_counted_once(store: Store, session: str, rounds: int) -> list[float]:

@@ -6,14 +6,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from fedkeeper import deployment
-from fedkeeper.cli import opened_providers
 from fedkeeper.fabric.process import FabricProcess
-from fedkeeper.keeper import Keeper
-from fedkeeper.store.db import Store
 
-from .conftest import E2E_LIMITS, build, training_config
-from .helpers import assert_every_selected_update_counted_once, client_attempts
+from .conftest import E2E_LIMITS, training_config
+from .helpers import assert_every_selected_update_counted_once, client_attempts, run_session
 
 # 30% of activations fail, spread over every kind the fabric can inject; records get lost too.
 CHAOS = {
@@ -33,22 +29,15 @@ def test_thirty_percent_failures_lose_and_duplicate_nothing_and_the_ledger_shows
     mongo_url: str, tmp_path: Path
 ) -> None:
     with FabricProcess(limits=E2E_LIMITS, faults=CHAOS) as fabric:
-        config = build(
-            training_config(
-                fabric.url,
-                mongo_url,
-                tmp_path / "logs",
-                max_retries=10,
-                retry_backoff_s=0.1,
-                activation_timeout_s=20,
-            )
+        data = training_config(
+            fabric.url,
+            mongo_url,
+            tmp_path / "logs",
+            max_retries=10,
+            retry_backoff_s=0.1,
+            activation_timeout_s=20,
         )
-        mongo = config.fl.mongo_config
-        store = Store(mongo.url, mongo.database)
-        store.ensure_indexes()
-        with opened_providers(config) as providers:
-            deployment.deploy(config, providers, say=lambda _: None)
-            session = Keeper(config, store, providers).start()
+        store, session = run_session(data)
 
     assert store.session(session)["phase"] == "Succeeded"
     assert_every_selected_update_counted_once(store, session, rounds=3)
@@ -77,23 +66,11 @@ def test_past_the_deadline_a_round_closes_on_quorum_and_late_updates_are_left_ou
     # Client activations take 0-9 s longer than usual; the round deadline is 4 s.
     stragglers = {"seed": 5, "actions": {"fl_client": {"latency_ms": [0, 9000]}}}
     with FabricProcess(limits=E2E_LIMITS, faults=stragglers) as fabric:
-        config = build(
-            training_config(
-                fabric.url,
-                mongo_url,
-                tmp_path / "logs",
-                max_rounds=2,
-                min_fit_fraction=0.25,
-                round_deadline_s=4,
-            )
+        data = training_config(
+            fabric.url, mongo_url, tmp_path / "logs", max_rounds=2, min_fit_fraction=0.25, round_deadline_s=4
         )
-        mongo = config.fl.mongo_config
-        store = Store(mongo.url, mongo.database)
-        store.ensure_indexes()
-        with opened_providers(config) as providers:
-            deployment.deploy(config, providers, say=lambda _: None)
-            session = Keeper(config, store, providers).start()
-            time.sleep(10)  # let the stragglers finish and write their (late) updates
+        store, session = run_session(data, remove=False)
+        time.sleep(10)  # let the stragglers finish and write their (late) updates
 
     for doc in store.rounds(session):
         included = doc["included"]

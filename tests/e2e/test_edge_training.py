@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from fedkeeper import deployment
-from fedkeeper.cli import opened_providers
 from fedkeeper.fabric.process import FabricProcess
-from fedkeeper.keeper import Keeper
 from fedkeeper.store.db import Store
 
-from .conftest import E2E_LIMITS, build, training_config
-from .helpers import assert_every_selected_update_counted_once, client_attempts
+from .conftest import E2E_LIMITS, training_config
+from .helpers import assert_every_selected_update_counted_once, client_attempts, run_session
 from .test_cli import free_port
 
 
@@ -52,20 +48,10 @@ def test_four_edge_and_four_fabric_clients_train_together_and_survive_a_killed_g
         data["providers"]["edge"] = {"qemu": {"gateway_port": free_port()}}
         fl = data["scenarios"]["federated_learning"]
         fl["clients_info"] = {"total_num_clients": 8, "ow_clients_count": 4, "edge_clients_count": 4}
-        config = build(data)
-        store = Store(fl["mongo_config"]["url"], fl["mongo_config"]["database"])
-        store.ensure_indexes()
         killed: list[int] = []
-        with opened_providers(config) as providers:
-            try:
-                deployment.deploy(config, providers, say=lambda _: None)
-                keeper = Keeper(config, store, providers)
-                killer = threading.Thread(target=_kill_guests_when_round_opens, args=(store, 1, killed))
-                killer.start()
-                session = keeper.start()
-                killer.join(timeout=5)
-            finally:
-                deployment.remove(config, providers, say=lambda _: None)
+        store, session = run_session(
+            data, during=lambda store: _kill_guests_when_round_opens(store, 1, killed)
+        )
 
     accuracies = assert_every_selected_update_counted_once(store, session, rounds=3)
     assert accuracies[-1] > accuracies[0], accuracies

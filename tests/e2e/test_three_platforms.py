@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,14 +13,11 @@ from providers.conftest import AWS_KEYS, AWS_REGION, LAMBDA_ROLE
 from providers.harness.gcf_fake import GcfFake
 from providers.harness.lambda_runtime import LambdaBackend
 
-from fedkeeper import deployment
-from fedkeeper.cli import opened_providers
 from fedkeeper.fabric.process import FabricProcess
-from fedkeeper.keeper import Keeper
 from fedkeeper.store.db import Store
 
-from .conftest import E2E_LIMITS, build, training_config
-from .helpers import client_attempts
+from .conftest import E2E_LIMITS, training_config
+from .helpers import client_attempts, run_session
 
 PLATFORM_OF = {0: "openwhisk", 1: "openwhisk", 2: "google", 3: "google", 4: "aws", 5: "aws"}
 
@@ -68,26 +64,10 @@ def three_platform_config(
     return data
 
 
-def _train(data: dict[str, Any], during: Any = None, remove: bool = True) -> tuple[Store, str]:
-    config = build(data)
-    mongo = config.fl.mongo_config
-    store = Store(mongo.url, mongo.database)
-    store.ensure_indexes()
-    with opened_providers(config) as providers:
-        deployment.deploy(config, providers, say=lambda _: None)
-        watcher = threading.Thread(target=during, args=(store,), daemon=True) if during else None
-        if watcher:
-            watcher.start()
-        session = Keeper(config, store, providers).start()
-        if remove:  # a platform killed on purpose cannot remove anything
-            deployment.remove(config, providers, say=lambda _: None)
-    return store, session
-
-
 def test_one_session_trains_over_openwhisk_gcf_and_lambda_with_one_ledger(
     backends: tuple[FabricProcess, GcfFake, LambdaBackend], mongo_url: str, tmp_path: Path
 ) -> None:
-    store, session = _train(three_platform_config(backends, mongo_url, tmp_path / "logs"))
+    store, session = run_session(three_platform_config(backends, mongo_url, tmp_path / "logs"))
 
     rounds = store.rounds(session)
     assert [r["included"] for r in rounds] == [[0, 1, 2, 3, 4, 5]] * 3
@@ -120,7 +100,7 @@ def test_a_platform_killed_mid_round_is_retried_then_the_round_closes_on_quorum(
     data = three_platform_config(
         backends, mongo_url, tmp_path / "logs", min_fit_fraction=0.6, max_retries=2, retry_backoff_s=0.1
     )
-    store, session = _train(data, during=kill_gcf_when_round_one_opens, remove=False)
+    store, session = run_session(data, during=kill_gcf_when_round_one_opens, remove=False)
 
     assert store.session(session)["phase"] == "Succeeded"
     rounds = store.rounds(session)
@@ -181,7 +161,7 @@ def test_weights_past_lambdas_payload_limit_go_by_reference(mongo_url: str, tmp_
         fl["clients_info"] = {"total_num_clients": 2, "ow_clients_count": 1, "aws_clients_count": 1}
         fl["training_test_data"] = {"dataset": "mnist5k"}
         fl["model_params"].update(model="cnn", input_size=784, learning_rate=0.001)
-        store, session = _train(data)
+        store, session = run_session(data)
 
     (round_doc,) = store.rounds(session)
     assert round_doc["included"] == [0, 1]

@@ -5,26 +5,16 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from fedkeeper import deployment
-from fedkeeper.cli import opened_providers
 from fedkeeper.fabric.process import FabricProcess
-from fedkeeper.keeper import Keeper
-from fedkeeper.store.db import Store
 
-from .conftest import build, training_config
-from .helpers import assert_every_selected_update_counted_once, client_attempts
+from .conftest import training_config
+from .helpers import assert_every_selected_update_counted_once, client_attempts, run_session
 
 
 def test_four_clients_three_rounds_accuracy_rises_and_each_update_counts_once(
     fabric: FabricProcess, mongo_url: str, tmp_path: Path
 ) -> None:
-    config = build(training_config(fabric.url, mongo_url, tmp_path / "logs"))
-    mongo = config.fl.mongo_config
-    store = Store(mongo.url, mongo.database)
-    store.ensure_indexes()
-    with opened_providers(config) as providers:
-        deployment.deploy(config, providers, say=lambda _: None)
-        session = Keeper(config, store, providers).start()
+    store, session = run_session(training_config(fabric.url, mongo_url, tmp_path / "logs"))
 
     doc = store.session(session)
     assert doc["phase"] == "Succeeded"
