@@ -69,7 +69,6 @@ class RoundState:
     attempts: dict[int, int] = field(default_factory=dict)
     given_up: set[int] = field(default_factory=set)
     retries: int = 0
-    failures: int = 0
 
 
 class Keeper:
@@ -206,7 +205,7 @@ class Keeper:
             except ProviderError as exc:
                 self.ledger.settle(entry, NOT_STARTED, error=str(exc))
                 raise
-            self._set_activation_id(entry, record.activation_id)
+            self.ledger.set_activation_id(entry, record.activation_id)
             self.ledger.settle(entry, record.status.value, record, record.error)
             if not record.ok:
                 raise ProviderError(f"{function} ({record.activation_id}): {record.error}")
@@ -239,9 +238,6 @@ class Keeper:
     # ------------------------------------------------------------------ one round
     def _run_round(self, round_number: int) -> dict[str, Any]:
         assert self.reporter is not None
-        existing = self.store.db.rounds.find_one({"session": self.session_id, "round": round_number})
-        if existing and existing.get("metrics"):
-            return dict(existing["metrics"])
         candidates = sorted(self.placements)
         selected = self.store.open_round(
             self.session_id,
@@ -255,9 +251,11 @@ class Keeper:
             ),
         )
         doc = self.store.round(self.session_id, round_number)
+        if doc.get("metrics"):  # aggregated before a resumed keeper got here
+            return dict(doc["metrics"])
         watch = Stopwatch()
         if doc["status"] == "open":
-            state = self._restore_round(round_number, selected)
+            state = self._restore_round(doc)
             self.reporter.event("round_opened", round=round_number, selected=selected)
             self._drive(state, watch)
             included = self.store.close_round(self.session_id, round_number, sorted(state.done))
@@ -272,10 +270,7 @@ class Keeper:
             AGGREGATOR, round_number, {"session": self.session_id, "round": round_number, "clients": included}
         )
         extra = {"retries": retries, "failed_clients": failed, "duration_s": watch.elapsed}
-        self.store.db.rounds.update_one(
-            {"session": self.session_id, "round": round_number},
-            {"$set": {f"metrics.{k}": v for k, v in extra.items()}},
-        )
+        self.store.add_round_metrics(self.session_id, round_number, extra)
         metrics.update(extra)
         self.reporter.event("round_aggregated", **metrics)
         self.reporter.say(
@@ -285,9 +280,9 @@ class Keeper:
         )
         return metrics
 
-    def _restore_round(self, round_number: int, selected: list[int]) -> RoundState:
-        """Rebuild the round's state from the store: stored updates and activations still open."""
-        doc = self.store.round(self.session_id, round_number)
+    def _restore_round(self, doc: dict[str, Any]) -> RoundState:
+        """Rebuild an open round's state from the store: stored updates and activations still open."""
+        round_number, selected = int(doc["round"]), [int(c) for c in doc["selected"]]
         started_at: datetime = doc["started_at"]
         age = (datetime.now(UTC) - started_at).total_seconds()
         state = RoundState(round_number, selected, started=self.clock() - max(age, 0.0))
@@ -297,7 +292,7 @@ class Keeper:
                 state.pending[entry.client] = entry
         for client in selected:
             state.attempts[client] = self.ledger.attempts(
-                self.session_id, round_number, self._function_for(client), client
+                self.session_id, round_number, self._route(client)[1], client
             )
             if client not in state.done and client not in state.pending:
                 state.retry_at[client] = self.clock()
@@ -319,9 +314,6 @@ class Keeper:
                     if client not in state.done:
                         self._dispatch(state, client)
             self._poll(state)
-            # An update can be stored before its record is visible (or its record may be lost):
-            # the client counts as done now; its entry stays open until the record or the close.
-            state.done |= self.store.update_clients(self.session_id, state.number) & set(state.selected)
             self.reporter.progress(
                 state.number,
                 len(state.selected),
@@ -368,10 +360,13 @@ class Keeper:
                 self.ledger.settle(entry, TIMED_OUT, error="round closed before this activation finished")
         state.pending.clear()
 
-    def _function_for(self, client: int) -> str:
+    def _route(self, client: int) -> tuple[Provider, str]:
+        """Which provider and function an attempt of ``client`` invokes."""
         placement = self.placements[client]
         provider = self.providers[(placement.platform, placement.cluster)]
-        return CLIENT if route_for(provider.capabilities) is Route.DIRECT else INVOKER
+        if route_for(provider.capabilities) is Route.DIRECT:
+            return provider, CLIENT
+        return self.server_provider, INVOKER
 
     def _dispatch(self, state: RoundState, client: int) -> None:
         attempt = state.attempts.get(client, 0) + 1
@@ -382,22 +377,17 @@ class Keeper:
         state.attempts[client] = attempt
         if attempt > 1:
             state.retries += 1
-        placement = self.placements[client]
-        client_provider = self.providers[(placement.platform, placement.cluster)]
+        provider, function = self._route(client)
         params: dict[str, Any] = {
             "session": self.session_id,
             "round": state.number,
             "client": client,
             "attempt": attempt,
         }
-        if route_for(client_provider.capabilities) is Route.DIRECT:
-            provider, function = client_provider, CLIENT
-        else:
-            provider, function = self.server_provider, INVOKER
-            params.update(target=placement.target, timeout_s=self.fl.functions.fl_client.timeout)
         entry = self._entry(state.number, function, client, attempt, provider)
         if function == INVOKER:
-            entry.target = placement.target
+            entry.target = self.placements[client].target
+            params.update(target=entry.target, timeout_s=self.fl.functions.fl_client.timeout)
         if not self.ledger.submit(entry):  # this attempt number was used by a keeper that died
             state.attempts[client] = self.ledger.attempts(self.session_id, state.number, function, client)
             state.retry_at[client] = self.clock()
@@ -408,7 +398,7 @@ class Keeper:
             self.ledger.settle(entry, NOT_STARTED, error=str(exc))
             self._schedule_retry(state, client, str(exc))
             return
-        self._set_activation_id(entry, activation_id)
+        self.ledger.set_activation_id(entry, activation_id)
         state.pending[client] = entry
         assert self.reporter is not None
         self.reporter.event(
@@ -417,8 +407,14 @@ class Keeper:
         )  # fmt: skip
 
     def _poll(self, state: RoundState) -> None:
-        """Fetch the records of every open activation, one batch per provider and function."""
+        """Fetch the records of every open activation, one batch per provider and function.
+
+        Then read which updates are stored, once: an update can be stored before its record is
+        visible (or its record may be lost), so the client counts as done from the store; its
+        entry stays open until its record comes or the round closes.
+        """
         groups: dict[tuple[str, str, str], list[LedgerEntry]] = defaultdict(list)
+        records: dict[str, ActivationRecord] = {}
         for client, entry in list(state.pending.items()):
             if entry.activation_id is None:  # submitted by a keeper that died before invoking
                 state.pending.pop(client)
@@ -430,12 +426,13 @@ class Keeper:
             provider = self.providers[(platform, cluster)]
             since = min(int(e.submitted_at.timestamp() * 1000) for e in entries) - 60_000
             try:
-                records = provider.fetch(
-                    function, [e.activation_id for e in entries if e.activation_id], since
+                records.update(
+                    provider.fetch(function, [e.activation_id for e in entries if e.activation_id], since)
                 )
             except ProviderError as exc:
                 self._note(f"polling {platform}/{cluster} failed: {exc}")
-                records = {}
+        state.done |= self.store.update_clients(self.session_id, state.number) & set(state.selected)
+        for entries in groups.values():
             for entry in entries:
                 record = records.get(entry.activation_id or "")
                 if record is not None and record.status.done:
@@ -452,19 +449,17 @@ class Keeper:
                     self._schedule_retry(state, entry.client, "timed out")
 
     def _settle(self, state: RoundState, entry: LedgerEntry, record: ActivationRecord) -> None:
-        """Book a finished activation; it counts only if its update is in the store."""
-        stored = entry.client in self.store.update_clients(self.session_id, state.number)
-        if stored and not record.ok:  # failed after (or despite) an earlier attempt's update: nothing to redo
+        """Book a finished activation; it counts only if its update is in the store (``state.done``)."""
+        if entry.client in state.done:  # a failure here after an update was stored needs no retry
             self.ledger.settle(entry, record.status.value, record, record.error)
-            state.done.add(entry.client)
-            return
-        if record.ok and stored:
-            self.ledger.settle(entry, record.status.value, record)
-            state.done.add(entry.client)
-            assert self.reporter is not None
-            self.reporter.event(
-                "update_stored", round=state.number, client=entry.client, activation_id=entry.activation_id
-            )
+            if record.ok:
+                assert self.reporter is not None
+                self.reporter.event(
+                    "update_stored",
+                    round=state.number,
+                    client=entry.client,
+                    activation_id=entry.activation_id,
+                )
             return
         error = record.error or "activation succeeded but stored no update"
         self.ledger.settle(
@@ -473,7 +468,6 @@ class Keeper:
         self._schedule_retry(state, entry.client, error)
 
     def _schedule_retry(self, state: RoundState, client: int, reason: str) -> None:
-        state.failures += 1
         attempt = state.attempts.get(client, 1)
         delay = backoff_s(attempt, self.server.retry_backoff_s)
         state.retry_at[client] = self.clock() + delay
@@ -508,10 +502,6 @@ class Keeper:
             platform=provider.platform,
             cluster=provider.cluster,
         )
-
-    def _set_activation_id(self, entry: LedgerEntry, activation_id: str) -> None:
-        entry.activation_id = activation_id
-        self.store.collection("activations").update_one(entry.key, {"$set": {"activation_id": activation_id}})
 
     def _note(self, message: str) -> None:
         if self.reporter is not None:

@@ -75,6 +75,11 @@ class Ledger:
             self._store.count(entry.session, active=1)
         return True
 
+    def set_activation_id(self, entry: LedgerEntry, activation_id: str) -> None:
+        """Record the platform's id of a submitted attempt once the platform has accepted it."""
+        entry.activation_id = activation_id
+        self._col.update_one(entry.key, {"$set": {"activation_id": activation_id}})
+
     def settle(
         self,
         entry: LedgerEntry,

@@ -362,6 +362,13 @@ class Store:
             {"$set": {"status": "aggregated", "metrics": metrics, "aggregated_at": utcnow()}},
         )
 
+    def add_round_metrics(self, session_id: str, round_number: int, metrics: dict[str, Any]) -> None:
+        """Add the keeper's own figures (retries, failed clients, duration) to a round's metrics."""
+        self.db.rounds.update_one(
+            {"session": session_id, "round": round_number},
+            {"$set": {f"metrics.{k}": v for k, v in metrics.items()}},
+        )
+
     def round(self, session_id: str, round_number: int) -> dict[str, Any]:
         doc = self.db.rounds.find_one({"session": session_id, "round": round_number})
         if doc is None:
