@@ -273,16 +273,25 @@ def check_options(func: F) -> F:
     return func
 
 
-@cli.command()
-@check_options
-@friendly_errors
-def check(config_path: Path, everything: bool, openwhisk: tuple[str, ...], google: tuple[str, ...],
-          aws: tuple[str, ...], edge: tuple[str, ...], scenario: str, function: str, deploy: bool,
-          remove: bool) -> None:  # fmt: skip
-    """Check clusters: deploy a small function and call it once on each (deploy.py)."""
-    selection = {"openwhisk": _parse_names(openwhisk), "google": _parse_names(google),
-                 "aws": _parse_names(aws), "edge": _parse_names(edge)}  # fmt: skip
-    run_check(config_path, everything, selection, scenario, function, deploy, remove)
+def _check_command(summary: str) -> Callable[..., None]:
+    """The cluster check's callback with its options (``fedkeeper check`` and ``deploy.py`` share it)."""
+
+    @check_options
+    @friendly_errors
+    def command(config_path: Path, everything: bool, openwhisk: tuple[str, ...], google: tuple[str, ...],
+                aws: tuple[str, ...], edge: tuple[str, ...], scenario: str, function: str, deploy: bool,
+                remove: bool) -> None:  # fmt: skip
+        selection = {"openwhisk": _parse_names(openwhisk), "google": _parse_names(google),
+                     "aws": _parse_names(aws), "edge": _parse_names(edge)}  # fmt: skip
+        run_check(config_path, everything, selection, scenario, function, deploy, remove)
+
+    command.__doc__ = summary
+    return command
+
+
+check = cli.command("check")(
+    _check_command("Check clusters: deploy a small function and call it once on each (deploy.py).")
+)
 
 
 # --------------------------------------------------------------------------- local fabric
@@ -335,16 +344,9 @@ def legacy_main(config_path: Path, deploy: bool, start: bool, remove: bool, resu
     run_main(config_path, deploy, start, remove, resume)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@check_options
-@friendly_errors
-def legacy_deploy(config_path: Path, everything: bool, openwhisk: tuple[str, ...], google: tuple[str, ...],
-                  aws: tuple[str, ...], edge: tuple[str, ...], scenario: str, function: str, deploy: bool,
-                  remove: bool) -> None:  # fmt: skip
-    """Check clusters: python deploy.py -c config.yaml -a -s test -f nodeinfo -d | -r."""
-    selection = {"openwhisk": _parse_names(openwhisk), "google": _parse_names(google),
-                 "aws": _parse_names(aws), "edge": _parse_names(edge)}  # fmt: skip
-    run_check(config_path, everything, selection, scenario, function, deploy, remove)
+legacy_deploy = click.command(context_settings={"help_option_names": ["-h", "--help"]})(
+    _check_command("Check clusters: python deploy.py -c config.yaml -a -s test -f nodeinfo -d | -r.")
+)
 
 
 def main() -> None:
