@@ -32,6 +32,11 @@ def backends() -> Iterator[tuple[FabricProcess, GcfFake, LambdaBackend]]:
         yield fabric, gcf, aws
 
 
+def lambda_cluster(aws: LambdaBackend) -> dict[str, Any]:
+    assert aws.emulator is not None
+    return {"region": AWS_REGION, "endpoint_url": aws.emulator.url, "role_arn": LAMBDA_ROLE, **AWS_KEYS}
+
+
 def three_platform_config(
     backends: tuple[FabricProcess, GcfFake, LambdaBackend], mongo_url: str, logs: Path, **server: Any
 ) -> dict[str, Any]:
@@ -46,14 +51,7 @@ def three_platform_config(
             "allow_unauthenticated": True,
         }
     }
-    data["providers"]["aws"] = {
-        "lambda": {
-            "region": AWS_REGION,
-            "endpoint_url": aws.emulator.url,
-            "role_arn": LAMBDA_ROLE,
-            **AWS_KEYS,
-        }
-    }
+    data["providers"]["aws"] = {"lambda": lambda_cluster(aws)}
     fl = data["scenarios"]["federated_learning"]
     fl["clients_info"] = {
         "total_num_clients": 6,
@@ -149,14 +147,7 @@ def test_weights_past_lambdas_payload_limit_go_by_reference(mongo_url: str, tmp_
         data = training_config(
             fabric.url, mongo_url, tmp_path / "logs", max_rounds=1, num_clients_per_round=2
         )
-        data["providers"]["aws"] = {
-            "lambda": {
-                "region": AWS_REGION,
-                "endpoint_url": aws.emulator.url,
-                "role_arn": LAMBDA_ROLE,
-                **AWS_KEYS,
-            }
-        }
+        data["providers"]["aws"] = {"lambda": lambda_cluster(aws)}
         fl = data["scenarios"]["federated_learning"]
         fl["clients_info"] = {"total_num_clients": 2, "ow_clients_count": 1, "aws_clients_count": 1}
         fl["training_test_data"] = {"dataset": "mnist5k"}
