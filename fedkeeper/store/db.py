@@ -182,9 +182,9 @@ class Store:
     # ------------------------------------------------------------------ weights
     def put_weights(self, session_id: str, round_number: int, weights: Sequence[np.ndarray]) -> bool:
         """Store the global weights of a round; ``False`` when they were already there."""
-        key = {"session": session_id, "round": round_number}
-        if self.db.weights.find_one(key, {"_id": 1}) is not None:
+        if self.has_weights(session_id, round_number):
             return False
+        key = {"session": session_id, "round": round_number}
         ref = self.blobs.put(wire.encode(weights), session=session_id, round=round_number)
         try:
             self.db.weights.insert_one(
@@ -232,9 +232,9 @@ class Store:
         """Store a client's update; ``False`` (and nothing written) when one is already there."""
         if num_examples <= 0:
             raise InvalidUpdate(f"client {client}: num_examples must be positive, got {num_examples}")
-        key = {"session": session_id, "round": round_number, "client": client}
-        if self.db.updates.find_one(key, {"_id": 1}) is not None:
+        if self.has_update(session_id, round_number, client):
             return False
+        key = {"session": session_id, "round": round_number, "client": client}
         ref = self.blobs.put(wire.encode(weights), session=session_id, round=round_number, client=client)
         try:
             self.db.updates.insert_one(
@@ -255,6 +255,10 @@ class Store:
             self.blobs.delete(ref)
             return False
         return True
+
+    def has_update(self, session_id: str, round_number: int, client: int) -> bool:
+        key = {"session": session_id, "round": round_number, "client": client}
+        return self.db.updates.find_one(key, {"_id": 1}) is not None
 
     def update_clients(self, session_id: str, round_number: int) -> set[int]:
         """Clients whose update for the round is stored."""

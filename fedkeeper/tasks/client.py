@@ -70,7 +70,7 @@ def _direct(params: dict[str, Any]) -> dict[str, Any]:
     client = require(params, "client", int)
     attempt = require(params, "attempt", int)
     summary: dict[str, Any] = {"client": client, "round": round_number}
-    if client in store.update_clients(session_id, round_number):
+    if store.has_update(session_id, round_number, client):
         return {**summary, "stored": False, "reason": "an update for this round is already stored"}
     settings = SessionSettings.load(store, session_id)
     weights = store.get_weights(session_id, round_number)

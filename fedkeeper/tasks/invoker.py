@@ -34,7 +34,7 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
     if target_key not in targets:
         raise BadRequest(f"target {target_key!r} is not bound to this invoker; redeploy with `main.py -d`")
     summary: dict[str, Any] = {"client": client, "round": round_number, "target": target_key}
-    if client in store.update_clients(session_id, round_number):
+    if store.has_update(session_id, round_number, client):
         return {**summary, "stored": False, "reason": "an update for this round is already stored"}
 
     settings = SessionSettings.load(store, session_id)
@@ -72,7 +72,7 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
         )
     reply = record.result or {}
     if not inline:
-        if client not in store.update_clients(session_id, round_number):
+        if not store.has_update(session_id, round_number, client):
             raise ProviderError(f"client {client} on {target_key} succeeded but stored no update")
         return {**summary, "stored": True, **{k: reply.get(k) for k in ("num_examples", "loss", "accuracy")}}
 
