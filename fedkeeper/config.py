@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from fedkeeper.errors import ConfigError
+from fedkeeper.redaction import redact
 
 # The standalone OpenWhisk's guest key: the local fabric accepts it by default.
 GUEST_AUTH = (
@@ -350,10 +351,10 @@ def _format_error(source: str, error: ValidationError) -> str:
     path = ".".join(str(p) for p in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] in ("value_error", "assertion_error") and not path:
-        return f"{source}: {message}"
+        return redact(f"{source}: {message}")
     bad = first.get("input")
     shown = "" if isinstance(bad, dict | list) or bad is None else f" (got {bad!r})"
-    return f"{source}: {path or '<top>'}: {message}{shown}"
+    return redact(f"{source}: {path or '<top>'}: {message}{shown}")
 
 
 def parse_config(data: Any, source: str = "<config>") -> Config:

@@ -20,6 +20,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from fedkeeper.errors import InvalidUpdate, StoreError
+from fedkeeper.redaction import redact
 from fedkeeper.store import weights as wire
 from fedkeeper.store.blobs import BlobStore
 
@@ -120,13 +121,13 @@ class Store:
             for name, indexes in INDEXES.items():
                 self.db[name].create_indexes(indexes)
         except PyMongoError as exc:
-            raise StoreError(f"cannot reach MongoDB at {_redact(self.url)}: {exc}") from None
+            raise StoreError(redact(f"cannot reach MongoDB at {self.url}: {exc}")) from None
 
     def ping(self) -> None:
         try:
             self.db.client.admin.command("ping")
         except PyMongoError as exc:
-            raise StoreError(f"cannot reach MongoDB at {_redact(self.url)}: {exc}") from None
+            raise StoreError(redact(f"cannot reach MongoDB at {self.url}: {exc}")) from None
 
     # ------------------------------------------------------------------ sessions
     def create_session(self, doc: dict[str, Any]) -> None:
@@ -160,7 +161,7 @@ class Store:
             "type": phase,
             "status": "True",
             "reason": reason,
-            "message": message,
+            "message": redact(message),
             "lastTransitionTime": now,
         }
         self.db.sessions.update_one({"_id": session_id}, {"$set": update, "$push": {"conditions": condition}})
@@ -381,11 +382,3 @@ class Store:
 
     def rounds(self, session_id: str) -> list[dict[str, Any]]:
         return list(self.db.rounds.find({"session": session_id}).sort("round", ASCENDING))
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a MongoDB URL before it reaches a message."""
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
