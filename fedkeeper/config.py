@@ -143,6 +143,8 @@ class ServerConfig(_Model):
     retry_backoff_s: Annotated[float, Field(ge=0)] = 1.0
     poll_interval_s: PositiveFloat = 0.5
     strategy: Literal["fedavg"] = "fedavg"
+    # Reject an update whose L2 distance from the round's global weights is larger (None: no limit).
+    max_update_norm: PositiveFloat | None = None
     selection: Literal["random", "round_robin"] = "random"
     seed: int = 0
 

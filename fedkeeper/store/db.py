@@ -257,6 +257,40 @@ class Store:
             return False
         return True
 
+    def reject_update(
+        self,
+        session_id: str,
+        round_number: int,
+        client: int,
+        reason: str,
+        activation_id: str | None = None,
+        attempt: int | None = None,
+    ) -> bool:
+        """Record that the client answered with an update that failed its checks (no weights kept).
+
+        It counts as the client's answer (a retry would send the same), and the aggregator reports
+        it among the round's rejected updates. ``False`` when an update was already there.
+        """
+        key = {"session": session_id, "round": round_number, "client": client}
+        try:
+            self.db.updates.insert_one(
+                {
+                    **key,
+                    "blob": None,
+                    "num_examples": 0,
+                    "loss": float("nan"),
+                    "accuracy": float("nan"),
+                    "activation_id": activation_id,
+                    "attempt": attempt,
+                    "status": "rejected",
+                    "reason": reason,
+                    "created_at": utcnow(),
+                }
+            )
+        except DuplicateKeyError:
+            return False
+        return True
+
     def has_update(self, session_id: str, round_number: int, client: int) -> bool:
         key = {"session": session_id, "round": round_number, "client": client}
         return self.db.updates.find_one(key, {"_id": 1}) is not None
@@ -275,6 +309,9 @@ class Store:
             batch_size=1,
         ).sort("client", ASCENDING)
         for doc in cursor:
+            if doc.get("blob") is None:  # rejected when it was written
+                yield UnreadableUpdate(int(doc["client"]), str(doc.get("reason") or "no weights stored"))
+                continue
             try:
                 weights = wire.decode(self.blobs.get(doc["blob"]))
                 if wire.checksum(weights) != doc["checksum"]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import math
+import numbers
 import zipfile
 from collections.abc import Sequence
 from typing import Any
@@ -19,6 +21,8 @@ from fedkeeper.errors import InvalidUpdate
 
 Weights = list[np.ndarray]
 ALLOWED_DTYPES = frozenset({"float16", "float32", "float64"})
+# The most examples an update may claim: exact in float64, the aggregate's accumulator, and in BSON.
+MAX_EXAMPLES = 2**53
 
 
 def checksum(weights: Sequence[np.ndarray]) -> str:
@@ -80,3 +84,48 @@ def validate_like(update: Sequence[np.ndarray], reference: Sequence[np.ndarray])
             raise InvalidUpdate(f"array {i}: dtype {got.dtype}, expected {want.dtype}")
         if not np.all(np.isfinite(got)):
             raise InvalidUpdate(f"array {i}: contains NaN or infinite values")
+
+
+def update_norm(update: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> float:
+    """L2 norm of ``update - reference`` over all arrays (float64, one layer-sized temporary at a time)."""
+    total = 0.0
+    for got, want in zip(update, reference, strict=True):
+        delta = got.astype(np.float64) - want.astype(np.float64)
+        total += float(np.dot(delta.ravel(), delta.ravel()))
+    return math.sqrt(total)
+
+
+def check_update(
+    update: Sequence[np.ndarray],
+    num_examples: Any,
+    reference: Sequence[np.ndarray],
+    *,
+    max_examples: int | None = None,
+    max_norm: float | None = None,
+) -> int:
+    """Check one client's update against the round's global weights; returns ``num_examples``.
+
+    The one gate for updates: shapes, dtypes and finiteness (:func:`validate_like`), an integer
+    ``num_examples`` in ``[1, max_examples]`` (the partition the server assigned; at most
+    :data:`MAX_EXAMPLES`), and, when ``max_norm`` is set, ``||update - reference|| <= max_norm``.
+    Raises :class:`InvalidUpdate` with the reason.
+    """
+    validate_like(update, reference)
+    # bool is an int subclass; True examples is a bug, not a count.
+    if isinstance(num_examples, bool) or not isinstance(num_examples, numbers.Integral):
+        raise InvalidUpdate(f"num_examples must be an integer, got {type(num_examples).__name__}")
+    count = int(num_examples)
+    shown = str(count) if count.bit_length() <= 64 else f"a {count.bit_length()}-bit integer"
+    if count <= 0:
+        raise InvalidUpdate(f"num_examples must be positive, got {shown}")
+    if count > MAX_EXAMPLES:
+        raise InvalidUpdate(f"num_examples {shown} is past the limit of {MAX_EXAMPLES}")
+    if max_examples is not None and count > max_examples:
+        raise InvalidUpdate(
+            f"num_examples {shown} is more than the {max_examples} examples of the client's partition"
+        )
+    if max_norm is not None:
+        norm = update_norm(update, reference)
+        if not norm <= max_norm:
+            raise InvalidUpdate(f"update norm {norm:.6g} is past max_update_norm {max_norm:g}")
+    return count
