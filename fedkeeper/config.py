@@ -118,6 +118,10 @@ class EdgeCluster(_Model):
     qemu: str = "qemu-system-i386"
     memory_mb: PositiveInt = 15
     boot_timeout_s: PositiveFloat = 30.0
+    # The gateway's bearer token; None: generated at deploy (kept 0600 in the gateway's state dir).
+    token: Secret | None = None
+    # Data sets jobs may name beyond the built-in ones: name -> .npz file or URL (e.g. mnist).
+    datasets: dict[str, str] = Field(default_factory=dict)
 
 
 class Providers(_Model):

@@ -21,6 +21,9 @@ from fedkeeper.errors import InvalidUpdate
 
 Weights = list[np.ndarray]
 ALLOWED_DTYPES = frozenset({"float16", "float32", "float64"})
+# Decompressed size past which an .npz is refused before any array is read (weights of any model
+# fedkeeper trains are far smaller; a zip bomb is not).
+MAX_NPZ_BYTES = 1024 * 1024 * 1024
 # The most examples an update may claim: exact in float64, the aggregate's accumulator, and in BSON.
 MAX_EXAMPLES = 2**53
 
@@ -43,9 +46,35 @@ def encode(weights: Sequence[np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def decode(data: bytes) -> Weights:
-    """Parse ``.npz`` bytes; raises :class:`InvalidUpdate` on anything malformed."""
+def check_npz_sizes(data: bytes, max_bytes: int) -> None:
+    """Refuse an ``.npz`` whose arrays would take more than ``max_bytes`` once decompressed.
+
+    Reads only the zip directory (each member's ``file_size``) and each ``.npy`` header (shape and
+    dtype), so nothing is inflated or allocated before the sizes are known. Raises ``ValueError``.
+    """
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        members = archive.infolist()
+        total = sum(member.file_size for member in members)
+        if total > max_bytes:
+            raise ValueError(f"{total} bytes once decompressed, past the limit of {max_bytes}")
+        for member in members:
+            with archive.open(member) as handle:
+                version = np.lib.format.read_magic(handle)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+            declared = math.prod(shape) * dtype.itemsize
+            if declared > member.file_size:  # the header claims more than the member holds
+                raise ValueError(
+                    f"{member.filename}: header declares {declared} bytes, it holds {member.file_size}"
+                )
+
+
+def decode(data: bytes, max_bytes: int = MAX_NPZ_BYTES) -> Weights:
+    """Parse ``.npz`` bytes of at most ``max_bytes`` decompressed; :class:`InvalidUpdate` if malformed."""
     try:
+        check_npz_sizes(data, max_bytes)
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             names = sorted(archive.files, key=lambda n: int(n[1:]) if n[1:].isdigit() else -1)
             if [f"a{i}" for i in range(len(names))] != names:
@@ -61,12 +90,12 @@ def to_b64(weights: Sequence[np.ndarray]) -> str:
     return base64.b64encode(encode(weights)).decode("ascii")
 
 
-def from_b64(text: str) -> Weights:
+def from_b64(text: str, max_bytes: int = MAX_NPZ_BYTES) -> Weights:
     try:
         raw = base64.b64decode(text, validate=True)
     except (ValueError, TypeError) as exc:
         raise InvalidUpdate(f"weights are not valid base64: {exc}") from None
-    return decode(raw)
+    return decode(raw, max_bytes)
 
 
 def nbytes(weights: Sequence[np.ndarray]) -> int:
