@@ -18,6 +18,7 @@ from fedkeeper.config import Config, load_config
 from fedkeeper.errors import ConfigError, FedkeeperError
 from fedkeeper.providers.base import FunctionSpec, Provider
 from fedkeeper.providers.registry import providers_from_config
+from fedkeeper.redaction import redact
 
 F = TypeVar("F", bound=Callable[..., Any])
 PLATFORMS = ("openwhisk", "google", "aws", "edge")
@@ -31,7 +32,7 @@ def friendly_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except FedkeeperError as exc:
-            click.echo(f"fedkeeper: {exc}", err=True)
+            click.echo(f"fedkeeper: {redact(str(exc))}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo(
@@ -163,7 +164,7 @@ def status(session: str | None, config_path: Path) -> None:
         click.echo(f"{session}: {doc['phase']}, next round {doc['round']}")
         for c in doc["conditions"]:
             click.echo(
-                f"  {c['lastTransitionTime']:%Y-%m-%d %H:%M:%S} {c['type']} {c['reason']} {c['message']}"
+                f"  {c['lastTransitionTime']:%Y-%m-%d %H:%M:%S} {c['type']} {c['reason']} {redact(c['message'])}"
             )
         for r in store.rounds(session):
             m = r.get("metrics") or {}

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from fedkeeper.errors import ConfigError
+from fedkeeper.redaction import redact
 
 # The standalone OpenWhisk's guest key: the local fabric accepts it by default.
 GUEST_AUTH = (
@@ -117,6 +118,10 @@ class EdgeCluster(_Model):
     qemu: str = "qemu-system-i386"
     memory_mb: PositiveInt = 15
     boot_timeout_s: PositiveFloat = 30.0
+    # The gateway's bearer token; None: generated at deploy (kept 0600 in the gateway's state dir).
+    token: Secret | None = None
+    # Data sets jobs may name beyond the built-in ones: name -> .npz file or URL (e.g. mnist).
+    datasets: dict[str, str] = Field(default_factory=dict)
 
 
 class Providers(_Model):
@@ -142,6 +147,8 @@ class ServerConfig(_Model):
     retry_backoff_s: Annotated[float, Field(ge=0)] = 1.0
     poll_interval_s: PositiveFloat = 0.5
     strategy: Literal["fedavg"] = "fedavg"
+    # Reject an update whose L2 distance from the round's global weights is larger (None: no limit).
+    max_update_norm: PositiveFloat | None = None
     selection: Literal["random", "round_robin"] = "random"
     seed: int = 0
 
@@ -350,10 +357,10 @@ def _format_error(source: str, error: ValidationError) -> str:
     path = ".".join(str(p) for p in first["loc"])
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] in ("value_error", "assertion_error") and not path:
-        return f"{source}: {message}"
+        return redact(f"{source}: {message}")
     bad = first.get("input")
     shown = "" if isinstance(bad, dict | list) or bad is None else f" (got {bad!r})"
-    return f"{source}: {path or '<top>'}: {message}{shown}"
+    return redact(f"{source}: {path or '<top>'}: {message}{shown}")
 
 
 def parse_config(data: Any, source: str = "<config>") -> Config:

@@ -17,18 +17,10 @@ from fedkeeper.errors import ProviderError
 from fedkeeper.packaging import function_dir
 from fedkeeper.placement import Route, clients_per_cluster, place_clients, route_for
 from fedkeeper.providers.base import FunctionSpec, Provider
+from fedkeeper.redaction import redact_value
 from fedkeeper.services import store_url
 
 CLIENT = "fl_client"
-SECRET_KEYS = (
-    "auth",
-    "credentials",
-    "secret_access_key",
-    "access_key_id",
-    "session_token",
-    "password",
-    "url",
-)
 
 
 @dataclass(frozen=True)
@@ -92,15 +84,6 @@ def plan(config: Config, providers: dict[tuple[str, str], Provider]) -> list[tup
     return pairs
 
 
-def redact(value: Any) -> Any:
-    """A copy with credentials replaced, for files and logs."""
-    if isinstance(value, dict):
-        return {k: "***" if k in SECRET_KEYS and v else redact(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
-
-
 def write_params(pairs: list[tuple[Provider, FunctionSpec]], params_dir: Path) -> list[Path]:
     """``params/<function>.json``: each function's deployment and default parameters (redacted)."""
     params_dir.mkdir(parents=True, exist_ok=True)
@@ -115,7 +98,7 @@ def write_params(pairs: list[tuple[Provider, FunctionSpec]], params_dir: Path) -
                 "timeout_s": spec.timeout_s,
                 "concurrency": spec.concurrency,
                 "instances": spec.instances,
-                "bound": redact(dict(spec.bound)),
+                "bound": redact_value(dict(spec.bound)),
             }
         )
     paths = []

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fedkeeper.ledger import LedgerEntry
+from fedkeeper.redaction import redact
 
 ROUND_FIELDS = [
     "round",
@@ -67,12 +68,12 @@ class Reporter:
     # ------------------------------------------------------------------ events
     def event(self, kind: str, **fields: Any) -> None:
         record = {"time": datetime.now().isoformat(timespec="milliseconds"), "event": kind, **fields}
-        self._events.write(json.dumps(record, default=str) + "\n")
+        self._events.write(redact(json.dumps(record, default=str)) + "\n")
         self._events.flush()
 
     def say(self, message: str) -> None:
         self._end_bar()
-        print(message, file=self.stream, flush=True)
+        print(redact(message), file=self.stream, flush=True)
 
     def progress(
         self, round_number: int, selected: int, done: int, failed: int, retried: int, elapsed: float

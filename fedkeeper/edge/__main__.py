@@ -2,7 +2,8 @@
 
 Boots N QEMU edge guests and serves the edge gateway. Prints exactly one line on stdout,
 ``edge gateway listening on http://HOST:PORT``, once every guest said hello; logs go to stderr.
-SIGTERM or SIGINT powers every guest off and removes their pipes.
+SIGTERM or SIGINT powers every guest off and removes their pipes. Requests need the bearer token
+of ``--token-file`` (default ``STATE_DIR/gateway.token``, created with a random token if missing).
 """
 
 from __future__ import annotations
@@ -13,8 +14,17 @@ from pathlib import Path
 
 from fedkeeper.childproc import run_service
 from fedkeeper.edge.fleet import FleetConfig
-from fedkeeper.edge.gateway import MAX_REQUEST_BYTES, MB, GatewayOptions, serve
+from fedkeeper.edge.gateway import (
+    DATASET_CACHE_BYTES,
+    MAX_REQUEST_BYTES,
+    MB,
+    PARTITION_CACHE_BYTES,
+    GatewayOptions,
+    serve,
+)
+from fedkeeper.edge.token import load_or_create
 from fedkeeper.errors import FedkeeperError
+from fedkeeper.tasks.contract import EDGE_TOKEN_FILE
 
 
 def parser() -> argparse.ArgumentParser:
@@ -36,6 +46,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-request-mb", type=float, default=MAX_REQUEST_BYTES / MB, help="largest job body (default 8)"
     )
+    p.add_argument(
+        "--token-file", type=Path, default=None, help="bearer token file (default STATE_DIR/gateway.token)"
+    )
+    p.add_argument(
+        "--dataset",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a data set jobs may name, with its .npz file or URL (repeatable)",
+    )
+    p.add_argument(
+        "--dataset-cache-mb", type=float, default=DATASET_CACHE_BYTES / MB, help="loaded data sets (512)"
+    )
+    p.add_argument(
+        "--partition-cache-mb", type=float, default=PARTITION_CACHE_BYTES / MB, help="partition images (256)"
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -53,6 +79,16 @@ def options_from_args(argv: list[str] | None = None) -> GatewayOptions:
 
         args.kernel = ensure_built()
     state_dir = args.state_dir.resolve()
+    datasets = {}
+    for item in args.dataset:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--dataset must be NAME=PATH (got {item!r})")
+        datasets[name] = path
+    for flag in ("dataset_cache_mb", "partition_cache_mb"):
+        if getattr(args, flag) <= 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be positive (got {getattr(args, flag)})")
+    token = load_or_create(args.token_file or state_dir / EDGE_TOKEN_FILE)
     fleet = FleetConfig(
         kernel=args.kernel.resolve(),
         run_dir=state_dir / "run",
@@ -69,8 +105,12 @@ def options_from_args(argv: list[str] | None = None) -> GatewayOptions:
         state_dir,
         args.instances,
         fleet,
+        token,
         job_timeout_s=args.job_timeout_s,
         max_request_bytes=int(args.max_request_mb * MB),
+        datasets=datasets,
+        dataset_cache_bytes=int(args.dataset_cache_mb * MB),
+        partition_cache_bytes=int(args.partition_cache_mb * MB),
     )
 
 

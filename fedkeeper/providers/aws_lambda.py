@@ -46,7 +46,7 @@ from fedkeeper.providers.base import (
     Provider,
     now_ms,
 )
-from fedkeeper.providers.credentials import redact, register_secret
+from fedkeeper.redaction import redact, register_secret
 from fedkeeper.tasks.entry import BOUND_ENV
 
 log = logging.getLogger(__name__)

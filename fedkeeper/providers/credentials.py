@@ -4,82 +4,21 @@ Two guards keep key material out of sight:
 
 * Errors about a credential name where it came from (a config field, a file path, an
   environment variable) and what is wrong with it, never its content.
-* Every secret a provider loads is registered with :func:`register_secret`; from then on a
-  log-record factory masks it in every record of every logger. That covers libraries we do not
-  control: botocore, for one, logs the ``Authorization`` header (with the access key id) at
-  DEBUG level.
+* Every secret a provider loads is registered with :func:`fedkeeper.redaction.register_secret`;
+  from then on the one redactor masks it in every log record, error and status line.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tempfile
-import threading
-import traceback
 import weakref
 from pathlib import Path
 from typing import Any
 
 from fedkeeper.errors import ConfigError
-
-MASK = "***"
-# Shorter values would mask innocent words in logs; real keys are far longer than this.
-_MIN_SECRET_LENGTH = 8
-
-_secrets: set[str] = set()
-_lock = threading.Lock()
-_factory_installed = False
-
-
-def redact(text: str) -> str:
-    """``text`` with every registered secret replaced by ``***``."""
-    if not _secrets:
-        return text
-    # Longest first, so that a secret containing another one is masked whole.
-    for secret in sorted(_secrets, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, MASK)
-    return text
-
-
-def register_secret(*values: str | None) -> None:
-    """Mask ``values`` in all log records from now on (short or empty values are ignored)."""
-    global _factory_installed
-    with _lock:
-        _secrets.update(v for v in values if v and len(v) >= _MIN_SECRET_LENGTH)
-        if not _factory_installed:
-            _install_factory()
-            _factory_installed = True
-
-
-def _install_factory() -> None:
-    previous = logging.getLogRecordFactory()
-
-    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        record = previous(*args, **kwargs)
-        _scrub(record)
-        return record
-
-    logging.setLogRecordFactory(factory)
-
-
-def _scrub(record: logging.LogRecord) -> None:
-    try:
-        message = record.getMessage()
-    except Exception:  # a malformed record: logging reports that itself when it formats it
-        return
-    clean = redact(message)
-    if clean != message:
-        record.msg, record.args = clean, ()
-    if record.exc_info and record.exc_info[1] is not None:
-        text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
-        clean = redact(text)
-        if clean != text:
-            # Formatters use a pre-set exc_text instead of formatting exc_info again.
-            record.exc_text = clean
-
+from fedkeeper.redaction import register_secret
 
 # --------------------------------------------------------------------------- GCF service accounts
 _REQUIRED_FIELDS = ("type", "private_key", "client_email", "token_uri")

@@ -8,7 +8,9 @@ died or timed out, a gateway that is down) -> developer error, which the keeper 
 
 The gateway's URL is ``http://gateway_host:gateway_port`` when the port is fixed in the config,
 and otherwise read from the daemon's state dir, so an invoker running in another process (a
-fabric worker) reaches the same gateway.
+fabric worker) reaches the same gateway. Every call carries the gateway's bearer token: the
+configured ``token``, or one generated at deploy into the state dir; either way it is part of
+the settings, so deploy binds it to the invoker like any other credential.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from pydantic import SecretStr
 
 from fedkeeper.config import EdgeCluster
 from fedkeeper.errors import ProviderError
@@ -32,12 +35,14 @@ from fedkeeper.providers.base import (
     Provider,
     now_ms,
 )
+from fedkeeper.redaction import register_secret
 from fedkeeper.tasks.contract import (
     EDGE_EXECUTION_HEADER,
     EDGE_MAX_JOB_TIMEOUT_S,
     EDGE_MAX_REQUEST_BYTES,
     EDGE_STATE_FILE,
     EDGE_TIMEOUT_HEADER,
+    EDGE_TOKEN_FILE,
 )
 
 STATE_ENV = "FEDKEEPER_EDGE_STATE_DIR"
@@ -85,8 +90,15 @@ class EdgeProvider(Provider):
         gateway_args: list[str] | None = None,
     ) -> None:
         super().__init__(cluster, settings)
-        self.settings: EdgeCluster = settings
         self.state_dir = state_dir or default_state_dir(cluster)
+        if settings.token is None:
+            # Only the keeper gets here (the invoker's binding carries the token), so fedkeeper.edge is there.
+            from fedkeeper.edge.token import load_or_create
+
+            token = load_or_create(self.state_dir / EDGE_TOKEN_FILE)
+            settings = settings.model_copy(update={"token": SecretStr(token)})
+        self.settings: EdgeCluster = settings
+        register_secret(self.token)
         self.gateway_args = list(gateway_args or [])
         self._session = requests.Session()
 
@@ -95,6 +107,7 @@ class EdgeProvider(Provider):
         """Run ``spec.instances`` guests for ``fl_client``; a running fleet of another size is replaced."""
         from fedkeeper.edge.firmware import ensure_built
         from fedkeeper.edge.process import running_daemon, start_daemon, stop_daemon
+        from fedkeeper.edge.token import fingerprint
 
         if spec.name != CLIENT_FUNCTION:
             raise ProviderError(
@@ -105,7 +118,8 @@ class EdgeProvider(Provider):
                 f"edge cluster {self.cluster!r}: instances must be at least 1 (got {spec.instances})"
             )
         running = running_daemon(self.state_dir)
-        if running is not None and running.instances == spec.instances:
+        same_token = running is not None and running.token_id == fingerprint(self.token)
+        if running is not None and running.instances == spec.instances and same_token:
             return
         if running is not None:
             stop_daemon(self.state_dir)
@@ -117,6 +131,7 @@ class EdgeProvider(Provider):
             "--memory-mb", str(s.memory_mb),
             "--boot-timeout-s", str(s.boot_timeout_s),
             "--job-timeout-s", str(spec.timeout_s),
+            *(f"--dataset={name}={path}" for name, path in s.datasets.items()),
             *self.gateway_args,
         ]  # fmt: skip
         start_daemon(
@@ -126,6 +141,7 @@ class EdgeProvider(Provider):
             s.gateway_port,
             args,
             start_timeout=s.boot_timeout_s + 60.0,
+            token=self.token,
         )
 
     def remove(self, name: str) -> bool:
@@ -134,6 +150,12 @@ class EdgeProvider(Provider):
         if name != CLIENT_FUNCTION:
             return False
         return stop_daemon(self.state_dir)
+
+    @property
+    def token(self) -> str:
+        """The gateway's bearer token."""
+        assert self.settings.token is not None  # set in __init__
+        return self.settings.token.get_secret_value()
 
     def gateway_url(self) -> str:
         """Where the gateway serves: the fixed port of the config, or the running daemon's URL."""
@@ -170,7 +192,7 @@ class EdgeProvider(Provider):
             response = self._session.post(
                 f"{url}/v1/clients/{client}/train",
                 json=dict(params),
-                headers={EDGE_TIMEOUT_HEADER: f"{guest_timeout:g}"},
+                headers={EDGE_TIMEOUT_HEADER: f"{guest_timeout:g}", "Authorization": f"Bearer {self.token}"},
                 # the gateway gives up on the guest first, so its 503 (not our timeout) is the usual answer
                 timeout=(CONNECT_TIMEOUT_S, guest_timeout + 30.0),
             )

@@ -55,7 +55,8 @@ from fedkeeper.providers.base import (
     Provider,
     now_ms,
 )
-from fedkeeper.providers.credentials import ServiceAccountKey, redact
+from fedkeeper.providers.credentials import ServiceAccountKey
+from fedkeeper.redaction import redact
 from fedkeeper.tasks.entry import BOUND_ENV
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from fedkeeper.errors import InvalidUpdate, StoreError
+from fedkeeper.redaction import redact
 from fedkeeper.store import weights as wire
 from fedkeeper.store.blobs import BlobStore
 
@@ -120,13 +121,13 @@ class Store:
             for name, indexes in INDEXES.items():
                 self.db[name].create_indexes(indexes)
         except PyMongoError as exc:
-            raise StoreError(f"cannot reach MongoDB at {_redact(self.url)}: {exc}") from None
+            raise StoreError(redact(f"cannot reach MongoDB at {self.url}: {exc}")) from None
 
     def ping(self) -> None:
         try:
             self.db.client.admin.command("ping")
         except PyMongoError as exc:
-            raise StoreError(f"cannot reach MongoDB at {_redact(self.url)}: {exc}") from None
+            raise StoreError(redact(f"cannot reach MongoDB at {self.url}: {exc}")) from None
 
     # ------------------------------------------------------------------ sessions
     def create_session(self, doc: dict[str, Any]) -> None:
@@ -160,7 +161,7 @@ class Store:
             "type": phase,
             "status": "True",
             "reason": reason,
-            "message": message,
+            "message": redact(message),
             "lastTransitionTime": now,
         }
         self.db.sessions.update_one({"_id": session_id}, {"$set": update, "$push": {"conditions": condition}})
@@ -256,6 +257,40 @@ class Store:
             return False
         return True
 
+    def reject_update(
+        self,
+        session_id: str,
+        round_number: int,
+        client: int,
+        reason: str,
+        activation_id: str | None = None,
+        attempt: int | None = None,
+    ) -> bool:
+        """Record that the client answered with an update that failed its checks (no weights kept).
+
+        It counts as the client's answer (a retry would send the same), and the aggregator reports
+        it among the round's rejected updates. ``False`` when an update was already there.
+        """
+        key = {"session": session_id, "round": round_number, "client": client}
+        try:
+            self.db.updates.insert_one(
+                {
+                    **key,
+                    "blob": None,
+                    "num_examples": 0,
+                    "loss": float("nan"),
+                    "accuracy": float("nan"),
+                    "activation_id": activation_id,
+                    "attempt": attempt,
+                    "status": "rejected",
+                    "reason": reason,
+                    "created_at": utcnow(),
+                }
+            )
+        except DuplicateKeyError:
+            return False
+        return True
+
     def has_update(self, session_id: str, round_number: int, client: int) -> bool:
         key = {"session": session_id, "round": round_number, "client": client}
         return self.db.updates.find_one(key, {"_id": 1}) is not None
@@ -274,6 +309,9 @@ class Store:
             batch_size=1,
         ).sort("client", ASCENDING)
         for doc in cursor:
+            if doc.get("blob") is None:  # rejected when it was written
+                yield UnreadableUpdate(int(doc["client"]), str(doc.get("reason") or "no weights stored"))
+                continue
             try:
                 weights = wire.decode(self.blobs.get(doc["blob"]))
                 if wire.checksum(weights) != doc["checksum"]:
@@ -381,11 +419,3 @@ class Store:
 
     def rounds(self, session_id: str) -> list[dict[str, Any]]:
         return list(self.db.rounds.find({"session": session_id}).sort("round", ASCENDING))
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a MongoDB URL before it reaches a message."""
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"

@@ -7,14 +7,13 @@ rejected update leaves the aggregate exactly as it was.
 
 from __future__ import annotations
 
-import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import numpy as np
 
 from fedkeeper.errors import FedkeeperError, InvalidUpdate
-from fedkeeper.store.weights import validate_like
+from fedkeeper.store.weights import check_update
 
 
 class NothingToAggregate(FedkeeperError):
@@ -44,18 +43,13 @@ class Strategy(ABC):
             arrays = list(update) if isinstance(update, list | tuple) else None
             if arrays is None or not all(isinstance(array, np.ndarray) for array in arrays):
                 raise InvalidUpdate(f"update must be a list of numpy arrays, got {type(update).__name__}")
-            validate_like(arrays, reference)
-            # bool is an int subclass; True examples is a caller bug, not a count.
-            if isinstance(num_examples, bool) or not isinstance(num_examples, numbers.Integral):
-                raise InvalidUpdate(f"num_examples must be an integer, got {num_examples!r}")
-            if num_examples <= 0:
-                raise InvalidUpdate(f"num_examples must be positive, got {num_examples}")
+            count = check_update(arrays, num_examples, reference)
         except InvalidUpdate:
             self._rejected += 1
             raise
-        self._accumulate(arrays, int(num_examples))
+        self._accumulate(arrays, count)
         self._accepted += 1
-        self._total_examples += int(num_examples)
+        self._total_examples += count
 
     def finish(self) -> list[np.ndarray]:
         """The next global weights, with the reference's dtypes."""

@@ -17,8 +17,7 @@ from fedkeeper.learning.datasets import load_dataset
 from fedkeeper.learning.training import LocalResult, train_local
 from fedkeeper.store import weights as wire
 from fedkeeper.store.db import Store
-from fedkeeper.tasks import entry
-from fedkeeper.tasks.common import SessionSettings, check_indices, require
+from fedkeeper.tasks.common import SessionSettings, check_indices, require, store_update
 from fedkeeper.tasks.contract import ClientReply
 from fedkeeper.tasks.entry import BadRequest
 
@@ -74,28 +73,23 @@ def _direct(params: dict[str, Any]) -> dict[str, Any]:
         return {**summary, "stored": False, "reason": "an update for this round is already stored"}
     settings = SessionSettings.load(store, session_id)
     weights = store.get_weights(session_id, round_number)
-    result = train_partition(
-        weights, settings.data, settings.model, store.get_partition(session_id, client), client, round_number
-    )
-    wire.validate_like(result.weights, weights)
-    stored = store.put_update(
+    partition = store.get_partition(session_id, client)
+    result = train_partition(weights, settings.data, settings.model, partition, client, round_number)
+    outcome = store_update(
+        store,
+        settings,
         session_id,
         round_number,
         client,
-        result.weights,
-        result.num_examples,
-        result.loss,
-        result.accuracy,
-        activation_id=entry.activation_id.get(),
+        reference=weights,
+        partition_size=len(partition),
+        weights=result.weights,
+        num_examples=result.num_examples,
+        loss=result.loss,
+        accuracy=result.accuracy,
         attempt=attempt,
     )
-    return {
-        **summary,
-        "stored": stored,
-        "num_examples": result.num_examples,
-        "loss": result.loss,
-        "accuracy": result.accuracy,
-    }
+    return {**summary, **outcome}
 
 
 def handle(params: dict[str, Any]) -> dict[str, Any]:

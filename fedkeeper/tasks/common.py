@@ -1,14 +1,19 @@
-"""What the four functions share: parsing their parameters and the session's settings."""
+"""What the four functions share: parsing their parameters, the session's settings, the update gate."""
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from fedkeeper.config import DataSampling, ModelParams, ServerConfig, TrainingTestData
+from fedkeeper.errors import InvalidUpdate
+from fedkeeper.store import weights as wire
 from fedkeeper.store.db import Store
+from fedkeeper.tasks import entry
 from fedkeeper.tasks.entry import BadRequest
 
 
@@ -50,3 +55,66 @@ def check_indices(indices: np.ndarray, size: int) -> np.ndarray:
     if indices.min() < 0 or indices.max() >= size:
         raise BadRequest(f"data indices must lie in [0, {size}), got {indices.min()}..{indices.max()}")
     return indices
+
+
+def _metric(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidUpdate(f"{name} must be a finite number, got {str(value)[:40]!r}")
+    return float(value)
+
+
+def store_update(
+    store: Store,
+    settings: SessionSettings,
+    session_id: str,
+    round_number: int,
+    client: int,
+    *,
+    reference: wire.Weights,
+    partition_size: int,
+    weights: Any,
+    num_examples: Any,
+    loss: Any,
+    accuracy: Any,
+    attempt: int,
+    activation_id: str | None = None,
+) -> dict[str, Any]:
+    """Check a client's update and store it, or store its rejection with the reason.
+
+    The one gate every route passes: a client writing its own update and the invoker writing a
+    target's reply (``weights`` as arrays or base64 ``.npz``). An update that fails
+    :func:`~fedkeeper.store.weights.check_update` is kept as ``rejected``: the client did answer,
+    a retry would answer the same, and the round reports it among its rejected updates.
+    """
+    activation_id = activation_id or entry.activation_id.get()
+    try:
+        if isinstance(weights, str):
+            weights = wire.from_b64(weights)
+        if not isinstance(weights, list):
+            raise InvalidUpdate(f"weights must be a base64 .npz, got {type(weights).__name__}")
+        count = wire.check_update(
+            weights,
+            num_examples,
+            reference,
+            max_examples=partition_size,
+            max_norm=settings.server.max_update_norm,
+        )
+        loss_value, accuracy_value = _metric(loss, "loss"), _metric(accuracy, "accuracy")
+    except InvalidUpdate as exc:
+        print(f"rejected update of client {client}: {exc}", file=sys.stderr)
+        stored = store.reject_update(
+            session_id, round_number, client, str(exc), activation_id=activation_id, attempt=attempt
+        )
+        return {"stored": stored, "rejected": str(exc)}
+    stored = store.put_update(
+        session_id,
+        round_number,
+        client,
+        weights,
+        count,
+        loss_value,
+        accuracy_value,
+        activation_id=activation_id,
+        attempt=attempt,
+    )
+    return {"stored": stored, "num_examples": count, "loss": loss_value, "accuracy": accuracy_value}

@@ -47,3 +47,4 @@ EDGE_TIMEOUT_HEADER = "X-Edge-Timeout-S"  # how long the caller waits for the gu
 EDGE_MAX_REQUEST_BYTES = 8 * 1024 * 1024
 EDGE_MAX_JOB_TIMEOUT_S = 900.0
 EDGE_STATE_FILE = "gateway.json"  # the gateway daemon's URL, pid and size, in its state folder
+EDGE_TOKEN_FILE = "gateway.token"  # the gateway's bearer token (0600), in its state folder

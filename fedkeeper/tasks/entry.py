@@ -11,12 +11,14 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import sys
 import traceback
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any
 
 from fedkeeper.errors import FedkeeperError
+from fedkeeper.redaction import redact
 
 BOUND_ENV = "FEDKEEPER_BOUND"
 
@@ -60,10 +62,10 @@ def run(
     try:
         return _handler(function)(merged)
     except FedkeeperError as exc:
-        return {**exc.details, "error": f"{type(exc).__name__}: {exc}"}
+        return {**exc.details, "error": redact(f"{type(exc).__name__}: {exc}")}
     except Exception as exc:  # an unexpected crash still answers with a JSON error, as OpenWhisk expects
-        traceback.print_exc()
-        return {"error": f"{type(exc).__name__}: {exc}"}
+        print(redact(traceback.format_exc()), end="", file=sys.stderr)
+        return {"error": redact(f"{type(exc).__name__}: {exc}")}
 
 
 def openwhisk_main(function: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from fedkeeper.errors import PayloadTooLarge, ProviderError
 from fedkeeper.providers.registry import provider_from_binding
 from fedkeeper.store import weights as wire
 from fedkeeper.store.db import Store
-from fedkeeper.tasks.common import SessionSettings, require
+from fedkeeper.tasks.common import SessionSettings, require, store_update
 from fedkeeper.tasks.contract import ClientJob
 from fedkeeper.tasks.entry import BadRequest
 
@@ -39,6 +39,7 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
 
     settings = SessionSettings.load(store, session_id)
     weights = store.get_weights(session_id, round_number)
+    indices = store.get_partition(session_id, client)
     job = ClientJob(
         session=session_id,
         round=round_number,
@@ -48,7 +49,7 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
         model=settings.model.model_dump(mode="json"),
         data={
             "dataset": settings.data.model_dump(mode="json"),
-            "indices": store.get_partition(session_id, client).tolist(),
+            "indices": indices.tolist(),
         },
     )
     provider = provider_from_binding(targets[target_key])
@@ -76,24 +77,19 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
             raise ProviderError(f"client {client} on {target_key} succeeded but stored no update")
         return {**summary, "stored": True, **{k: reply.get(k) for k in ("num_examples", "loss", "accuracy")}}
 
-    update = wire.from_b64(require(reply, "weights", str))
-    wire.validate_like(update, weights)
-    num_examples = require(reply, "num_examples", int)
-    stored = store.put_update(
+    outcome = store_update(
+        store,
+        settings,
         session_id,
         round_number,
         client,
-        update,
-        num_examples,
-        float(reply.get("loss", float("nan"))),
-        float(reply.get("accuracy", float("nan"))),
-        activation_id=record.activation_id,
+        reference=weights,
+        partition_size=len(indices),
+        weights=reply.get("weights"),
+        num_examples=reply.get("num_examples"),
+        loss=reply.get("loss"),
+        accuracy=reply.get("accuracy"),
         attempt=attempt,
+        activation_id=record.activation_id,
     )
-    return {
-        **summary,
-        "stored": stored,
-        "num_examples": num_examples,
-        "loss": reply.get("loss"),
-        "accuracy": reply.get("accuracy"),
-    }
+    return {**summary, **outcome}

@@ -148,3 +148,26 @@ def test_main_exits_2_with_one_line_and_no_traceback(tmp_path: Path) -> None:
     assert proc.stderr.strip().count("\n") == 0
     assert "num_clients_per_round: 99 is more than total_num_clients 8" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mongdb://admin:S3cr3t-Pa55word@db.example:27017/fedkeeper",  # a typo in the scheme
+        "http://admin:S3cr3t-Pa55word@db.example:27017",
+    ],
+)
+def test_bad_mongo_url_error_line_does_not_show_its_password(tmp_path: Path, url: str) -> None:
+    data = sample()
+    data["scenarios"]["federated_learning"]["mongo_config"] = {"url": url}
+    file = tmp_path / "c.yaml"
+    file.write_text(yaml.safe_dump(data))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "-c", str(file), "-s"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "mongo_config" in proc.stderr and proc.stderr.strip().count("\n") == 0
+    assert "S3cr3t-Pa55word" not in proc.stderr and "Traceback" not in proc.stderr

@@ -69,8 +69,13 @@ def provider(guest_kernel: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     edge.close()
 
 
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 def _health(edge: EdgeProvider) -> dict[str, Any]:
-    health: dict[str, Any] = requests.get(edge.gateway_url() + "/v1/health", timeout=10).json()
+    response = requests.get(edge.gateway_url() + "/v1/health", headers=_auth(edge.token), timeout=10)
+    health: dict[str, Any] = response.json()
     return health
 
 
@@ -148,18 +153,21 @@ def test_raw_http_errors_are_json_with_an_execution_id(
     provider: EdgeProvider, partitions: list[np.ndarray]
 ) -> None:
     url = provider.gateway_url()
+    http = requests.Session()
+    http.headers.update(_auth(provider.token))
     job = _job(7, 1, reference.glorot([64, MODEL.hidden_size, 10], seed=0), partitions[1])
-    mismatch = requests.post(f"{url}/v1/clients/1/train", json=job, timeout=10)
+    mismatch = http.post(f"{url}/v1/clients/1/train", json=job, timeout=10)
     assert mismatch.status_code == 400
     assert mismatch.json() == {"error": "job.client: 7 does not match the URL's client 1"}
-    bad_json = requests.post(f"{url}/v1/clients/1/train", data=b"{not json", timeout=10)
+    bad_json = http.post(f"{url}/v1/clients/1/train", data=b"{not json", timeout=10)
     assert bad_json.status_code == 400 and bad_json.json() == {"error": "request body is not valid JSON"}
     assert re.fullmatch(r"[0-9a-f]{32}", bad_json.headers[EXECUTION_HEADER])
-    not_object = requests.post(f"{url}/v1/clients/1/train", json=[1, 2], timeout=10)
+    not_object = http.post(f"{url}/v1/clients/1/train", json=[1, 2], timeout=10)
     assert not_object.status_code == 400 and "JSON object" in not_object.json()["error"]
-    too_big = requests.post(f"{url}/v1/clients/1/train", data=b"x" * (9 << 20), timeout=30)
+    too_big = http.post(f"{url}/v1/clients/1/train", data=b"x" * (9 << 20), timeout=30)
     assert too_big.status_code == 413 and too_big.json()["error"].startswith("job too large")
-    assert requests.post(f"{url}/v1/clients/abc/train", json={}, timeout=10).status_code == 404
+    assert http.post(f"{url}/v1/clients/abc/train", json={}, timeout=10).status_code == 404
+    http.close()
 
 
 def test_killed_guest_is_a_developer_error_and_the_revived_activation_completes(
@@ -218,7 +226,7 @@ def test_deploy_resizes_and_remove_stops_the_fleet(guest_kernel: Path, tmp_path:
 def test_gateway_process_prints_its_url_and_stops_its_guests(guest_kernel: Path) -> None:
     with GatewayProcess(2, args=["--kernel", str(guest_kernel)]) as gateway:
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", gateway.url)
-        health = requests.get(gateway.url + "/v1/health", timeout=10).json()
+        health = requests.get(gateway.url + "/v1/health", headers=_auth(gateway.token), timeout=10).json()
         pids = [d["pid"] for d in health["details"]]
         assert health["alive"] == 2 and all(pids)
     assert not [

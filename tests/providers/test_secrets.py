@@ -13,8 +13,9 @@ from fedkeeper.config import GoogleCluster, parse_config
 from fedkeeper.errors import FedkeeperError
 from fedkeeper.providers.aws_lambda import LambdaProvider
 from fedkeeper.providers.base import FunctionSpec
-from fedkeeper.providers.credentials import MASK, ServiceAccountKey, redact, register_secret
+from fedkeeper.providers.credentials import ServiceAccountKey
 from fedkeeper.providers.gcf import GcfProvider
+from fedkeeper.redaction import MASK, redact, redact_value, register_secret
 
 from .conftest import AWS_KEYS, MISBEHAVE, gcf_settings, key_fragments, lambda_settings, service_account_info
 from .harness.gcf_fake import GcfFake
@@ -148,3 +149,32 @@ def test_keys_from_the_standard_aws_chain_are_masked_too(
         assert provider.remove("fk_never_deployed") is False
     assert_absent(["AKIAFKCHAIN0000TEST1", "chain/secret/+fk0000000000000000000000"], caplog.text)
     assert f"Credential={MASK}/" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        (
+            "cannot reach MongoDB at mongodb://fk:pw-9f8e7d6c@db:27017/x: timed out",
+            "mongodb://***@db:27017/x",
+        ),
+        ("mongodb+srv://fk:pw-9f8e7d6c@cluster0.example.net/?retryWrites=true", "mongodb+srv://***@cluster0"),
+        ("GET https://fk:pw-9f8e7d6c@host/path failed", "https://***@host/path"),
+        ("url (got 'mongodb://fk:pw@9f8e7d6c@db')", "mongodb://***@db"),  # an unescaped "@" in it
+        ("mongodb://db/x?authSource=admin&password=pw-9f8e7d6c", "password=***"),
+        ('{"token": "pw-9f8e7d6c", "round": 1}', '"token": "***"'),
+    ],
+)
+def test_one_redactor_masks_passwords_in_urls_and_secret_fields(text: str, shown: str) -> None:
+    assert "9f8e7d6c" not in redact(text) and shown in redact(text)
+
+
+def test_secret_keys_are_masked_in_params_and_bindings() -> None:
+    bound = {
+        "store": {"url": "mongodb://fk:pw-9f8e7d6c@db", "database": "fedkeeper"},
+        "targets": {"edge/e": {"settings": {"token": "tok-9f8e7d6c", "gateway_port": 0}}},
+    }
+    assert redact_value(bound) == {
+        "store": {"url": MASK, "database": "fedkeeper"},
+        "targets": {"edge/e": {"settings": {"token": MASK, "gateway_port": 0}}},
+    }
