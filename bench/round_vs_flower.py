@@ -147,6 +147,7 @@ def fedkeeper_config(w: Workload, fabric_url: str, mongo_url: str, logs_dir: Pat
                     "num_clients_per_round": w.clients,
                     "min_fit_fraction": 1.0,
                     "poll_interval_s": w.poll_s,
+                    "activation_timeout_s": 360,  # past fl_client's 300 s
                     "seed": SAMPLING_SEED,
                 },
                 "clients_info": {"total_num_clients": w.clients, "ow_clients_count": w.clients},

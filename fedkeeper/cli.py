@@ -100,6 +100,8 @@ def run_main(config_path: Path, deploy: bool, start: bool, remove: bool, resume:
             deployment.remove(config, providers, say=click.echo)
             for name in services.stop_local_fabrics():
                 click.echo(f"stopped the local fabric for openwhisk cluster {name!r}")
+            if services.stop_embedded_store():
+                click.echo("stopped the embedded MongoDB server")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -142,7 +142,9 @@ class ServerConfig(_Model):
     num_clients_per_round: PositiveInt = 4
     min_fit_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
     round_deadline_s: PositiveFloat = 300.0
-    activation_timeout_s: PositiveFloat = 180.0
+    # Past every client-path function's platform timeout (checked below): a second attempt must
+    # never start while the first may still run.
+    activation_timeout_s: PositiveFloat = 300.0
     max_retries: NonNegativeInt = 3
     retry_backoff_s: Annotated[float, Field(ge=0)] = 1.0
     poll_interval_s: PositiveFloat = 0.5
@@ -264,6 +266,32 @@ class FederatedLearning(_Model):
             raise ValueError(
                 f"model_params.input_size: {self.model_params.input_size} does not match dataset "
                 f"{self.training_test_data.dataset!r}, which has {features} features per example"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _timeouts_consistent(self) -> FederatedLearning:
+        """The keeper gives up on an attempt only after the platform must have ended it.
+
+        It tracks ``fl_client`` (OpenWhisk clients) and ``fl_invoker_weights_update`` (every other
+        client); the invoker in turn waits ``fl_client.timeout`` for its client.
+        """
+        client = self.functions.fl_client.timeout
+        invoker = self.functions.fl_invoker_weights_update.timeout
+        info = self.clients_info
+        via_invoker = info.gcf_clients_count + info.aws_clients_count + info.edge_clients_count > 0
+        tracked = {"fl_client": client, **({"fl_invoker_weights_update": invoker} if via_invoker else {})}
+        limit = self.server_config.activation_timeout_s
+        for name, timeout in tracked.items():
+            if limit <= timeout:
+                raise ValueError(
+                    f"server_config.activation_timeout_s {limit:g} must exceed functions.{name}.timeout "
+                    f"{timeout}: the keeper would start a second attempt while the first may still run"
+                )
+        if via_invoker and invoker <= client:
+            raise ValueError(
+                f"functions.fl_invoker_weights_update.timeout {invoker} must exceed functions.fl_client.timeout "
+                f"{client}: the invoker waits that long for its client"
             )
         return self
 

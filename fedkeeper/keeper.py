@@ -142,7 +142,7 @@ class Keeper:
             f"up to {self.server.max_rounds} rounds, target accuracy {self.server.target_accuracy}"
         )
         try:
-            if not self.store.has_weights(self.session_id, 0):
+            if not self.store.initialised(self.session_id):
                 self._initialise()
             self.store.set_phase(self.session_id, "Running", "RoundsStarted")
             while True:

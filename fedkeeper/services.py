@@ -5,9 +5,6 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-import pymongo
-from pymongo.errors import PyMongoError
-
 from fedkeeper.config import Config, MongoConfig
 from fedkeeper.store.db import Store
 from fedkeeper.store.embedded import EmbeddedMongo
@@ -22,17 +19,6 @@ def store_url(mongo: MongoConfig) -> str:
     return mongo.url
 
 
-def _answers(url: str) -> bool:
-    client: pymongo.MongoClient = pymongo.MongoClient(url, serverSelectionTimeoutMS=1500)
-    try:
-        client.admin.command("ping")
-        return True
-    except PyMongoError:
-        return False
-    finally:
-        client.close()
-
-
 class Services(contextlib.ExitStack):
     """Starts what a command needs and stops, on exit, what it started itself."""
 
@@ -44,12 +30,19 @@ class Services(contextlib.ExitStack):
     def store(self) -> Store:
         mongo = self.config.fl.mongo_config
         url = store_url(mongo)
-        if mongo.url == "embedded" and not _answers(url):
-            server = EmbeddedMongo(mongo.embedded_path, port=mongo.embedded_port).start()
-            self.callback(server.stop)
+        if mongo.url == "embedded":  # held while this command runs; the last holder out stops it
+            self.callback(self._embedded(mongo).start().stop)
         store = Store(url, mongo.database)
         store.ensure_indexes()
         return store
+
+    def _embedded(self, mongo: MongoConfig) -> EmbeddedMongo:
+        return EmbeddedMongo(mongo.embedded_path, port=mongo.embedded_port, state_dir=self.state_root)
+
+    def stop_embedded_store(self) -> bool:
+        """Stop the embedded MongoDB server, whoever started it (``-r``); False when none ran."""
+        mongo = self.config.fl.mongo_config
+        return mongo.url == "embedded" and self._embedded(mongo).daemon.stop(timeout=15.0)
 
     def local_fabrics(self) -> list[str]:
         """Start a fabric daemon for every OpenWhisk cluster marked ``local`` that is not running.

@@ -4,6 +4,11 @@ One ``requests.Session`` per cluster, with bounded exponential-backoff retries (
 connection errors, 429 and 5xx. A blocking invoke's 502 and a 500 that carries an activation
 record are *results* (application/developer/whisk errors), never retried: the keeper decides
 what to revive.
+
+An invoke is re-sent only when it provably never reached the platform (connection refused, DNS,
+connect timeout) or was refused by throttling (429, answered before any activation exists). After
+a 5xx, a dropped connection or a read timeout it may have started an activation, so it is not
+re-sent: one keeper attempt is at most one activation, and the keeper decides what comes next.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
 
 import requests
+import urllib3.exceptions
 from requests.auth import AuthBase
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
 
@@ -51,6 +57,13 @@ class _Retryable(Exception):
     def __init__(self, message: str, response: requests.Response | None = None) -> None:
         super().__init__(message)
         self.response = response
+
+
+def _never_sent(exc: requests.ConnectionError) -> bool:
+    """Whether no connection was made, so the request never left (refused, DNS, connect timeout)."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    # urllib3's NewConnectionError (refused) and NameResolutionError subclass ConnectTimeoutError.
+    return isinstance(reason, urllib3.exceptions.ConnectTimeoutError)
 
 
 def _is_record(body: Any) -> bool:
@@ -148,12 +161,14 @@ class OpenWhiskProvider(Provider):
         ok: Collection[int] = (200,),
         results: Collection[int] = (),
         timeout: float | None = None,
+        resend: bool = True,
         **kwargs: Any,
     ) -> requests.Response:
         """Send with retries; return a response whose status is in ``ok`` or ``results``.
 
         ``results`` are statuses whose body may be an activation record (a blocking invoke's 502
-        and 500): with a record they are returned, never retried.
+        and 500): with a record they are returned, never retried. ``resend=False`` (invokes)
+        retries only what never reached the platform, or a 429.
         """
         timeout_pair = (self.connect_timeout_s, timeout or self.request_timeout_s)
 
@@ -161,7 +176,12 @@ class OpenWhiskProvider(Provider):
             try:
                 response = self.session.request(method, url, timeout=timeout_pair, **kwargs)
             except requests.ConnectionError as exc:
-                raise _Retryable(f"cannot reach {url}: {type(exc).__name__}") from exc
+                if resend or _never_sent(exc):
+                    raise _Retryable(f"cannot reach {url}: {type(exc).__name__}") from exc
+                raise ProviderError(
+                    f"openwhisk cluster {self.cluster!r}: {method} {url}: connection lost after sending "
+                    f"({type(exc).__name__}); not re-sent, since it may have started an activation"
+                ) from None
             if response.status_code in ok:
                 return response
             if response.status_code in results:
@@ -170,7 +190,7 @@ class OpenWhiskProvider(Provider):
                         return response
                 except ValueError:
                     pass
-            if response.status_code == 429 or response.status_code >= 500:
+            if response.status_code == 429 or (resend and response.status_code >= 500):
                 raise _Retryable(f"HTTP {response.status_code}", response)
             raise self._fail(method, url, response)
 
@@ -250,7 +270,7 @@ class OpenWhiskProvider(Provider):
     # ------------------------------------------------------------------ invocations
     def invoke_async(self, name: str, params: Mapping[str, Any]) -> str:
         url = self.action_url(name)
-        response = self._request("POST", url, ok=(202,), json=dict(params))
+        response = self._request("POST", url, ok=(202,), json=dict(params), resend=False)
         activation_id = response.headers.get(ACTIVATION_ID_HEADER) or response.json().get("activationId")
         if not activation_id:
             raise ProviderError(f"openwhisk cluster {self.cluster!r}: POST {url} returned no activation id")
@@ -271,6 +291,7 @@ class OpenWhiskProvider(Provider):
             params={"blocking": "true"},
             json=dict(params),
             timeout=timeout_s + 10,
+            resend=False,
         )
         body = response.json()
         if response.status_code != 202 and _is_record(body):
@@ -355,7 +376,7 @@ class OpenWhiskProvider(Provider):
         headers = {"X-Require-Whisk-Auth": secret} if secret else {}
         auth = None if basic_auth else _NoAuth()
         response = self._request(
-            "POST", url, json=dict(params), headers=headers, auth=auth, timeout=timeout_s + 10
+            "POST", url, json=dict(params), headers=headers, auth=auth, timeout=timeout_s + 10, resend=False
         )
         body = response.json()
         if not isinstance(body, dict):

@@ -140,6 +140,7 @@ class Store:
             "created_at": now,
             "start_time": now,
             "completion_time": None,
+            "initialised_at": None,
             **doc,
         }
         self.db.sessions.insert_one(doc)
@@ -176,6 +177,16 @@ class Store:
         self.db.sessions.update_one(
             {"_id": session_id}, {"$inc": {f"counters.{k}": v for k, v in deltas.items()}}
         )
+
+    def mark_initialised(self, session_id: str) -> None:
+        """Record that round-0 weights and every partition are written (idempotent)."""
+        self.db.sessions.update_one(
+            {"_id": session_id, "initialised_at": None}, {"$set": {"initialised_at": utcnow()}}
+        )
+
+    def initialised(self, session_id: str) -> bool:
+        """Whether ``fl_server_init`` finished: weights alone may be left by an init that died."""
+        return self.session(session_id).get("initialised_at") is not None
 
     def sessions(self, limit: int = 20) -> list[dict[str, Any]]:
         return list(self.db.sessions.find().sort("created_at", DESCENDING).limit(limit))

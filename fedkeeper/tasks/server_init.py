@@ -1,4 +1,8 @@
-"""``fl_server_init``: a session's round-0 global weights and the clients' data partitions."""
+"""``fl_server_init``: a session's round-0 global weights and the clients' data partitions.
+
+The session is marked initialised only after both are written, so an init that dies half-way is
+run again (each write is idempotent) rather than taken as done.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
     created = store.put_weights(session_id, 0, weights)
     parts = partition(dataset.y_train, settings.total_clients, settings.sampling)
     store.put_partitions(session_id, parts)
+    store.mark_initialised(session_id)
     sizes = store.partition_sizes(session_id)
     return {
         "session": session_id,

@@ -51,6 +51,11 @@ def test_sample_config_is_valid() -> None:
         (["providers", "openwhisk", "local", "base_url"], "ftp://x", "base_url"),
         (["scenarios", "federated_learning", "server_config", "max_rounds"], "ten", "max_rounds"),
         (["scenarios", "federated_learning", "server_config", "colour"], "red", "colour"),
+        (
+            ["scenarios", "federated_learning", "server_config", "activation_timeout_s"],
+            180,
+            "server_config.activation_timeout_s 180 must exceed functions.fl_client.timeout 180",
+        ),
     ],
 )
 def test_bad_field_gives_one_line_naming_file_and_field(
@@ -69,6 +74,53 @@ def test_bad_field_gives_one_line_naming_file_and_field(
     assert message.startswith(f"{file}:")
     assert expected in message
     assert "\n" not in message
+
+
+def _with_invoker_clients(data: dict[str, Any]) -> dict[str, Any]:
+    """Move two of the sample's OpenWhisk clients to GCF, so the keeper tracks the invoker too."""
+    fl = data["scenarios"]["federated_learning"]
+    fl["clients_info"]["ow_clients_count"] -= 2
+    fl["clients_info"]["gcf_clients_count"] = 2
+    data["providers"]["google"] = {"gcp": {"project": "p"}}
+    return data
+
+
+def test_default_timeouts_let_no_attempt_overlap_the_next() -> None:
+    data = _with_invoker_clients(sample())
+    fl = data["scenarios"]["federated_learning"]
+    del fl["server_config"]["activation_timeout_s"], fl["functions"]
+    functions = parse_config(data).fl.functions
+    keeper = parse_config(data).fl.server_config.activation_timeout_s
+    assert keeper > functions.fl_invoker_weights_update.timeout > functions.fl_client.timeout
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        (
+            "server_config",
+            "activation_timeout_s",
+            240,
+            "server_config.activation_timeout_s 240 must exceed functions.fl_invoker_weights_update.timeout "
+            "240: the keeper would start a second attempt while the first may still run",
+        ),
+        (
+            "functions",
+            "fl_invoker_weights_update",
+            {"memory": 512, "timeout": 170},
+            "functions.fl_invoker_weights_update.timeout 170 must exceed functions.fl_client.timeout 180: "
+            "the invoker waits that long for its client",
+        ),
+    ],
+)
+def test_keeper_timeout_must_outlast_the_invoker_when_clients_go_through_it(
+    section: str, key: str, value: Any, expected: str
+) -> None:
+    data = _with_invoker_clients(sample())
+    data["scenarios"]["federated_learning"][section][key] = value
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, "c.yaml")
+    assert str(info.value) == f"c.yaml: scenarios.federated_learning: {expected}"
 
 
 def test_invalid_yaml_names_line_and_column(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ def training_config(fabric_url: str, mongo_url: str, logs_dir: Path, **server: A
                     "num_clients_per_round": 4,
                     "min_fit_fraction": 1.0,
                     "round_deadline_s": 600,
-                    "activation_timeout_s": 120,
+                    "activation_timeout_s": 180,  # past every client-path function's timeout
                     "max_retries": 3,
                     "retry_backoff_s": 0.2,
                     "poll_interval_s": 0.2,
@@ -55,7 +55,7 @@ def training_config(fabric_url: str, mongo_url: str, logs_dir: Path, **server: A
                 "functions": {
                     "fl_client": {"memory": 1280, "timeout": 120},
                     "fl_server_init": {"memory": 1280, "timeout": 120},
-                    "fl_invoker_weights_update": {"memory": 256, "timeout": 120},
+                    "fl_invoker_weights_update": {"memory": 256, "timeout": 150},
                     "fl_server_aggregator": {"memory": 1536, "timeout": 120},
                 },
             }

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import yaml
 
 from fedkeeper.config import GUEST_AUTH
+from fedkeeper.store.db import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -96,3 +102,106 @@ def test_main_deploys_trains_on_embedded_defaults_and_removes_everything(tmp_pat
     assert not port_open(fabric_port) and not port_open(mongo_port)  # both stopped at the end
     second = run(tmp_path, str(ROOT / "main.py"), "-c", str(config), "-r")
     assert second.returncode == 0 and "not deployed: fl_client" in second.stdout
+
+
+def store_processes(pid: int) -> list[psutil.Process]:
+    """The embedded store's guard and server among ``pid``'s descendants."""
+    return [
+        p
+        for p in psutil.Process(pid).children(recursive=True)
+        if any("fedkeeper.store.guard" in a or "secantusd" in a for a in p.cmdline())
+    ]
+
+
+def left_behind(tmp_path: Path, *ports: int) -> list[str]:
+    """Processes working for this test's directory, or listening on its ports."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            listening = {c.laddr.port for c in proc.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+            if str(tmp_path) in " ".join(proc.info["cmdline"] or []) or listening & set(ports):
+                found.append(f"{proc.info['pid']}: {' '.join(proc.info['cmdline'] or [])}")
+    return found
+
+
+def running(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``procs`` still running (a zombie has ended; only its parent has not reaped it)."""
+    alive = []
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+    return alive
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_a_sigkilled_keeper_leaves_no_store_running_and_resume_starts_it_again(tmp_path: Path) -> None:
+    config, fabric_port, mongo_port = local_config(tmp_path)
+    main = [str(ROOT / "main.py"), "-c", str(config)]
+    deployed = run(tmp_path, *main, "-d")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    keeper = subprocess.Popen(
+        [sys.executable, *main, "-s"],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        store = Store(f"mongodb://127.0.0.1:{mongo_port}/?directConnection=true", "fedkeeper")
+        wait_for(lambda: port_open(mongo_port), 60, "the embedded store")
+        wait_for(lambda: store.db.activations.count_documents({"function": "fl_client"}) > 0, 240, "a round")
+        (session,) = [doc["_id"] for doc in store.db.sessions.find()]
+        held = store_processes(keeper.pid)
+        assert held
+        keeper.kill()
+        keeper.wait(30)
+    finally:
+        if keeper.poll() is None:
+            keeper.kill()
+            keeper.wait(30)
+    # No keeper holds the store any more: its guard stops it and exits.
+    wait_for(lambda: not running(held), 60, f"the store to exit: {running(held)}")
+    assert not port_open(mongo_port)
+
+    resumed = run(tmp_path, "-m", "fedkeeper", "resume", session, "-c", str(config), timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming" in resumed.stdout and "succeeded" in resumed.stdout  # the store's data survived
+    assert not port_open(mongo_port)  # the last holder out stopped it
+    removed = run(tmp_path, *main, "-r")
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert left_behind(tmp_path, fabric_port, mongo_port) == []
+
+
+def test_remove_stops_the_embedded_store_even_while_a_keeper_holds_it(tmp_path: Path) -> None:
+    config, fabric_port, mongo_port = local_config(tmp_path)
+    data = yaml.safe_load(config.read_text())
+    # Nothing is deployed: the keeper keeps retrying fl_server_init while the test looks at it.
+    data["scenarios"]["federated_learning"]["server_config"].update(max_retries=100, retry_backoff_s=0.5)
+    config.write_text(yaml.safe_dump(data))
+    main = [str(ROOT / "main.py"), "-c", str(config)]
+    keeper = subprocess.Popen(
+        [sys.executable, *main, "-s"],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: port_open(mongo_port), 120, "the embedded store")
+        held = store_processes(keeper.pid)
+        keeper.send_signal(signal.SIGSTOP)  # alive, and so still holding the store
+        removed = run(tmp_path, *main, "-r")
+        assert removed.returncode == 0, removed.stdout + removed.stderr
+        assert "stopped the embedded MongoDB server" in removed.stdout
+        wait_for(lambda: not running(held), 30, f"the store to exit: {running(held)}")
+    finally:
+        keeper.kill()
+        keeper.wait(30)
+    assert left_behind(tmp_path, fabric_port, mongo_port) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import warnings
@@ -13,14 +14,14 @@ from typing import Any
 
 import pytest
 import requests
-from aiohttp import web
+from aiohttp import ClientSession, web
 
 from fedkeeper.config import OpenWhiskCluster
 from fedkeeper.errors import PayloadTooLarge, ProviderError
 from fedkeeper.fabric.process import FabricProcess
 from fedkeeper.packaging import FUNCTIONS_ROOT
 from fedkeeper.providers.base import ActivationStatus, FunctionSpec
-from fedkeeper.providers.openwhisk import OpenWhiskProvider
+from fedkeeper.providers.openwhisk import ACTIVATION_ID_HEADER, OpenWhiskProvider
 
 from .conftest import FabricClient
 from .test_fabric_process import free_port
@@ -273,6 +274,110 @@ def test_retries_5xx_with_bounded_attempts() -> None:
             with pytest.raises(ProviderError, match=r"HTTP 503: unavailable"):
                 provider.remove("x")
         assert server.calls == 3
+
+
+class Relay:
+    """A real HTTP proxy in front of a fabric that hands an invoke on, then fails its answer.
+
+    ``mode`` ``"503"`` answers 503 once the fabric accepted the invoke; ``"drop"`` closes the
+    connection instead. Every other request is relayed as is. ``accepted`` lists the activation
+    ids the fabric returned for the invokes relayed.
+    """
+
+    def __init__(self, target: str, mode: str) -> None:
+        self.target = target
+        self.mode = mode
+        self.accepted: list[str] = []
+        self.loop = asyncio.new_event_loop()
+        self.port = free_port()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        headers = {k: v for k, v in request.headers.items() if k in ("Authorization", "Content-Type")}
+        async with (
+            ClientSession() as client,
+            client.request(
+                request.method, self.target + request.path_qs, data=await request.read(), headers=headers
+            ) as answer,
+        ):
+            body = await answer.read()
+            status, content_type = answer.status, answer.content_type
+            activation_id = answer.headers.get(ACTIVATION_ID_HEADER)
+        if request.method != "POST" or "/actions/" not in request.path:
+            return web.Response(body=body, status=status, content_type=content_type)
+        self.accepted.append(str(activation_id or json.loads(body)["activationId"]))
+        if self.mode == "drop":
+            assert request.transport is not None
+            request.transport.close()
+        return web.json_response({"error": "gateway failed after forwarding"}, status=503)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        runner = web.AppRunner(app)
+        self.loop.run_until_complete(runner.setup())
+        self.loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+        self.ready.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(runner.cleanup())
+
+    def __enter__(self) -> Relay:
+        self.thread.start()
+        self.ready.wait(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.mark.parametrize("mode", ["503", "drop"])
+@pytest.mark.parametrize("call", ["invoke_async", "invoke_sync"])
+def test_an_invoke_that_reached_the_platform_is_never_sent_again(
+    fabric_url: str, provider: Fast, probe: Path, name: str, mode: str, call: str
+) -> None:
+    provider.deploy(FunctionSpec(name, probe))
+    with Relay(fabric_url, mode) as relay:
+        relayed = Fast("relayed", OpenWhiskCluster(base_url=f"http://127.0.0.1:{relay.port}"))
+        with relayed, pytest.raises(ProviderError):
+            if call == "invoke_async":
+                relayed.invoke_async(name, {})
+            else:
+                relayed.invoke_sync(name, {}, timeout_s=30)
+        sent = list(relay.accepted)
+    fabric = FabricClient(fabric_url)
+    try:
+        records = [fabric.wait_record(activation_id) for activation_id in sent]
+        listed = provider.list_activations(name)
+    finally:
+        fabric.close()
+    assert len(sent) == 1, f"one invoke became {len(sent)} activations"
+    assert [r["activationId"] for r in records] == [row["activationId"] for row in listed]
+
+
+def test_an_invoke_is_retried_while_the_platform_refuses_connections(
+    tmp_path: Path, probe: Path, name: str
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    later = FabricProcess(port=port, state_dir=tmp_path, limits={"blocking_wait_s": 20})
+    try:
+        later.start()
+        with Fast("late", OpenWhiskCluster(base_url=url)) as provider:
+            provider.deploy(FunctionSpec(name, probe))
+        later.stop()
+        starter = threading.Timer(0.5, later.start)
+        starter.start()
+        with Fast("late", OpenWhiskCluster(base_url=url)) as provider:
+            provider.max_attempts = 30
+            record = provider.invoke_sync(name, {"x": 1}, timeout_s=30)
+            assert record.ok and record.result is not None and record.result["params"] == {"x": 1}
+            assert [row["activationId"] for row in provider.list_activations(name)] == [record.activation_id]
+        starter.join()
+    finally:
+        later.cleanup()
 
 
 def test_insecure_skips_tls_verification_for_that_cluster_only(fabric_url: str) -> None:

@@ -54,6 +54,25 @@ def test_server_init_creates_round_zero_and_disjoint_partitions_idempotently(bou
     assert [w.shape for w in store.get_weights("s1", 0)] == [(64, 16), (16,), (16, 10), (10,)]
 
 
+def test_init_that_dies_after_the_weights_is_not_taken_as_initialised(bound: dict[str, Any]) -> None:
+    store = _store(bound)
+    # 3 clients x 1000 shards each is more shards than digits has examples: partitioning fails
+    # after the round-0 weights are written, as a crash between the two writes would.
+    broken = SCENARIO.model_dump(mode="json", exclude={"mongo_config"})
+    broken["data_sampling"] = {"method": "shards", "shards_per_client": 1000}
+    store.db.sessions.update_one({"_id": "s1"}, {"$set": {"scenario": broken}})
+    reply = run("fl_server_init", {"session": "s1"}, bound)
+    assert "error" in reply and store.has_weights("s1", 0) and store.partition_sizes("s1") == {}
+    assert store.initialised("s1") is False
+
+    store.db.sessions.update_one(
+        {"_id": "s1"}, {"$set": {"scenario": SCENARIO.model_dump(mode="json", exclude={"mongo_config"})}}
+    )
+    again = run("fl_server_init", {"session": "s1"}, bound)
+    assert again["created"] is False and len(again["partition_sizes"]) == 3
+    assert store.initialised("s1") is True
+
+
 def test_client_direct_mode_stores_its_update_exactly_once(bound: dict[str, Any]) -> None:
     run("fl_server_init", {"session": "s1"}, bound)
     call = {"session": "s1", "round": 0, "client": 1, "attempt": 1}
