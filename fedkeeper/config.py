@@ -240,10 +240,10 @@ class FunctionSettings(_Model):
 
 
 class FunctionsConfig(_Model):
-    fl_server_init: FunctionSettings = FunctionSettings(memory=1024, timeout=120)
-    fl_client: FunctionSettings = FunctionSettings(memory=1024, timeout=180)
+    fl_server_init: FunctionSettings = FunctionSettings(memory=1280, timeout=120)
+    fl_client: FunctionSettings = FunctionSettings(memory=1280, timeout=180)
     fl_invoker_weights_update: FunctionSettings = FunctionSettings(memory=512, timeout=240)
-    fl_server_aggregator: FunctionSettings = FunctionSettings(memory=1024, timeout=180)
+    fl_server_aggregator: FunctionSettings = FunctionSettings(memory=1536, timeout=180)
 
     def settings(self, name: str) -> FunctionSettings:
         value: FunctionSettings = getattr(self, name)

@@ -3,15 +3,49 @@
 from __future__ import annotations
 
 import os
+import sys
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
+import psutil
 import pymongo
 import pytest
 
 from fedkeeper.store.embedded import EmbeddedMongo
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+CHECKOUT = str(Path(__file__).resolve().parent.parent)
+
+
+def _ours_started_after(since: float) -> list[psutil.Process]:
+    """Processes of this checkout (its venv's python, its firmware, ...) started after ``since``."""
+    me = os.getpid()
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
+        info = proc.info
+        if info["pid"] == me or (info["create_time"] or 0) < since:
+            continue
+        cmdline = " ".join(info["cmdline"] or [])
+        if sys.prefix in cmdline or CHECKOUT in cmdline:
+            found.append(proc)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind() -> Iterator[None]:
+    """Every fixture and command stops what it started: the process table proves it at the end."""
+    since = time.time() - 1
+    yield
+    deadline = time.monotonic() + 15
+    while (left := _ours_started_after(since)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for proc in left:  # don't leak them into the next run, but fail this one
+        proc.kill()
+    assert not left, "processes left behind: " + "; ".join(
+        f"{p.pid} {' '.join(p.info['cmdline'] or [])[:160]}" for p in left
+    )
 
 
 @pytest.fixture(scope="session")
