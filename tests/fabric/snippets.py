@@ -15,6 +15,8 @@ def main(params):
         "api_host": os.environ.get("__OW_API_HOST"),
         "api_key": os.environ.get("__OW_API_KEY"),
         "pid": os.getpid(),
+        # Unique per worker (its pid may be 2 in every worker: each has its own PID namespace).
+        "worker": os.environ.get("TMPDIR"),
     }
 """
 
@@ -23,7 +25,7 @@ import os, time
 
 def main(params):
     time.sleep(float(params.get("seconds", 0.5)))
-    return {"slept": params.get("seconds", 0.5), "pid": os.getpid()}
+    return {"slept": params.get("seconds", 0.5), "worker": os.environ.get("TMPDIR")}
 """
 
 APP_ERROR = """

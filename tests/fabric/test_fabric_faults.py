@@ -70,7 +70,7 @@ def test_injected_crash_kills_the_worker_mid_run(clean_faults: FabricClient, nam
     fabric.set_faults({})
     after = fabric.run(name, {"seconds": 0})
     assert annotation(after, "initTime") is not None  # a new worker replaced the killed one
-    assert after["response"]["result"]["pid"] != healthy["response"]["result"]["pid"]
+    assert after["response"]["result"]["worker"] != healthy["response"]["result"]["worker"]
 
 
 def test_lost_record_never_appears(start_fabric: Callable[..., FabricClient], name: str) -> None:
