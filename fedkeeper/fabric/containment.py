@@ -211,7 +211,9 @@ class Containment:
         """Try each mechanism once (about a second: one sandboxed interpreter start)."""
         found = cls()
         if os.geteuid() != 0:
-            found.notes.append("the fabric is not root: workers run as its own user, without cgroups or namespaces")
+            found.notes.append(
+                "the fabric is not root: workers run as its own user, without cgroups or namespaces"
+            )
             return found
         for controller in CONTROLLERS:
             found._make_cgroup(controller)
@@ -230,7 +232,9 @@ class Containment:
             if error is None:
                 found.pid_namespace, found.drop_user = namespaces, drop
                 break
-            what = "PID namespaces" if namespaces and not drop else "unprivileged users" if drop else "sandbox"
+            what = (
+                "PID namespaces" if namespaces and not drop else "unprivileged users" if drop else "sandbox"
+            )
             found.notes.append(f"no {what} for workers: {error}")
         if not found.drop_user:
             found.notes.append("workers run as root: tenants are not isolated from each other")
@@ -239,7 +243,9 @@ class Containment:
     def _make_cgroup(self, controller: str) -> None:
         base = own_cgroup(controller)
         if base is None:
-            self.notes.append(f"no {controller} cgroup (v1) is mounted: workers are not in a {controller} cgroup")
+            self.notes.append(
+                f"no {controller} cgroup (v1) is mounted: workers are not in a {controller} cgroup"
+            )
             return
         _remove_stale(base)
         folder = base / f"{_FABRIC_PREFIX}{os.getpid()}"
@@ -277,7 +283,9 @@ class Containment:
             try:
                 group.mkdir(exist_ok=True)
                 if controller == "memory":
-                    (group / "memory.limit_in_bytes").write_text(str(memory_mb * 1024 * 1024), encoding="ascii")
+                    (group / "memory.limit_in_bytes").write_text(
+                        str(memory_mb * 1024 * 1024), encoding="ascii"
+                    )
                 elif controller == "pids":
                     (group / "pids.max").write_text(str(PIDS_MAX), encoding="ascii")
             except OSError as exc:
@@ -301,7 +309,12 @@ def _try_sandbox(namespaces: bool, drop: bool, hide: tuple[str, ...]) -> str | N
     command = cell.argv([sys.executable, "-c", check], os.getpid())
     try:
         result = subprocess.run(
-            command, capture_output=True, text=True, timeout=_PROBE_TIMEOUT_S, cwd="/", stdin=subprocess.DEVNULL
+            command,
+            capture_output=True,
+            text=True,
+            timeout=_PROBE_TIMEOUT_S,
+            cwd="/",
+            stdin=subprocess.DEVNULL,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return str(exc)

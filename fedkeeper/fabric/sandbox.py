@@ -25,7 +25,6 @@ import argparse
 import ctypes
 import os
 import signal
-import sys
 import time
 
 CLONE_NEWNS = 0x00020000

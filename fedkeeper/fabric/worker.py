@@ -20,6 +20,7 @@ import psutil
 from fedkeeper.fabric.containment import RUNTIME, Cell, Containment
 from fedkeeper.fabric.limits import MB, ActionLimits
 from fedkeeper.fabric.logs import LogCollector
+
 _ids = itertools.count(1)
 _CHILDREN_REFRESH_S = 1.0
 

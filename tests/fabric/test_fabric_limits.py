@@ -188,3 +188,17 @@ def test_blocking_invoke_answers_202_when_the_wait_runs_out(
     activation_id = response.json()["activationId"]
     assert response.headers["x-openwhisk-activation-id"] == activation_id
     assert fabric.wait_record(activation_id)["response"]["status"] == "success"
+
+
+def test_records_are_bounded_by_bytes_dropping_the_oldest(
+    start_fabric: Callable[..., FabricClient], name: str
+) -> None:
+    megabyte = 1024 * 1024
+    fabric = start_fabric(limits={"max_record_bytes": 3 * megabyte})
+    fabric.deploy(name, BIG_RESULT)
+    ids = [fabric.run(name, {"size": megabyte})["activationId"] for _ in range(5)]
+    kept = [fabric.activation(i).status_code for i in ids]
+    # Each record holds a 1 MB result plus its envelope: only two fit in 3 MB, the newest two.
+    assert kept == [404, 404, 404, 200, 200]
+    listed = fabric.session.get(fabric.ns("activations"), params={"count": "true"}, timeout=10).json()
+    assert listed == {"activations": 2}
