@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import json
 import os
+import secrets
 import signal
 import sys
 import time
@@ -21,6 +22,9 @@ from fedkeeper.fabric.containment import RUNTIME, Cell, Containment
 from fedkeeper.fabric.limits import MB, ActionLimits
 from fedkeeper.fabric.logs import LogCollector
 
+# As in runtime.py, a standalone script the fabric never imports: the worker's secret for /init and /run.
+TOKEN_ENV = "__FABRIC_RUNTIME_TOKEN"
+TOKEN_HEADER = "X-Fabric-Token"
 _ids = itertools.count(1)
 _CHILDREN_REFRESH_S = 1.0
 
@@ -59,6 +63,7 @@ class Worker:
         self.process: asyncio.subprocess.Process | None = None
         self.logs: LogCollector | None = None
         self.url = ""
+        self.token = secrets.token_urlsafe(32)  # see runtime.TOKEN_ENV
         self.ready = asyncio.Event()  # set once it serves (or is dead): activations may queue on it
         self._psutil: psutil.Process | None = None
         self._children: list[psutil.Process] = []
@@ -112,7 +117,7 @@ class Worker:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 # The action's unpacked files (and anything it caches) go away with the worker.
-                env={**env, "TMPDIR": folder, "HOME": folder},
+                env={**env, "TMPDIR": folder, "HOME": folder, TOKEN_ENV: self.token},
                 cwd=folder,
                 start_new_session=True,  # its own process group: a kill reaches the action's children
             )
@@ -143,7 +148,7 @@ class Worker:
             session.post(
                 self.url + path,
                 data=json.dumps(payload).encode("utf-8"),
-                headers={"Content-Type": "application/json"},
+                headers={"Content-Type": "application/json", TOKEN_HEADER: self.token},
             ) as response,
         ):
             return response.status, await response.read()

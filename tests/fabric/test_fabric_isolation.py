@@ -23,7 +23,6 @@ from fedkeeper.fabric.process import FabricProcess
 from .conftest import QUICK_LIMITS, FabricClient
 from .snippets import ECHO, ESCAPE, SNOOP
 
-ALICE_KEY = "9d3c1f4a-alice:alice-namespace-secret-key"
 CONFINED = pytest.mark.skipif(
     os.geteuid() != 0, reason="containment needs root (CI and dev machines run as root)"
 )
@@ -68,9 +67,10 @@ def test_action_cannot_read_another_namespaces_parameters_code_or_records(
     start_fabric: Callable[..., FabricClient], name: str, tmp_path: Path
 ) -> None:
     password, code_secret, result_secret = (f"{kind}-{uuid.uuid4().hex}" for kind in ("pw", "code", "result"))
+    alice_key = f"{uuid.uuid4()}:{uuid.uuid4().hex}"  # fresh: no file anywhere holds it but the fabric's
     state = tmp_path / "state"
-    guest = start_fabric(auth=[f"{ALICE_KEY}=alice"], state_dir=state, limits={"blocking_wait_s": 200})
-    alice = FabricClient(guest.url, key=ALICE_KEY)
+    guest = start_fabric(auth=[f"{alice_key}=alice"], state_dir=state, limits={"blocking_wait_s": 200})
+    alice = FabricClient(guest.url, key=alice_key)
     victim = ECHO + f"\nCODE_SECRET = {code_secret!r}\n"
     alice.deploy("victim", victim, parameters={"password": password})
     record = alice.run("victim", {"note": result_secret})
@@ -78,7 +78,7 @@ def test_action_cannot_read_another_namespaces_parameters_code_or_records(
     assert guest.activation(record["activationId"]).status_code == 404
 
     guest.deploy(name, SNOOP, limits={"timeout": 180_000, "memory": 512})
-    secrets = [password, code_secret, result_secret, ALICE_KEY]
+    secrets = [password, code_secret, result_secret, alice_key]
     roots = [str(state), tempfile.gettempdir()]
     response = guest.invoke(name, {"reversed": [s[::-1] for s in secrets], "roots": roots})
     snoop = guest.wait_record(response.json()["activationId"], timeout=200)
