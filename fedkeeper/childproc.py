@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -56,14 +57,14 @@ async def serving(
     app: web.Application, sock: socket.socket, stop: asyncio.Event | None = None
 ) -> AsyncIterator[asyncio.Event]:
     """Serve ``app`` on ``sock`` while the body runs; yields ``stop`` (made when None), which
-    SIGTERM and SIGINT set."""
+    SIGTERM, SIGINT and SIGHUP set."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
         await web.SockSite(runner, sock, shutdown_timeout=1.0).start()
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, stop.set)
         yield stop
@@ -245,7 +246,10 @@ class Daemon:
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         for path in self.state_files:
             path.unlink(missing_ok=True)
-        with open(self.log_file, "a", encoding="utf-8") as log:
+        # Private from creation on: a service's log is nobody else's business.
+        with open(
+            os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a", encoding="utf-8"
+        ) as log:
             process = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,

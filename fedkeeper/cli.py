@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -310,16 +309,16 @@ def fabric() -> None:
 @click.option("--faults", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="fault plan (JSON) for chaos runs")  # fmt: skip
 def fabric_up(host: str, port: int, state_dir: Path | None, faults: Path | None) -> None:
-    """Run the fabric in the foreground (Ctrl-C stops it)."""
-    command = [sys.executable, "-m", "fedkeeper.fabric", "--host", host, "--port", str(port)]
+    """Run the fabric in the foreground (Ctrl-C, SIGTERM or SIGHUP stop it and its workers)."""
+    from fedkeeper.fabric.__main__ import main as fabric_main
+
+    # In this process, not a child: a signal to the command is a signal to the fabric itself.
+    argv = ["--host", host, "--port", str(port)]
     if state_dir:
-        command += ["--state-dir", str(state_dir)]
+        argv += ["--state-dir", str(state_dir)]
     if faults:
-        command += ["--faults", str(faults)]
-    try:
-        sys.exit(subprocess.call(command))
-    except KeyboardInterrupt:
-        sys.exit(130)
+        argv += ["--faults", str(faults)]
+    sys.exit(fabric_main(argv))
 
 
 @fabric.command("down")

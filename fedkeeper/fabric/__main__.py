@@ -1,6 +1,8 @@
 """``python -m fedkeeper.fabric --host 127.0.0.1 --port 3233 --state-dir DIR [--faults FILE]``.
 
-Every limit of :class:`FabricLimits` has a flag (``--max-workers 2``, ``--blocking-wait-s 5``).
+Keys other than the guest key come from ``--auth-file`` (never the command line, which any local
+user can read). The admin key for ``/admin/*`` is made at start and written to
+``<state-dir>/admin.key`` (mode 0600). Every limit of :class:`FabricLimits` has a flag (``--max-workers 2``, ``--blocking-wait-s 5``).
 Prints exactly one line on stdout, ``fabric listening on http://HOST:PORT``, once it serves.
 """
 
@@ -12,7 +14,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from fedkeeper.childproc import run_service
-from fedkeeper.fabric.auth import KeyRing
+from fedkeeper.fabric.auth import KeyRing, read_auth_file
 from fedkeeper.fabric.faults import FaultPlan, FaultPlanError
 from fedkeeper.fabric.limits import FabricLimits
 from fedkeeper.fabric.server import FabricOptions, serve
@@ -27,7 +29,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--faults", type=Path, default=None, help="fault plan JSON file (see docs/fabric.md)")
     p.add_argument(
-        "--auth", action="append", default=[], metavar="UUID:KEY[=NAMESPACE]", help="accept another key"
+        "--auth-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="more keys, one 'uuid:key[=namespace]' a line; the file must be private (chmod 600)",
     )
     p.add_argument("--no-guest", action="store_true", help="refuse the standalone OpenWhisk guest key")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -51,7 +57,7 @@ def options_from_args(args: argparse.Namespace) -> FabricOptions:
         f.name: getattr(args, f.name) for f in fields(FabricLimits) if getattr(args, f.name) is not None
     }
     limits = FabricLimits().replace(**changes)
-    keys = KeyRing.build(args.auth, guest=not args.no_guest)
+    keys = KeyRing.build(read_auth_file(args.auth_file) if args.auth_file else [], guest=not args.no_guest)
     faults = FaultPlan.load(args.faults) if args.faults else None
     if not 0 <= args.port < 65536:
         raise ValueError(f"--port must be within 0..65535 (got {args.port})")

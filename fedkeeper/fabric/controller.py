@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from fedkeeper.fabric.actions import ActionError, ActionStore, build_action, valid_name
-from fedkeeper.fabric.auth import AuthError, Identity, KeyRing
+from fedkeeper.fabric.auth import NOT_ADMIN, AuthError, Identity, KeyRing
 from fedkeeper.fabric.faults import FaultPlan, FaultPlanError
 from fedkeeper.fabric.invoker import Invoker, TooManyRequests
 from fedkeeper.fabric.limits import MB, FabricLimits
@@ -43,6 +43,7 @@ _LIST_MAX = 200
 _LIST_DEFAULT = 30
 _MAX_ENTITY_BYTES = 64 * MB  # action code (OpenWhisk allows 48 MB) plus its JSON envelope
 _AUTHENTICATED = ("/api/v1/namespaces", "/admin/")
+_ADMIN = "/admin/"
 PROCESSING_ERROR = "There was an error processing your request."
 
 
@@ -104,7 +105,7 @@ class Controller:
         self.limits = limits
         self.keys = keys or KeyRing.build()
         self.store = ActionStore(state_dir, limits)
-        self.records = RecordStore(limits.max_records)
+        self.records = RecordStore(limits.max_records, limits.max_record_bytes)
         self.pool = WorkerPool(limits, worker_env)
         self.invoker = Invoker(limits, self.pool, self.records, faults)
         self.started = time.time()
@@ -180,8 +181,14 @@ class Controller:
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith(_AUTHENTICATED):
+            header = request.headers.get("Authorization")
             try:
-                request[IDENTITY] = self.keys.authenticate(request.headers.get("Authorization"))
+                if request.path.startswith(_ADMIN):
+                    # Fabric-wide controls (the fault plan) belong to the operator, not to any tenant.
+                    if not self.keys.is_admin(header):
+                        return error_response(request, 403, NOT_ADMIN)
+                else:
+                    request[IDENTITY] = self.keys.authenticate(header)
             except AuthError as exc:
                 return error_response(
                     request, 401, str(exc), headers={"WWW-Authenticate": 'Basic realm="whisk rest service"'}

@@ -58,6 +58,8 @@ class FabricLimits:
         An idle warm worker is stopped after this long.
     max_records
         Activation records kept in memory (newest first).
+    max_record_bytes
+        Result and log bytes all kept records may hold together (64 MB); the oldest go first.
     memory_poll_s
         How often workers' resident memory is checked against their limit.
     worker_start_timeout_s
@@ -82,6 +84,7 @@ class FabricLimits:
     blocking_wait_s: float = 60.0
     idle_timeout_s: float = 600.0
     max_records: int = 10_000
+    max_record_bytes: int = 64 * MB
     memory_poll_s: float = 0.1
     worker_start_timeout_s: float = 30.0
 

@@ -22,7 +22,8 @@ from typing import Any
 
 import aiohttp
 
-from fedkeeper.fabric.limits import MB, ActionLimits, FabricLimits
+from fedkeeper.fabric.containment import Containment
+from fedkeeper.fabric.limits import ActionLimits, FabricLimits
 from fedkeeper.fabric.logs import DEVELOPER_WARNING, LOG_FAILURE, LogLine
 from fedkeeper.fabric.records import Status
 from fedkeeper.fabric.worker import Worker, WorkerKey, WorkerStartError, WorkerState
@@ -106,9 +107,15 @@ class WorkerPool:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.cold_starts = 0
+        self.containment = Containment()  # nothing until start() probes the machine
 
     # ------------------------------------------------------------------ life cycle
-    async def start(self) -> None:
+    async def start(self, contain: bool = True) -> None:
+        if contain:
+            self.containment = await asyncio.to_thread(Containment.probe)
+            for note in self.containment.notes:
+                log.warning("tenant isolation: %s", note)
+            log.info("tenant isolation: %s", self.containment.describe())
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
         )
@@ -130,6 +137,7 @@ class WorkerPool:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
+        await asyncio.to_thread(self.containment.close)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -245,7 +253,7 @@ class WorkerPool:
         while True:
             await asyncio.sleep(self.limits.memory_poll_s)
             for worker in list(self.workers):
-                if worker.alive and worker.rss_bytes() > worker.memory_mb * MB:
+                if worker.alive and worker.over_memory():
                     log.info("%r is over its %d MB memory limit: killed", worker, worker.memory_mb)
                     worker.kill("memory")
                     if worker.in_flight == 0:
@@ -292,7 +300,7 @@ class WorkerPool:
         if cold:
             self.cold_starts += 1
             try:
-                await worker.spawn(self.worker_env, self.limits.worker_start_timeout_s)
+                await worker.spawn(self.worker_env, self.limits.worker_start_timeout_s, self.containment)
             except WorkerStartError as exc:
                 log.warning("%r: %s", worker, exc)
                 return RunOutcome.unrun(Status.INTERNAL_ERROR, PROVISION_ERROR, request.arrived_ms)
@@ -366,8 +374,9 @@ class WorkerPool:
         self, worker: Worker, reason: str, message: str, start: int, wait_ms: int, init_ms: int | None
     ) -> RunOutcome:
         """A worker that died mid-request: ``message``, unless it ran out of memory."""
-        if worker.death == "memory":
+        if worker.death == "memory" or (worker.cell is not None and worker.cell.oom_killed()):
             message = MEMORY_EXHAUSTED
+            worker.death = "memory"
         worker.kill(worker.death or reason)
         return await self._failed(worker, start, wait_ms, init_ms, message)
 

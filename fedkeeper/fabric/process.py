@@ -19,6 +19,7 @@ import requests
 from fedkeeper.childproc import ChildService, Daemon, tail
 from fedkeeper.config import GUEST_AUTH, OpenWhiskCluster
 from fedkeeper.errors import FedkeeperError
+from fedkeeper.fabric.auth import ADMIN_KEY_FILE, write_private
 from fedkeeper.fabric.server import READY_LINE
 
 
@@ -53,6 +54,8 @@ class FabricProcess(ChildService):
         :class:`~fedkeeper.fabric.limits.FabricLimits` fields to change, e.g. ``{"max_workers": 1}``.
     faults
         A fault plan (a mapping) or the path of a plan file.
+    auth
+        More keys, ``uuid:key[=namespace]``: passed in a private ``--auth-file``.
     args
         More command-line flags.
     """
@@ -68,6 +71,7 @@ class FabricProcess(ChildService):
         state_dir: Path | None = None,
         limits: dict[str, Any] | None = None,
         faults: dict[str, Any] | Path | None = None,
+        auth: list[str] | None = None,
         args: list[str] | None = None,
         start_timeout: float = 30.0,
     ) -> None:
@@ -75,6 +79,10 @@ class FabricProcess(ChildService):
         self.host = host
         self.requested_port = port
         extra = _limit_args(limits or {}) + list(args or [])
+        if auth:
+            keys = Path(self._tmp.name) / "auth"
+            write_private(keys, "".join(f"{spec}\n" for spec in auth))
+            extra += ["--auth-file", str(keys)]
         if isinstance(faults, dict):
             plan = Path(self._tmp.name) / "faults.json"
             plan.write_text(json.dumps(faults), encoding="utf-8")
@@ -86,6 +94,11 @@ class FabricProcess(ChildService):
     @property
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1])
+
+    @property
+    def admin_key(self) -> str:
+        """The ``uuid:key`` for ``/admin/*``, which the fabric wrote at start."""
+        return admin_key(self.state_dir)
 
     def argv(self) -> list[str]:
         return _command(self.host, self.requested_port, self.state_dir, self.args)
@@ -108,6 +121,11 @@ def _address(cluster: OpenWhiskCluster) -> tuple[str, int]:
     return host, parts.port or (443 if parts.scheme == "https" else 80)
 
 
+def admin_key(state_dir: Path) -> str:
+    """The admin key a fabric serving from ``state_dir`` made at start."""
+    return (state_dir / ADMIN_KEY_FILE).read_text(encoding="utf-8").strip()
+
+
 def _daemon(port: int, state_root: Path) -> Daemon:
     return Daemon(state_root / f"fabric-{port}.pid", state_root / f"fabric-{port}.log", "fedkeeper.fabric")
 
@@ -126,15 +144,21 @@ def ensure_local_fabric(cluster: OpenWhiskCluster, state_root: Path, start_timeo
     host, port = _address(cluster)
     daemon = _daemon(port, state_root)
     args: list[str] = []
+    auth_file = state_root / f"fabric-{port}.auth"
     if cluster.auth != GUEST_AUTH:
-        args += ["--auth", f"{cluster.auth}={cluster.namespace}"]
-    process = daemon.spawn(_command(host, port, state_root / str(port), args))
+        # The key goes in a private file (read once at start, then removed), never on the command
+        # line; a cluster with its own key does not accept the public guest key.
+        write_private(auth_file, f"{cluster.auth}={cluster.namespace}\n")
+        args += ["--auth-file", str(auth_file), "--no-guest"]
     try:
+        process = daemon.spawn(_command(host, port, state_root / str(port), args))
         up = daemon.wait_ready(process, lambda: _answers(cluster.base_url) or None, start_timeout, 5.0)
     except TimeoutError:
         raise FabricStartError(
             f"local fabric for {cluster.base_url} did not answer within {start_timeout:g} s"
         ) from None
+    finally:
+        auth_file.unlink(missing_ok=True)
     if up is None:
         if _answers(cluster.base_url):  # another caller won the race to start it
             return False
@@ -154,4 +178,11 @@ def fabric_pid(cluster: OpenWhiskCluster, state_root: Path) -> int | None:
     return _daemon(_address(cluster)[1], state_root).pid()
 
 
-__all__ = ["FabricProcess", "FabricStartError", "ensure_local_fabric", "fabric_pid", "stop_local_fabric"]
+__all__ = [
+    "FabricProcess",
+    "FabricStartError",
+    "admin_key",
+    "ensure_local_fabric",
+    "fabric_pid",
+    "stop_local_fabric",
+]

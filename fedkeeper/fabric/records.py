@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
 from fedkeeper.fabric.limits import ActionLimits
+
+_RECORD_OVERHEAD = 1024  # ids, times, annotations, and the objects holding them
 
 
 class Status(IntEnum):
@@ -48,6 +51,11 @@ class Activation:
     @property
     def duration(self) -> int:
         return self.end - self.start
+
+    def size_bytes(self) -> int:
+        """About what the record holds: its result and logs (JSON text), plus a fixed overhead."""
+        result = len(json.dumps(self.result, ensure_ascii=False).encode("utf-8"))
+        return _RECORD_OVERHEAD + result + sum(len(line.encode("utf-8")) for line in self.logs)
 
     def response(self) -> dict[str, Any]:
         return {
@@ -90,11 +98,15 @@ class Activation:
 
 
 class RecordStore:
-    """The newest ``capacity`` records, with waiters for activations still running."""
+    """The newest records, at most ``capacity`` of them and ``max_bytes`` together (the oldest go
+    first; the newest is always kept), with waiters for activations still running."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int | None = None) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.size_bytes = 0
         self._records: OrderedDict[str, Activation] = OrderedDict()
+        self._sizes: dict[str, int] = {}
         self._waiters: dict[str, asyncio.Future[Activation | None]] = {}
 
     def expect(self, activation_id: str) -> asyncio.Future[Activation | None]:
@@ -107,8 +119,14 @@ class RecordStore:
         """Store ``record`` (unless it is lost: ``None``) and wake whoever waits for it."""
         if record is not None:
             self._records[activation_id] = record
-            while len(self._records) > self.capacity:
-                self._records.popitem(last=False)
+            self._sizes[activation_id] = size = record.size_bytes()
+            self.size_bytes += size
+            while len(self._records) > 1 and (
+                len(self._records) > self.capacity
+                or (self.max_bytes is not None and self.size_bytes > self.max_bytes)
+            ):
+                oldest, _ = self._records.popitem(last=False)
+                self.size_bytes -= self._sizes.pop(oldest)
         future = self._waiters.pop(activation_id, None)
         if future is not None and not future.done():
             future.set_result(record)

@@ -23,6 +23,7 @@ import asyncio
 import base64
 import binascii
 import ctypes
+import hmac
 import importlib.util
 import io
 import json
@@ -43,6 +44,10 @@ from aiohttp import web
 
 SENTINEL = "XXX_THE_END_OF_A_WHISK_ACTIVATION_XXX"
 _GiB = 1024**3
+# The fabric's secret for this worker: any local process can reach 127.0.0.1, but only the fabric
+# may /init (load code) and /run (hand over parameters). Unset when the runtime runs on its own.
+TOKEN_ENV = "__FABRIC_RUNTIME_TOKEN"
+TOKEN_HEADER = "X-Fabric-Token"
 
 
 class ActionHost:
@@ -172,7 +177,15 @@ def _context_env(body: dict[str, Any]) -> dict[str, str]:
     return env
 
 
-def build_app(host: ActionHost) -> web.Application:
+def build_app(host: ActionHost, token: str | None = None) -> web.Application:
+    @web.middleware
+    async def only_the_fabric(request: web.Request, handler: Any) -> web.StreamResponse:
+        presented = request.headers.get(TOKEN_HEADER, "")
+        if token is not None and not hmac.compare_digest(presented.encode(), token.encode()):
+            status, payload = _error(403, "Only the fabric may call this runtime.")
+            return web.Response(status=status, body=payload, content_type="application/json")
+        return await handler(request)
+
     async def init(request: web.Request) -> web.Response:
         try:
             body = await request.json()
@@ -196,7 +209,7 @@ def build_app(host: ActionHost) -> web.Application:
             status, payload = await host.submit(lambda: host.run(value, context))
         return web.Response(status=status, body=payload, content_type="application/json")
 
-    app = web.Application(client_max_size=_GiB)
+    app = web.Application(client_max_size=_GiB, middlewares=[only_the_fabric])
     app.router.add_post("/init", init)
     app.router.add_post("/run", run)
     return app
@@ -255,9 +268,10 @@ def main(argv: list[str] | None = None) -> None:
     ]
     _die_with_parent(args.parent_pid)
 
+    token = os.environ.pop(TOKEN_ENV, None)  # before any action code runs
     host = ActionHost()
     threading.Thread(
-        target=_serve, args=(build_app(host), args.host, args.port), name="http", daemon=True
+        target=_serve, args=(build_app(host, token), args.host, args.port), name="http", daemon=True
     ).start()
     for index in range(max(0, args.concurrency - 1)):
         threading.Thread(target=host.serve_jobs, name=f"job-{index + 1}", daemon=True).start()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedkeeper.childproc import bind, http_url, serving
-from fedkeeper.fabric.auth import KeyRing
+from fedkeeper.fabric.auth import ADMIN_KEY_FILE, KeyRing, new_key, write_private
 from fedkeeper.fabric.controller import Controller
 from fedkeeper.fabric.faults import FaultPlan
 from fedkeeper.fabric.limits import FabricLimits
@@ -35,7 +37,14 @@ async def serve(options: FabricOptions, stop: asyncio.Event | None = None) -> No
     sock = bind(options.host, options.port, backlog=1024)
     url = http_url(options.host, sock)
     state_dir = options.state_dir or DEFAULT_STATE_ROOT / str(sock.getsockname()[1])
-    controller = Controller(options.limits, state_dir, options.keys, options.faults)
+    # Only the fabric's user may read its state: actions' code and bound parameters (credentials).
+    os.umask(0o077)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.chmod(0o700)
+    admin = options.keys.admin or new_key()
+    write_private(state_dir / ADMIN_KEY_FILE, admin + "\n")
+    keys = dataclasses.replace(options.keys, admin=admin)
+    controller = Controller(options.limits, state_dir, keys, options.faults)
     controller.api_host = url
     async with serving(controller.build_app(), sock, stop) as stopped:
         log.info("state in %s; limits %s", state_dir, options.limits)

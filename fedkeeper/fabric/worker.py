@@ -7,22 +7,24 @@ import contextlib
 import itertools
 import json
 import os
+import secrets
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import psutil
 
+from fedkeeper.fabric.containment import RUNTIME, Cell, Containment
 from fedkeeper.fabric.limits import MB, ActionLimits
 from fedkeeper.fabric.logs import LogCollector
 
-RUNTIME = Path(__file__).resolve().with_name("runtime.py")
+# As in runtime.py, a standalone script the fabric never imports: the worker's secret for /init and /run.
+TOKEN_ENV = "__FABRIC_RUNTIME_TOKEN"
+TOKEN_HEADER = "X-Fabric-Token"
 _ids = itertools.count(1)
 _CHILDREN_REFRESH_S = 1.0
 
@@ -61,11 +63,12 @@ class Worker:
         self.process: asyncio.subprocess.Process | None = None
         self.logs: LogCollector | None = None
         self.url = ""
+        self.token = secrets.token_urlsafe(32)  # see runtime.TOKEN_ENV
         self.ready = asyncio.Event()  # set once it serves (or is dead): activations may queue on it
         self._psutil: psutil.Process | None = None
         self._children: list[psutil.Process] = []
         self._children_at = 0.0
-        self._folder: str | None = None
+        self.cell: Cell | None = None
 
     @property
     def memory_mb(self) -> int:
@@ -95,24 +98,27 @@ class Worker:
         )
 
     # ------------------------------------------------------------------ life cycle
-    async def spawn(self, env: dict[str, str], start_timeout: float) -> None:
-        """Start the process and wait for its ``runtime listening on PORT`` line."""
-        self._folder = tempfile.mkdtemp(prefix=f"fabric-worker-{self.id}-")
+    async def spawn(self, env: dict[str, str], start_timeout: float, containment: Containment) -> None:
+        """Start the process in its cell and wait for its ``runtime listening on PORT`` line."""
+        try:
+            self.cell = await asyncio.to_thread(
+                containment.cell, f"w{self.id}", self.key.namespace, self.limits.memory
+            )
+        except OSError as exc:
+            raise WorkerStartError(f"cannot prepare the worker's folder or cgroups: {exc}") from exc
+        # Inside a PID namespace the runtime's parent is the namespace's init, which dies with the fabric.
+        watched = 0 if self.cell.pid_namespace else os.getpid()
+        runtime = [sys.executable, str(RUNTIME), "--port", "0", "--concurrency", str(self.limits.concurrency)]
+        folder = str(self.cell.folder)
         try:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                str(RUNTIME),
-                "--port",
-                "0",
-                "--concurrency",
-                str(self.limits.concurrency),
-                "--parent-pid",
-                str(os.getpid()),
+                *self.cell.argv([*runtime, "--parent-pid", str(watched)], os.getpid()),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env={**env, "TMPDIR": self._folder},  # the action's unpacked files go away with the worker
-                cwd=self._folder,
+                # The action's unpacked files (and anything it caches) go away with the worker.
+                env={**env, "TMPDIR": folder, "HOME": folder, TOKEN_ENV: self.token},
+                cwd=folder,
                 start_new_session=True,  # its own process group: a kill reaches the action's children
             )
         except OSError as exc:
@@ -142,7 +148,7 @@ class Worker:
             session.post(
                 self.url + path,
                 data=json.dumps(payload).encode("utf-8"),
-                headers={"Content-Type": "application/json"},
+                headers={"Content-Type": "application/json", TOKEN_HEADER: self.token},
             ) as response,
         ):
             return response.status, await response.read()
@@ -153,6 +159,10 @@ class Worker:
         Listing children scans all of /proc (milliseconds), so it is refreshed once a second;
         the RSS reads themselves are cheap and happen on every poll.
         """
+        if self.cell is not None:
+            counted = self.cell.memory_bytes()
+            if counted is not None:  # the cgroup sees every process, however it was started
+                return counted
         if self._psutil is None:
             return 0
         now = time.monotonic()
@@ -169,8 +179,12 @@ class Worker:
                 total += child.memory_info().rss
         return total
 
+    def over_memory(self) -> bool:
+        """Past ``limits.memory``: by the poll, or killed by the kernel in the worker's cgroup."""
+        return self.rss_bytes() > self.memory_mb * MB or (self.cell is not None and self.cell.oom_killed())
+
     def kill(self, reason: str) -> None:
-        """SIGKILL the worker's whole process group (idempotent)."""
+        """SIGKILL the worker's process group and everything in its cell (idempotent)."""
         if self.death is None:
             self.death = reason
         self.state = WorkerState.DEAD
@@ -178,6 +192,8 @@ class Worker:
         if self.process is not None and self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)
+        if self.cell is not None:
+            self.cell.kill()
 
     async def reap(self) -> None:
         """Wait for the process to be gone and release its files."""
@@ -186,12 +202,6 @@ class Worker:
                 await self.process.wait()
         if self.logs is not None:
             await self.logs.close()
-        if self._folder is not None:
-            await asyncio.to_thread(_remove_tree, self._folder)
-            self._folder = None
-
-
-def _remove_tree(path: str) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
+        if self.cell is not None:
+            cell, self.cell = self.cell, None
+            await asyncio.to_thread(cell.remove)

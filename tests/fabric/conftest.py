@@ -22,14 +22,20 @@ QUICK_LIMITS: dict[str, Any] = {
 }
 
 
-class FabricClient:
-    """Raw REST calls to one fabric with the guest key (no fedkeeper code in between)."""
+def basic(key: str) -> tuple[str, str]:
+    user, _, secret = key.partition(":")
+    return user, secret
 
-    def __init__(self, url: str) -> None:
+
+class FabricClient:
+    """Raw REST calls to one fabric with one namespace's key (the guest key unless given), and its
+    admin key for ``/admin/*`` (no fedkeeper code in between)."""
+
+    def __init__(self, url: str, admin: str | None = None, key: str = GUEST_AUTH) -> None:
         self.url = url
         self.session = requests.Session()
-        user, _, key = GUEST_AUTH.partition(":")
-        self.session.auth = (user, key)
+        self.session.auth = basic(key)
+        self.admin = basic(admin) if admin else None
 
     def ns(self, path: str) -> str:
         return f"{self.url}/api/v1/namespaces/_/{path}"
@@ -90,7 +96,10 @@ class FabricClient:
         raise AssertionError(f"activation {activation_id} has no record after {timeout} s")
 
     def set_faults(self, plan: dict[str, Any]) -> requests.Response:
-        return self.session.put(f"{self.url}/admin/v1/faults", json=plan, timeout=10)
+        return self.session.put(f"{self.url}/admin/v1/faults", json=plan, auth=self.admin, timeout=10)
+
+    def get_faults(self) -> requests.Response:
+        return self.session.get(f"{self.url}/admin/v1/faults", auth=self.admin, timeout=10)
 
     def close(self) -> None:
         self.session.close()
@@ -104,20 +113,22 @@ def annotation(record: dict[str, Any], key: str, default: Any = None) -> Any:
 def fabric() -> Iterator[FabricClient]:
     """One fabric per test module."""
     with FabricProcess(limits=QUICK_LIMITS) as process:
-        client = FabricClient(process.url)
+        client = FabricClient(process.url, process.admin_key)
         yield client
         client.close()
 
 
 @pytest.fixture
 def start_fabric() -> Iterator[Callable[..., FabricClient]]:
-    """Start dedicated fabrics (``start_fabric(limits={...}, faults={...})``); all stop after the test."""
+    """Start dedicated fabrics (``start_fabric(limits={...}, faults={...}, auth=[...], key=...)``);
+    all stop after the test."""
     started: list[tuple[FabricProcess, FabricClient]] = []
 
     def start(**kwargs: Any) -> FabricClient:
         limits = {**QUICK_LIMITS, **kwargs.pop("limits", {})}
+        key = kwargs.pop("key", GUEST_AUTH)
         process = FabricProcess(limits=limits, **kwargs).start()
-        client = FabricClient(process.url)
+        client = FabricClient(process.url, process.admin_key, key)
         started.append((process, client))
         return client
 

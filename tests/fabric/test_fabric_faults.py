@@ -8,8 +8,12 @@ from collections.abc import Callable, Iterator
 import pytest
 import requests
 
-from .conftest import FabricClient, annotation
+from fedkeeper.config import GUEST_AUTH
+
+from .conftest import FabricClient, annotation, basic
 from .snippets import ECHO, SLEEP
+
+OTHER_KEY = "0f7c2d1e-other-tenant:another-namespace-key"
 
 
 @pytest.fixture
@@ -70,7 +74,7 @@ def test_injected_crash_kills_the_worker_mid_run(clean_faults: FabricClient, nam
     fabric.set_faults({})
     after = fabric.run(name, {"seconds": 0})
     assert annotation(after, "initTime") is not None  # a new worker replaced the killed one
-    assert after["response"]["result"]["pid"] != healthy["response"]["result"]["pid"]
+    assert after["response"]["result"]["worker"] != healthy["response"]["result"]["worker"]
 
 
 def test_lost_record_never_appears(start_fabric: Callable[..., FabricClient], name: str) -> None:
@@ -124,7 +128,7 @@ def test_fault_plan_admin_endpoint_validates_and_needs_auth(clean_faults: Fabric
     assert too_much.status_code == 400
     good = fabric.set_faults({"seed": 3, "default": {"latency_ms": 5}})
     assert good.status_code == 200
-    assert fabric.session.get(url, timeout=5).json() == good.json()
+    assert fabric.get_faults().json() == good.json()
     assert good.json()["default"]["latency_ms"] == 5
 
 
@@ -132,7 +136,25 @@ def test_fault_plan_file_given_at_start_applies(start_fabric: Callable[..., Fabr
     fabric = start_fabric(faults={"seed": 1, "default": {"internal_error": 1.0}})
     fabric.deploy(name, ECHO)
     assert fabric.invoke(name, blocking=True).status_code == 500
-    assert (
-        fabric.session.get(f"{fabric.url}/admin/v1/faults", timeout=5).json()["default"]["internal_error"]
-        == 1.0
-    )
+    assert fabric.get_faults().json()["default"]["internal_error"] == 1.0
+
+
+def test_no_namespace_key_may_read_or_replace_the_fault_plan(
+    start_fabric: Callable[..., FabricClient], name: str
+) -> None:
+    fabric = start_fabric(auth=[f"{OTHER_KEY}=other"])
+    fabric.deploy(name, ECHO)
+    for key in (GUEST_AUTH, OTHER_KEY):
+        tenant = basic(key)
+        replaced = fabric.session.put(
+            f"{fabric.url}/admin/v1/faults",
+            json={"default": {"internal_error": 1.0}},
+            auth=tenant,
+            timeout=10,
+        )
+        assert replaced.status_code == 403, replaced.text
+        assert fabric.session.get(f"{fabric.url}/admin/v1/faults", auth=tenant, timeout=10).status_code == 403
+    assert fabric.get_faults().json()["default"]["internal_error"] == 0.0
+    assert fabric.invoke(name, blocking=True).status_code == 200  # everyone's activations still run
+    wrong = ("x", "y")
+    assert fabric.session.get(f"{fabric.url}/admin/v1/faults", auth=wrong, timeout=10).status_code == 401

@@ -86,7 +86,7 @@ def test_warm_worker_is_reused_and_only_cold_starts_have_init_time(fabric: Fabri
     warm = fabric.run(name)
     assert annotation(cold, "initTime") is not None
     assert annotation(warm, "initTime") is None
-    assert cold["response"]["result"]["pid"] == warm["response"]["result"]["pid"]
+    assert cold["response"]["result"]["worker"] == warm["response"]["result"]["worker"]
 
 
 def test_update_retires_workers_of_the_old_version(fabric: FabricClient, name: str) -> None:
@@ -96,7 +96,7 @@ def test_update_retires_workers_of_the_old_version(fabric: FabricClient, name: s
     after = fabric.run(name)
     assert after["version"] == "0.0.2"
     assert annotation(after, "initTime") is not None
-    assert after["response"]["result"]["pid"] != before["response"]["result"]["pid"]
+    assert after["response"]["result"]["worker"] != before["response"]["result"]["worker"]
 
 
 def test_idle_workers_are_evicted_after_the_idle_timeout(
@@ -108,7 +108,7 @@ def test_idle_workers_are_evicted_after_the_idle_timeout(
     time.sleep(1.0)
     second = fabric.run(name)
     assert annotation(second, "initTime") is not None
-    assert second["response"]["result"]["pid"] != first["response"]["result"]["pid"]
+    assert second["response"]["result"]["worker"] != first["response"]["result"]["worker"]
 
 
 def _run_together(fabric: FabricClient, calls: list[tuple[str, dict]]) -> list[dict]:
@@ -140,7 +140,7 @@ def test_full_capacity_evicts_idle_workers_of_other_actions(
     b = fabric.run(name + "b")
     again = fabric.run(name + "a")
     assert all(annotation(r, "initTime") is not None for r in (a, b, again))
-    assert len({r["response"]["result"]["pid"] for r in (a, b, again)}) == 3
+    assert len({r["response"]["result"]["worker"] for r in (a, b, again)}) == 3
 
 
 def test_memory_budget_limits_workers_alive_at_once(
@@ -161,7 +161,7 @@ def test_action_concurrency_shares_one_worker(start_fabric: Callable[..., Fabric
     fabric = start_fabric(limits={"max_workers": 1})
     fabric.deploy(name, SLEEP, limits={"concurrency": 2})
     first, second = _run_together(fabric, [(name, {"seconds": 1.0})] * 2)
-    assert first["response"]["result"]["pid"] == second["response"]["result"]["pid"]
+    assert first["response"]["result"]["worker"] == second["response"]["result"]["worker"]
     assert second["start"] < first["end"]  # both ran at once in the one worker
 
 
@@ -188,3 +188,17 @@ def test_blocking_invoke_answers_202_when_the_wait_runs_out(
     activation_id = response.json()["activationId"]
     assert response.headers["x-openwhisk-activation-id"] == activation_id
     assert fabric.wait_record(activation_id)["response"]["status"] == "success"
+
+
+def test_records_are_bounded_by_bytes_dropping_the_oldest(
+    start_fabric: Callable[..., FabricClient], name: str
+) -> None:
+    megabyte = 1024 * 1024
+    fabric = start_fabric(limits={"max_record_bytes": 3 * megabyte})
+    fabric.deploy(name, BIG_RESULT)
+    ids = [fabric.run(name, {"size": megabyte})["activationId"] for _ in range(5)]
+    kept = [fabric.activation(i).status_code for i in ids]
+    # Each record holds a 1 MB result plus its envelope: only two fit in 3 MB, the newest two.
+    assert kept == [404, 404, 404, 200, 200]
+    listed = fabric.session.get(fabric.ns("activations"), params={"count": "true"}, timeout=10).json()
+    assert listed == {"activations": 2}

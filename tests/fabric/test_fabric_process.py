@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fedkeeper.config import OpenWhiskCluster
+from fedkeeper.config import GUEST_AUTH, OpenWhiskCluster
 from fedkeeper.fabric.process import FabricProcess, ensure_local_fabric, fabric_pid, stop_local_fabric
 
 from .conftest import FabricClient
@@ -37,6 +37,15 @@ def gone(pid: int, within: float = 5.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process ``pid`` started (workers, their sandboxes and whatever actions forked)."""
+    return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+
+
+def all_gone(pids: list[int], within: float = 5.0) -> bool:
+    return all(gone(pid, within) for pid in pids)
 
 
 def test_actions_persist_across_restarts(tmp_path: Path) -> None:
@@ -63,11 +72,13 @@ def test_stop_leaves_no_worker_behind() -> None:
     try:
         client = FabricClient(process.url)
         client.deploy("w", ECHO)
-        worker = client.run("w")["response"]["result"]["pid"]
-        assert psutil.pid_exists(worker)
+        client.run("w")
+        assert process.process is not None
+        workers = descendants(process.process.pid)
+        assert workers
     finally:
         process.cleanup()
-    assert gone(worker)
+    assert all_gone(workers)
 
 
 def test_workers_die_with_a_killed_fabric() -> None:
@@ -75,10 +86,12 @@ def test_workers_die_with_a_killed_fabric() -> None:
     try:
         client = FabricClient(process.url)
         client.deploy("w", ECHO)
-        worker = client.run("w")["response"]["result"]["pid"]
+        client.run("w")
         assert process.process is not None
+        workers = descendants(process.process.pid)
+        assert workers
         os.kill(process.process.pid, signal.SIGKILL)
-        assert gone(worker)
+        assert all_gone(workers)
     finally:
         process.cleanup()
 
@@ -93,12 +106,13 @@ def test_ensure_local_fabric_starts_a_detached_daemon_once(tmp_path: Path) -> No
         assert os.getsid(pid) != os.getsid(0)  # its own session: it survives the caller
         client = FabricClient(cluster.base_url)
         client.deploy("daemon", ECHO)
-        worker = client.run("daemon")["response"]["result"]["pid"]
+        client.run("daemon")
+        workers = descendants(pid)
         assert (tmp_path / cluster.base_url.rsplit(":", 1)[1] / "actions").is_dir()
     finally:
         stopped = stop_local_fabric(cluster, tmp_path)
     assert stopped is True
-    assert gone(pid) and gone(worker)
+    assert workers and gone(pid) and all_gone(workers)
     assert stop_local_fabric(cluster, tmp_path) is False  # safe twice
 
 
@@ -113,7 +127,6 @@ def test_ensure_local_fabric_leaves_remote_clusters_alone(tmp_path: Path) -> Non
     [
         (["--max-workers", "0"], "fabric limit max_workers must be positive (got 0)"),
         (["--default-memory-mb", "4096"], "default_memory_mb must lie within"),
-        (["--auth", "nocolon"], "auth key must be 'uuid:key'"),
     ],
 )
 def test_bad_command_line_is_one_line_and_exit_2(args: list[str], message: str) -> None:
@@ -140,3 +153,70 @@ def test_bad_fault_plan_file_names_file_and_field(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert f"{plan}.default.lost_record must be a probability in [0, 1] (got -1)" in result.stderr
+
+
+def run_fabric(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fedkeeper.fabric", "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_auth_file_readable_by_others_is_refused(tmp_path: Path) -> None:
+    keys = tmp_path / "auth"
+    keys.write_text("someone:s3cret-key=ns\n")
+    keys.chmod(0o640)
+    result = run_fabric("--auth-file", str(keys))
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == f"fabric: {keys}: the auth file must not be group or world readable (mode 0640)"
+    )
+
+
+def test_bad_auth_file_line_names_file_and_line_not_the_key(tmp_path: Path) -> None:
+    keys = tmp_path / "auth"
+    keys.write_text("# tenants\nsomeone:s3cret-key=ns\nnocolon-s3cret\n")
+    keys.chmod(0o600)
+    result = run_fabric("--auth-file", str(keys))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"fabric: {keys}:3: auth key must be 'uuid:key' or 'uuid:key=namespace'"
+    assert "s3cret" not in result.stderr
+
+
+def test_daemon_keeps_its_key_off_command_lines_and_refuses_the_guest_key(tmp_path: Path) -> None:
+    key = "5a1e0c3b-tenant:a-cluster-own-secret-key"
+    cluster = OpenWhiskCluster(
+        base_url=f"http://127.0.0.1:{free_port()}", local=True, auth=key, namespace="team"
+    )
+    try:
+        assert ensure_local_fabric(cluster, tmp_path) is True
+        pid = fabric_pid(cluster, tmp_path)
+        assert pid is not None
+        own = FabricClient(cluster.base_url, key=key)
+        own.deploy("w", ECHO)
+        assert own.run("w")["response"]["result"]["namespace"] == "team"
+        guest = FabricClient(cluster.base_url)
+        assert guest.session.get(guest.ns("actions"), timeout=5).status_code == 401
+        processes = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        assert len(processes) > 1  # the fabric and its worker's processes
+        for process in processes:
+            assert key.split(":")[1] not in " ".join(process.cmdline())
+        assert not list(tmp_path.glob("*.auth"))  # read at start, then removed
+        state = tmp_path / cluster.base_url.rsplit(":", 1)[1]
+        assert state.stat().st_mode & 0o777 == 0o700
+        assert (state / "admin.key").stat().st_mode & 0o777 == 0o600
+    finally:
+        stop_local_fabric(cluster, tmp_path)
+
+
+def test_guest_key_stays_accepted_for_a_guest_cluster(tmp_path: Path) -> None:
+    cluster = OpenWhiskCluster(base_url=f"http://127.0.0.1:{free_port()}", local=True, auth=GUEST_AUTH)
+    try:
+        assert ensure_local_fabric(cluster, tmp_path) is True
+        guest = FabricClient(cluster.base_url)
+        assert guest.session.get(guest.ns("actions"), timeout=5).status_code == 200
+    finally:
+        stop_local_fabric(cluster, tmp_path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import base64
 import io
+import os
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import pytest
 import requests
 
 from fedkeeper.fabric.logs import SENTINEL
-from fedkeeper.fabric.worker import RUNTIME
+from fedkeeper.fabric.worker import RUNTIME, TOKEN_ENV, TOKEN_HEADER
 
 ACTION = """
 import os
@@ -76,3 +77,31 @@ def test_runtime_refuses_a_zip_without_main_module(runtime: tuple[subprocess.Pop
     response = requests.post(f"{runtime[1]}/init", json=init, timeout=10)
     assert response.status_code == 502
     assert response.json() == {"error": "Zip file does not include __main__.py"}
+
+
+def test_runtime_started_with_a_token_refuses_callers_without_it() -> None:
+    env = {**os.environ, TOKEN_ENV: "the-fabric-secret"}
+    process = subprocess.Popen(
+        [sys.executable, str(RUNTIME), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        url = f"http://127.0.0.1:{process.stdout.readline().strip().rsplit(' ', 1)[1]}"
+        init = {"value": {"code": ACTION}}
+        assert requests.post(f"{url}/init", json=init, timeout=10).status_code == 403
+        bad = {TOKEN_HEADER: "guess"}
+        assert (
+            requests.post(f"{url}/run", json={"value": {"n": 1}}, headers=bad, timeout=10).status_code == 403
+        )
+        good = {TOKEN_HEADER: "the-fabric-secret"}
+        assert requests.post(f"{url}/init", json=init, headers=good, timeout=10).status_code == 200
+    finally:
+        process.kill()
+        process.wait()
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
