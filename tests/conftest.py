@@ -28,9 +28,17 @@ def _ours_started_after(since: float) -> list[psutil.Process]:
         if info["pid"] == me or (info["create_time"] or 0) < since:
             continue
         cmdline = " ".join(info["cmdline"] or [])
-        if sys.prefix in cmdline or CHECKOUT in cmdline:
+        if (sys.prefix in cmdline or CHECKOUT in cmdline) and not _under_another_pytest(proc, me):
             found.append(proc)
     return found
+
+
+def _under_another_pytest(proc: psutil.Process, me: int) -> bool:
+    """A process another test run (in this checkout, at the same time) is still responsible for."""
+    try:
+        return any(parent.pid != me and "pytest" in " ".join(parent.cmdline()) for parent in proc.parents())
+    except psutil.Error:
+        return False
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -27,7 +27,9 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,11 +207,23 @@ class Containment:
     hide: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
     _uids: dict[str, int] = field(default_factory=dict)
+    _workdir: Path | None = None
+
+    @property
+    def workdir(self) -> Path:
+        """The fabric's parent of worker folders; a later fabric reclaims it if this one is killed."""
+        if self._workdir is None:
+            tmp = Path(tempfile.gettempdir())
+            _remove_stale(tmp, shutil.rmtree)
+            self._workdir = tmp / f"{_FABRIC_PREFIX}{os.getpid()}"
+            self._workdir.mkdir(mode=0o711, exist_ok=True)  # workers may pass through to their own folder
+        return self._workdir
 
     @classmethod
     def probe(cls) -> Containment:
         """Try each mechanism once (about a second: one sandboxed interpreter start)."""
         found = cls()
+        found.workdir  # noqa: B018  (created now, so a dead fabric's folders are reclaimed at start)
         if os.geteuid() != 0:
             found.notes.append(
                 "the fabric is not root: workers run as its own user, without cgroups or namespaces"
@@ -247,7 +261,7 @@ class Containment:
                 f"no {controller} cgroup (v1) is mounted: workers are not in a {controller} cgroup"
             )
             return
-        _remove_stale(base)
+        _remove_stale(base, _remove_tree_of_cgroups)
         folder = base / f"{_FABRIC_PREFIX}{os.getpid()}"
         try:
             folder.mkdir(exist_ok=True)
@@ -271,10 +285,8 @@ class Containment:
 
     def cell(self, name: str, namespace: str, memory_mb: int) -> Cell:
         """A fresh confinement for one worker of ``namespace``: folder, cgroups, user."""
-        import tempfile
-
         uid = self.uid(namespace) if self.drop_user else None
-        folder = Path(tempfile.mkdtemp(prefix=f"fabric-{name}-"))
+        folder = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.workdir))
         if uid is not None:
             os.chown(folder, uid, uid)  # 0700 from mkdtemp: only that user (and root) may enter
         groups: dict[str, Path] = {}
@@ -297,9 +309,11 @@ class Containment:
         return Cell(name, uid, groups, self.pid_namespace, self.hide, folder)
 
     def close(self) -> None:
-        """Remove the fabric's cgroup folders (their workers are gone by now)."""
+        """Remove the fabric's cgroup and worker folders (their workers are gone by now)."""
         for folder in self.cgroups.values():
             _remove_tree_of_cgroups(folder)
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
 
 
 def _try_sandbox(namespaces: bool, drop: bool, hide: tuple[str, ...]) -> str | None:
@@ -324,14 +338,14 @@ def _try_sandbox(namespaces: bool, drop: bool, hide: tuple[str, ...]) -> str | N
     return lines[-1] if lines else f"exit status {result.returncode}"
 
 
-def _remove_stale(base: Path) -> None:
-    """Cgroups of fabrics that died without cleaning up (their pid is gone)."""
+def _remove_stale(base: Path, remove: Callable[[Path], object]) -> None:
+    """Folders of fabrics that died without cleaning up (their pid is gone)."""
     for folder in base.glob(f"{_FABRIC_PREFIX}*"):
         try:
             pid = int(folder.name[len(_FABRIC_PREFIX) :])
             os.kill(pid, 0)
         except ProcessLookupError:
-            _remove_tree_of_cgroups(folder)
+            remove(folder)
         except (ValueError, PermissionError):
             continue
 

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,6 +95,24 @@ def test_workers_die_with_a_killed_fabric() -> None:
         assert all_gone(workers)
     finally:
         process.cleanup()
+
+
+def test_a_killed_fabrics_worker_folders_are_reclaimed_by_the_next_fabric() -> None:
+    killed = FabricProcess().start()
+    try:
+        client = FabricClient(killed.url)
+        client.deploy("w", ECHO)
+        client.run("w")
+        assert killed.process is not None
+        workdir = Path(tempfile.gettempdir()) / f"fedkeeper-fabric-{killed.process.pid}"
+        assert any(workdir.iterdir())  # the worker's folder
+        os.kill(killed.process.pid, signal.SIGKILL)
+        assert gone(killed.process.pid)
+    finally:
+        killed.cleanup()
+    assert workdir.exists()  # nobody was left to clean it up
+    with FabricProcess():
+        assert not workdir.exists()
 
 
 def test_ensure_local_fabric_starts_a_detached_daemon_once(tmp_path: Path) -> None:
