@@ -25,6 +25,11 @@ from fedkeeper.providers.credentials import ServiceAccountKey
 from fedkeeper.redaction import redact, register_secret
 
 CLIENT_FUNCTION = "fl_client"
+INVOKER_FUNCTION = "fl_invoker_weights_update"
+# Client counts whose clients are called through the invoker (they lack async invoke or store access).
+VIA_INVOKER_COUNTS = ("gcf_clients_count", "edge_clients_count")
+# OpenWhisk's default upper limit on an action's timeout; the invoker runs on the OpenWhisk server cluster.
+OPENWHISK_MAX_TIMEOUT_S = 300
 MANAGING_FUNCTIONS = tuple(name for name in FUNCTION_NAMES if name != CLIENT_FUNCTION)
 # Settings FedKeeper's shape has no key for, announced with the native default each takes.
 ANNOUNCED_DEFAULTS = {
@@ -287,7 +292,9 @@ class _Converter:
             native["training_test_data"] = self.training_test_data(self.section(fl, "training_test_data", FL))
         if "functions" in fl:
             native["functions"] = self.functions(self.section(fl, "functions", FL))
-        self.activation_timeout(server, native.get("functions", {}))
+        functions = native.setdefault("functions", {})
+        self.invoker_outlasts_client(clients, functions)
+        self.activation_timeout(server, functions)
         return native
 
     def server_config(self, section: dict[str, Any]) -> dict[str, Any]:
@@ -320,13 +327,33 @@ class _Converter:
             )
         return {"cluster": cluster}
 
+    def invoker_outlasts_client(self, clients: dict[str, Any], functions: dict[str, Any]) -> None:
+        """Clients off OpenWhisk are called by fl_invoker_weights_update, which waits for them, so it
+        needs the longer timeout; on the server cluster it can have at most OpenWhisk's limit."""
+        if not any(clients.get(key) for key in VIA_INVOKER_COUNTS):
+            return
+        timeout = {name: self.timeout(functions, name) for name in (CLIENT_FUNCTION, INVOKER_FUNCTION)}
+        if timeout[INVOKER_FUNCTION] > timeout[CLIENT_FUNCTION]:
+            return
+        client = min(timeout[CLIENT_FUNCTION], OPENWHISK_MAX_TIMEOUT_S - ACTIVATION_MARGIN_S)
+        invoker = client + ACTIVATION_MARGIN_S
+        functions.setdefault(CLIENT_FUNCTION, {})["timeout"] = client
+        functions.setdefault(INVOKER_FUNCTION, {})["timeout"] = invoker
+        self.note(
+            f"{FL}.functions",
+            f"{CLIENT_FUNCTION} timeout {client} s and {INVOKER_FUNCTION} timeout {invoker} s (was "
+            f"{timeout[CLIENT_FUNCTION]} s and {timeout[INVOKER_FUNCTION]} s): the invoker waits for the clients "
+            f"it calls and OpenWhisk allows it at most {OPENWHISK_MAX_TIMEOUT_S} s",
+        )
+
+    @staticmethod
+    def timeout(functions: dict[str, Any], name: str) -> int:
+        return int(functions.get(name, {}).get("timeout", FunctionsConfig().settings(name).timeout))
+
     def activation_timeout(self, server: dict[str, Any], functions: dict[str, Any]) -> None:
         """The keeper must not retry an activation the platform may still be running."""
         default = float(ServerConfig.model_fields["activation_timeout_s"].default)
-        longest = max(
-            int(functions.get(name, {}).get("timeout", FunctionsConfig().settings(name).timeout))
-            for name in FUNCTION_NAMES
-        )
+        longest = max(self.timeout(functions, name) for name in FUNCTION_NAMES)
         if longest >= default:
             server["activation_timeout_s"] = float(longest + ACTIVATION_MARGIN_S)
             self.note(

@@ -135,8 +135,11 @@ def test_reference_file_maps_key_by_key_onto_the_native_model() -> None:
     assert data.train_images == "https://storage.googleapis.com/mnist_fl/mnist_train_img.npy"
     assert data.test_labels == "https://storage.googleapis.com/mnist_fl/mnist_test_labels.npy"
     client = fl.functions.fl_client
-    assert (client.memory, client.timeout, client.concurrency) == (2048, 300, 100)  # timeout: ms -> s
-    assert fl.server_config.activation_timeout_s > client.timeout
+    assert (client.memory, client.concurrency) == (2048, 100)
+    # 300000 ms; the GCF client goes through the invoker, which must outlast it within OpenWhisk's 300 s
+    assert (client.timeout, fl.functions.fl_invoker_weights_update.timeout) == (270, 300)
+    assert [n for n in notices if "fl_client timeout 270 s and fl_invoker_weights_update timeout 300 s" in n]
+    assert fl.server_config.activation_timeout_s > 300
     assert notices[0] == "old.yaml: read as FedKeeper's original config shape (it has name)"
     assert all("\n" not in n and KEY not in n for n in notices)
 
@@ -246,6 +249,9 @@ def test_service_account_auth_block_becomes_inline_credentials() -> None:
 
 def test_numbers_may_be_numbers_too_and_several_platform_blocks_take_the_largest() -> None:
     data = filled()
+    at(data, *FL, "clients_info").update(
+        ow_clients_count=2, gcf_clients_count=0
+    )  # no invoker: timeouts as given
     at(data, *FL, "model_params").update(lr=0.01, local_epochs=2)
     blocks = at(data, *FL, "functions", "fl_client")
     blocks["google"] = {"memory": 1024, "timeout": 400000, "concurrency": 1}

@@ -318,7 +318,7 @@ def test_bad_array_error_names_the_field(tmp_path: Path, change: dict[str, np.nd
 
 def test_array_file_past_the_size_limit_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     files = _write_arrays(tmp_path, _mnist_arrays())
-    monkeypatch.setattr(datasets, "MAX_DATA_BYTES", 1000)  # the train images are 94 kB
+    monkeypatch.setattr(datasets, "MAX_DATASET_BYTES", 1000)  # the train images are 94 kB
     with pytest.raises(
         DatasetError, match=r"^training_test_data.train_images \(.*\): larger than 1000 bytes"
     ):
@@ -330,7 +330,7 @@ def test_array_download_past_the_size_limit_is_refused_and_not_cached(
 ) -> None:
     root, server = http_root
     files = {f: server.url(Path(p).name) for f, p in _write_arrays(root, _mnist_arrays()).items()}
-    monkeypatch.setattr(datasets, "MAX_DATA_BYTES", 1000)
+    monkeypatch.setattr(datasets, "MAX_DATASET_BYTES", 1000)
     with pytest.raises(DatasetError, match="larger than 1000 bytes; refusing to download more"):
         load_dataset(TrainingTestData(dataset="arrays", **files))
     assert not list(datasets.data_dir().glob("array-*"))
