@@ -392,8 +392,9 @@ def _expand_env(value: Any, where: str, source: str) -> Any:
 
 def _format_error(source: str, error: ValidationError) -> str:
     first = error.errors()[0]
-    path = ".".join(str(p) for p in first["loc"])
-    message = first["msg"].removeprefix("Value error, ")
+    # A key like "\n" is shown quoted, so the error stays one line and says which key it was.
+    path = ".".join(str(p) if re.fullmatch(r"[\w-]+", str(p)) else repr(p) for p in first["loc"])
+    message = " ".join(first["msg"].removeprefix("Value error, ").splitlines())
     if first["type"] in ("value_error", "assertion_error") and not path:
         return redact(f"{source}: {message}")
     bad = first.get("input")

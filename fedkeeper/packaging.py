@@ -32,6 +32,8 @@ _EXCLUDED_CORE = {
     "placement.py",
     "reporting.py",
     "services.py",
+    "store/embedded.py",  # the embedded MongoDB server and its guard run beside the keeper
+    "store/guard.py",
 }
 _FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # reproducible archives: same source -> same bytes -> same hash
 
@@ -78,7 +80,7 @@ def build_zip(source: Path, *, include_core: bool = True) -> bytes:
         if include_core:
             for path in _files(CORE_ROOT):
                 relative = path.relative_to(CORE_ROOT)
-                if relative.parts[0] in _EXCLUDED_CORE:
+                if relative.parts[0] in _EXCLUDED_CORE or relative.as_posix() in _EXCLUDED_CORE:
                     continue
                 _add(archive, f"fedkeeper/{relative.as_posix()}", path.read_bytes())
         if "requirements.txt" not in names:

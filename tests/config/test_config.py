@@ -163,6 +163,14 @@ JUNK = st.one_of(
 )  # fmt: skip
 
 
+def test_a_key_with_a_newline_is_named_quoted_on_one_line() -> None:
+    config = sample()
+    config["providers"]["\n"] = {}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(config, "c.yaml")
+    assert str(caught.value) == "c.yaml: providers.'\\n': Extra inputs are not permitted"
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_fuzzed_configs_either_load_or_fail_with_one_clean_line(data: st.DataObject) -> None:

@@ -17,7 +17,9 @@ from fedkeeper.config import GUEST_AUTH, Config, ServerConfig, load_config, pars
 from fedkeeper.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
-REFERENCE = ROOT.parent.parent / "shared" / "reference" / "fedkeeper-original-config.yaml"
+# ../shared beside the checkout (CI), or further up for a checkout in a subfolder
+SHARED = next(p / "shared" for p in ROOT.parents if (p / "shared" / "reference").is_dir())
+REFERENCE = SHARED / "reference" / "fedkeeper-original-config.yaml"
 KEY = GUEST_AUTH.split(":")[1]
 FL = ("scenarios", "federated_learning")
 OW = ("providers", "openwhisk", "invasic_cluster")

@@ -17,7 +17,9 @@ from fedkeeper.learning.datasets import load_dataset
 
 from .test_cli import ROOT, run
 
-REFERENCE = ROOT.parent.parent / "shared" / "reference" / "fedkeeper-original-config.yaml"
+# ../shared beside the checkout (CI), or further up for a checkout in a subfolder
+SHARED = next(p / "shared" for p in ROOT.parents if (p / "shared" / "reference").is_dir())
+REFERENCE = SHARED / "reference" / "fedkeeper-original-config.yaml"
 TRAIN, TEST = 600, 200
 
 
