@@ -388,12 +388,8 @@ class _Converter:
                 f"{where}.input_shape_x",
                 f"images of {shape[0]}x{shape[1]}: fedkeeper's image data sets are {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]}",
             )
-        model = self.text(section, "model", where)
-        if model is not None:
-            choices = get_args(ModelParams.model_fields["model"].annotation)
-            if model.lower() not in choices:
-                self.fail(f"{where}.model", f"{model!r} is not one of {', '.join(choices)}")
-            native["model"] = model.lower()
+        if (model := self.choice(section, "model", where, "model")) is not None:
+            native["model"] = model
         return native
 
     def model_params(self, section: dict[str, Any]) -> dict[str, Any]:
@@ -404,13 +400,19 @@ class _Converter:
             native["learning_rate"] = lr
         if (epochs := self.integer(section, "local_epochs", where)) is not None:
             native["local_epochs"] = epochs
-        optim = self.text(section, "optim", where)
-        if optim is not None:
-            choices = get_args(ModelParams.model_fields["optimizer"].annotation)
-            if optim.lower() not in choices:
-                self.fail(f"{where}.optim", f"{optim!r} is not one of {', '.join(choices)}")
-            native["optimizer"] = optim.lower()
+        if (optim := self.choice(section, "optim", where, "optimizer")) is not None:
+            native["optimizer"] = optim
         return native
+
+    def choice(self, section: dict[str, Any], key: str, where: str, native_field: str) -> str | None:
+        """``section[key]`` lower-cased, if it is one of ``ModelParams.<native_field>``'s values."""
+        value = self.text(section, key, where)
+        if value is None:
+            return None
+        choices = get_args(ModelParams.model_fields[native_field].annotation)
+        if value.lower() not in choices:
+            self.fail(f"{where}.{key}", f"{value!r} is not one of {', '.join(choices)}")
+        return value.lower()
 
     def mongo_config(self, section: dict[str, Any]) -> dict[str, Any]:
         where = f"{FL}.mongo_config"

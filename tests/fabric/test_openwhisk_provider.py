@@ -10,7 +10,7 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 import requests
@@ -225,22 +225,17 @@ def test_retries_connection_errors_until_the_platform_answers(tmp_path: Path) ->
         later.cleanup()
 
 
-class Flaky:
-    """A real HTTP server answering 503 a few times before it relays a fixed answer."""
+class ThreadedServer:
+    """A real aiohttp server on 127.0.0.1 in a thread; subclasses answer in ``handle``."""
 
-    def __init__(self, failures: int) -> None:
-        self.failures = failures
-        self.calls = 0
+    def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.port = free_port()
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
 
-    async def handle(self, request: web.Request) -> web.Response:
-        self.calls += 1
-        if self.calls <= self.failures:
-            return web.json_response({"error": "unavailable"}, status=503)
-        return web.json_response({"name": "x"}, status=200)
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -253,7 +248,7 @@ class Flaky:
         self.loop.run_forever()
         self.loop.run_until_complete(runner.cleanup())
 
-    def __enter__(self) -> Flaky:
+    def __enter__(self) -> Self:
         self.thread.start()
         self.ready.wait(10)
         return self
@@ -261,6 +256,21 @@ class Flaky:
     def __exit__(self, *exc: object) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+
+
+class Flaky(ThreadedServer):
+    """A real HTTP server answering 503 a few times before it relays a fixed answer."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+        super().__init__()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.calls += 1
+        if self.calls <= self.failures:
+            return web.json_response({"error": "unavailable"}, status=503)
+        return web.json_response({"name": "x"}, status=200)
 
 
 def test_retries_5xx_with_bounded_attempts() -> None:
@@ -276,7 +286,7 @@ def test_retries_5xx_with_bounded_attempts() -> None:
         assert server.calls == 3
 
 
-class Relay:
+class Relay(ThreadedServer):
     """A real HTTP proxy in front of a fabric that hands an invoke on, then fails its answer.
 
     ``mode`` ``"503"`` answers 503 once the fabric accepted the invoke; ``"drop"`` closes the
@@ -288,10 +298,7 @@ class Relay:
         self.target = target
         self.mode = mode
         self.accepted: list[str] = []
-        self.loop = asyncio.new_event_loop()
-        self.port = free_port()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
+        super().__init__()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         headers = {k: v for k, v in request.headers.items() if k in ("Authorization", "Content-Type")}
@@ -311,26 +318,6 @@ class Relay:
             assert request.transport is not None
             request.transport.close()
         return web.json_response({"error": "gateway failed after forwarding"}, status=503)
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        runner = web.AppRunner(app)
-        self.loop.run_until_complete(runner.setup())
-        self.loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
-        self.ready.set()
-        self.loop.run_forever()
-        self.loop.run_until_complete(runner.cleanup())
-
-    def __enter__(self) -> Relay:
-        self.thread.start()
-        self.ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @pytest.mark.parametrize("mode", ["503", "drop"])
