@@ -67,3 +67,11 @@ def training_config(fabric_url: str, mongo_url: str, logs_dir: Path, **server: A
 def fabric() -> Iterator[FabricProcess]:
     with FabricProcess(limits=E2E_LIMITS) as process:
         yield process
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every end-to-end test trains models: ``-m "not slow"`` leaves them out for a quick local run."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.slow)
