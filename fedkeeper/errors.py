@@ -36,5 +36,34 @@ class StoreError(FedkeeperError):
     """The MongoDB store is unreachable or holds inconsistent state."""
 
 
+class Unavailable(FedkeeperError):
+    """``what`` (a platform's ``platform/cluster``, or ``store``) does not answer: an outage.
+
+    An outage is not a failed request: the keeper waits for ``what`` instead of spending a retry.
+    A function that meets one says so in its error result (``details``), so the keeper can tell
+    an activation that failed from one that could not reach the store or its target.
+    """
+
+    def __init__(self, what: str, message: str) -> None:
+        super().__init__(message, {"unavailable": what, "outage": type(self).__name__})
+        self.what = what
+
+    @staticmethod
+    def in_result(result: dict[str, Any] | None) -> Unavailable | None:
+        """The outage a function's error result reports, if any."""
+        if not isinstance(result, dict) or not isinstance(result.get("unavailable"), str):
+            return None
+        kind = StoreUnavailable if result.get("outage") == "StoreUnavailable" else PlatformUnavailable
+        return kind(result["unavailable"], str(result.get("error", "unavailable")))
+
+
+class PlatformUnavailable(Unavailable, ProviderError):
+    """A platform's API is unreachable or answers 5xx (connection refused, DNS, controller down)."""
+
+
+class StoreUnavailable(Unavailable, StoreError):
+    """MongoDB is unreachable (connection refused, no server selected, network timeout)."""
+
+
 class InvalidUpdate(FedkeeperError):
     """A client update has wrong shapes, dtypes or non-finite values."""
