@@ -36,12 +36,18 @@ class StoreError(FedkeeperError):
     """The MongoDB store is unreachable or holds inconsistent state."""
 
 
+STORE = "mongodb"  # what a StoreUnavailable names
+
+
 class Unavailable(FedkeeperError):
-    """``what`` (a platform's ``platform/cluster``, or ``store``) does not answer: an outage.
+    """``what`` (a platform's ``platform/cluster``, or :data:`STORE`) does not answer: an outage.
 
     An outage is not a failed request: the keeper waits for ``what`` instead of spending a retry.
-    A function that meets one says so in its error result (``details``), so the keeper can tell
-    an activation that failed from one that could not reach the store or its target.
+    A function that meets one answers ``{"error": "StoreUnavailable: ..."}`` (the entry adapter's
+    ``Type: message``), so the keeper can tell an activation that failed from one that could not
+    reach the store or its target. OpenWhisk keeps only the ``error`` field of an error result, so
+    the type name in that string is what carries the classification; ``details`` add ``what``
+    where a platform keeps the whole result.
     """
 
     def __init__(self, what: str, message: str) -> None:
@@ -49,12 +55,18 @@ class Unavailable(FedkeeperError):
         self.what = what
 
     @staticmethod
-    def in_result(result: dict[str, Any] | None) -> Unavailable | None:
-        """The outage a function's error result reports, if any."""
-        if not isinstance(result, dict) or not isinstance(result.get("unavailable"), str):
+    def in_result(result: dict[str, Any] | None, where: str) -> Unavailable | None:
+        """The outage a function's error result reports, if any (``where``: the platform it ran on)."""
+        if not isinstance(result, dict):
             return None
-        kind = StoreUnavailable if result.get("outage") == "StoreUnavailable" else PlatformUnavailable
-        return kind(result["unavailable"], str(result.get("error", "unavailable")))
+        error = str(result.get("error", ""))
+        kind = error.split(":", 1)[0]
+        if kind == "StoreUnavailable":
+            return StoreUnavailable(STORE, error)
+        if kind == "PlatformUnavailable":
+            what = result.get("unavailable")
+            return PlatformUnavailable(what if isinstance(what, str) else where, error)
+        return None
 
 
 class PlatformUnavailable(Unavailable, ProviderError):

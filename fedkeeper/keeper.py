@@ -13,7 +13,6 @@ on from the store exactly as a resumed keeper would.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import secrets
@@ -28,6 +27,7 @@ import tenacity
 
 from fedkeeper.config import Config, fingerprint_difference, fingerprint_json, training_fingerprint
 from fedkeeper.errors import (
+    STORE,
     FedkeeperError,
     PlatformUnavailable,
     ProviderError,
@@ -120,6 +120,7 @@ class Keeper:
         self.session_id = ""
         self.outages = Outages(self.server.outage_tolerance_s, self.server.retry_backoff_s, clock)
         self.budget_since: datetime | None = None  # client attempts before this do not count
+        self.store_down = False  # the keeper's own queries cannot reach MongoDB (each would hang 10 s)
 
     # ------------------------------------------------------------------ session lifecycle
     def start(self) -> str:
@@ -183,14 +184,14 @@ class Keeper:
         except (SessionFailed, OutageTooLong) as exc:
             reason = exc.reason if isinstance(exc, OutageTooLong) else type(exc).__name__
             reporter.event("session_failed", reason=reason, message=str(exc))
-            with contextlib.suppress(StoreUnavailable):  # when the store failed, the phase stays Running
+            if not self.store_down:  # else the phase stays Running, which resume continues all the same
                 self.store.set_phase(self.session_id, "Failed", reason, str(exc))
             raise
         finally:
-            try:
-                self._write_logs()
-            except StoreUnavailable:
+            if self.store_down:
                 reporter.say("logs: rounds.csv and activations.csv not refreshed (the store is down)")
+            else:
+                self._write_logs()
             reporter.say(f"logs: {reporter.dir}")
             reporter.close()
 
@@ -216,6 +217,7 @@ class Keeper:
     # ------------------------------------------------------------------ outages
     def _wait_for_store(self, error: StoreUnavailable) -> None:
         """Probe MongoDB with backoff until it answers; raises OutageTooLong past the tolerance."""
+        self.store_down = True
         outage = self.outages.failed(error)
         while True:
             self._wait(outage)
@@ -224,6 +226,7 @@ class Keeper:
             except StoreUnavailable as again:
                 outage = self.outages.failed(again)
                 continue
+            self.store_down = False
             self._back(error.what)
             return
 
@@ -298,14 +301,14 @@ class Keeper:
             else:
                 self._back(provider.where)
                 self.ledger.set_activation_id(entry, record.activation_id)
-                outage = Unavailable.in_result(record.result) if not record.ok else None
+                outage = Unavailable.in_result(record.result, provider.where) if not record.ok else None
                 if outage is not None:  # the function could not reach the store: wait for it
                     self.ledger.settle(entry, UNAVAILABLE, record, record.error)
                     self._wait(self.outages.failed(outage))
                     continue
                 self.ledger.settle(entry, record.status.value, record, record.error)
                 if record.ok:
-                    self._back("mongodb")
+                    self._back(STORE)
                     return record.result or {}
                 error = f"{function} ({record.activation_id}): {record.error}"
             failures += 1
@@ -522,9 +525,12 @@ class Keeper:
         groups: dict[tuple[str, str, str], list[LedgerEntry]] = defaultdict(list)
         records: dict[str, ActivationRecord] = {}
         for client, entry in list(state.pending.items()):
-            if entry.activation_id is None:  # submitted by a keeper that died before invoking
+            if (
+                entry.activation_id is None
+            ):  # submitted by a keeper that died (or lost the store) before invoking
                 state.pending.pop(client)
-                self.ledger.settle(entry, NOT_STARTED, error="keeper stopped before invoking")
+                self.ledger.settle(entry, UNAVAILABLE, error="keeper stopped before invoking")
+                self._refund(state, client)  # not the client's failure
                 self._schedule_retry(state, client, "never invoked")
                 continue
             groups[(entry.platform, entry.cluster, entry.function)].append(entry)
@@ -575,7 +581,7 @@ class Keeper:
         if entry.client in state.done:  # a failure here after an update was stored needs no retry
             self.ledger.settle(entry, record.status.value, record, record.error)
             if record.ok:
-                self._back(entry.target, "mongodb")
+                self._back(entry.target, STORE)
                 assert self.reporter is not None
                 self.reporter.event(
                     "update_stored",
@@ -584,7 +590,8 @@ class Keeper:
                     activation_id=entry.activation_id,
                 )
             return
-        outage = Unavailable.in_result(record.result) if not record.ok else None
+        where = entry.target or f"{entry.platform}/{entry.cluster}"
+        outage = Unavailable.in_result(record.result, where) if not record.ok else None
         if outage is not None:  # the client could not reach the store (or its target platform)
             self.ledger.settle(entry, UNAVAILABLE, record, record.error)
             self._outage_retry(state, entry.client, outage)

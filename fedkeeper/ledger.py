@@ -21,8 +21,8 @@ from fedkeeper.store.db import Store, store_errors, utcnow
 SUBMITTED = "submitted"
 TIMED_OUT = "timed out"  # the keeper stopped waiting for a record (lost or hung activation)
 NOT_STARTED = "not started"  # the platform refused the invocation
-# The platform or the store was down: the attempt was not started, or was lost in the outage.
-# Such attempts do not count against a client's retries.
+# The platform, the store or the keeper was down: the attempt was not started, or was lost in
+# the outage. Such attempts do not count against a client's retries.
 UNAVAILABLE = "unavailable"
 SERVER = -1  # ``client`` value of entries for the managing functions
 

@@ -26,14 +26,24 @@ class OutageTooLong(FedkeeperError):
 
 @dataclass
 class Outage:
-    """One thing that is down: since when (keeper clock), why, and when to probe it next."""
+    """One thing that is down: since when and last seen down (keeper clock), why, the next probe."""
 
     what: str
     kind: str  # "PlatformUnavailable" or "StoreUnavailable"
     since: float
+    last_seen: float
     error: str
     next_probe: float
     probes: int = 0
+
+    @property
+    def length_s(self) -> float:
+        """How long it has been seen down.
+
+        Measured up to the last failure seen, not to now: an outage that activations reported is
+        probed by their retries, which take a while to answer; that time is not downtime.
+        """
+        return self.last_seen - self.since
 
 
 class Outages:
@@ -61,9 +71,10 @@ class Outages:
         now = self.clock()
         outage = self.down.get(error.what)
         if outage is None:
-            outage = Outage(error.what, type(error).__name__, now, str(error), now)
+            outage = Outage(error.what, type(error).__name__, now, now, str(error), now)
             self.down[error.what] = outage
         outage.probes += 1
+        outage.last_seen = now
         outage.error = str(error)
         outage.next_probe = now + min(self.backoff_s * 2 ** (outage.probes - 1), PROBE_CAP_S)
         return outage
@@ -98,7 +109,7 @@ class Outages:
     def check(self, session: str) -> None:
         """Raise :class:`OutageTooLong` when an outage has lasted past the tolerance."""
         for outage in self.down.values():
-            down_s = self.clock() - outage.since
+            down_s = outage.length_s
             if down_s > self.tolerance_s:
                 raise OutageTooLong(
                     outage.kind,

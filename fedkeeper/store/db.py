@@ -22,7 +22,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
-from fedkeeper.errors import InvalidUpdate, StoreError, StoreUnavailable
+from fedkeeper.errors import STORE, InvalidUpdate, StoreError, StoreUnavailable
 from fedkeeper.store import weights as wire
 from fedkeeper.store.blobs import BlobStore
 
@@ -105,7 +105,7 @@ def translated_errors(url: str) -> Iterator[None]:
     except ConnectionFailure as exc:
         detail = str(exc).split(", Timeout:", 1)[0].splitlines()[0][:200]  # drop the topology dump
         raise StoreUnavailable(
-            "mongodb", f"MongoDB at {_redact(url)} is unreachable ({type(exc).__name__}: {detail})"
+            STORE, f"MongoDB at {_redact(url)} is unreachable ({type(exc).__name__}: {detail})"
         ) from None
     except PyMongoError as exc:
         raise StoreError(f"MongoDB at {_redact(url)}: {type(exc).__name__}: {exc}") from None
