@@ -8,8 +8,10 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from fedkeeper.cli import opened_providers
 from fedkeeper.config import parse_config
 from fedkeeper.fabric.process import FabricProcess
 from fedkeeper.keeper import Keeper
-from fedkeeper.ledger import SUBMITTED, UNAVAILABLE
+from fedkeeper.ledger import SUBMITTED, UNAVAILABLE, Ledger
 from fedkeeper.outages import OutageTooLong
 from fedkeeper.store.db import Store
 from fedkeeper.store.embedded import EmbeddedMongo
@@ -33,9 +35,11 @@ from .helpers import assert_every_selected_update_counted_once, client_attempts,
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 SLOW_CLIENTS = {"seed": 1, "actions": {"fl_client": {"latency_ms": 2500}}}
-# Longer than activation_timeout_s below: before, the keeper timed every in-flight client out,
-# found the fabric still down and gave each up (max_retries 1); the session failed.
-OUTAGE_S = 40
+# Longer than ACTIVATION_TIMEOUT_S: before, the keeper timed every in-flight client out, found the
+# fabric still down and gave each up (max_retries 1); the session failed. The time-out leaves room
+# for four TensorFlow cold starts at once on a busy two-core machine.
+ACTIVATION_TIMEOUT_S = 60
+OUTAGE_S = 70
 WAITING = re.compile(r"waiting for openwhisk/local: down \d+ s")
 
 
@@ -68,30 +72,39 @@ def test_a_fabric_down_mid_round_past_the_retry_budget_is_waited_out_and_no_clie
 ) -> None:
     fabrics = [_fabric(tmp_path / "fabric")]
     port = fabrics[0].port
+    restarted_at: list[datetime] = []
+    ended = threading.Event()  # the session ended early: start no fabric that nobody would stop
 
     def outage(store: Store) -> None:
         _wait_for(lambda: _in_flight(store, 1), 240, "round 1 clients in flight")
         fabrics[0].stop()
-        time.sleep(OUTAGE_S)
-        fabrics.append(_fabric(tmp_path / "fabric", port))
+        if not ended.wait(OUTAGE_S):
+            fabrics.append(_fabric(tmp_path / "fabric", port))
+            restarted_at.append(datetime.now(UTC))
 
     try:
         data = training_config(
-            fabrics[0].url, mongo_url, tmp_path / "logs",
-            max_retries=1, retry_backoff_s=0.2, activation_timeout_s=30,
+            fabrics[0].url, mongo_url, tmp_path / "logs", max_rounds=2,
+            max_retries=1, retry_backoff_s=0.2, activation_timeout_s=ACTIVATION_TIMEOUT_S,
         )  # fmt: skip
         store, session = run_session(data, during=outage)
     finally:
+        ended.set()
         for fabric in fabrics:
             fabric.cleanup()
 
-    assert len(fabrics) == 2  # the outage happened while the session ran
+    assert restarted_at  # the outage happened while the session ran
     assert store.session(session)["phase"] == "Succeeded"
-    assert_every_selected_update_counted_once(store, session, rounds=3)
+    assert_every_selected_update_counted_once(store, session, rounds=2)
     assert all(doc["metrics"]["failed_clients"] == 0 for doc in store.rounds(session))
-    statuses = {a["status"] for a in client_attempts(store, session)}
-    assert UNAVAILABLE in statuses  # the activations the stop killed were booked to the outage ...
-    assert statuses <= {"success", "record lost", UNAVAILABLE}  # ... and no attempt as a failure
+    # Every round-1 attempt made before the fabric came back either delivered or was booked to
+    # the outage; none cost its client a retry.
+    during = {
+        e.status
+        for e in Ledger(store).entries(session)
+        if e.round == 1 and e.client >= 0 and e.submitted_at < restarted_at[0]
+    }
+    assert UNAVAILABLE in during and during <= {"success", "record lost", UNAVAILABLE}
     events = _events(tmp_path / "logs", session)
     assert any(e["event"] == "waiting" and e["what"] == "openwhisk/local" for e in events)
     assert any(e["event"] == "outage_over" and e["what"] == "openwhisk/local" for e in events)
