@@ -6,7 +6,6 @@ Every error names the file, the field path and the bad value on one line, so tha
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -148,6 +147,8 @@ class ServerConfig(_Model):
     max_retries: NonNegativeInt = 3
     retry_backoff_s: Annotated[float, Field(ge=0)] = 1.0
     poll_interval_s: PositiveFloat = 0.5
+    # How long the keeper waits for an unreachable platform or store before the session fails.
+    outage_tolerance_s: PositiveFloat = 120.0
     strategy: Literal["fedavg"] = "fedavg"
     # Reject an update whose L2 distance from the round's global weights is larger (None: no limit).
     max_update_norm: PositiveFloat | None = None
@@ -305,6 +306,10 @@ class FederatedLearning(_Model):
             )
         return self
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resumed session must share with its start (see :data:`TRAINING_FIELDS`)."""
+        return training_fingerprint(self.model_dump(mode="json"))
+
 
 class TestScenario(_Model):
     """``deploy.py -s test``: check clusters with a small function."""
@@ -362,10 +367,50 @@ class Config(_Model):
             raise ConfigError("config has no scenarios.federated_learning section")
         return self.scenarios.federated_learning
 
-    def digest(self) -> str:
-        """A stable hash of the training-relevant configuration (stored with each session)."""
-        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
-        return hashlib.sha256(payload).hexdigest()
+
+# What a resumed session must share with the one that started it: every field that changes what
+# is trained. Credentials, URLs, paths, timeouts, retries and outage tolerance may change.
+TRAINING_FIELDS: dict[str, tuple[str, ...] | None] = {  # section -> fields (None: all of them)
+    "server_config": (
+        "max_rounds",
+        "target_accuracy",
+        "num_clients_per_round",
+        "min_fit_fraction",
+        "strategy",
+        "selection",
+        "seed",
+    ),
+    "clients_info": None,
+    "data_sampling": None,
+    "training_test_data": ("dataset", "test_fraction", "seed"),
+    "model_params": None,
+}
+
+
+def training_fingerprint(scenario: dict[str, Any]) -> dict[str, Any]:
+    """The training-relevant fields of a scenario (``FederatedLearning`` dumped as JSON), flat.
+
+    Keys are dotted paths (``model_params.model``), so a mismatch can be named field by field.
+    """
+    flat: dict[str, Any] = {}
+    for section, names in TRAINING_FIELDS.items():
+        values = scenario.get(section) or {}
+        for name in names if names is not None else sorted(values):
+            flat[f"{section}.{name}"] = values.get(name)
+    return flat
+
+
+def fingerprint_json(fingerprint: dict[str, Any]) -> str:
+    """The canonical JSON a session stores its fingerprint as."""
+    return json.dumps(fingerprint, sort_keys=True, separators=(",", ":"))
+
+
+def fingerprint_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """The first field that differs, as ``field: was X, now Y``; None when they match."""
+    for key in sorted(stored.keys() | current.keys()):
+        if stored.get(key) != current.get(key):
+            return f"{key}: was {stored.get(key)!r}, now {current.get(key)!r}"
+    return None
 
 
 # --------------------------------------------------------------------------- loading

@@ -5,10 +5,15 @@ ledger, poll the records in batches, re-invoke failures with bounded backed-off 
 on completion or on quorum + deadline, aggregate, then advance the session in MongoDB *before*
 the next round starts. All state is in the store, so :meth:`Keeper.resume` can continue after
 the keeper process dies at any line.
+
+An unreachable platform or store is an outage, not a failure: the keeper waits for it (see
+:mod:`fedkeeper.outages`) without spending anyone's retries, and after a store outage it carries
+on from the store exactly as a resumed keeper would.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
 import time
@@ -20,9 +25,17 @@ from typing import Any
 
 import tenacity
 
-from fedkeeper.config import Config
-from fedkeeper.errors import FedkeeperError, ProviderError
-from fedkeeper.ledger import NOT_STARTED, SERVER, TIMED_OUT, Ledger, LedgerEntry
+from fedkeeper.config import Config, fingerprint_difference, fingerprint_json, training_fingerprint
+from fedkeeper.errors import (
+    STORE,
+    FedkeeperError,
+    PlatformUnavailable,
+    ProviderError,
+    StoreUnavailable,
+    Unavailable,
+)
+from fedkeeper.ledger import NOT_STARTED, SERVER, TIMED_OUT, UNAVAILABLE, Ledger, LedgerEntry
+from fedkeeper.outages import Outage, Outages, OutageTooLong
 from fedkeeper.placement import Route, place_clients, route_for
 from fedkeeper.providers.base import ActivationRecord, Provider
 from fedkeeper.reporting import Reporter, Stopwatch
@@ -66,7 +79,8 @@ class RoundState:
     done: set[int] = field(default_factory=set)
     pending: dict[int, LedgerEntry] = field(default_factory=dict)
     retry_at: dict[int, float] = field(default_factory=dict)
-    attempts: dict[int, int] = field(default_factory=dict)
+    attempts: dict[int, int] = field(default_factory=dict)  # the last attempt number (ledger key)
+    charged: dict[int, int] = field(default_factory=dict)  # attempts that count against max_retries
     given_up: set[int] = field(default_factory=set)
     retries: int = 0
 
@@ -104,6 +118,9 @@ class Keeper:
         self.placements = {p.client: p for p in place_clients(config)}
         self.reporter: Reporter | None = None
         self.session_id = ""
+        self.outages = Outages(self.server.outage_tolerance_s, self.server.retry_backoff_s, clock)
+        self.budget_since: datetime | None = None  # client attempts before this do not count
+        self.store_down = False  # the keeper's own queries cannot reach MongoDB (each would hang 10 s)
 
     # ------------------------------------------------------------------ session lifecycle
     def start(self) -> str:
@@ -113,7 +130,7 @@ class Keeper:
         self.store.create_session(
             {
                 "_id": self.session_id,
-                "config_digest": self.config.digest(),
+                "training_fingerprint": fingerprint_json(self.fl.fingerprint()),
                 "scenario": scenario,
                 "clients": [p.as_doc() for p in self.placements.values()],
             }
@@ -121,15 +138,31 @@ class Keeper:
         return self._run()
 
     def resume(self, session_id: str) -> str:
-        """Continue a session whose keeper stopped or died."""
+        """Continue a session whose keeper stopped, died or failed; only a ``Succeeded`` one is final.
+
+        The configuration may differ in credentials, URLs, paths, timeouts, retries and outage
+        tolerance, not in what changes the training (:data:`fedkeeper.config.TRAINING_FIELDS`).
+        """
         session = self.store.session(session_id)
-        if session["phase"] in ("Succeeded", "Failed"):
-            raise SessionFailed(f"session {session_id} already finished ({session['phase']})")
-        if session["config_digest"] != self.config.digest():
+        if session["phase"] == "Succeeded":
+            raise SessionFailed(f"session {session_id} already finished (Succeeded)")
+        # Sessions from before fingerprints were stored: derive it from the scenario they keep.
+        stored = (
+            json.loads(session["training_fingerprint"])
+            if "training_fingerprint" in session
+            else training_fingerprint(session.get("scenario") or {})
+        )
+        differs = fingerprint_difference(stored, json.loads(fingerprint_json(self.fl.fingerprint())))
+        if differs:
             raise SessionFailed(
-                f"session {session_id} was started with another configuration; resume it with the same config"
+                f"session {session_id} cannot resume with this config: {differs} "
+                "(only credentials, URLs, paths, timeouts, retries and outage tolerance may change)"
             )
         self.session_id = session_id
+        if session["phase"] == "Failed":  # the cause is fixed: clients get their retries back
+            self.budget_since = self.store.restart_budgets(session_id)
+        else:
+            self.budget_since = session.get("budget_since")
         return self._run(resumed=True)
 
     def _run(self, resumed: bool = False) -> str:
@@ -142,29 +175,83 @@ class Keeper:
             f"up to {self.server.max_rounds} rounds, target accuracy {self.server.target_accuracy}"
         )
         try:
-            if not self.store.initialised(self.session_id):
-                self._initialise()
-            self.store.set_phase(self.session_id, "Running", "RoundsStarted")
             while True:
-                session = self.store.session(self.session_id)
-                round_number = int(session["round"])
-                metrics = self._run_round(round_number)
-                self.store.advance_round(self.session_id, round_number + 1)
-                self._write_logs()
-                stop = self._stop_reason(round_number, metrics, session)
-                if stop:
-                    self.store.set_phase(self.session_id, "Succeeded", stop[0], stop[1])
-                    reporter.event("session_succeeded", reason=stop[0], message=stop[1])
-                    reporter.say(f"session {self.session_id} succeeded: {stop[1]}")
-                    return self.session_id
-        except SessionFailed as exc:
-            self.store.set_phase(self.session_id, "Failed", type(exc).__name__, str(exc))
-            reporter.event("session_failed", message=str(exc))
+                try:
+                    return self._train()
+                except StoreUnavailable as exc:
+                    # Everything is in the store: once it is back, go on as a resumed keeper would.
+                    self._wait_for_store(exc)
+        except (SessionFailed, OutageTooLong) as exc:
+            reason = exc.reason if isinstance(exc, OutageTooLong) else type(exc).__name__
+            reporter.event("session_failed", reason=reason, message=str(exc))
+            if not self.store_down:  # else the phase stays Running, which resume continues all the same
+                self.store.set_phase(self.session_id, "Failed", reason, str(exc))
             raise
         finally:
-            self._write_logs()
+            if self.store_down:
+                reporter.say("logs: rounds.csv and activations.csv not refreshed (the store is down)")
+            else:
+                self._write_logs()
             reporter.say(f"logs: {reporter.dir}")
             reporter.close()
+
+    def _train(self) -> str:
+        """Initialise if needed, then run rounds from the store's state to a stop rule."""
+        assert self.reporter is not None
+        if not self.store.initialised(self.session_id):
+            self._initialise()
+        self.store.set_phase(self.session_id, "Running", "RoundsStarted")
+        while True:
+            session = self.store.session(self.session_id)
+            round_number = int(session["round"])
+            metrics = self._run_round(round_number)
+            self.store.advance_round(self.session_id, round_number + 1)
+            self._write_logs()
+            stop = self._stop_reason(round_number, metrics, session)
+            if stop:
+                self.store.set_phase(self.session_id, "Succeeded", stop[0], stop[1])
+                self.reporter.event("session_succeeded", reason=stop[0], message=stop[1])
+                self.reporter.say(f"session {self.session_id} succeeded: {stop[1]}")
+                return self.session_id
+
+    # ------------------------------------------------------------------ outages
+    def _wait_for_store(self, error: StoreUnavailable) -> None:
+        """Probe MongoDB with backoff until it answers; raises OutageTooLong past the tolerance."""
+        self.store_down = True
+        outage = self.outages.failed(error)
+        while True:
+            self._wait(outage)
+            try:
+                self.store.ping()
+            except StoreUnavailable as again:
+                outage = self.outages.failed(again)
+                continue
+            self.store_down = False
+            self._back(error.what)
+            return
+
+    def _wait(self, outage: Outage) -> None:
+        """Say what the keeper waits for, then sleep until the next probe (or fail past the tolerance)."""
+        self._waiting(outage)
+        time.sleep(max(0.0, outage.next_probe - self.clock()))
+
+    def _waiting(self, outage: Outage) -> None:
+        self.outages.check(self.session_id)
+        assert self.reporter is not None
+        line = self.outages.waiting(outage)
+        self.reporter.event(
+            "waiting", what=outage.what, reason=outage.kind, down_s=round(self.clock() - outage.since, 1),
+            error=outage.error[:300],
+        )  # fmt: skip
+        self.reporter.say(line)
+
+    def _back(self, *whats: str | None) -> None:
+        """Note that each of ``whats`` answered (an outage of it is over)."""
+        for what in whats:
+            down_s = self.outages.recovered(what) if what else None
+            if down_s is not None and self.reporter is not None:
+                self.reporter.event("outage_over", what=what, down_s=round(down_s, 1))
+                self.reporter.say(f"{what} is back after {down_s:.0f} s")
 
     def _stop_reason(
         self, round_number: int, metrics: dict[str, Any], session: dict[str, Any]
@@ -192,38 +279,44 @@ class Keeper:
 
     # ------------------------------------------------------------------ managing functions
     def _call_server(self, function: str, round_number: int, params: dict[str, Any]) -> dict[str, Any]:
-        """Invoke a managing function and wait, retrying with backoff; every attempt is in the ledger."""
+        """Invoke a managing function and wait, retrying failures with backoff and waiting out
+        outages (which cost no retry); every attempt is in the ledger."""
         timeout_s = float(self.fl.functions.settings(function).timeout) + 30
-        attempt_box = [self.ledger.attempts(self.session_id, round_number, function, SERVER)]
-
-        def once() -> dict[str, Any]:
-            attempt_box[0] += 1
-            entry = self._entry(round_number, function, SERVER, attempt_box[0], self.server_provider)
+        provider = self.server_provider
+        attempt = self.ledger.attempts(self.session_id, round_number, function, SERVER)
+        failures = 0
+        while True:
+            attempt += 1
+            entry = self._entry(round_number, function, SERVER, attempt, provider)
             self.ledger.submit(entry)
             try:
-                record = self.server_provider.invoke_sync(function, params, timeout_s)
+                record = provider.invoke_sync(function, params, timeout_s)
+            except PlatformUnavailable as exc:
+                self.ledger.settle(entry, UNAVAILABLE, error=str(exc))
+                self._wait(self.outages.failed(exc))
+                continue
             except ProviderError as exc:
                 self.ledger.settle(entry, NOT_STARTED, error=str(exc))
-                raise
-            self.ledger.set_activation_id(entry, record.activation_id)
-            self.ledger.settle(entry, record.status.value, record, record.error)
-            if not record.ok:
-                raise ProviderError(f"{function} ({record.activation_id}): {record.error}")
-            return record.result or {}
-
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.server.max_retries + 1),
-            wait=tenacity.wait_exponential_jitter(multiplier=self.server.retry_backoff_s, max=30),
-            retry=tenacity.retry_if_exception_type(ProviderError),
-            before_sleep=lambda state: self._note(
-                f"{function} failed ({state.outcome.exception() if state.outcome else '?'}); retrying"
-            ),
-            reraise=True,
-        )
-        try:
-            return retrying(once)
-        except ProviderError as exc:
-            raise SessionFailed(f"{function} failed after {attempt_box[0]} attempts: {exc}") from None
+                error = str(exc)
+            else:
+                self._back(provider.where)
+                self.ledger.set_activation_id(entry, record.activation_id)
+                outage = Unavailable.in_result(record.result, provider.where) if not record.ok else None
+                if outage is not None:  # the function could not reach the store: wait for it
+                    self.ledger.settle(entry, UNAVAILABLE, record, record.error)
+                    self._wait(self.outages.failed(outage))
+                    continue
+                self.ledger.settle(entry, record.status.value, record, record.error)
+                if record.ok:
+                    self._back(STORE)
+                    return record.result or {}
+                error = f"{function} ({record.activation_id}): {record.error}"
+            failures += 1
+            if failures > self.server.max_retries:
+                raise SessionFailed(f"{function} failed after {failures} attempts: {error}")
+            delay = backoff_s(failures, self.server.retry_backoff_s, cap_s=30.0)
+            self._note(f"{function} failed ({error}); retrying in {delay:.1f}s")
+            time.sleep(delay)
 
     def _initialise(self) -> None:
         result = self._call_server(INIT, 0, {"session": self.session_id})
@@ -291,8 +384,10 @@ class Keeper:
             if entry.client in selected and entry.function in (CLIENT, INVOKER):
                 state.pending[entry.client] = entry
         for client in selected:
-            state.attempts[client] = self.ledger.attempts(
-                self.session_id, round_number, self._route(client)[1], client
+            function = self._route(client)[1]
+            state.attempts[client] = self.ledger.attempts(self.session_id, round_number, function, client)
+            state.charged[client] = self.ledger.charged_attempts(
+                self.session_id, round_number, function, client, self.budget_since
             )
             if client not in state.done and client not in state.pending:
                 state.retry_at[client] = self.clock()
@@ -307,9 +402,14 @@ class Keeper:
         # activations are seen soon after they end, long ones cost few requests.
         interval, last_seen = MIN_POLL_S, (-1, -1, -1)
         while True:
+            self.outages.check(self.session_id)
             now = self.clock()
             for client, due in sorted(state.retry_at.items()):
                 if due <= now:
+                    where = self._route(client)[0].where
+                    if not self.outages.may_probe(where):  # one probe at a time while it is down
+                        state.retry_at[client] = self.outages.next_probe(where)
+                        continue
                     del state.retry_at[client]
                     if client not in state.done:
                         self._dispatch(state, client)
@@ -334,7 +434,8 @@ class Keeper:
                     return self._close_open_entries(state)
                 raise SessionFailed(
                     f"round {state.number}: only {len(state.done)} of {len(state.selected)} clients delivered an "
-                    f"update after {self.server.max_retries} retries each; quorum is {quorum}"
+                    f"update after {self.server.max_retries} retries each; quorum is {quorum}; "
+                    f"once the cause is fixed: fedkeeper resume {self.session_id}"
                 )
             seen = (len(state.done), len(state.pending), len(state.retry_at))
             interval = MIN_POLL_S if seen != last_seen else min(interval * 1.5, self.server.poll_interval_s)
@@ -369,13 +470,15 @@ class Keeper:
         return self.server_provider, INVOKER
 
     def _dispatch(self, state: RoundState, client: int) -> None:
-        attempt = state.attempts.get(client, 0) + 1
-        if attempt > self.server.max_retries + 1:
+        charged = state.charged.get(client, 0)
+        if charged > self.server.max_retries:
             state.given_up.add(client)
-            self._note(f"round {state.number}: client {client} gave no update after {attempt - 1} attempts")
+            self._note(f"round {state.number}: client {client} gave no update after {charged} attempts")
             return
+        attempt = state.attempts.get(client, 0) + 1
         state.attempts[client] = attempt
-        if attempt > 1:
+        state.charged[client] = charged + 1  # refunded if an outage stops or loses this attempt
+        if charged > 0:
             state.retries += 1
         provider, function = self._route(client)
         params: dict[str, Any] = {
@@ -390,14 +493,20 @@ class Keeper:
             params.update(target=entry.target, timeout_s=self.fl.functions.fl_client.timeout)
         if not self.ledger.submit(entry):  # this attempt number was used by a keeper that died
             state.attempts[client] = self.ledger.attempts(self.session_id, state.number, function, client)
+            state.charged[client] = charged
             state.retry_at[client] = self.clock()
             return
         try:
             activation_id = provider.invoke_async(function, params)
+        except PlatformUnavailable as exc:
+            self.ledger.settle(entry, UNAVAILABLE, error=str(exc))
+            self._outage_retry(state, client, exc)
+            return
         except ProviderError as exc:
             self.ledger.settle(entry, NOT_STARTED, error=str(exc))
             self._schedule_retry(state, client, str(exc))
             return
+        self._back(provider.where)
         self.ledger.set_activation_id(entry, activation_id)
         state.pending[client] = entry
         assert self.reporter is not None
@@ -416,34 +525,53 @@ class Keeper:
         groups: dict[tuple[str, str, str], list[LedgerEntry]] = defaultdict(list)
         records: dict[str, ActivationRecord] = {}
         for client, entry in list(state.pending.items()):
-            if entry.activation_id is None:  # submitted by a keeper that died before invoking
+            if (
+                entry.activation_id is None
+            ):  # submitted by a keeper that died (or lost the store) before invoking
                 state.pending.pop(client)
-                self.ledger.settle(entry, NOT_STARTED, error="keeper stopped before invoking")
+                self.ledger.settle(entry, UNAVAILABLE, error="keeper stopped before invoking")
+                self._refund(state, client)  # not the client's failure
                 self._schedule_retry(state, client, "never invoked")
                 continue
             groups[(entry.platform, entry.cluster, entry.function)].append(entry)
         for (platform, cluster, function), entries in groups.items():
             provider = self.providers[(platform, cluster)]
+            if not self.outages.may_probe(provider.where):
+                continue
             since = min(int(e.submitted_at.timestamp() * 1000) for e in entries) - 60_000
             try:
                 records.update(
                     provider.fetch(function, [e.activation_id for e in entries if e.activation_id], since)
                 )
+            except PlatformUnavailable as exc:
+                self._waiting(self.outages.failed(exc))
+                continue
             except ProviderError as exc:
                 self._note(f"polling {platform}/{cluster} failed: {exc}")
+                continue
+            self._back(provider.where)
         state.done |= self.store.update_clients(self.session_id, state.number) & set(state.selected)
         for entries in groups.values():
             for entry in entries:
                 record = records.get(entry.activation_id or "")
+                where = f"{entry.platform}/{entry.cluster}"
                 if record is not None and record.status.done:
                     state.pending.pop(entry.client)
                     self._settle(state, entry, record)
+                elif self.outages.is_down(where):
+                    continue  # its record may come once the platform is back: no time-out meanwhile
                 elif self._age_s(entry) > self.server.activation_timeout_s:
                     state.pending.pop(entry.client)
                     if entry.client in state.done:
                         self.ledger.settle(
                             entry, RECORD_LOST, error="update stored, activation record not seen"
                         )
+                        continue
+                    if self.outages.overlapped(where, entry.submitted_at):  # lost in the outage
+                        error = f"no record after {self._age_s(entry):.0f}s; {where} was down meanwhile"
+                        self.ledger.settle(entry, UNAVAILABLE, error=error)
+                        self._refund(state, entry.client)
+                        state.retry_at[entry.client] = self.clock()
                         continue
                     self.ledger.settle(entry, TIMED_OUT, error=f"no record after {self._age_s(entry):.0f}s")
                     self._schedule_retry(state, entry.client, "timed out")
@@ -453,6 +581,7 @@ class Keeper:
         if entry.client in state.done:  # a failure here after an update was stored needs no retry
             self.ledger.settle(entry, record.status.value, record, record.error)
             if record.ok:
+                self._back(entry.target, STORE)
                 assert self.reporter is not None
                 self.reporter.event(
                     "update_stored",
@@ -461,15 +590,32 @@ class Keeper:
                     activation_id=entry.activation_id,
                 )
             return
+        where = entry.target or f"{entry.platform}/{entry.cluster}"
+        outage = Unavailable.in_result(record.result, where) if not record.ok else None
+        if outage is not None:  # the client could not reach the store (or its target platform)
+            self.ledger.settle(entry, UNAVAILABLE, record, record.error)
+            self._outage_retry(state, entry.client, outage)
+            return
         error = record.error or "activation succeeded but stored no update"
         self.ledger.settle(
             entry, record.status.value if not record.ok else "application error", record, error
         )
         self._schedule_retry(state, entry.client, error)
 
+    def _refund(self, state: RoundState, client: int) -> None:
+        """An outage stopped or lost this attempt: it does not count against the client's retries."""
+        state.charged[client] = max(0, state.charged.get(client, 1) - 1)
+
+    def _outage_retry(self, state: RoundState, client: int, error: Unavailable) -> None:
+        """Retry ``client`` when ``error.what`` is next probed, at no cost to its retries."""
+        self._refund(state, client)
+        outage = self.outages.failed(error)
+        state.retry_at[client] = outage.next_probe
+        self._waiting(outage)
+
     def _schedule_retry(self, state: RoundState, client: int, reason: str) -> None:
         attempt = state.attempts.get(client, 1)
-        delay = backoff_s(attempt, self.server.retry_backoff_s)
+        delay = backoff_s(max(state.charged.get(client, 1), 1), self.server.retry_backoff_s)
         state.retry_at[client] = self.clock() + delay
         assert self.reporter is not None
         self.reporter.event(

@@ -16,11 +16,14 @@ from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
 from fedkeeper.providers.base import ActivationRecord
-from fedkeeper.store.db import Store, utcnow
+from fedkeeper.store.db import Store, store_errors, utcnow
 
 SUBMITTED = "submitted"
 TIMED_OUT = "timed out"  # the keeper stopped waiting for a record (lost or hung activation)
 NOT_STARTED = "not started"  # the platform refused the invocation
+# The platform, the store or the keeper was down: the attempt was not started, or was lost in
+# the outage. Such attempts do not count against a client's retries.
+UNAVAILABLE = "unavailable"
 SERVER = -1  # ``client`` value of entries for the managing functions
 
 
@@ -58,12 +61,14 @@ class LedgerEntry:
         return self.status != SUBMITTED
 
 
+@store_errors
 class Ledger:
     """Activation ledger in the ``activations`` collection."""
 
     def __init__(self, store: Store) -> None:
         self._col = store.collection("activations")
         self._store = store
+        self.url = store.url  # named in the error when MongoDB is down
 
     def submit(self, entry: LedgerEntry) -> bool:
         """Record a new attempt; ``False`` when that attempt is already recorded."""
@@ -117,6 +122,21 @@ class Ledger:
         return self._col.count_documents(
             {"session": session, "round": round_number, "function": function, "client": client}
         )
+
+    def charged_attempts(
+        self, session: str, round_number: int, function: str, client: int, since: datetime | None
+    ) -> int:
+        """Attempts that count against the retry budget: not lost to an outage, made after ``since``."""
+        query: dict[str, Any] = {
+            "session": session,
+            "round": round_number,
+            "function": function,
+            "client": client,
+            "status": {"$ne": UNAVAILABLE},
+        }
+        if since is not None:
+            query["submitted_at"] = {"$gte": since}
+        return self._col.count_documents(query)
 
     def entries(self, session: str) -> Iterator[LedgerEntry]:
         cursor = self._col.find({"session": session}).sort(

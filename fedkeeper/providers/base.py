@@ -128,6 +128,11 @@ class Provider(ABC):
         self.cluster = cluster
         self.settings = settings
 
+    @property
+    def where(self) -> str:
+        """``platform/cluster``, as logs and outage messages name it."""
+        return f"{self.platform}/{self.cluster}"
+
     @abstractmethod
     def deploy(self, spec: FunctionSpec) -> None:
         """Create or update the function (idempotent)."""

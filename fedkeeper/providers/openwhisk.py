@@ -28,7 +28,7 @@ from requests.auth import AuthBase
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
 
 from fedkeeper.config import OpenWhiskCluster
-from fedkeeper.errors import PayloadTooLarge, ProviderError
+from fedkeeper.errors import PayloadTooLarge, PlatformUnavailable, ProviderError
 from fedkeeper.packaging import build_zip
 from fedkeeper.providers.base import (
     MB,
@@ -151,6 +151,8 @@ class OpenWhiskProvider(Provider):
         )
         if response.status_code == 413:
             return PayloadTooLarge(message)
+        if response.status_code == 429 or response.status_code >= 500:  # the controller, not the action
+            return PlatformUnavailable(self.where, message)
         return ProviderError(message)
 
     def _request(
@@ -213,8 +215,9 @@ class OpenWhiskProvider(Provider):
         except _Retryable as exc:
             if exc.response is not None:
                 raise self._fail(method, url, exc.response) from None
-            raise ProviderError(
-                f"openwhisk cluster {self.cluster!r}: {method} {url} failed after {self.max_attempts} attempts: {exc}"
+            raise PlatformUnavailable(
+                self.where,
+                f"openwhisk cluster {self.cluster!r}: {method} {url} failed after {self.max_attempts} attempts: {exc}",
             ) from None
         except requests.Timeout:
             raise ProviderError(

@@ -6,20 +6,23 @@ resumed keeper can repeat any step without counting anything twice.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pymongo
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
-from fedkeeper.errors import InvalidUpdate, StoreError
+from fedkeeper.errors import STORE, InvalidUpdate, StoreError, StoreUnavailable
 from fedkeeper.redaction import redact
 from fedkeeper.store import weights as wire
 from fedkeeper.store.blobs import BlobStore
@@ -91,6 +94,57 @@ def shared_client(url: str) -> pymongo.MongoClient:
         return client
 
 
+@contextmanager
+def translated_errors(url: str) -> Iterator[None]:
+    """pymongo's errors as one-line fedkeeper errors that never show the URL's password.
+
+    A lost connection (refused, no server selected, network timeout, reconnecting) is an outage:
+    :class:`StoreUnavailable`; anything else MongoDB refuses is a :class:`StoreError`.
+    """
+    try:
+        yield
+    except ConnectionFailure as exc:
+        detail = str(exc).split(", Timeout:", 1)[0].splitlines()[0][:200]  # drop the topology dump
+        raise StoreUnavailable(
+            STORE, redact(f"MongoDB at {url} is unreachable ({type(exc).__name__}: {detail})")
+        ) from None
+    except PyMongoError as exc:
+        raise StoreError(redact(f"MongoDB at {url}: {type(exc).__name__}: {exc}")) from None
+
+
+C = TypeVar("C", bound=type)
+
+
+def store_errors(cls: C) -> C:
+    """Wrap every public method of ``cls`` (which has a ``url``) in :func:`translated_errors`.
+
+    One place, so no query the keeper or a function makes can escape as a pymongo traceback.
+    """
+
+    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.isgeneratorfunction(method):
+
+            @functools.wraps(method)
+            def generator(self: Any, *args: Any, **kwargs: Any) -> Any:
+                with translated_errors(self.url):
+                    yield from method(self, *args, **kwargs)
+
+            return generator
+
+        @functools.wraps(method)
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            with translated_errors(self.url):
+                return method(self, *args, **kwargs)
+
+        return call
+
+    for name, value in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.isfunction(value):
+            setattr(cls, name, wrap(value))
+    return cls
+
+
+@store_errors
 class Store:
     """fedkeeper's database.
 
@@ -117,17 +171,11 @@ class Store:
         return self.db[name]
 
     def ensure_indexes(self) -> None:
-        try:
-            for name, indexes in INDEXES.items():
-                self.db[name].create_indexes(indexes)
-        except PyMongoError as exc:
-            raise StoreError(redact(f"cannot reach MongoDB at {self.url}: {exc}")) from None
+        for name, indexes in INDEXES.items():
+            self.db[name].create_indexes(indexes)
 
     def ping(self) -> None:
-        try:
-            self.db.client.admin.command("ping")
-        except PyMongoError as exc:
-            raise StoreError(redact(f"cannot reach MongoDB at {self.url}: {exc}")) from None
+        self.db.client.admin.command("ping")
 
     # ------------------------------------------------------------------ sessions
     def create_session(self, doc: dict[str, Any]) -> None:
@@ -166,6 +214,12 @@ class Store:
             "lastTransitionTime": now,
         }
         self.db.sessions.update_one({"_id": session_id}, {"$set": update, "$push": {"conditions": condition}})
+
+    def restart_budgets(self, session_id: str) -> datetime:
+        """Give every client a fresh retry budget from now (a ``Failed`` session being resumed)."""
+        now = utcnow()
+        self.db.sessions.update_one({"_id": session_id}, {"$set": {"budget_since": now}})
+        return now
 
     def advance_round(self, session_id: str, next_round: int) -> None:
         """Record that rounds before ``next_round`` are done (never moves backwards)."""

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedkeeper.errors import InvalidUpdate, StoreError
+from fedkeeper.errors import InvalidUpdate, StoreError, StoreUnavailable
 from fedkeeper.ledger import SERVER, Ledger, LedgerEntry
 from fedkeeper.providers.base import ActivationRecord, ActivationStatus
 from fedkeeper.store import weights as wire
 from fedkeeper.store.db import Store, StoredUpdate
+from fedkeeper.store.embedded import EmbeddedMongo
 
 
 @pytest.fixture
@@ -119,3 +120,15 @@ def test_every_keeper_query_is_served_by_an_index(store: Store) -> None:
     for collection, query in queries.items():
         plan = store.db.command("explain", {"find": collection, "filter": query}, verbosity="queryPlanner")
         assert "IXSCAN" in str(plan["queryPlanner"]["winningPlan"]), (collection, plan["queryPlanner"])
+
+
+def test_a_mongodb_that_stopped_is_a_one_line_store_unavailable_without_its_password() -> None:
+    with EmbeddedMongo(":memory:") as server:
+        url = server.url.replace("mongodb://", "mongodb://fk:hunter2@")
+    store = Store(url, "fk_gone")  # the server is stopped: every query meets an outage
+    for query in (lambda: store.session("s1"), lambda: Ledger(store).open_entries("s1", 0)):
+        with pytest.raises(StoreUnavailable) as caught:
+            query()
+        message = str(caught.value)
+        assert "\n" not in message and "hunter2" not in message and "is unreachable" in message
+        assert caught.value.details == {"unavailable": "mongodb", "outage": "StoreUnavailable"}
