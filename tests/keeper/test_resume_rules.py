@@ -80,6 +80,7 @@ def failed(mongo_url: str, mongo_db_name: str, tmp_path: Path) -> Iterator[tuple
 def _last_round_aggregated(store: Store, session: str) -> None:
     """What a keeper that died right after the last aggregation leaves in the store."""
     store.put_weights(session, 0, [np.zeros((2, 2), dtype=np.float32)])
+    store.mark_initialised(session)
     last = ROUNDS - 1
     store.advance_round(session, last)
     store.open_round(session, last, [0, 1])
