@@ -216,7 +216,8 @@ class Containment:
             tmp = Path(tempfile.gettempdir())
             _remove_stale(tmp, shutil.rmtree)
             self._workdir = tmp / f"{_FABRIC_PREFIX}{os.getpid()}"
-            self._workdir.mkdir(mode=0o711, exist_ok=True)  # workers may pass through to their own folder
+            self._workdir.mkdir(exist_ok=True)
+            self._workdir.chmod(0o711)  # workers pass through to their own folder (mkdir obeys the umask)
         return self._workdir
 
     @classmethod

@@ -164,3 +164,29 @@ def test_fabric_up_ends_its_fabric_and_workers_on_signal(tmp_path: Path, marker:
             up.wait()
         if up.stdout is not None:
             up.stdout.close()
+
+
+HOME_WRITER = """
+import os, pathlib
+
+def main(params):
+    cache = pathlib.Path.home() / ".cache" / "fedkeeper" / "data.bin"
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_bytes(b"kept")
+    return {"uid": os.getuid(), "read": cache.read_bytes().decode()}
+"""
+
+
+def test_a_worker_may_write_its_own_home_under_a_daemons_umask() -> None:
+    """A daemon runs with umask 077; its workers (another user) must still reach their own folder."""
+    previous = os.umask(0o077)
+    try:
+        with FabricProcess() as process:
+            os.umask(previous)  # the fabric started with it
+            client = FabricClient(process.url)
+            client.deploy("home", HOME_WRITER)
+            result = client.run("home")["response"]["result"]
+    finally:
+        os.umask(previous)
+    assert result["read"] == "kept", result
+    assert result["uid"] != 0  # it ran as the namespace's own user
