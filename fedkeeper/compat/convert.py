@@ -104,18 +104,14 @@ class _Converter:
         return str(value)
 
     def integer(self, data: dict[str, Any], key: str, where: str) -> int | None:
-        value = data.get(key)
-        if value is None or value == "":
-            return None
-        try:
-            number = float(value) if not isinstance(value, bool) else math.nan
-        except (TypeError, ValueError):
-            number = math.nan
-        if not math.isfinite(number) or number != int(number):
-            self.fail(f"{where}.{key}", f"expected a whole number (got {value!r})")
-        return int(number)
+        number = self._parsed(data, key, where, whole=True)
+        return None if number is None else int(number)
 
     def number(self, data: dict[str, Any], key: str, where: str) -> float | None:
+        return self._parsed(data, key, where, whole=False)
+
+    def _parsed(self, data: dict[str, Any], key: str, where: str, whole: bool) -> float | None:
+        """``data[key]`` as a finite number (FedKeeper's files write numbers as strings)."""
         value = data.get(key)
         if value is None or value == "":
             return None
@@ -123,8 +119,9 @@ class _Converter:
             number = float(value) if not isinstance(value, bool) else math.nan
         except (TypeError, ValueError):
             number = math.nan
-        if not math.isfinite(number):
-            self.fail(f"{where}.{key}", f"expected a number (got {value!r})")
+        if not math.isfinite(number) or (whole and number != int(number)):
+            kind = "a whole number" if whole else "a number"
+            self.fail(f"{where}.{key}", f"expected {kind} (got {value!r})")
         return number
 
     def no_placeholders(self, value: Any, where: str) -> None:

@@ -9,8 +9,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from fedkeeper.store.db import Store
 from fedkeeper.store.embedded import EmbeddedMongo
 
 from .conftest import E2E_LIMITS, training_config
-from .helpers import assert_every_selected_update_counted_once, client_attempts, run_session
+from .helpers import assert_every_selected_update_counted_once, client_attempts, run_session, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -41,15 +39,6 @@ SLOW_CLIENTS = {"seed": 1, "actions": {"fl_client": {"latency_ms": 2500}}}
 ACTIVATION_TIMEOUT_S = 60
 OUTAGE_S = 70
 WAITING = re.compile(r"waiting for openwhisk/local: down \d+ s")
-
-
-def _wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _fabric(state: Path, port: int = 0, faults: dict[str, Any] | None = SLOW_CLIENTS) -> FabricProcess:
@@ -76,7 +65,7 @@ def test_a_fabric_down_mid_round_past_the_retry_budget_is_waited_out_and_no_clie
     ended = threading.Event()  # the session ended early: start no fabric that nobody would stop
 
     def outage(store: Store) -> None:
-        _wait_for(lambda: _in_flight(store, 1), 240, "round 1 clients in flight")
+        wait_for(lambda: _in_flight(store, 1), 240, "round 1 clients in flight")
         fabrics[0].stop()
         if not ended.wait(OUTAGE_S):
             fabrics.append(_fabric(tmp_path / "fabric", port))
@@ -169,7 +158,7 @@ def test_a_store_down_past_the_outage_tolerance_exits_with_one_line_and_resume_c
             cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         activations = watch[database].activations
-        _wait_for(
+        wait_for(
             lambda: (
                 activations.count_documents({"round": 1, "function": "fl_client", "status": SUBMITTED}) > 0
             ),

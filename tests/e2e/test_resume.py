@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import yaml
@@ -16,19 +15,10 @@ from fedkeeper.ledger import SUBMITTED
 from fedkeeper.store.db import Store
 
 from .conftest import E2E_LIMITS, training_config
-from .helpers import assert_every_selected_update_counted_once
+from .helpers import assert_every_selected_update_counted_once, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SLOW_CLIENTS = {"seed": 1, "actions": {"fl_client": {"latency_ms": 2500}}}
-
-
-def _wait_for(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_sigkilled_keeper_resumes_mid_round_and_counts_each_update_once(
@@ -50,7 +40,7 @@ def test_sigkilled_keeper_resumes_mid_round_and_counts_each_update_once(
             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         try:
-            _wait_for(
+            wait_for(
                 lambda: (
                     store.db.activations.count_documents(
                         {"round": 1, "function": "fl_client", "status": SUBMITTED}
