@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +15,23 @@ from providers.harness.gcf_fake import GcfFake
 from providers.harness.lambda_runtime import LambdaBackend
 
 from fedkeeper.fabric.process import FabricProcess
+from fedkeeper.outages import OutageTooLong
 from fedkeeper.store.db import Store
 
 from .conftest import E2E_LIMITS, training_config
 from .helpers import client_attempts, run_session
 
 PLATFORM_OF = {0: "openwhisk", 1: "openwhisk", 2: "google", 3: "google", 4: "aws", 5: "aws"}
+
+
+def stop_when_round_one_opens(gcf: GcfFake) -> Callable[[Store], None]:
+    def stop(store: Store) -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not store.db.rounds.find_one({"round": 1}):
+            time.sleep(0.05)
+        gcf.stop()
+
+    return stop
 
 
 @pytest.fixture
@@ -90,18 +101,12 @@ def test_a_platform_killed_mid_round_costs_no_retries_then_the_round_closes_on_q
 ) -> None:
     _, gcf, _ = backends
 
-    def kill_gcf_when_round_one_opens(store: Store) -> None:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not store.db.rounds.find_one({"round": 1}):
-            time.sleep(0.05)
-        gcf.stop()
-
     # A short tolerance: GCF never comes back, and its clients are given up once it is past.
     data = three_platform_config(
         backends, mongo_url, tmp_path / "logs", min_fit_fraction=0.6, max_retries=2, retry_backoff_s=0.1,
         outage_tolerance_s=3,
     )  # fmt: skip
-    store, session = run_session(data, during=kill_gcf_when_round_one_opens, remove=False)
+    store, session = run_session(data, during=stop_when_round_one_opens(gcf), remove=False)
 
     assert store.session(session)["phase"] == "Succeeded"
     rounds = store.rounds(session)
@@ -116,6 +121,20 @@ def test_a_platform_killed_mid_round_costs_no_retries_then_the_round_closes_on_q
     assert any(a["status"] == "unavailable" for a in gcf_attempts), gcf_attempts
     charged = [a for a in gcf_attempts if a["status"] != "unavailable"]
     assert len(charged) <= 2 and len({a["client"] for a in charged}) == len(charged), gcf_attempts
+
+
+def test_a_platform_down_past_the_tolerance_stops_a_round_that_needs_its_clients(
+    backends: tuple[FabricProcess, GcfFake, LambdaBackend], mongo_url: str, tmp_path: Path
+) -> None:
+    _, gcf, _ = backends
+    data = three_platform_config(
+        backends, mongo_url, tmp_path / "logs", max_retries=1, retry_backoff_s=0.1, outage_tolerance_s=3
+    )  # every client needed: without GCF's the round cannot close
+    with pytest.raises(OutageTooLong, match=r"\(PlatformUnavailable\): google/gcf did not answer"):
+        run_session(data, during=stop_when_round_one_opens(gcf), remove=False)
+    mongo = data["scenarios"]["federated_learning"]["mongo_config"]
+    (doc,) = Store(mongo_url, mongo["database"]).db.sessions.find()
+    assert doc["phase"] == "Failed" and doc["conditions"][-1]["reason"] == "PlatformUnavailable"
 
 
 def test_gcf_answering_503_mid_round_is_waited_for_without_spending_retries(
