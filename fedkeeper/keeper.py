@@ -119,6 +119,11 @@ class Keeper:
         self.reporter: Reporter | None = None
         self.session_id = ""
         self.outages = Outages(self.server.outage_tolerance_s, self.server.retry_backoff_s, clock)
+        # Platforms that host only clients: past the tolerance their outage gives up their clients
+        # for the round (which may still close on quorum) instead of stopping the session.
+        self.client_only = {self._client_provider(c).where for c in self.placements} - {
+            self.server_provider.where
+        }
         self.budget_since: datetime | None = None  # client attempts before this do not count
         self.store_down = False  # the keeper's own queries cannot reach MongoDB (each would hang 10 s)
 
@@ -236,7 +241,7 @@ class Keeper:
         time.sleep(max(0.0, outage.next_probe - self.clock()))
 
     def _waiting(self, outage: Outage) -> None:
-        self.outages.check(self.session_id)
+        self.outages.check(self.session_id, spare=self.client_only)
         assert self.reporter is not None
         line = self.outages.waiting(outage)
         self.reporter.event(
@@ -402,17 +407,19 @@ class Keeper:
         # activations are seen soon after they end, long ones cost few requests.
         interval, last_seen = MIN_POLL_S, (-1, -1, -1)
         while True:
-            self.outages.check(self.session_id)
+            self.outages.check(self.session_id, spare=self.client_only)
             now = self.clock()
             for client, due in sorted(state.retry_at.items()):
                 if due <= now:
-                    where = self._route(client)[0].where
-                    if not self.outages.may_probe(where):  # one probe at a time while it is down
-                        state.retry_at[client] = self.outages.next_probe(where)
+                    # The client's own platform: a target down behind the invoker is waited for too.
+                    provider = self._client_provider(client)
+                    if not self._reachable(provider):  # one probe at a time while it is down
+                        state.retry_at[client] = self.outages.next_probe(provider.where)
                         continue
                     del state.retry_at[client]
                     if client not in state.done:
                         self._dispatch(state, client)
+            self._give_up_on_outages(state, quorum)
             self._poll(state)
             self.reporter.progress(
                 state.number,
@@ -442,6 +449,45 @@ class Keeper:
             last_seen = seen
             time.sleep(interval)
 
+    def _reachable(self, provider: Provider) -> bool:
+        """False while ``provider``'s platform is down: not yet due for a probe, or its probe failed.
+
+        A platform with a cheap probe (:meth:`Provider.probe`) is probed here; any other is
+        probed by the next attempt itself.
+        """
+        where = provider.where
+        if not self.outages.is_down(where):
+            return True
+        if not self.outages.may_probe(where):
+            return False
+        try:
+            answered = provider.probe(CLIENT)
+        except PlatformUnavailable as exc:
+            self._waiting(self.outages.failed(exc))
+            return False
+        except ProviderError:
+            answered = True  # it answered; the attempt will say what is wrong
+        if answered:
+            self._back(where)
+        return True
+
+    def _give_up_on_outages(self, state: RoundState, quorum: int) -> None:
+        """Past the tolerance, clients waiting for a client-only platform seen down in this round
+        are given up; the round closes by the quorum rule, or the session stops if it cannot."""
+        for outage in self.outages.too_long():
+            if outage.what not in self.client_only or outage.last_seen < state.started:
+                continue  # others stop the session in check(); one not seen this round gets a probe
+            waiting = [c for c in state.retry_at if self._client_provider(c).where == outage.what]
+            for client in waiting:
+                del state.retry_at[client]
+                state.given_up.add(client)
+                self._note(
+                    f"round {state.number}: client {client} given up: {outage.what} down "
+                    f"{outage.length_s:.0f} s, past outage_tolerance_s"
+                )
+            if len(set(state.selected) - state.given_up) < quorum:
+                raise self.outages.stop(outage, self.session_id)
+
     def _close_open_entries(self, state: RoundState) -> None:
         """Settle what is still open when the round closes: a short last poll, then by the store.
 
@@ -461,10 +507,14 @@ class Keeper:
                 self.ledger.settle(entry, TIMED_OUT, error="round closed before this activation finished")
         state.pending.clear()
 
+    def _client_provider(self, client: int) -> Provider:
+        """The platform ``client`` runs on (behind the invoker or not)."""
+        placement = self.placements[client]
+        return self.providers[(placement.platform, placement.cluster)]
+
     def _route(self, client: int) -> tuple[Provider, str]:
         """Which provider and function an attempt of ``client`` invokes."""
-        placement = self.placements[client]
-        provider = self.providers[(placement.platform, placement.cluster)]
+        provider = self._client_provider(client)
         if route_for(provider.capabilities) is Route.DIRECT:
             return provider, CLIENT
         return self.server_provider, INVOKER

@@ -7,7 +7,7 @@ when an outage lasts past ``outage_tolerance_s``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -106,14 +106,24 @@ class Outages:
     def waiting(self, outage: Outage) -> str:
         return f"waiting for {outage.what}: down {self.clock() - outage.since:.0f} s"
 
-    def check(self, session: str) -> None:
-        """Raise :class:`OutageTooLong` when an outage has lasted past the tolerance."""
-        for outage in self.down.values():
-            down_s = outage.length_s
-            if down_s > self.tolerance_s:
-                raise OutageTooLong(
-                    outage.kind,
-                    f"session {session} stopped ({outage.kind}): {outage.what} did not answer for "
-                    f"{down_s:.0f} s, past outage_tolerance_s {self.tolerance_s:g} ({outage.error}); "
-                    f"once it is back: fedkeeper resume {session}",
-                )
+    def too_long(self) -> list[Outage]:
+        """The outages that have lasted past the tolerance."""
+        return [o for o in self.down.values() if o.length_s > self.tolerance_s]
+
+    def check(self, session: str, spare: Collection[str] = ()) -> None:
+        """Raise :class:`OutageTooLong` when an outage has lasted past the tolerance.
+
+        ``spare``: what the caller copes with itself (a platform that hosts only some clients).
+        """
+        for outage in self.too_long():
+            if outage.what not in spare:
+                raise self.stop(outage, session)
+
+    def stop(self, outage: Outage, session: str) -> OutageTooLong:
+        """The error that stops ``session`` because of ``outage``."""
+        return OutageTooLong(
+            outage.kind,
+            f"session {session} stopped ({outage.kind}): {outage.what} did not answer for "
+            f"{outage.length_s:.0f} s, past outage_tolerance_s {self.tolerance_s:g} ({outage.error}); "
+            f"once it is back: fedkeeper resume {session}",
+        )

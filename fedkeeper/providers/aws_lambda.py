@@ -14,7 +14,9 @@ Outcome -> :class:`ActivationRecord` status:
 ``FunctionError`` with the handler's own exception         APPLICATION_ERROR, ``result = {"error": errorMessage}``
 ``FunctionError`` of type ``Runtime.*`` / ``Function.*``   DEVELOPER_ERROR (crash, bad handler, oversize reply)
 ``Sandbox.Timedout`` / "Task timed out", read timeout      DEVELOPER_ERROR, ``timeout=True``
-throttling, ``ServiceException``, connection failures      INTERNAL_ERROR
+connection closed after sending                            INTERNAL_ERROR
+throttling, 5xx (``ServiceException``), endpoint            raises PlatformUnavailable (an outage: the
+unreachable (refused, DNS, connect timeout)                keeper waits for it, at no cost to retries)
 function not found, access denied, bad parameters          raises ProviderError
 request past 6 MB                                          raises PayloadTooLarge before sending
 =========================================================  =====================================
@@ -28,14 +30,14 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import boto3
 import botocore.exceptions
 from botocore.config import Config as BotoConfig
 
 from fedkeeper.config import AwsCluster
-from fedkeeper.errors import PayloadTooLarge, ProviderError
+from fedkeeper.errors import PayloadTooLarge, PlatformUnavailable, ProviderError
 from fedkeeper.packaging import build_zip
 from fedkeeper.providers.base import (
     MB,
@@ -62,6 +64,7 @@ _THROTTLED = {
     "ResourceNotReadyException",
 }
 _WAIT_DELAY_S = 1
+_PROBE_TIMEOUT_S = 10.0
 
 
 class LambdaProvider(Provider):
@@ -230,18 +233,36 @@ class LambdaProvider(Provider):
             return _local_record(
                 ActivationStatus.DEVELOPER_ERROR, start, f"no answer within {timeout_s:g} s", True
             )
-        except (
-            botocore.exceptions.EndpointConnectionError,
-            botocore.exceptions.ConnectionClosedError,
-        ) as exc:
+        except botocore.exceptions.EndpointConnectionError as exc:  # refused, DNS, connect timeout
+            raise PlatformUnavailable(
+                self.where, f"{self._where(name)}: cannot reach Lambda ({type(exc).__name__})"
+            ) from None
+        except botocore.exceptions.ConnectionClosedError as exc:  # after sending: it may have run
             return _local_record(
-                ActivationStatus.INTERNAL_ERROR, start, f"cannot reach Lambda ({type(exc).__name__})"
+                ActivationStatus.INTERNAL_ERROR, start, f"lost Lambda after sending ({type(exc).__name__})"
             )
         except botocore.exceptions.ClientError as exc:
-            return self._client_error_record(name, exc, start)
+            self._client_error(name, exc)
         except botocore.exceptions.BotoCoreError as exc:  # no credentials, bad endpoint, ...
             raise ProviderError(f"{self._where(name)}: invoke failed: {redact(str(exc))}") from None
         return self._record(response, start)
+
+    def probe(self, name: str) -> bool:
+        """``get_function`` through the retry-less client (raises PlatformUnavailable when down)."""
+        try:
+            self._invoker(_PROBE_TIMEOUT_S).get_function(FunctionName=name)
+        except botocore.exceptions.EndpointConnectionError as exc:
+            raise PlatformUnavailable(
+                self.where, f"{self._where(name)}: cannot reach Lambda ({type(exc).__name__})"
+            ) from None
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500:
+                raise PlatformUnavailable(
+                    self.where, f"{self._where(name)}: {_client_message(exc)}"
+                ) from None
+        except botocore.exceptions.BotoCoreError:
+            pass  # it answered something: the next attempt tells what is wrong
+        return True
 
     def invoke_event(self, name: str, params: Mapping[str, Any]) -> str:
         """Start an asynchronous (``Event``) run and return its RequestId; its result is not kept.
@@ -260,19 +281,15 @@ class LambdaProvider(Provider):
         request_id: str = response["ResponseMetadata"]["RequestId"]
         return request_id
 
-    def _client_error_record(
-        self, name: str, exc: botocore.exceptions.ClientError, start: int
-    ) -> ActivationRecord:
+    def _client_error(self, name: str, exc: botocore.exceptions.ClientError) -> NoReturn:
+        """Raise what an invoke's ``ClientError`` means (the handler's own errors never get here)."""
         code = exc.response.get("Error", {}).get("Code", "")
         if code == "ResourceNotFoundException":
             raise ProviderError(f"{self._where(name)} is not deployed") from None
         if code in ("RequestTooLargeException", "RequestEntityTooLargeException"):
             raise PayloadTooLarge(f"{self._where(name)}: {_client_message(exc)}") from None
         if code in _THROTTLED or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500:
-            request_id = exc.response.get("ResponseMetadata", {}).get("RequestId") or uuid.uuid4().hex
-            return ActivationRecord(
-                request_id, ActivationStatus.INTERNAL_ERROR, {"error": _client_message(exc)}, start, now_ms()
-            )
+            raise PlatformUnavailable(self.where, f"{self._where(name)}: {_client_message(exc)}") from None
         raise ProviderError(f"{self._where(name)}: invoke refused: {_client_message(exc)}") from None
 
     def _record(self, response: dict[str, Any], start: int) -> ActivationRecord:

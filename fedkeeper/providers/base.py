@@ -14,6 +14,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
+import requests
+import urllib3.exceptions
+
 from fedkeeper.errors import ProviderError
 
 MB = 1024 * 1024
@@ -110,6 +113,19 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def never_sent(exc: requests.ConnectionError) -> bool:
+    """Whether no connection was made, so the request never left (refused, DNS, connect timeout).
+
+    Such a failure means the platform cannot be reached (an outage), and the request provably
+    started nothing there.
+    """
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    # urllib3's NewConnectionError (refused) and NameResolutionError subclass ConnectTimeoutError.
+    return isinstance(reason, urllib3.exceptions.ConnectTimeoutError)
+
+
 class Provider(ABC):
     """A FaaS platform (or the edge gateway) that hosts fedkeeper's functions.
 
@@ -152,6 +168,15 @@ class Provider(ABC):
     def fetch(self, name: str, activation_ids: Collection[str], since_ms: int) -> dict[str, ActivationRecord]:
         """Records of the given activations that have finished (only where ``async_invoke``)."""
         raise ProviderError(f"{self.platform} cluster {self.cluster!r} has no activation records")
+
+    def probe(self, name: str) -> bool:
+        """Ask cheaply whether the platform answers, starting no activation of ``name``.
+
+        Returns True when it answered, False when this platform has no cheap probe (the
+        keeper's next attempt is then the probe). Raises ``PlatformUnavailable`` when it does
+        not answer, as an invoke would.
+        """
+        return False
 
     def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Release connections."""

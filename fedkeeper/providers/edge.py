@@ -26,13 +26,14 @@ import requests
 from pydantic import SecretStr
 
 from fedkeeper.config import EdgeCluster
-from fedkeeper.errors import ProviderError
+from fedkeeper.errors import PlatformUnavailable, ProviderError
 from fedkeeper.providers.base import (
     ActivationRecord,
     ActivationStatus,
     Capabilities,
     FunctionSpec,
     Provider,
+    never_sent,
     now_ms,
 )
 from fedkeeper.redaction import register_secret
@@ -205,6 +206,18 @@ class EdgeProvider(Provider):
                 end_ms=now_ms(),
                 timeout=True,
             )
+        except requests.ConnectionError as exc:
+            if never_sent(exc):  # the gateway is down, not the device's job
+                raise PlatformUnavailable(
+                    self.where, f"edge cluster {self.cluster!r}: gateway unreachable ({type(exc).__name__})"
+                ) from None
+            return ActivationRecord(
+                uuid.uuid4().hex,
+                ActivationStatus.DEVELOPER_ERROR,
+                {"error": f"edge gateway lost after sending: {str(exc).splitlines()[0]}"},
+                start_ms=start,
+                end_ms=now_ms(),
+            )
         except (requests.RequestException, ProviderError) as exc:
             return ActivationRecord(
                 uuid.uuid4().hex,
@@ -236,6 +249,23 @@ class EdgeProvider(Provider):
             end_ms=now_ms(),
             timeout=response.status_code == 504,
         )
+
+    def probe(self, name: str) -> bool:
+        """The gateway's health endpoint (raises PlatformUnavailable when it does not answer)."""
+        try:
+            self._session.get(
+                f"{self.gateway_url()}/v1/health",
+                headers={"Authorization": f"Bearer {self.token}"},
+                timeout=(CONNECT_TIMEOUT_S, CONNECT_TIMEOUT_S),
+            )
+        except requests.ConnectionError as exc:
+            if never_sent(exc):
+                raise PlatformUnavailable(
+                    self.where, f"edge cluster {self.cluster!r}: gateway unreachable ({type(exc).__name__})"
+                ) from None
+        except requests.RequestException:
+            pass  # it answered something: the next attempt tells what is wrong
+        return True
 
     def close(self) -> None:
         self._session.close()

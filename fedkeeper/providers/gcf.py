@@ -14,7 +14,9 @@ HTTP outcome -> :class:`ActivationRecord` status:
 4xx / 500 with ``{"error": ...}`` (the function's) APPLICATION_ERROR, ``result = {"error"}``
 500 without a JSON error (a crash), other codes     DEVELOPER_ERROR
 408 / 504 or no answer within ``timeout_s``        DEVELOPER_ERROR, ``timeout=True``
-429 / 502 / 503, connection refused or reset       INTERNAL_ERROR (the platform, not the code)
+connection reset after sending                     INTERNAL_ERROR (the platform, not the code)
+429 / 502 / 503, connection refused, DNS, connect  raises PlatformUnavailable (an outage: the
+timeout (function URL or control plane), API 5xx   keeper waits for it, at no cost to retries)
 401 / 403 / 404 / 413                              raises ProviderError / PayloadTooLarge
 =================================================  ===========================================
 """
@@ -44,7 +46,7 @@ from google.oauth2 import id_token as google_id_token
 from google.oauth2 import service_account
 
 from fedkeeper.config import GoogleCluster
-from fedkeeper.errors import ConfigError, PayloadTooLarge, ProviderError
+from fedkeeper.errors import ConfigError, PayloadTooLarge, PlatformUnavailable, ProviderError
 from fedkeeper.packaging import build_zip
 from fedkeeper.providers.base import (
     MB,
@@ -53,6 +55,7 @@ from fedkeeper.providers.base import (
     Capabilities,
     FunctionSpec,
     Provider,
+    never_sent,
     now_ms,
 )
 from fedkeeper.providers.credentials import ServiceAccountKey
@@ -69,6 +72,7 @@ _CONNECT_TIMEOUT_S = 10.0
 _MEMORY_MB = (128, 32768)
 # The REST transport lets connection failures through as requests (or google-auth) exceptions.
 _UNREACHABLE = (requests.RequestException, google.auth.exceptions.TransportError)
+_UNAVAILABLE_HTTP = (429, 502, 503)  # the front end's answers when no instance can take the call
 _TOKEN_SLACK_S = 300  # refresh an ID token this long before it expires
 # Poll operations from 0.25 s up to every 10 s (the library starts at 1 s, grows to 20 s): a small
 # function's update is often done within a second.
@@ -266,10 +270,13 @@ class GcfProvider(Provider):
                 raise
             raise ProviderError(f"{where}: {what} refused: not found") from None
         except gexc.GoogleAPICallError as exc:
-            raise ProviderError(f"{where}: {what} refused: {_api_message(exc)}") from None
+            message = f"{where}: {what} refused: {_api_message(exc)}"
+            if exc.code is not None and (exc.code in _UNAVAILABLE_HTTP or exc.code >= 500):
+                raise PlatformUnavailable(self.where, message) from None
+            raise ProviderError(message) from None
         except _UNREACHABLE as exc:
-            raise ProviderError(
-                f"{where}: {what} failed: cannot reach the GCF API ({type(exc).__name__})"
+            raise PlatformUnavailable(
+                self.where, f"{where}: {what} failed: cannot reach the GCF API ({type(exc).__name__})"
             ) from None
 
     def remove(self, name: str) -> bool:
@@ -318,6 +325,12 @@ class GcfProvider(Provider):
             raise ProviderError(f"{where} has no URL yet (state {function.state.name})")
         self._urls[name] = uri
         return uri
+
+    def probe(self, name: str) -> bool:
+        """A look-up of the function on the control plane (raises PlatformUnavailable when down)."""
+        self._urls.pop(name, None)
+        self.url(name)
+        return True
 
     # ------------------------------------------------------------------ invocation
     def _auth_headers(self, url: str) -> dict[str, str]:
@@ -369,19 +382,19 @@ class GcfProvider(Provider):
             response = self._http.post(
                 url, data=body, headers=headers, timeout=(_CONNECT_TIMEOUT_S, timeout_s)
             )
-        except requests.ConnectTimeout:
+        except requests.ConnectionError as exc:  # ConnectTimeout included: it is both
+            if never_sent(exc):
+                raise PlatformUnavailable(
+                    self.where, f"{self._where(name)}: cannot reach the function URL ({type(exc).__name__})"
+                ) from None
             return _local_record(
-                ActivationStatus.INTERNAL_ERROR, start, "function URL did not accept a connection"
+                ActivationStatus.INTERNAL_ERROR,
+                start,
+                f"connection to the function URL lost after sending ({type(exc).__name__})",
             )
         except requests.Timeout:
             return _local_record(
                 ActivationStatus.DEVELOPER_ERROR, start, f"no answer within {timeout_s:g} s", timeout=True
-            )
-        except requests.ConnectionError as exc:
-            return _local_record(
-                ActivationStatus.INTERNAL_ERROR,
-                start,
-                f"cannot reach the function URL ({type(exc).__name__})",
             )
         return self._record(name, response, start)
 
@@ -416,10 +429,8 @@ class GcfProvider(Provider):
             return record(
                 ActivationStatus.DEVELOPER_ERROR, {"error": f"timed out (HTTP {status_code})"}, True
             )
-        if status_code in (429, 502, 503):
-            return record(
-                ActivationStatus.INTERNAL_ERROR, {"error": f"platform unavailable (HTTP {status_code})"}
-            )
+        if status_code in _UNAVAILABLE_HTTP:
+            raise PlatformUnavailable(self.where, f"{where}: the front end answered HTTP {status_code}")
         return record(
             ActivationStatus.DEVELOPER_ERROR, {"error": f"the function failed (HTTP {status_code})"}
         )

@@ -23,7 +23,6 @@ from typing import Any, ClassVar
 from urllib.parse import quote, urlsplit
 
 import requests
-import urllib3.exceptions
 from requests.auth import AuthBase
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
 
@@ -37,6 +36,7 @@ from fedkeeper.providers.base import (
     Capabilities,
     FunctionSpec,
     Provider,
+    never_sent,
 )
 
 log = logging.getLogger("fedkeeper.providers.openwhisk")
@@ -57,13 +57,6 @@ class _Retryable(Exception):
     def __init__(self, message: str, response: requests.Response | None = None) -> None:
         super().__init__(message)
         self.response = response
-
-
-def _never_sent(exc: requests.ConnectionError) -> bool:
-    """Whether no connection was made, so the request never left (refused, DNS, connect timeout)."""
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    # urllib3's NewConnectionError (refused) and NameResolutionError subclass ConnectTimeoutError.
-    return isinstance(reason, urllib3.exceptions.ConnectTimeoutError)
 
 
 def _is_record(body: Any) -> bool:
@@ -178,7 +171,7 @@ class OpenWhiskProvider(Provider):
             try:
                 response = self.session.request(method, url, timeout=timeout_pair, **kwargs)
             except requests.ConnectionError as exc:
-                if resend or _never_sent(exc):
+                if resend or never_sent(exc):
                     raise _Retryable(f"cannot reach {url}: {type(exc).__name__}") from exc
                 raise ProviderError(
                     f"openwhisk cluster {self.cluster!r}: {method} {url}: connection lost after sending "

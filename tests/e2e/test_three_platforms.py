@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,23 @@ from providers.harness.gcf_fake import GcfFake
 from providers.harness.lambda_runtime import LambdaBackend
 
 from fedkeeper.fabric.process import FabricProcess
+from fedkeeper.outages import OutageTooLong
 from fedkeeper.store.db import Store
 
 from .conftest import E2E_LIMITS, training_config
 from .helpers import client_attempts, run_session
 
 PLATFORM_OF = {0: "openwhisk", 1: "openwhisk", 2: "google", 3: "google", 4: "aws", 5: "aws"}
+
+
+def stop_when_round_one_opens(gcf: GcfFake) -> Callable[[Store], None]:
+    def stop(store: Store) -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not store.db.rounds.find_one({"round": 1}):
+            time.sleep(0.05)
+        gcf.stop()
+
+    return stop
 
 
 @pytest.fixture
@@ -84,31 +96,79 @@ def test_one_session_trains_over_openwhisk_gcf_and_lambda_with_one_ledger(
     assert {r["target_platform"] for r in rows if r["client"]} == {"", "google", "aws"}
 
 
-def test_a_platform_killed_mid_round_is_retried_then_the_round_closes_on_quorum(
+def test_a_platform_killed_mid_round_costs_no_retries_then_the_round_closes_on_quorum(
     backends: tuple[FabricProcess, GcfFake, LambdaBackend], mongo_url: str, tmp_path: Path
 ) -> None:
     _, gcf, _ = backends
 
-    def kill_gcf_when_round_one_opens(store: Store) -> None:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not store.db.rounds.find_one({"round": 1}):
-            time.sleep(0.05)
-        gcf.stop()
-
+    # A short tolerance: GCF never comes back, and its clients are given up once it is past.
     data = three_platform_config(
-        backends, mongo_url, tmp_path / "logs", min_fit_fraction=0.6, max_retries=2, retry_backoff_s=0.1
-    )
-    store, session = run_session(data, during=kill_gcf_when_round_one_opens, remove=False)
+        backends, mongo_url, tmp_path / "logs", min_fit_fraction=0.6, max_retries=2, retry_backoff_s=0.1,
+        outage_tolerance_s=3,
+    )  # fmt: skip
+    store, session = run_session(data, during=stop_when_round_one_opens(gcf), remove=False)
 
     assert store.session(session)["phase"] == "Succeeded"
     rounds = store.rounds(session)
     assert rounds[0]["included"] == [0, 1, 2, 3, 4, 5]
     for r in rounds[1:]:
-        assert r["included"] == [0, 1, 4, 5], r  # GCF's clients gave up; quorum 4 of 6 closed the round
+        assert r["included"] == [0, 1, 4, 5], r  # GCF's clients given up; quorum 4 of 6 closed the round
         assert r["metrics"]["failed_clients"] == 2
     gcf_attempts = [a for a in client_attempts(store, session) if a["round"] == 1 and a["client"] in (2, 3)]
-    assert sorted(a["attempt"] for a in gcf_attempts) == [1, 1, 2, 2, 3, 3]  # each retried max_retries times
-    assert all(a["status"] == "application error" for a in gcf_attempts)
+    # An unreachable GCF is an outage: its attempts are booked unavailable and cost no retry. Only a
+    # call already inside GCF when it stopped may end as the client's failure (the connection was
+    # lost after sending, so the function may have run).
+    assert any(a["status"] == "unavailable" for a in gcf_attempts), gcf_attempts
+    charged = [a for a in gcf_attempts if a["status"] != "unavailable"]
+    assert len(charged) <= 2 and len({a["client"] for a in charged}) == len(charged), gcf_attempts
+
+
+def test_a_platform_down_past_the_tolerance_stops_a_round_that_needs_its_clients(
+    backends: tuple[FabricProcess, GcfFake, LambdaBackend], mongo_url: str, tmp_path: Path
+) -> None:
+    _, gcf, _ = backends
+    data = three_platform_config(
+        backends, mongo_url, tmp_path / "logs", max_retries=1, retry_backoff_s=0.1, outage_tolerance_s=3
+    )  # every client needed: without GCF's the round cannot close
+    with pytest.raises(OutageTooLong, match=r"\(PlatformUnavailable\): google/gcf did not answer"):
+        run_session(data, during=stop_when_round_one_opens(gcf), remove=False)
+    mongo = data["scenarios"]["federated_learning"]["mongo_config"]
+    (doc,) = Store(mongo_url, mongo["database"]).db.sessions.find()
+    assert doc["phase"] == "Failed" and doc["conditions"][-1]["reason"] == "PlatformUnavailable"
+
+
+def test_gcf_answering_503_mid_round_is_waited_for_without_spending_retries(
+    backends: tuple[FabricProcess, GcfFake, LambdaBackend], mongo_url: str, tmp_path: Path
+) -> None:
+    _, gcf, _ = backends
+
+    def gcf_down_until_both_its_clients_waited(store: Store) -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not store.db.rounds.find_one({"round": 1}):
+            time.sleep(0.05)
+        gcf.unavailable = True
+        waited: set[int] = set()
+        while time.monotonic() < deadline and waited != {2, 3}:
+            time.sleep(0.05)
+            found = store.db.activations.find(
+                {"round": 1, "client": {"$in": [2, 3]}, "status": "unavailable"}
+            )
+            waited = {int(a["client"]) for a in found}
+        gcf.unavailable = False
+
+    # No retry to spend and every client needed: the round can only close if GCF's clients wait.
+    data = three_platform_config(backends, mongo_url, tmp_path / "logs", max_retries=0, retry_backoff_s=0.1)
+    store, session = run_session(data, during=gcf_down_until_both_its_clients_waited)
+
+    assert store.session(session)["phase"] == "Succeeded"
+    for r in store.rounds(session):
+        assert r["included"] == [0, 1, 2, 3, 4, 5], r
+        assert r["metrics"]["failed_clients"] == 0
+    gcf_attempts = [a for a in client_attempts(store, session) if a["round"] == 1 and a["client"] in (2, 3)]
+    assert {a["client"] for a in gcf_attempts if a["status"] == "unavailable"} == {2, 3}, gcf_attempts
+    lines = (tmp_path / "logs" / session / "keeper.jsonl").read_text().splitlines()
+    events = [json.loads(line) for line in lines]
+    assert any(e["event"] == "outage_over" and e["what"] == "google/gcf" for e in events)  # the target's
 
 
 def test_deploy_py_checks_all_three_platforms_and_removes_from_each(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import numpy as np
 import pytest
 
 from fedkeeper.config import FederatedLearning, ModelParams, TrainingTestData
+from fedkeeper.errors import PlatformUnavailable, Unavailable
 from fedkeeper.store import weights as wire
 from fedkeeper.store.db import Store
 from fedkeeper.tasks.entry import run
@@ -173,6 +175,30 @@ def test_invoker_refuses_targets_not_bound_at_deploy(bound: dict[str, Any]) -> N
     call = {"session": "s1", "round": 0, "client": 0, "attempt": 1, "target": "google/evil"}
     reply = run("fl_invoker_weights_update", call, {**bound, "targets": {}})
     assert "not bound to this invoker" in reply["error"]
+
+
+@pytest.mark.parametrize(
+    ("platform", "settings"),
+    [
+        ("google", {"project": "p", "allow_unauthenticated": True}),
+        ("aws", {"region": "eu-west-1", "access_key_id": "AKIDEXAMPLE", "secret_access_key": "x" * 40}),
+    ],
+)
+def test_invoker_reports_an_unreachable_target_as_an_outage_of_that_platform(
+    bound: dict[str, Any], platform: str, settings: dict[str, Any]
+) -> None:
+    run("fl_server_init", {"session": "s1"}, bound)
+    with socket.socket() as probe:  # a port just released: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    endpoint = {"google": "api_endpoint", "aws": "endpoint_url"}[platform]
+    binding = {"platform": platform, "cluster": "down", "settings": {**settings, endpoint: dead}}
+    call = {"session": "s1", "round": 0, "client": 0, "attempt": 1, "target": f"{platform}/down"}
+    reply = run("fl_invoker_weights_update", call, {**bound, "targets": {f"{platform}/down": binding}})
+    assert reply["error"].startswith("PlatformUnavailable: "), reply
+    outage = Unavailable.in_result({"error": reply["error"]}, f"{platform}/down")  # all OpenWhisk keeps
+    assert isinstance(outage, PlatformUnavailable) and outage.what == f"{platform}/down"
+    assert reply["unavailable"] == f"{platform}/down"  # where a platform keeps the whole result
 
 
 def test_mlp_weights_have_keras_dense_layout() -> None:

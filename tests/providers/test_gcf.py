@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fedkeeper.config import GoogleCluster
-from fedkeeper.errors import ConfigError, ProviderError
+from fedkeeper.errors import ConfigError, PlatformUnavailable, ProviderError
 from fedkeeper.packaging import function_dir
 from fedkeeper.providers.base import ActivationStatus, FunctionSpec
 from fedkeeper.providers.credentials import ServiceAccountKey
@@ -118,15 +118,32 @@ def test_non_json_reply_is_a_developer_error(gcf_provider: GcfProvider, misbehav
     assert record.error is not None and "JSON" in record.error
 
 
-def test_unreachable_front_end_is_an_internal_error(unique_name: str) -> None:
+def test_unreachable_front_end_is_an_outage_of_the_platform(unique_name: str) -> None:
     with GcfFake() as fake:
         provider = GcfProvider("gone", gcf_settings(fake))
         provider.deploy(FunctionSpec(unique_name, MISBEHAVE))
+        assert provider.probe(unique_name) is True
     # The platform is gone but the provider still knows the URL (as the invoker would).
-    record = provider.invoke_sync(unique_name, {}, timeout_s=5)
+    with pytest.raises(PlatformUnavailable, match="cannot reach the function URL") as caught:
+        provider.invoke_sync(unique_name, {}, timeout_s=5)
+    assert caught.value.what == "google/gone"
+    with pytest.raises(PlatformUnavailable, match="cannot reach the GCF API"):
+        provider.probe(unique_name)
     provider.close()
-    assert record.status is ActivationStatus.INTERNAL_ERROR
-    assert record.activation_id
+
+
+def test_a_front_end_answering_503_is_an_outage_and_its_probe_says_so(
+    gcf_fake: GcfFake, gcf_provider: GcfProvider, misbehave: str
+) -> None:
+    gcf_fake.unavailable = True
+    try:
+        with pytest.raises(PlatformUnavailable, match="HTTP 503"):
+            gcf_provider.invoke_sync(misbehave, {}, timeout_s=5)
+        with pytest.raises(PlatformUnavailable, match="503"):
+            gcf_provider.probe(misbehave)
+    finally:
+        gcf_fake.unavailable = False
+    assert gcf_provider.invoke_sync(misbehave, {}, timeout_s=30).ok
 
 
 def test_unreachable_control_plane_is_a_clear_provider_error(dead_url: str, unique_name: str) -> None:
@@ -136,7 +153,7 @@ def test_unreachable_control_plane_is_a_clear_provider_error(dead_url: str, uniq
             lambda: provider.remove(unique_name),
             lambda: provider.invoke_sync(unique_name, {}, timeout_s=5),
         ):
-            with pytest.raises(ProviderError, match=r"cannot reach the GCF API \(ConnectionError\)$"):
+            with pytest.raises(PlatformUnavailable, match=r"cannot reach the GCF API \(ConnectionError\)$"):
                 call()
 
 

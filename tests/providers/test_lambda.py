@@ -13,7 +13,7 @@ import boto3
 import pytest
 
 from fedkeeper.config import AwsCluster, parse_config
-from fedkeeper.errors import ConfigError, PayloadTooLarge, ProviderError
+from fedkeeper.errors import ConfigError, PayloadTooLarge, PlatformUnavailable, ProviderError
 from fedkeeper.packaging import build_zip, function_dir
 from fedkeeper.providers.aws_lambda import HANDLER, LambdaProvider
 from fedkeeper.providers.base import MB, ActivationStatus, FunctionSpec
@@ -192,14 +192,20 @@ def test_killed_environments_are_replaced(
     assert first.result["pid"] != second.result["pid"]
 
 
-def test_unreachable_endpoint_is_an_internal_error_for_invoke_and_a_provider_error_for_deploy(
+def test_unreachable_endpoint_is_an_outage_for_invoke_and_probe_and_a_provider_error_for_deploy(
     dead_url: str, unique_name: str
 ) -> None:
     settings = AwsCluster.model_validate({"endpoint_url": dead_url, "region": AWS_REGION, **AWS_KEYS})
     with LambdaProvider("down", settings) as provider:
-        record = provider.invoke_sync(unique_name, {}, timeout_s=5)
-        assert record.status is ActivationStatus.INTERNAL_ERROR
-        assert record.activation_id
+        for call in (
+            lambda: provider.invoke_sync(unique_name, {}, timeout_s=5),
+            lambda: provider.probe(unique_name),
+        ):
+            with pytest.raises(
+                PlatformUnavailable, match=r"cannot reach Lambda \(EndpointConnectionError\)"
+            ) as caught:
+                call()
+            assert caught.value.what == "aws/down"
         with pytest.raises(ProviderError, match="create failed: Could not connect to the endpoint URL"):
             provider.deploy(FunctionSpec(unique_name, MISBEHAVE))
         with pytest.raises(ProviderError, match="delete failed: Could not connect to the endpoint URL"):

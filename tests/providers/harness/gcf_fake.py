@@ -96,6 +96,7 @@ class GcfFake:
         self.require_auth = require_auth
         self.max_instances_cap = max_instances_cap
         self.hold_operations = False  # tests of operation timeouts keep operations pending
+        self.unavailable = False  # an outage: every request (API and functions) is answered 503
         self.url = ""
         self.functions: dict[str, Deployed] = {}
         self.operations: dict[str, dict[str, Any]] = {}
@@ -130,7 +131,7 @@ class GcfFake:
     async def _start(self) -> tuple[web.AppRunner, str]:
         # No keep-alive to instances: a connection to a crashed worker must not be reused.
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
-        app = web.Application(client_max_size=64 * MB)
+        app = web.Application(client_max_size=64 * MB, middlewares=[self._outage])
         base = "/v2/projects/{project}/locations/{location}"
         app.router.add_post(base + "/functions:generateUploadUrl", self._generate_upload_url)
         app.router.add_post(base + "/functions", self._create)
@@ -144,6 +145,13 @@ class GcfFake:
         app.router.add_route("*", "/fn/{project}/{location}/{fid}", self._front)
         app.router.add_route("*", "/fn/{project}/{location}/{fid}/{tail:.*}", self._front)
         return await serve(app)
+
+    @web.middleware
+    async def _outage(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.unavailable:
+            return web.Response(status=503, text="Service Unavailable")
+        response: web.StreamResponse = await handler(request)
+        return response
 
     def stop(self) -> None:
         if self._loop is None:
