@@ -141,18 +141,19 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None
         time.sleep(0.2)
 
 
+def start_training(cwd: Path, main: list[str]) -> subprocess.Popen[bytes]:
+    """``main.py -s`` in the background, its output discarded (the tests read the store instead)."""
+    return subprocess.Popen(
+        [sys.executable, *main, "-s"], cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
 def test_a_sigkilled_keeper_leaves_no_store_running_and_resume_starts_it_again(tmp_path: Path) -> None:
     config, fabric_port, mongo_port = local_config(tmp_path)
     main = [str(ROOT / "main.py"), "-c", str(config)]
     deployed = run(tmp_path, *main, "-d")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    keeper = subprocess.Popen(
-        [sys.executable, *main, "-s"],
-        cwd=tmp_path,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    keeper = start_training(tmp_path, main)
     try:
         store = Store(f"mongodb://127.0.0.1:{mongo_port}/?directConnection=true", "fedkeeper")
         wait_for(lambda: port_open(mongo_port), 60, "the embedded store")
@@ -186,13 +187,7 @@ def test_remove_stops_the_embedded_store_even_while_a_keeper_holds_it(tmp_path: 
     data["scenarios"]["federated_learning"]["server_config"].update(max_retries=100, retry_backoff_s=0.5)
     config.write_text(yaml.safe_dump(data))
     main = [str(ROOT / "main.py"), "-c", str(config)]
-    keeper = subprocess.Popen(
-        [sys.executable, *main, "-s"],
-        cwd=tmp_path,
-        env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    keeper = start_training(tmp_path, main)
     try:
         wait_for(lambda: port_open(mongo_port), 120, "the embedded store")
         held = store_processes(keeper.pid)
