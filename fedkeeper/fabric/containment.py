@@ -5,8 +5,8 @@ has on one Linux machine (see docs/fabric.md, "Tenant isolation"):
 
 - every namespace's workers run as their own unprivileged user (:func:`namespace_uid`), in a
   folder only that user can read; the fabric's state stays root's, mode 0700/0600;
-- a PID and mount namespace per worker: ``/proc`` shows only the worker's own processes, and
-  when the worker ends every process it started ends too;
+- a PID and mount namespace per worker: ``/proc`` shows only the worker's own processes, when
+  the worker ends every process it started ends too, and ``/tmp`` is the worker's own;
 - a memory and a pids cgroup per worker (v1 hierarchy, under the fabric's own cgroup): all its
   processes count against ``limits.memory`` and can all be killed.
 
@@ -92,6 +92,12 @@ def hidden_homes(paths: list[str]) -> tuple[str, ...]:
     return tuple(f"{folder}:{','.join(sorted(children))}" for folder, children in sorted(keep.items()))
 
 
+def under_tmp(paths: list[str]) -> tuple[str, ...]:
+    """The real paths among ``paths`` that a private ``/tmp`` would hide."""
+    found = (os.path.realpath(p) for p in paths if p and os.path.isabs(p))
+    return tuple(sorted({p for p in found if p.startswith("/tmp/") and os.path.isdir(p)}))
+
+
 def _enterable(folder: Path) -> bool:
     try:
         return bool(folder.stat().st_mode & stat.S_IXOTH)
@@ -120,6 +126,7 @@ class Cell:
     pid_namespace: bool
     hide: tuple[str, ...]  # only applied inside the worker's own mount namespace
     folder: Path
+    keep_tmp: tuple[str, ...] = ()  # folders under /tmp the interpreter needs in a private /tmp
 
     @property
     def memory_cgroup(self) -> Path | None:
@@ -131,6 +138,8 @@ class Cell:
             out += ["--cgroup", str(folder)]
         if self.pid_namespace:
             out.append("--pid-namespace")
+            for keep in (*self.keep_tmp, *under_tmp([str(self.folder)])):
+                out += ["--private-tmp", keep]
         if self.uid is not None:
             if self.pid_namespace:
                 for spec in self.hide:
@@ -205,6 +214,7 @@ class Containment:
     pid_namespace: bool = False
     drop_user: bool = False
     hide: tuple[str, ...] = ()
+    keep_tmp: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
     _uids: dict[str, int] = field(default_factory=dict)
     _workdir: Path | None = None
@@ -237,13 +247,14 @@ class Containment:
             hide_error = ""
         except ValueError as exc:
             hide_error = str(exc)
+        found.keep_tmp = under_tmp(_interpreter_paths())
         # Hiding needs the worker's own mount namespace: without one, only an open interpreter works.
         attempts = [(True, True), (True, False), (False, not found.hide)]
         for namespaces, drop in attempts:
             if drop and hide_error:
                 found.notes.append(f"workers run as root: {hide_error}")
                 continue
-            error = _try_sandbox(namespaces, drop, found.hide)
+            error = _try_sandbox(namespaces, drop, found.hide, found.keep_tmp)
             if error is None:
                 found.pid_namespace, found.drop_user = namespaces, drop
                 break
@@ -307,7 +318,7 @@ class Containment:
                     group.rmdir()
                 continue
             groups[controller] = group
-        return Cell(name, uid, groups, self.pid_namespace, self.hide, folder)
+        return Cell(name, uid, groups, self.pid_namespace, self.hide, folder, self.keep_tmp)
 
     def close(self) -> None:
         """Remove the fabric's cgroup and worker folders (their workers are gone by now)."""
@@ -317,9 +328,11 @@ class Containment:
             shutil.rmtree(self._workdir, ignore_errors=True)
 
 
-def _try_sandbox(namespaces: bool, drop: bool, hide: tuple[str, ...]) -> str | None:
+def _try_sandbox(
+    namespaces: bool, drop: bool, hide: tuple[str, ...], keep_tmp: tuple[str, ...]
+) -> str | None:
     """None when a sandboxed interpreter can import the runtime's dependencies, else why not."""
-    cell = Cell("probe", UID_BASE - 1 if drop else None, {}, namespaces, hide, Path("/"))
+    cell = Cell("probe", UID_BASE - 1 if drop else None, {}, namespaces, hide, Path("/"), keep_tmp)
     check = f"import aiohttp; open({str(RUNTIME)!r}).close()"
     command = cell.argv([sys.executable, "-c", check], os.getpid())
     try:

@@ -1,7 +1,7 @@
 """Start one worker inside its confinement, then exec the runtime (run as a script, never imported).
 
 ``python sandbox.py [--cgroup DIR]... [--pid-namespace] [--uid N --gid N] [--hide DIR:CHILD,...]...
-[--parent-pid PID] -- COMMAND...``
+[--private-tmp KEEP]... [--parent-pid PID] -- COMMAND...``
 
 What ``fedkeeper.fabric.containment`` decided this machine allows, applied in this order:
 
@@ -13,7 +13,11 @@ What ``fedkeeper.fabric.containment`` decided this machine allows, applied in th
 3. ``--hide DIR:CHILD,...``: in the private mount namespace, a tmpfs over ``DIR`` that shows only
    its ``CHILD`` entries (bound back in): the interpreter under an unreadable home stays reachable
    while the rest of that home disappears.
-4. ``--uid/--gid``: drop to the namespace's unprivileged user, with no supplementary groups.
+4. ``--private-tmp KEEP``: in the private mount namespace, fresh tmpfs over ``/tmp`` and
+   ``/dev/shm`` (charged to the worker's memory cgroup), with only the ``KEEP`` folders (the
+   worker's own, the interpreter's if it lives under ``/tmp``) bound back at their paths: what
+   another tenant's action leaves in ``/tmp``, even world-readable, is out of sight.
+5. ``--uid/--gid``: drop to the namespace's unprivileged user, with no supplementary groups.
 
 Each process in the chain dies with its parent (``PR_SET_PDEATHSIG``), so a SIGKILLed fabric
 leaves nothing behind. Imports nothing from fedkeeper, like ``runtime.py``.
@@ -75,6 +79,21 @@ def _hide(specs: list[str]) -> None:
             os.close(fd)
 
 
+def _private_tmp(keep: list[str]) -> None:
+    """Fresh ``/tmp`` and ``/dev/shm``, with the ``keep`` folders bound back at their own paths."""
+    outermost = [p for p in sorted(set(keep)) if not any(p.startswith(k + "/") for k in keep if k != p)]
+    handles = {path: os.open(path, os.O_PATH | os.O_DIRECTORY) for path in outermost}
+    for folder in ("/tmp", "/dev/shm"):
+        if os.path.isdir(folder):
+            _mount("tmpfs", folder, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    previous = os.umask(0o022)  # the way down must be open to the worker's user, whatever the fabric's umask
+    for path, fd in handles.items():
+        os.makedirs(path, 0o755, exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+        os.close(fd)
+    os.umask(previous)
+
+
 def _drop(uid: int, gid: int) -> None:
     os.setgroups([])
     os.setgid(gid)
@@ -117,6 +136,8 @@ def _confine(args: argparse.Namespace) -> None:
     _join(args.cgroup)
     if args.hide:
         _hide(args.hide)
+    if args.private_tmp:
+        _private_tmp(args.private_tmp)
     if args.uid is not None:
         _drop(args.uid, args.gid if args.gid is not None else args.uid)
 
@@ -126,6 +147,7 @@ def main() -> None:
     parser.add_argument("--cgroup", action="append", default=[])
     parser.add_argument("--pid-namespace", action="store_true")
     parser.add_argument("--hide", action="append", default=[])
+    parser.add_argument("--private-tmp", action="append", default=[])
     parser.add_argument("--uid", type=int, default=None)
     parser.add_argument("--gid", type=int, default=None)
     parser.add_argument("--parent-pid", type=int, default=0)
@@ -134,8 +156,8 @@ def main() -> None:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command")
-    if args.hide and not args.pid_namespace:
-        parser.error("--hide needs --pid-namespace (the mounts must stay inside the worker)")
+    if (args.hide or args.private_tmp) and not args.pid_namespace:
+        parser.error("--hide and --private-tmp need --pid-namespace (the mounts must stay inside the worker)")
     try:
         _die_with_parent()
         if args.pid_namespace:

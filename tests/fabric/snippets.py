@@ -73,6 +73,19 @@ def main(params):
     return {"ok": True}
 """
 
+# Leaves a world-readable file in /tmp and /dev/shm, then lists both (as another tenant would).
+LITTER = """
+import os
+
+def main(params):
+    for folder in ("/tmp", "/dev/shm"):
+        path = os.path.join(folder, params["file"])
+        with open(path, "w") as handle:
+            handle.write("left here")
+        os.chmod(path, 0o644)
+    return {"tmp": sorted(os.listdir("/tmp")), "shm": sorted(os.listdir("/dev/shm"))}
+"""
+
 BAD_SYNTAX = """
 def main(params)
     return {}
@@ -127,18 +140,21 @@ def main(params):
                     look(mem.read(end - start), f"/proc/{entry}/mem")
                 except (OSError, ValueError, OverflowError):
                     pass
-    readable = 0
-    for root in params["roots"]:
+    readable, unfinished = 0, []
+    for root in params["roots"]:  # secrets live in small files: the first MB of each is enough
         for folder, _, files in os.walk(root):
+            if time.monotonic() > deadline:
+                unfinished.append(root)
+                break
             for name in files:
                 path = os.path.join(folder, name)
                 try:
                     with open(path, "rb") as handle:
-                        look(handle.read(64 << 20), path)
+                        look(handle.read(1 << 20), path)
                         readable += 1
                 except OSError:
                     pass
-    return {"found": found, "pids": len(pids), "readable_files": readable}
+    return {"found": found, "pids": len(pids), "readable_files": readable, "unfinished": unfinished}
 """
 
 # Starts a grandchild that escapes its parent (fork, setsid, fork) and holds ``mb`` MB for

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ import pytest
 from fedkeeper.fabric.process import FabricProcess
 
 from .conftest import QUICK_LIMITS, FabricClient
-from .snippets import ECHO, ESCAPE, SNOOP
+from .snippets import ECHO, ESCAPE, LITTER, SNOOP
 
 CONFINED = pytest.mark.skipif(
     os.geteuid() != 0, reason="containment needs root (CI and dev machines run as root)"
@@ -77,15 +76,32 @@ def test_action_cannot_read_another_namespaces_parameters_code_or_records(
     assert record["response"]["result"]["params"]["password"] == password  # warm, with the secret inside
     assert guest.activation(record["activationId"]).status_code == 404
 
-    guest.deploy(name, SNOOP, limits={"timeout": 180_000, "memory": 512})
+    guest.deploy(name, SNOOP, limits={"timeout": 120_000, "memory": 512})
     secrets = [password, code_secret, result_secret, alice_key]
-    roots = [str(state), tempfile.gettempdir()]
-    response = guest.invoke(name, {"reversed": [s[::-1] for s in secrets], "roots": roots})
-    snoop = guest.wait_record(response.json()["activationId"], timeout=200)
+    roots = [str(state), "/tmp", "/dev/shm"]
+    response = guest.invoke(name, {"reversed": [s[::-1] for s in secrets], "roots": roots, "budget_s": 60})
+    snoop = guest.wait_record(response.json()["activationId"], timeout=150)
     assert snoop["response"]["success"], snoop["response"]
     result = snoop["response"]["result"]
     assert result["found"] == {}
+    assert str(state) not in result["unfinished"]  # the fabric's own state was searched to the end
     assert result["pids"] <= 1  # only its namespace's init: no other process is visible
+
+
+@CONFINED
+def test_what_one_tenant_leaves_in_tmp_is_out_of_another_tenants_sight(
+    start_fabric: Callable[..., FabricClient],
+) -> None:
+    alice_key = f"{uuid.uuid4()}:{uuid.uuid4().hex}"
+    guest = start_fabric(auth=[f"{alice_key}=alice"])
+    alice = FabricClient(guest.url, key=alice_key)
+    for client in (alice, guest):
+        client.deploy("litter", LITTER)
+    left = alice.run("litter", {"file": "alice-was-here"})["response"]["result"]
+    assert "alice-was-here" in left["tmp"] and "alice-was-here" in left["shm"]  # the writes worked
+    seen = guest.run("litter", {"file": "guest-was-here"})["response"]["result"]
+    assert "alice-was-here" not in seen["tmp"] + seen["shm"]
+    assert not Path("/tmp/alice-was-here").exists() and not Path("/dev/shm/alice-was-here").exists()
 
 
 @CONFINED

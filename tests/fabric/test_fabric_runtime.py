@@ -11,6 +11,7 @@ import sys
 import time
 import zipfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -28,12 +29,13 @@ def main(params):
 
 
 @pytest.fixture
-def runtime() -> Iterator[tuple[subprocess.Popen[str], str]]:
+def runtime(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
     process = subprocess.Popen(
         [sys.executable, str(RUNTIME), "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # where the action's code is unpacked
     )
     assert process.stdout is not None
     line = process.stdout.readline().strip()
@@ -79,8 +81,8 @@ def test_runtime_refuses_a_zip_without_main_module(runtime: tuple[subprocess.Pop
     assert response.json() == {"error": "Zip file does not include __main__.py"}
 
 
-def test_runtime_started_with_a_token_refuses_callers_without_it() -> None:
-    env = {**os.environ, TOKEN_ENV: "the-fabric-secret"}
+def test_runtime_started_with_a_token_refuses_callers_without_it(tmp_path: Path) -> None:
+    env = {**os.environ, TOKEN_ENV: "the-fabric-secret", "TMPDIR": str(tmp_path)}
     process = subprocess.Popen(
         [sys.executable, str(RUNTIME), "--port", "0"],
         stdout=subprocess.PIPE,
