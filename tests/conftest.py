@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -34,26 +35,46 @@ def _ours_started_after(since: float) -> list[psutil.Process]:
 
 
 def _under_another_pytest(proc: psutil.Process, me: int) -> bool:
-    """A process another test run (in this checkout, at the same time) is still responsible for."""
+    """A process another test run (in this checkout, at the same time) is still responsible for.
+
+    The nearest pytest among its ancestors decides; this run's own ancestors (the shell that
+    started it) and its xdist workers (``python -c ...``) don't count as another run.
+    """
     try:
-        return any(parent.pid != me and "pytest" in " ".join(parent.cmdline()) for parent in proc.parents())
+        mine = {me, *(p.pid for p in psutil.Process(me).parents())}
+        for parent in proc.parents():
+            if parent.pid in mine:
+                return False
+            if "pytest" in " ".join(parent.cmdline()):
+                return True
     except psutil.Error:
-        return False
+        pass
+    return False
 
 
-@pytest.fixture(scope="session", autouse=True)
-def no_process_left_behind() -> Iterator[None]:
-    """Every fixture and command stops what it started: the process table proves it at the end."""
-    since = time.time() - 1
-    yield
+_SESSION_STARTED = time.time() - 1
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Every fixture and command stops what it started: the process table proves it at the end.
+
+    Checked once, by the run that started every worker (``-n 2`` runs this in the controller,
+    after its workers are gone), so one worker never counts another's processes as left behind.
+    """
+    if hasattr(session.config, "workerinput"):
+        return
     deadline = time.monotonic() + 15
-    while (left := _ours_started_after(since)) and time.monotonic() < deadline:
+    while (left := _ours_started_after(_SESSION_STARTED)) and time.monotonic() < deadline:
         time.sleep(0.5)
     for proc in left:  # don't leak them into the next run, but fail this one
-        proc.kill()
-    assert not left, "processes left behind: " + "; ".join(
-        f"{p.pid} {' '.join(p.info['cmdline'] or [])[:160]}" for p in left
-    )
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        listed = "; ".join(f"{p.pid} {' '.join(p.info['cmdline'] or [])[:160]}" for p in left)
+        if reporter is not None:
+            reporter.write_line(f"FAILED: processes left behind: {listed}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")
