@@ -55,6 +55,13 @@ def _under_another_pytest(proc: psutil.Process, me: int) -> bool:
 _SESSION_STARTED = time.time() - 1
 
 
+@pytest.hookimpl(trylast=True)  # after tests/e2e/conftest.py has marked its tests slow
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first: with ``-n 2`` the short ones then fill both workers to the end, instead
+    of one worker finishing a long end-to-end test alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Every fixture and command stops what it started: the process table proves it at the end.
 
