@@ -32,9 +32,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.edge.reference: the numpy peer
 
-from fedkeeper.edge.firmware import ensure_built
-from fedkeeper.edge.fleet import Fleet, FleetConfig, Partition
-from fedkeeper.edge.protocol import Optimizer, TrainParams
+from fedkeeper.host.edge.firmware import ensure_built
+from fedkeeper.host.edge.fleet import Fleet, FleetConfig, Partition
+from fedkeeper.host.edge.protocol import Optimizer, TrainParams
 from tests.edge import reference
 
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
-from fedkeeper.config import GUEST_AUTH
-from fedkeeper.fabric.process import FabricProcess
+from fedkeeper.function.config import GUEST_AUTH
+from fedkeeper.host.fabric.process import FabricProcess
 
 NOOP = "def main(params):\n    return {}\n"
 

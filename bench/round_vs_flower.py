@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """One FL workload through fedkeeper (local fabric + MongoDB) and through Flower's simulation.
 
-Both sides train the same model (``fedkeeper.learning.models``) on the same IID partitions
-(``fedkeeper.learning.partition``) of the same data (``fedkeeper.learning.datasets``) with the
-same local-training core (``fedkeeper.tasks.client.train_partition`` over ``train_local``, which
+Both sides train the same model (``fedkeeper.function.learning.models``) on the same IID partitions
+(``fedkeeper.function.learning.partition``) of the same data (``fedkeeper.function.learning.datasets``) with the
+same local-training core (``fedkeeper.function.tasks.client.train_partition`` over ``train_local``, which
 also fixes the per-(client, round) shuffle seed) and evaluate with the same ``evaluate``; only the
 orchestration differs: fedkeeper's keeper, FaaS fabric and MongoDB versus Flower's simulation
 engine (ServerApp in the driver process, ClientApps in Ray actors). Each side runs in its own child process, so that one cannot warm
@@ -86,17 +86,17 @@ class Workload:
         ]  # fmt: skip
 
     def data_spec(self) -> Any:
-        from fedkeeper.config import TrainingTestData
+        from fedkeeper.function.config import TrainingTestData
 
         return TrainingTestData(dataset=DATASET)
 
     def sampling(self) -> Any:
-        from fedkeeper.config import DataSampling
+        from fedkeeper.function.config import DataSampling
 
         return DataSampling(method="iid", seed=SAMPLING_SEED)
 
     def model_params(self) -> Any:
-        from fedkeeper.config import ModelParams
+        from fedkeeper.function.config import ModelParams
 
         return ModelParams(**self.model_fields())
 
@@ -176,7 +176,7 @@ def cold_activations(fabric_url: str) -> dict[str, str]:
     (OpenWhisk's list API, so this works against any OpenWhisk)."""
     import requests
 
-    from fedkeeper.config import GUEST_AUTH
+    from fedkeeper.function.config import GUEST_AUTH
 
     user, key = GUEST_AUTH.split(":")
     cold: dict[str, str] = {}
@@ -224,14 +224,14 @@ def round_details(entries: list[Any], rounds: int, cold: dict[str, str]) -> list
 def run_fedkeeper(w: Workload, work: Path) -> SideResult:
     from importlib.metadata import version
 
-    from fedkeeper import deployment
-    from fedkeeper.cli import opened_providers
-    from fedkeeper.config import parse_config
-    from fedkeeper.fabric.process import FabricProcess
-    from fedkeeper.keeper import Keeper
-    from fedkeeper.ledger import Ledger
-    from fedkeeper.store.db import Store
-    from fedkeeper.store.embedded import EmbeddedMongo
+    from fedkeeper.function.config import parse_config
+    from fedkeeper.function.store.db import Store
+    from fedkeeper.host import deployment
+    from fedkeeper.host.cli import opened_providers
+    from fedkeeper.host.fabric.process import FabricProcess
+    from fedkeeper.host.keeper import Keeper
+    from fedkeeper.host.ledger import Ledger
+    from fedkeeper.host.store.embedded import EmbeddedMongo
 
     limits = fabric_limits(w)
     started = time.monotonic()
@@ -291,9 +291,9 @@ def make_client_app(w: Workload) -> Any:
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        from fedkeeper.learning.datasets import load_dataset
-        from fedkeeper.learning.partition import partition
-        from fedkeeper.tasks.client import train_partition
+        from fedkeeper.function.learning.datasets import load_dataset
+        from fedkeeper.function.learning.partition import partition
+        from fedkeeper.function.tasks.client import train_partition
 
         client = int(context.node_config["partition-id"])
         server_round = cast(int, msg.content.config_records["config"]["server-round"])
@@ -325,9 +325,9 @@ def make_server_app(w: Workload, marks: list[tuple[float, float]]) -> Any:
     from flwr.serverapp import Grid, ServerApp
     from flwr.serverapp.strategy import FedAvg
 
-    from fedkeeper.learning.datasets import load_dataset
-    from fedkeeper.learning.models import initial_weights
-    from fedkeeper.learning.training import evaluate
+    from fedkeeper.function.learning.datasets import load_dataset
+    from fedkeeper.function.learning.models import initial_weights
+    from fedkeeper.function.learning.training import evaluate
 
     app = ServerApp()
 

@@ -1,5 +1,5 @@
 """``python -m fedkeeper`` is the ``fedkeeper`` command."""
 
-from fedkeeper.cli import main
+from fedkeeper.host.cli import main
 
 main()

@@ -14,7 +14,7 @@ import psutil
 import pymongo
 import pytest
 
-from fedkeeper.store.embedded import EmbeddedMongo
+from fedkeeper.host.store.embedded import EmbeddedMongo
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 CHECKOUT = str(Path(__file__).resolve().parent.parent)

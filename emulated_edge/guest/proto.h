@@ -1,5 +1,5 @@
 /*
- * The framed serial protocol between the host (fedkeeper/edge/protocol.py) and the guest.
+ * The framed serial protocol between the host (fedkeeper/host/edge/protocol.py) and the guest.
  *
  *   offset  size  field
  *   0       2     magic 0xFE 0xED

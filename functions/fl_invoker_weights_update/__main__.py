@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from fedkeeper.tasks.entry import openwhisk_main
+from fedkeeper.function.tasks.entry import openwhisk_main
 
 
 def main(params: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from fedkeeper.tasks.entry import lambda_handler
+from fedkeeper.function.tasks.entry import lambda_handler
 
 
 def handler(event: Any, context: Any) -> dict[str, Any]:

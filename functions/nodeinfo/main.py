@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from fedkeeper.tasks.entry import gcf_handler
+from fedkeeper.function.tasks.entry import gcf_handler
 
 
 def handler(request: Any) -> tuple[str, int, dict[str, str]]:

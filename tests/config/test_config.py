@@ -13,8 +13,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedkeeper.config import load_config, parse_config
-from fedkeeper.errors import ConfigError
+from fedkeeper.function.config import load_config, parse_config
+from fedkeeper.function.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "config-sample.yaml"

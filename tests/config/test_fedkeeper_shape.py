@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from fedkeeper.compat import fedkeeper_marker, migrate, to_native
-from fedkeeper.config import GUEST_AUTH, Config, ServerConfig, load_config, parse_config
-from fedkeeper.errors import ConfigError
+from fedkeeper.function.compat import fedkeeper_marker, migrate, to_native
+from fedkeeper.function.config import GUEST_AUTH, Config, ServerConfig, load_config, parse_config
+from fedkeeper.function.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 # ../shared beside the checkout (CI), or further up for a checkout in a subfolder

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fedkeeper.config import GUEST_AUTH
-from fedkeeper.fabric.process import FabricProcess
+from fedkeeper.function.config import GUEST_AUTH
+from fedkeeper.host.fabric.process import FabricProcess
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from fedkeeper.config import GUEST_AUTH
-from fedkeeper.fabric.process import FabricProcess
+from fedkeeper.function.config import GUEST_AUTH
+from fedkeeper.host.fabric.process import FabricProcess
 
 # Two cores: keep TensorFlow workers few; idle ones are evicted when another action needs room.
 E2E_LIMITS: dict[str, Any] = {"max_workers": 6, "idle_timeout_s": 300, "blocking_wait_s": 60}

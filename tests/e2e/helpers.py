@@ -8,12 +8,12 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from fedkeeper import deployment
-from fedkeeper.cli import opened_providers
-from fedkeeper.config import parse_config
-from fedkeeper.keeper import Keeper
-from fedkeeper.ledger import Ledger
-from fedkeeper.store.db import Store
+from fedkeeper.function.config import parse_config
+from fedkeeper.function.store.db import Store
+from fedkeeper.host import deployment
+from fedkeeper.host.cli import opened_providers
+from fedkeeper.host.keeper import Keeper
+from fedkeeper.host.ledger import Ledger
 
 
 def run_session(

@@ -6,7 +6,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from fedkeeper.fabric.process import FabricProcess
+from fedkeeper.host.fabric.process import FabricProcess
 
 from .conftest import E2E_LIMITS, training_config
 from .helpers import assert_every_selected_update_counted_once, client_attempts, run_session

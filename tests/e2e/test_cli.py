@@ -16,8 +16,8 @@ from pathlib import Path
 import psutil
 import yaml
 
-from fedkeeper.config import GUEST_AUTH
-from fedkeeper.store.db import Store
+from fedkeeper.function.config import GUEST_AUTH
+from fedkeeper.function.store.db import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -109,7 +109,7 @@ def store_processes(pid: int) -> list[psutil.Process]:
     return [
         p
         for p in psutil.Process(pid).children(recursive=True)
-        if any("fedkeeper.store.guard" in a or "secantusd" in a for a in p.cmdline())
+        if any("fedkeeper.host.store.guard" in a or "secantusd" in a for a in p.cmdline())
     ]
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fedkeeper.fabric.process import FabricProcess
-from fedkeeper.store.db import Store
+from fedkeeper.function.store.db import Store
+from fedkeeper.host.fabric.process import FabricProcess
 
 from .conftest import E2E_LIMITS, training_config
 from .helpers import assert_every_selected_update_counted_once, client_attempts, run_session

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedkeeper.config import GUEST_AUTH, TrainingTestData
-from fedkeeper.fabric.process import FabricProcess
-from fedkeeper.learning.datasets import load_dataset
+from fedkeeper.function.config import GUEST_AUTH, TrainingTestData
+from fedkeeper.function.learning.datasets import load_dataset
+from fedkeeper.host.fabric.process import FabricProcess
 
 from .test_cli import ROOT, run
 

@@ -17,15 +17,15 @@ import pymongo
 import pytest
 import yaml
 
-from fedkeeper import deployment
-from fedkeeper.cli import opened_providers
-from fedkeeper.config import parse_config
-from fedkeeper.fabric.process import FabricProcess
-from fedkeeper.keeper import Keeper
-from fedkeeper.ledger import SUBMITTED, UNAVAILABLE, Ledger
-from fedkeeper.outages import OutageTooLong
-from fedkeeper.store.db import Store
-from fedkeeper.store.embedded import EmbeddedMongo
+from fedkeeper.function.config import parse_config
+from fedkeeper.function.store.db import Store
+from fedkeeper.host import deployment
+from fedkeeper.host.cli import opened_providers
+from fedkeeper.host.fabric.process import FabricProcess
+from fedkeeper.host.keeper import Keeper
+from fedkeeper.host.ledger import SUBMITTED, UNAVAILABLE, Ledger
+from fedkeeper.host.outages import OutageTooLong
+from fedkeeper.host.store.embedded import EmbeddedMongo
 
 from .conftest import E2E_LIMITS, training_config
 from .helpers import assert_every_selected_update_counted_once, client_attempts, run_session, wait_for

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import yaml
 
-from fedkeeper.fabric.process import FabricProcess
-from fedkeeper.ledger import SUBMITTED
-from fedkeeper.store.db import Store
+from fedkeeper.function.store.db import Store
+from fedkeeper.host.fabric.process import FabricProcess
+from fedkeeper.host.ledger import SUBMITTED
 
 from .conftest import E2E_LIMITS, training_config
 from .helpers import assert_every_selected_update_counted_once, wait_for

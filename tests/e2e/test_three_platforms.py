@@ -14,9 +14,9 @@ from providers.conftest import AWS_KEYS, AWS_REGION, LAMBDA_ROLE
 from providers.harness.gcf_fake import GcfFake
 from providers.harness.lambda_runtime import LambdaBackend
 
-from fedkeeper.fabric.process import FabricProcess
-from fedkeeper.outages import OutageTooLong
-from fedkeeper.store.db import Store
+from fedkeeper.function.store.db import Store
+from fedkeeper.host.fabric.process import FabricProcess
+from fedkeeper.host.outages import OutageTooLong
 
 from .conftest import E2E_LIMITS, training_config
 from .helpers import client_attempts, run_session

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from fedkeeper.fabric.process import FabricProcess
+from fedkeeper.host.fabric.process import FabricProcess
 
 from .conftest import training_config
 from .helpers import assert_every_selected_update_counted_once, client_attempts, run_session

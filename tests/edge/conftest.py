@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedkeeper.edge.firmware import ensure_built
-from fedkeeper.edge.fleet import FleetConfig
+from fedkeeper.host.edge.firmware import ensure_built
+from fedkeeper.host.edge.fleet import FleetConfig
 
 
 @pytest.fixture(scope="session")

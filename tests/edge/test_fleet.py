@@ -11,9 +11,9 @@ import numpy as np
 import psutil
 import pytest
 
-from fedkeeper.edge.errors import EdgeError, GuestUnavailable
-from fedkeeper.edge.fleet import Fleet, FleetConfig, Partition
-from fedkeeper.edge.protocol import DataStatus, Optimizer, TrainParams
+from fedkeeper.host.edge.errors import EdgeError, GuestUnavailable
+from fedkeeper.host.edge.fleet import Fleet, FleetConfig, Partition
+from fedkeeper.host.edge.protocol import DataStatus, Optimizer, TrainParams
 
 from . import reference
 

@@ -17,14 +17,14 @@ import psutil
 import pytest
 import requests
 
-from fedkeeper.config import EdgeCluster, ModelParams, TrainingTestData
-from fedkeeper.edge.gateway import EXECUTION_HEADER
-from fedkeeper.edge.process import GatewayProcess, running_daemon
-from fedkeeper.errors import PlatformUnavailable, ProviderError
-from fedkeeper.learning.datasets import load_dataset
-from fedkeeper.providers.base import ActivationRecord, ActivationStatus, FunctionSpec
-from fedkeeper.providers.edge import EdgeProvider
-from fedkeeper.store import weights as wire
+from fedkeeper.function.config import EdgeCluster, ModelParams, TrainingTestData
+from fedkeeper.function.errors import PlatformUnavailable, ProviderError
+from fedkeeper.function.learning.datasets import load_dataset
+from fedkeeper.function.store import weights as wire
+from fedkeeper.host.edge.gateway import EXECUTION_HEADER
+from fedkeeper.host.edge.process import GatewayProcess, running_daemon
+from fedkeeper.host.providers.base import ActivationRecord, ActivationStatus, FunctionSpec
+from fedkeeper.host.providers.edge import EdgeProvider
 
 from . import reference
 

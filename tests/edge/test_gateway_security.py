@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import requests
 
-from fedkeeper.config import ModelParams, TrainingTestData
-from fedkeeper.edge.process import GatewayProcess
-from fedkeeper.errors import InvalidUpdate
-from fedkeeper.store import weights as wire
+from fedkeeper.function.config import ModelParams, TrainingTestData
+from fedkeeper.function.errors import InvalidUpdate
+from fedkeeper.function.store import weights as wire
+from fedkeeper.host.edge.process import GatewayProcess
 
 from . import reference
 

@@ -7,10 +7,10 @@ import asyncio
 import numpy as np
 import pytest
 
-from fedkeeper.edge import protocol
-from fedkeeper.edge.errors import GuestRefused
-from fedkeeper.edge.fleet import Fleet, FleetConfig, Partition
-from fedkeeper.edge.protocol import DataStatus, ErrorCode, Frame, MsgType, Optimizer, TrainParams
+from fedkeeper.host.edge import protocol
+from fedkeeper.host.edge.errors import GuestRefused
+from fedkeeper.host.edge.fleet import Fleet, FleetConfig, Partition
+from fedkeeper.host.edge.protocol import DataStatus, ErrorCode, Frame, MsgType, Optimizer, TrainParams
 
 from . import reference
 
@@ -93,8 +93,8 @@ def test_a_deeper_dense_stack_trains_like_numpy(fleet_config: FleetConfig, digit
 
 def test_guest_matches_keras_for_a_full_batch(fleet_config: FleetConfig, digits: tuple) -> None:
     """The same weights trained one step by Keras (TensorFlow) and by the guest agree."""
-    from fedkeeper.config import ModelParams
-    from fedkeeper.learning.models import build_model
+    from fedkeeper.function.config import ModelParams
+    from fedkeeper.function.learning.models import build_model
 
     x_train, y_train, _, _ = digits
     x, y = x_train[:64], y_train[:64]

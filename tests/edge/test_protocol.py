@@ -8,8 +8,8 @@ import zlib
 import numpy as np
 import pytest
 
-from fedkeeper.edge import protocol
-from fedkeeper.edge.protocol import Frame, FrameDecoder, MsgType, ProtocolError
+from fedkeeper.host.edge import protocol
+from fedkeeper.host.edge.protocol import Frame, FrameDecoder, MsgType, ProtocolError
 
 
 def test_frame_round_trips_through_the_decoder() -> None:

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import requests
 
-from fedkeeper.config import GUEST_AUTH
-from fedkeeper.fabric.process import FabricProcess
+from fedkeeper.function.config import GUEST_AUTH
+from fedkeeper.host.fabric.process import FabricProcess
 
 # Small enough for quick tests, large enough for a 2-core machine under load.
 QUICK_LIMITS: dict[str, Any] = {

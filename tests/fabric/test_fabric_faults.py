@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import requests
 
-from fedkeeper.config import GUEST_AUTH
+from fedkeeper.function.config import GUEST_AUTH
 
 from .conftest import FabricClient, annotation, basic
 from .snippets import ECHO, SLEEP

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 
-from fedkeeper.config import GUEST_AUTH
+from fedkeeper.function.config import GUEST_AUTH
 
 from .conftest import FabricClient, annotation
 from .snippets import APP_ERROR, BAD_SYNTAX, ECHO, EXITS, NOT_A_DICT, RAISES, SLEEP

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fedkeeper.fabric.process import FabricProcess
+from fedkeeper.host.fabric.process import FabricProcess
 
 from .conftest import QUICK_LIMITS, FabricClient
 from .snippets import ECHO, ESCAPE, LITTER, SNOOP

@@ -15,8 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fedkeeper.config import GUEST_AUTH, OpenWhiskCluster
-from fedkeeper.fabric.process import FabricProcess, ensure_local_fabric, fabric_pid, stop_local_fabric
+from fedkeeper.function.config import GUEST_AUTH, OpenWhiskCluster
+from fedkeeper.host.fabric.process import FabricProcess, ensure_local_fabric, fabric_pid, stop_local_fabric
 
 from .conftest import FabricClient
 from .snippets import ECHO
@@ -150,7 +150,7 @@ def test_ensure_local_fabric_leaves_remote_clusters_alone(tmp_path: Path) -> Non
 )
 def test_bad_command_line_is_one_line_and_exit_2(args: list[str], message: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "fedkeeper.fabric", "--port", "0", *args],
+        [sys.executable, "-m", "fedkeeper.host.fabric", "--port", "0", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -165,7 +165,7 @@ def test_bad_fault_plan_file_names_file_and_field(tmp_path: Path) -> None:
     plan = tmp_path / "faults.json"
     plan.write_text(json.dumps({"default": {"lost_record": -1}}))
     result = subprocess.run(
-        [sys.executable, "-m", "fedkeeper.fabric", "--port", "0", "--faults", str(plan)],
+        [sys.executable, "-m", "fedkeeper.host.fabric", "--port", "0", "--faults", str(plan)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -176,7 +176,7 @@ def test_bad_fault_plan_file_names_file_and_field(tmp_path: Path) -> None:
 
 def run_fabric(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "fedkeeper.fabric", "--port", "0", *args],
+        [sys.executable, "-m", "fedkeeper.host.fabric", "--port", "0", *args],
         capture_output=True,
         text=True,
         timeout=60,

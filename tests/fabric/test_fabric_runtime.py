@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from fedkeeper.fabric.logs import SENTINEL
-from fedkeeper.fabric.worker import RUNTIME, TOKEN_ENV, TOKEN_HEADER
+from fedkeeper.host.fabric.logs import SENTINEL
+from fedkeeper.host.fabric.worker import RUNTIME, TOKEN_ENV, TOKEN_HEADER
 
 ACTION = """
 import os

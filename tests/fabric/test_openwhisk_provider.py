@@ -16,12 +16,12 @@ import pytest
 import requests
 from aiohttp import ClientSession, web
 
-from fedkeeper.config import OpenWhiskCluster
-from fedkeeper.errors import PayloadTooLarge, ProviderError
-from fedkeeper.fabric.process import FabricProcess
-from fedkeeper.packaging import FUNCTIONS_ROOT
-from fedkeeper.providers.base import ActivationStatus, FunctionSpec
-from fedkeeper.providers.openwhisk import ACTIVATION_ID_HEADER, OpenWhiskProvider
+from fedkeeper.function.config import OpenWhiskCluster
+from fedkeeper.function.errors import PayloadTooLarge, ProviderError
+from fedkeeper.host.fabric.process import FabricProcess
+from fedkeeper.host.packaging import FUNCTIONS_ROOT
+from fedkeeper.host.providers.base import ActivationStatus, FunctionSpec
+from fedkeeper.host.providers.openwhisk import ACTIVATION_ID_HEADER, OpenWhiskProvider
 
 from .conftest import FabricClient
 from .test_fabric_process import free_port

@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedkeeper.config import FederatedLearning, ModelParams, TrainingTestData
-from fedkeeper.errors import PlatformUnavailable, Unavailable
-from fedkeeper.store import weights as wire
-from fedkeeper.store.db import Store
-from fedkeeper.tasks.entry import run
+from fedkeeper.function.config import FederatedLearning, ModelParams, TrainingTestData
+from fedkeeper.function.errors import PlatformUnavailable, Unavailable
+from fedkeeper.function.store import weights as wire
+from fedkeeper.function.store.db import Store
+from fedkeeper.function.tasks.entry import run
 
 SCENARIO = FederatedLearning.model_validate(
     {
@@ -202,7 +202,7 @@ def test_invoker_reports_an_unreachable_target_as_an_outage_of_that_platform(
 
 
 def test_mlp_weights_have_keras_dense_layout() -> None:
-    from fedkeeper.learning.models import initial_weights
+    from fedkeeper.function.learning.models import initial_weights
 
     params = ModelParams(hidden_size=5)
     shapes = [w.shape for w in initial_weights(params, 64, 10)]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fedkeeper.packaging import FUNCTIONS_ROOT, build_zip, function_dir
+from fedkeeper.host.packaging import FUNCTIONS_ROOT, build_zip, function_dir
 
 FUNCTIONS = sorted(p.name for p in FUNCTIONS_ROOT.iterdir() if (p / "__main__.py").exists())
 
@@ -28,7 +28,7 @@ for entry in ("__main__", "main", "lambda_function"):
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
 for module in pkgutil.walk_packages(fedkeeper.__path__, "fedkeeper."):
     importlib.import_module(module.name)
-from fedkeeper.providers.registry import provider_class
+from fedkeeper.host.providers.registry import provider_class
 for platform in ("openwhisk", "google", "aws", "edge"):
     provider_class(platform)
 print("ok")

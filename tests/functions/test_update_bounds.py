@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import requests
 
-from fedkeeper.config import GUEST_AUTH, FederatedLearning, OpenWhiskCluster
-from fedkeeper.errors import InvalidUpdate
-from fedkeeper.fabric.process import FabricProcess
-from fedkeeper.store import weights as wire
-from fedkeeper.store.db import Store, StoredUpdate
-from fedkeeper.strategies import FedAvg
-from fedkeeper.tasks.entry import run
+from fedkeeper.function.config import GUEST_AUTH, FederatedLearning, OpenWhiskCluster
+from fedkeeper.function.errors import InvalidUpdate
+from fedkeeper.function.store import weights as wire
+from fedkeeper.function.store.db import Store, StoredUpdate
+from fedkeeper.function.strategies import FedAvg
+from fedkeeper.function.tasks.entry import run
+from fedkeeper.host.fabric.process import FabricProcess
 
 SCENARIO = FederatedLearning.model_validate(
     {

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedkeeper.config import GUEST_AUTH, parse_config
-from fedkeeper.errors import FedkeeperError
-from fedkeeper.keeper import Keeper, SessionFailed
-from fedkeeper.ledger import UNAVAILABLE, Ledger
-from fedkeeper.providers.openwhisk import OpenWhiskProvider
-from fedkeeper.store.db import Store
+from fedkeeper.function.config import GUEST_AUTH, parse_config
+from fedkeeper.function.errors import FedkeeperError
+from fedkeeper.function.store.db import Store
+from fedkeeper.host.keeper import Keeper, SessionFailed
+from fedkeeper.host.ledger import UNAVAILABLE, Ledger
+from fedkeeper.host.providers.openwhisk import OpenWhiskProvider
 
 ROUNDS = 2
 ROTATED_AUTH = "0f3c1e2a-1111-4222-8333-944455556666:a-rotated-key-that-is-not-the-guest-one"

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedkeeper.config import TrainingTestData
-from fedkeeper.learning import datasets
-from fedkeeper.learning.datasets import DatasetError, load_dataset
+from fedkeeper.function.config import TrainingTestData
+from fedkeeper.function.learning import datasets
+from fedkeeper.function.learning.datasets import DatasetError, load_dataset
 
 
 def _mnist_arrays(n_train: int = 120, n_test: int = 30, seed: int = 0) -> dict[str, np.ndarray]:

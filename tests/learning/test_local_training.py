@@ -8,11 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from fedkeeper.config import ModelParams, TrainingTestData
-from fedkeeper.errors import ConfigError, InvalidUpdate
-from fedkeeper.learning.datasets import Dataset, load_dataset
-from fedkeeper.learning.models import build_model, clear_model_cache, initial_weights
-from fedkeeper.learning.training import evaluate, train_local
+from fedkeeper.function.config import ModelParams, TrainingTestData
+from fedkeeper.function.errors import ConfigError, InvalidUpdate
+from fedkeeper.function.learning.datasets import Dataset, load_dataset
+from fedkeeper.function.learning.models import build_model, clear_model_cache, initial_weights
+from fedkeeper.function.learning.training import evaluate, train_local
 
 MLP = ModelParams(model="mlp", input_size=64, hidden_size=32, output_size=10, learning_rate=0.01, seed=1)
 
@@ -124,8 +124,8 @@ def test_train_local_refuses_weights_of_another_model(digits: Dataset) -> None:
 
 def test_processes_that_do_not_train_never_import_tensorflow() -> None:
     code = (
-        "import sys, fedkeeper.learning.datasets, fedkeeper.learning.partition, fedkeeper.learning.training, "
-        "fedkeeper.strategies; print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+        "import sys, fedkeeper.function.learning.datasets, fedkeeper.function.learning.partition, fedkeeper.function.learning.training, "
+        "fedkeeper.function.strategies; print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedkeeper.config import DataSampling
-from fedkeeper.learning.partition import partition
+from fedkeeper.function.config import DataSampling
+from fedkeeper.function.learning.partition import partition
 
 LABELS = np.repeat(np.arange(10), 120)[np.random.default_rng(0).permutation(1200)]
 

@@ -22,11 +22,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from fedkeeper.config import AwsCluster, GoogleCluster, OpenWhiskCluster
-from fedkeeper.fabric.process import FabricProcess
-from fedkeeper.providers.aws_lambda import LambdaProvider
-from fedkeeper.providers.gcf import GcfProvider
-from fedkeeper.providers.openwhisk import OpenWhiskProvider
+from fedkeeper.function.config import AwsCluster, GoogleCluster, OpenWhiskCluster
+from fedkeeper.host.fabric.process import FabricProcess
+from fedkeeper.host.providers.aws_lambda import LambdaProvider
+from fedkeeper.host.providers.gcf import GcfProvider
+from fedkeeper.host.providers.openwhisk import OpenWhiskProvider
 
 from .harness.gcf_fake import GcfFake
 from .harness.lambda_runtime import LambdaBackend, LambdaEmulator

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from fedkeeper.errors import PayloadTooLarge, ProviderError
-from fedkeeper.packaging import function_dir
-from fedkeeper.providers.base import ActivationStatus, FunctionSpec, Provider
-from fedkeeper.providers.registry import provider_from_binding
+from fedkeeper.function.errors import PayloadTooLarge, ProviderError
+from fedkeeper.host.packaging import function_dir
+from fedkeeper.host.providers.base import ActivationStatus, FunctionSpec, Provider
+from fedkeeper.host.providers.registry import provider_from_binding
 
 from .conftest import CONTRACT_PROVIDERS
 

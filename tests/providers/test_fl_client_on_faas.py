@@ -9,12 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedkeeper.config import ModelParams, TrainingTestData
-from fedkeeper.learning.models import initial_weights
-from fedkeeper.packaging import function_dir
-from fedkeeper.providers.base import ActivationStatus, FunctionSpec, Provider
-from fedkeeper.store.weights import from_b64, to_b64
-from fedkeeper.tasks.contract import ClientJob
+from fedkeeper.function.config import ModelParams, TrainingTestData
+from fedkeeper.function.learning.models import initial_weights
+from fedkeeper.function.store.weights import from_b64, to_b64
+from fedkeeper.function.tasks.contract import ClientJob
+from fedkeeper.host.packaging import function_dir
+from fedkeeper.host.providers.base import ActivationStatus, FunctionSpec, Provider
 
 pytestmark = pytest.mark.slow
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from fedkeeper.config import GoogleCluster
-from fedkeeper.errors import ConfigError, PlatformUnavailable, ProviderError
-from fedkeeper.packaging import function_dir
-from fedkeeper.providers.base import ActivationStatus, FunctionSpec
-from fedkeeper.providers.credentials import ServiceAccountKey
-from fedkeeper.providers.gcf import GcfProvider, function_id
-from fedkeeper.tasks.entry import BOUND_ENV
+from fedkeeper.function.config import GoogleCluster
+from fedkeeper.function.errors import ConfigError, PlatformUnavailable, ProviderError
+from fedkeeper.function.tasks.entry import BOUND_ENV
+from fedkeeper.host.packaging import function_dir
+from fedkeeper.host.providers.base import ActivationStatus, FunctionSpec
+from fedkeeper.host.providers.credentials import ServiceAccountKey
+from fedkeeper.host.providers.gcf import GcfProvider, function_id
 
 from .conftest import MISBEHAVE, gcf_settings, service_account_info
 from .harness.gcf_fake import GcfFake
@@ -55,9 +55,12 @@ def test_deploy_uploads_the_zip_and_sets_runtime_memory_timeout_instances_and_bo
         assert json.loads(service["environmentVariables"][BOUND_ENV]) == {"k": [1, 2]}
         token = resource["buildConfig"]["source"]["storageSource"]["object"].removesuffix(".zip")
         names = zipfile.ZipFile(io.BytesIO(gcf_fake.uploads[token])).namelist()
-        assert {"main.py", "requirements.txt", "fedkeeper/__init__.py", "fedkeeper/tasks/entry.py"} <= set(
-            names
-        )
+        assert {
+            "main.py",
+            "requirements.txt",
+            "fedkeeper/__init__.py",
+            "fedkeeper/function/tasks/entry.py",
+        } <= set(names)
         assert gcf_provider.url(unique_name) == service["uri"]
     finally:
         gcf_provider.remove(unique_name)

@@ -12,12 +12,12 @@ from typing import Any
 import boto3
 import pytest
 
-from fedkeeper.config import AwsCluster, parse_config
-from fedkeeper.errors import ConfigError, PayloadTooLarge, PlatformUnavailable, ProviderError
-from fedkeeper.packaging import build_zip, function_dir
-from fedkeeper.providers.aws_lambda import HANDLER, LambdaProvider
-from fedkeeper.providers.base import MB, ActivationStatus, FunctionSpec
-from fedkeeper.tasks.entry import BOUND_ENV
+from fedkeeper.function.config import AwsCluster, parse_config
+from fedkeeper.function.errors import ConfigError, PayloadTooLarge, PlatformUnavailable, ProviderError
+from fedkeeper.function.tasks.entry import BOUND_ENV
+from fedkeeper.host.packaging import build_zip, function_dir
+from fedkeeper.host.providers.aws_lambda import HANDLER, LambdaProvider
+from fedkeeper.host.providers.base import MB, ActivationStatus, FunctionSpec
 
 from .conftest import AWS_KEYS, AWS_REGION, MISBEHAVE, lambda_settings
 from .harness.lambda_runtime import LambdaEmulator

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedkeeper.errors import InvalidUpdate, StoreError, StoreUnavailable
-from fedkeeper.ledger import SERVER, Ledger, LedgerEntry
-from fedkeeper.providers.base import ActivationRecord, ActivationStatus
-from fedkeeper.store import weights as wire
-from fedkeeper.store.db import Store, StoredUpdate
-from fedkeeper.store.embedded import EmbeddedMongo
+from fedkeeper.function.errors import InvalidUpdate, StoreError, StoreUnavailable
+from fedkeeper.function.store import weights as wire
+from fedkeeper.function.store.db import Store, StoredUpdate
+from fedkeeper.host.ledger import SERVER, Ledger, LedgerEntry
+from fedkeeper.host.providers.base import ActivationRecord, ActivationStatus
+from fedkeeper.host.store.embedded import EmbeddedMongo
 
 
 @pytest.fixture

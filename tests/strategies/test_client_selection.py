@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedkeeper.strategies import SELECTION_POLICIES, select_clients
+from fedkeeper.function.strategies import SELECTION_POLICIES, select_clients
 
 CLIENTS = list(range(10, 30))
 

@@ -8,8 +8,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from fedkeeper.errors import ConfigError, InvalidUpdate
-from fedkeeper.strategies import FedAvg, NothingToAggregate, make_strategy
+from fedkeeper.function.errors import ConfigError, InvalidUpdate
+from fedkeeper.function.strategies import FedAvg, NothingToAggregate, make_strategy
 
 SHAPES = [(7, 5), (5,), (5, 3), (3,)]
 

@@ -1,0 +1,35 @@
+"""``fl_server_init``: a session's round-0 global weights and the clients' data partitions.
+
+The session is marked initialised only after both are written, so an init that dies half-way is
+run again (each write is idempotent) rather than taken as done.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedkeeper.function.learning.datasets import load_dataset
+from fedkeeper.function.learning.models import initial_weights
+from fedkeeper.function.learning.partition import partition
+from fedkeeper.function.store.db import Store
+from fedkeeper.function.tasks.common import SessionSettings, require
+
+
+def handle(params: dict[str, Any]) -> dict[str, Any]:
+    store = Store.from_bound(params)
+    session_id = require(params, "session", str)
+    settings = SessionSettings.load(store, session_id)
+    dataset = load_dataset(settings.data)
+    weights = initial_weights(settings.model, dataset.num_features, dataset.num_classes)
+    created = store.put_weights(session_id, 0, weights)
+    parts = partition(dataset.y_train, settings.total_clients, settings.sampling)
+    store.put_partitions(session_id, parts)
+    store.mark_initialised(session_id)
+    sizes = store.partition_sizes(session_id)
+    return {
+        "session": session_id,
+        "created": created,
+        "num_params": int(sum(w.size for w in weights)),
+        "partition_sizes": [sizes[c] for c in sorted(sizes)],
+        "test_examples": len(dataset.y_test),
+    }

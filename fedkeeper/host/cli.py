@@ -1,0 +1,381 @@
+"""The ``fedkeeper`` command line. ``main.py`` and ``deploy.py`` are thin shims over it."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from fedkeeper.function.config import Config, load_config
+from fedkeeper.function.errors import ConfigError, FedkeeperError
+from fedkeeper.function.redaction import redact
+from fedkeeper.host.providers.base import FunctionSpec, Provider
+from fedkeeper.host.providers.registry import providers_from_config
+
+F = TypeVar("F", bound=Callable[..., Any])
+PLATFORMS = ("openwhisk", "google", "aws", "edge")
+
+
+def friendly_errors(func: F) -> F:
+    """Turn fedkeeper's errors into one line on stderr and an exit status, not a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except FedkeeperError as exc:
+            click.echo(f"fedkeeper: {redact(str(exc))}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo(
+                "\nfedkeeper: interrupted; state is in MongoDB — `fedkeeper resume SESSION` continues",
+                err=True,
+            )
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def config_option(func: F) -> F:
+    return click.option(
+        "-c",
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=Path("config.yaml"),
+        show_default=True,
+        help="configuration file",
+    )(func)
+
+
+def load_noting(config_path: Path) -> Config:
+    """Load the config; each compatibility notice becomes one ``fedkeeper: notice:`` line on stderr."""
+    notices: list[str] = []
+    config = load_config(config_path, notices)
+    for notice in notices:
+        click.echo(f"fedkeeper: notice: {redact(notice)}", err=True)
+    return config
+
+
+@contextmanager
+def opened_providers(
+    config: Config, platforms: tuple[str, ...] = PLATFORMS
+) -> Iterator[dict[tuple[str, str], Provider]]:
+    providers: dict[tuple[str, str], Provider] = {}
+    try:
+        for platform in platforms:
+            for name, provider in providers_from_config(config, platform).items():
+                providers[(platform, name)] = provider
+        yield providers
+    finally:
+        for provider in providers.values():
+            provider.close()
+
+
+# --------------------------------------------------------------------------- training
+def run_main(config_path: Path, deploy: bool, start: bool, remove: bool, resume: str | None) -> None:
+    """What ``main.py`` does: deploy, train (or resume), remove — in that order."""
+    from fedkeeper.host import deployment
+    from fedkeeper.host.keeper import Keeper
+    from fedkeeper.host.services import Services
+
+    if not (deploy or start or remove or resume):
+        raise ConfigError("nothing to do: give -d (deploy), -s (train), -r (remove) or --resume SESSION")
+    config = load_noting(config_path)
+    config.fl  # noqa: B018 - raises a clear error when the scenario is missing
+    with Services(config) as services, opened_providers(config) as providers:
+        # -r needs the local fabric too: its actions persist on disk until removed.
+        for name in services.local_fabrics():
+            click.echo(f"started the local fabric for openwhisk cluster {name!r}")
+        if deploy:
+            deployment.write_params(deployment.plan(config, providers), Path("params"))
+            deployment.deploy(config, providers, say=click.echo)
+        if start or resume:
+            store = services.store()
+            keeper = Keeper(config, store, providers)
+            if resume:
+                keeper.resume(resume)
+            else:
+                keeper.start()
+        if remove:
+            deployment.remove(config, providers, say=click.echo)
+            for name in services.stop_local_fabrics():
+                click.echo(f"stopped the local fabric for openwhisk cluster {name!r}")
+            if services.stop_embedded_store():
+                click.echo("stopped the embedded MongoDB server")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fedkeeper")
+def cli() -> None:
+    """Federated learning over a fabric of FaaS platforms and emulated edge devices."""
+
+
+@cli.command()
+@config_option
+@friendly_errors
+def deploy(config_path: Path) -> None:
+    """Deploy the four functions (writes params/)."""
+    run_main(config_path, deploy=True, start=False, remove=False, resume=None)
+
+
+@cli.command()
+@config_option
+@click.option("--deploy/--no-deploy", "with_deploy", default=False, help="deploy first")
+@friendly_errors
+def start(config_path: Path, with_deploy: bool) -> None:
+    """Start a training session and run it to a stop rule."""
+    run_main(config_path, deploy=with_deploy, start=True, remove=False, resume=None)
+
+
+@cli.command()
+@click.argument("session")
+@config_option
+@friendly_errors
+def resume(session: str, config_path: Path) -> None:
+    """Continue SESSION after its keeper stopped or died."""
+    run_main(config_path, deploy=False, start=False, remove=False, resume=session)
+
+
+@cli.command()
+@config_option
+@friendly_errors
+def remove(config_path: Path) -> None:
+    """Remove everything the configuration deployed (safe to run twice)."""
+    run_main(config_path, deploy=False, start=False, remove=True, resume=None)
+
+
+@cli.command()
+@click.argument("session", required=False)
+@config_option
+@friendly_errors
+def status(session: str | None, config_path: Path) -> None:
+    """List sessions, or show one session's rounds."""
+    from fedkeeper.host.services import Services
+
+    config = load_noting(config_path)
+    with Services(config) as services:
+        store = services.store()
+        if session is None:
+            for doc in store.sessions():
+                click.echo(
+                    f"{doc['_id']}  {doc['phase']:<9}  round {doc['round']:<3}  "
+                    f"activations ok {doc['counters']['succeeded']} failed {doc['counters']['failed']}"
+                )
+            return
+        doc = store.session(session)
+        click.echo(f"{session}: {doc['phase']}, next round {doc['round']}")
+        for c in doc["conditions"]:
+            click.echo(
+                f"  {c['lastTransitionTime']:%Y-%m-%d %H:%M:%S} {c['type']} {c['reason']} {redact(c['message'])}"
+            )
+        for r in store.rounds(session):
+            m = r.get("metrics") or {}
+            acc = f"accuracy {m['accuracy']:.4f}" if m else r["status"]
+            click.echo(f"  round {r['round']}: {acc}, selected {r['selected']}")
+
+
+# --------------------------------------------------------------------------- cluster check
+def _parse_names(values: tuple[str, ...]) -> list[str]:
+    return [name for value in values for name in value.split(",") if name]
+
+
+def run_check(
+    config_path: Path,
+    everything: bool,
+    selection: dict[str, list[str]],
+    scenario: str,
+    function: str,
+    deploy: bool,
+    remove: bool,
+) -> None:
+    """What ``deploy.py`` does: deploy (or remove) a test function and call it once per cluster."""
+    from fedkeeper.host.packaging import function_dir
+    from fedkeeper.host.services import Services
+
+    if deploy == remove:
+        raise ConfigError("give exactly one of -d (deploy and check) or -r (remove)")
+    config = load_noting(config_path)
+    if scenario != "test":
+        raise ConfigError(
+            f"{config_path}: scenario {scenario!r}: deploy.py checks clusters with scenario 'test'"
+        )
+    try:
+        source = function_dir(function)
+    except FileNotFoundError:
+        raise ConfigError(f"no function {function!r} under functions/") from None
+    with Services(config) as services, opened_providers(config) as all_providers:
+        chosen = {
+            key: p for key, p in all_providers.items() if everything or key[1] in selection.get(key[0], [])
+        }
+        for platform, names in selection.items():
+            for name in names:
+                if (platform, name) not in all_providers:
+                    raise ConfigError(f"{config_path}: providers.{platform}: no cluster named {name!r}")
+        if not chosen:
+            raise ConfigError("no cluster chosen: give -a, or -o/-g/-l/-e with cluster names")
+        for name in services.local_fabrics():
+            click.echo(f"started the local fabric for openwhisk cluster {name!r}")
+        spec = FunctionSpec(
+            name=function,
+            source=source,
+            memory_mb=config.scenarios.test.memory,
+            timeout_s=config.scenarios.test.timeout,
+        )
+        failures = 0
+        for (platform, name), provider in chosen.items():
+            where = f"{platform}/{name}"
+            try:
+                if remove:
+                    existed = provider.remove(function)
+                    click.echo(f"{where:<24} {'removed' if existed else 'not deployed'} {function}")
+                    continue
+                provider.deploy(spec)
+                timings = []
+                for _ in range(2):  # the first call after a deploy is a cold start, the second warm
+                    started = time.monotonic()
+                    record = provider.invoke_sync(function, {"echo": "fedkeeper"}, float(spec.timeout_s) + 30)
+                    timings.append((time.monotonic() - started) * 1000)
+                    if not record.ok:
+                        break
+            except FedkeeperError as exc:
+                failures += 1
+                click.echo(f"{where:<24} unreachable: {exc}")
+                continue
+            if record.ok:
+                result = record.result or {}
+                click.echo(
+                    f"{where:<24} reachable  cold start {timings[0]:6.0f} ms  warm {timings[-1]:5.0f} ms  "
+                    f"python {result.get('python')} · {result.get('cpu_count')} cpu · "
+                    f"{result.get('memory_mb')} MB · {result.get('platform')}"
+                )
+            else:
+                failures += 1
+                click.echo(f"{where:<24} reachable  but {function} failed: {record.error}")
+        if remove:
+            for name in services.stop_local_fabrics():
+                click.echo(f"stopped the local fabric for openwhisk cluster {name!r}")
+        if failures:
+            raise FedkeeperError(f"{failures} of {len(chosen)} cluster(s) failed the check")
+
+
+def check_options(func: F) -> F:
+    options = [
+        config_option,
+        click.option("-a", "--all", "everything", is_flag=True, help="every configured cluster"),
+        click.option("-o", "--openwhisk", "openwhisk", multiple=True, help="OpenWhisk clusters (comma list)"),
+        click.option("-g", "--gcf", "google", multiple=True, help="Google Cloud Functions clusters"),
+        click.option("-l", "--lambda", "aws", multiple=True, help="AWS Lambda clusters"),
+        click.option("-e", "--edge", "edge", multiple=True, help="edge fleets"),
+        click.option("-s", "--scenario", default="test", show_default=True),
+        click.option("-f", "--function", default="nodeinfo", show_default=True),
+        click.option("-d", "--deploy", "deploy", is_flag=True, help="deploy the function and call it"),
+        click.option("-r", "--remove", "remove", is_flag=True, help="remove the function"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _check_command(summary: str) -> Callable[..., None]:
+    """The cluster check's callback with its options (``fedkeeper check`` and ``deploy.py`` share it)."""
+
+    @check_options
+    @friendly_errors
+    def command(config_path: Path, everything: bool, openwhisk: tuple[str, ...], google: tuple[str, ...],
+                aws: tuple[str, ...], edge: tuple[str, ...], scenario: str, function: str, deploy: bool,
+                remove: bool) -> None:  # fmt: skip
+        selection = {"openwhisk": _parse_names(openwhisk), "google": _parse_names(google),
+                     "aws": _parse_names(aws), "edge": _parse_names(edge)}  # fmt: skip
+        run_check(config_path, everything, selection, scenario, function, deploy, remove)
+
+    command.__doc__ = summary
+    return command
+
+
+check = cli.command("check")(
+    _check_command("Check clusters: deploy a small function and call it once on each (deploy.py).")
+)
+
+
+# --------------------------------------------------------------------------- config files
+@cli.group("config")
+def config_group() -> None:
+    """Configuration files."""
+
+
+@config_group.command("migrate")
+@click.argument("old", type=click.Path(dir_okay=False, path_type=Path))
+@friendly_errors
+def config_migrate(old: Path) -> None:
+    """Print the native equivalent of FedKeeper's config file OLD (secrets as the file gives them)."""
+    from fedkeeper.function.compat import migrate
+
+    click.echo(migrate(old), nl=False)
+
+
+# --------------------------------------------------------------------------- local fabric
+@cli.group()
+def fabric() -> None:
+    """The local OpenWhisk-compatible fabric."""
+
+
+@fabric.command("up")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=3233, show_default=True, type=int)
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--faults", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="fault plan (JSON) for chaos runs")  # fmt: skip
+def fabric_up(host: str, port: int, state_dir: Path | None, faults: Path | None) -> None:
+    """Run the fabric in the foreground (Ctrl-C, SIGTERM or SIGHUP stop it and its workers)."""
+    from fedkeeper.host.fabric.__main__ import main as fabric_main
+
+    # In this process, not a child: a signal to the command is a signal to the fabric itself.
+    argv = ["--host", host, "--port", str(port)]
+    if state_dir:
+        argv += ["--state-dir", str(state_dir)]
+    if faults:
+        argv += ["--faults", str(faults)]
+    sys.exit(fabric_main(argv))
+
+
+@fabric.command("down")
+@config_option
+@friendly_errors
+def fabric_down(config_path: Path) -> None:
+    """Stop the fabric daemons that fedkeeper started for the config's local clusters."""
+    from fedkeeper.host.services import Services
+
+    config = load_noting(config_path)
+    stopped = Services(config).stop_local_fabrics()
+    click.echo(f"stopped: {', '.join(stopped)}" if stopped else "no local fabric daemon was running")
+
+
+# --------------------------------------------------------------------------- compatibility shims
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@config_option
+@click.option("-d", "--deploy", is_flag=True, help="deploy the functions")
+@click.option("-s", "--start", is_flag=True, help="train")
+@click.option("-r", "--remove", is_flag=True, help="remove the functions")
+@click.option("--resume", metavar="SESSION", default=None, help="continue a session")
+@friendly_errors
+def legacy_main(config_path: Path, deploy: bool, start: bool, remove: bool, resume: str | None) -> None:
+    """fedkeeper: python main.py -c config.yaml -d | -s | -r."""
+    run_main(config_path, deploy, start, remove, resume)
+
+
+legacy_deploy = click.command(context_settings={"help_option_names": ["-h", "--help"]})(
+    _check_command("Check clusters: python deploy.py -c config.yaml -a -s test -f nodeinfo -d | -r.")
+)
+
+
+def main() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli()

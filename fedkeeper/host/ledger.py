@@ -1,0 +1,151 @@
+"""The activation ledger: every invocation the keeper makes, by id, attempt and outcome.
+
+One document per ``(session, round, function, client, attempt)``. The keeper writes an entry
+*before* it trusts an activation to exist and settles it once its record arrives, so after a
+crash the ledger tells which activations may still be running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING
+from pymongo.errors import DuplicateKeyError
+
+from fedkeeper.function.store.db import Store, store_errors, utcnow
+from fedkeeper.host.providers.base import ActivationRecord
+
+SUBMITTED = "submitted"
+TIMED_OUT = "timed out"  # the keeper stopped waiting for a record (lost or hung activation)
+NOT_STARTED = "not started"  # the platform refused the invocation
+# The platform, the store or the keeper was down: the attempt was not started, or was lost in
+# the outage. Such attempts do not count against a client's retries.
+UNAVAILABLE = "unavailable"
+SERVER = -1  # ``client`` value of entries for the managing functions
+
+
+@dataclass
+class LedgerEntry:
+    session: str
+    round: int
+    function: str
+    client: int
+    attempt: int
+    platform: str
+    cluster: str
+    activation_id: str | None = None
+    target: str | None = None  # "platform/cluster" of a client reached through the invoker
+    target_activation_id: str | None = None  # the client's own execution id on that platform
+    status: str = SUBMITTED
+    error: str | None = None
+    submitted_at: datetime = field(default_factory=utcnow)
+    start_ms: int | None = None
+    end_ms: int | None = None
+    duration_ms: int | None = None
+
+    @property
+    def key(self) -> dict[str, Any]:
+        return {
+            "session": self.session,
+            "round": self.round,
+            "function": self.function,
+            "client": self.client,
+            "attempt": self.attempt,
+        }
+
+    @property
+    def settled(self) -> bool:
+        return self.status != SUBMITTED
+
+
+@store_errors
+class Ledger:
+    """Activation ledger in the ``activations`` collection."""
+
+    def __init__(self, store: Store) -> None:
+        self._col = store.collection("activations")
+        self._store = store
+        self.url = store.url  # named in the error when MongoDB is down
+
+    def submit(self, entry: LedgerEntry) -> bool:
+        """Record a new attempt; ``False`` when that attempt is already recorded."""
+        try:
+            self._col.insert_one(asdict(entry))
+        except DuplicateKeyError:
+            return False
+        if entry.status == SUBMITTED:
+            self._store.count(entry.session, active=1)
+        return True
+
+    def set_activation_id(self, entry: LedgerEntry, activation_id: str) -> None:
+        """Record the platform's id of a submitted attempt once the platform has accepted it."""
+        entry.activation_id = activation_id
+        self._col.update_one(entry.key, {"$set": {"activation_id": activation_id}})
+
+    def settle(
+        self,
+        entry: LedgerEntry,
+        status: str,
+        record: ActivationRecord | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record the outcome of a submitted attempt (only the first outcome counts)."""
+        update: dict[str, Any] = {"status": status, "error": error}
+        if record is not None:
+            target_id = (record.result or {}).get("target_activation")
+            if target_id:
+                update["target_activation_id"] = entry.target_activation_id = str(target_id)
+            update.update(
+                start_ms=record.start_ms,
+                end_ms=record.end_ms,
+                duration_ms=(record.end_ms - record.start_ms)
+                if record.start_ms is not None and record.end_ms is not None
+                else None,
+            )
+        result = self._col.update_one({**entry.key, "status": SUBMITTED}, {"$set": update})
+        if result.modified_count:
+            entry.status, entry.error = status, error
+            ok = status == "success"
+            self._store.count(entry.session, active=-1, succeeded=int(ok), failed=int(not ok))
+
+    def open_entries(self, session: str, round_number: int) -> list[LedgerEntry]:
+        """Attempts of the round still waiting for a record."""
+        return [
+            _entry(doc)
+            for doc in self._col.find({"session": session, "round": round_number, "status": SUBMITTED})
+        ]
+
+    def attempts(self, session: str, round_number: int, function: str, client: int) -> int:
+        return self._col.count_documents(
+            {"session": session, "round": round_number, "function": function, "client": client}
+        )
+
+    def charged_attempts(
+        self, session: str, round_number: int, function: str, client: int, since: datetime | None
+    ) -> int:
+        """Attempts that count against the retry budget: not lost to an outage, made after ``since``."""
+        query: dict[str, Any] = {
+            "session": session,
+            "round": round_number,
+            "function": function,
+            "client": client,
+            "status": {"$ne": UNAVAILABLE},
+        }
+        if since is not None:
+            query["submitted_at"] = {"$gte": since}
+        return self._col.count_documents(query)
+
+    def entries(self, session: str) -> Iterator[LedgerEntry]:
+        cursor = self._col.find({"session": session}).sort(
+            [("round", ASCENDING), ("submitted_at", ASCENDING)]
+        )
+        for doc in cursor:
+            yield _entry(doc)
+
+
+def _entry(doc: dict[str, Any]) -> LedgerEntry:
+    fields = LedgerEntry.__dataclass_fields__
+    return LedgerEntry(**{k: v for k, v in doc.items() if k in fields})

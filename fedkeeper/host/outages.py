@@ -1,0 +1,129 @@
+"""Outages the keeper waits for: a platform or the store that stopped answering.
+
+An outage is not a client's failure, so it costs no retry. The keeper probes what is down with
+backoff (one request at a time, not one per client), says what it waits for, and gives up only
+when an outage lasts past ``outage_tolerance_s``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from fedkeeper.function.errors import FedkeeperError, Unavailable
+
+PROBE_CAP_S = 10.0  # probe what is down at least this often
+
+
+class OutageTooLong(FedkeeperError):
+    """Something stayed down past ``outage_tolerance_s``; ``reason`` is the outage's kind."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class Outage:
+    """One thing that is down: since when and last seen down (keeper clock), why, the next probe."""
+
+    what: str
+    kind: str  # "PlatformUnavailable" or "StoreUnavailable"
+    since: float
+    last_seen: float
+    error: str
+    next_probe: float
+    probes: int = 0
+
+    @property
+    def length_s(self) -> float:
+        """How long it has been seen down.
+
+        Measured up to the last failure seen, not to now: an outage that activations reported is
+        probed by their retries, which take a while to answer; that time is not downtime.
+        """
+        return self.last_seen - self.since
+
+
+class Outages:
+    """What is down now, and when each thing last came back.
+
+    Parameters
+    ----------
+    tolerance_s
+        How long an outage may last before :meth:`check` raises :class:`OutageTooLong`.
+    backoff_s
+        The first delay between probes; it doubles up to :data:`PROBE_CAP_S`.
+    clock
+        The keeper's monotonic clock.
+    """
+
+    def __init__(self, tolerance_s: float, backoff_s: float, clock: Callable[[], float]) -> None:
+        self.tolerance_s = tolerance_s
+        self.backoff_s = max(backoff_s, 0.1)
+        self.clock = clock
+        self.down: dict[str, Outage] = {}
+        self.back_at: dict[str, datetime] = {}  # wall time each outage ended, to judge lost activations
+
+    def failed(self, error: Unavailable) -> Outage:
+        """Record that ``error.what`` did not answer; returns its outage with the next probe time."""
+        now = self.clock()
+        outage = self.down.get(error.what)
+        if outage is None:
+            outage = Outage(error.what, type(error).__name__, now, now, str(error), now)
+            self.down[error.what] = outage
+        outage.probes += 1
+        outage.last_seen = now
+        outage.error = str(error)
+        outage.next_probe = now + min(self.backoff_s * 2 ** (outage.probes - 1), PROBE_CAP_S)
+        return outage
+
+    def recovered(self, what: str) -> float | None:
+        """Record that ``what`` answered; the outage's length when it was down, else None."""
+        outage = self.down.pop(what, None)
+        if outage is None:
+            return None
+        self.back_at[what] = datetime.now(UTC)
+        return self.clock() - outage.since
+
+    def is_down(self, what: str) -> bool:
+        return what in self.down
+
+    def may_probe(self, what: str) -> bool:
+        """True when ``what`` is up, or down and due for its next probe."""
+        outage = self.down.get(what)
+        return outage is None or self.clock() >= outage.next_probe
+
+    def next_probe(self, what: str) -> float:
+        outage = self.down.get(what)
+        return self.clock() if outage is None else outage.next_probe
+
+    def overlapped(self, what: str, since: datetime) -> bool:
+        """Whether ``what`` was down at some point after ``since`` (wall time)."""
+        return what in self.down or (what in self.back_at and self.back_at[what] > since)
+
+    def waiting(self, outage: Outage) -> str:
+        return f"waiting for {outage.what}: down {self.clock() - outage.since:.0f} s"
+
+    def too_long(self) -> list[Outage]:
+        """The outages that have lasted past the tolerance."""
+        return [o for o in self.down.values() if o.length_s > self.tolerance_s]
+
+    def check(self, session: str, spare: Collection[str] = ()) -> None:
+        """Raise :class:`OutageTooLong` when an outage has lasted past the tolerance.
+
+        ``spare``: what the caller copes with itself (a platform that hosts only some clients).
+        """
+        for outage in self.too_long():
+            if outage.what not in spare:
+                raise self.stop(outage, session)
+
+    def stop(self, outage: Outage, session: str) -> OutageTooLong:
+        """The error that stops ``session`` because of ``outage``."""
+        return OutageTooLong(
+            outage.kind,
+            f"session {session} stopped ({outage.kind}): {outage.what} did not answer for "
+            f"{outage.length_s:.0f} s, past outage_tolerance_s {self.tolerance_s:g} ({outage.error}); "
+            f"once it is back: fedkeeper resume {session}",
+        )

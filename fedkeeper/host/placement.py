@@ -1,0 +1,67 @@
+"""Which client runs where, and how the keeper reaches it.
+
+The route is decided here and only here, from the provider's declared capabilities:
+a platform that can start activations asynchronously *and* reach the store runs ``fl_client``
+directly; any other is reached through ``fl_invoker_weights_update`` on the server cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from fedkeeper.function.config import Config
+from fedkeeper.host.providers.base import Capabilities
+
+# clients_info field -> platform key under ``providers:``; clients are numbered in this order.
+CLIENT_COUNTS = {
+    "ow_clients_count": "openwhisk",
+    "gcf_clients_count": "google",
+    "aws_clients_count": "aws",
+    "edge_clients_count": "edge",
+}
+
+
+class Route(StrEnum):
+    DIRECT = "direct"
+    VIA_INVOKER = "via invoker"
+
+
+def route_for(capabilities: Capabilities) -> Route:
+    if capabilities.async_invoke and capabilities.store_access:
+        return Route.DIRECT
+    return Route.VIA_INVOKER
+
+
+@dataclass(frozen=True)
+class Placement:
+    client: int
+    platform: str
+    cluster: str
+
+    @property
+    def target(self) -> str:
+        """The key under which the invoker holds this cluster's binding."""
+        return f"{self.platform}/{self.cluster}"
+
+    def as_doc(self) -> dict[str, Any]:
+        return {"client": self.client, "platform": self.platform, "cluster": self.cluster}
+
+
+def place_clients(config: Config) -> list[Placement]:
+    """Number clients 0..n-1 platform by platform, round-robin over each platform's clusters."""
+    info = config.fl.clients_info
+    placements: list[Placement] = []
+    for field, platform in CLIENT_COUNTS.items():
+        clusters = sorted(getattr(config.providers, platform))
+        for i in range(getattr(info, field)):
+            placements.append(Placement(len(placements), platform, clusters[i % len(clusters)]))
+    return placements
+
+
+def clients_per_cluster(placements: list[Placement]) -> dict[tuple[str, str], int]:
+    counts: dict[tuple[str, str], int] = {}
+    for p in placements:
+        counts[(p.platform, p.cluster)] = counts.get((p.platform, p.cluster), 0) + 1
+    return counts

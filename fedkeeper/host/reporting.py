@@ -1,0 +1,188 @@
+"""What a session leaves in ``logs/<session>/`` and shows on the terminal.
+
+``keeper.jsonl`` (every event), ``rounds.csv`` (metrics per round), ``activations.csv`` (the
+ledger, one row per attempt) and ``accuracy.png``. On a terminal the current round is a
+progress bar; elsewhere (CI, pipes) plain lines.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from fedkeeper.function.redaction import redact
+from fedkeeper.host.ledger import LedgerEntry
+
+ROUND_FIELDS = [
+    "round",
+    "accuracy",
+    "loss",
+    "train_loss",
+    "train_accuracy",
+    "selected",
+    "updates",
+    "rejected",
+    "retries",
+    "failed_clients",
+    "duration_s",
+]
+ACTIVATION_FIELDS = [
+    "round",
+    "function",
+    "client",
+    "attempt",
+    "platform",
+    "cluster",
+    "activation_id",
+    "target_platform",
+    "target_cluster",
+    "target_activation_id",
+    "status",
+    "start",
+    "end",
+    "duration_ms",
+    "error",
+]
+
+
+def _iso_ms(ms: int | None) -> str:
+    return "" if ms is None else datetime.fromtimestamp(ms / 1000).isoformat(timespec="milliseconds")
+
+
+class Reporter:
+    """Writes a session's logs and its progress output."""
+
+    def __init__(self, logs_dir: str | Path, session: str, stream: TextIO | None = None) -> None:
+        self.dir = Path(logs_dir) / session
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty()
+        self._events = (self.dir / "keeper.jsonl").open("a", encoding="utf-8")
+        self._bar_shown = False
+
+    # ------------------------------------------------------------------ events
+    def event(self, kind: str, **fields: Any) -> None:
+        record = {"time": datetime.now().isoformat(timespec="milliseconds"), "event": kind, **fields}
+        self._events.write(redact(json.dumps(record, default=str)) + "\n")
+        self._events.flush()
+
+    def say(self, message: str) -> None:
+        self._end_bar()
+        print(redact(message), file=self.stream, flush=True)
+
+    def progress(
+        self, round_number: int, selected: int, done: int, failed: int, retried: int, elapsed: float
+    ) -> None:
+        """The round's progress: a redrawn bar on a terminal, nothing extra elsewhere."""
+        if not self.tty:
+            return
+        width = 24
+        filled = int(width * done / max(selected, 1))
+        bar = "#" * filled + "." * (width - filled)
+        line = (
+            f"\rround {round_number} [{bar}] {done}/{selected} done"
+            f" · {failed} failed · {retried} retried · {elapsed:5.1f}s"
+        )
+        self.stream.write(line)
+        self.stream.flush()
+        self._bar_shown = True
+
+    def _end_bar(self) -> None:
+        if self._bar_shown:
+            self.stream.write("\n")
+            self._bar_shown = False
+
+    # ------------------------------------------------------------------ files
+    def write_rounds(self, rounds: list[dict[str, Any]]) -> None:
+        rows = [r for r in rounds if r.get("metrics")]
+        with (self.dir / "rounds.csv").open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, ROUND_FIELDS)
+            writer.writeheader()
+            for r in rows:
+                m = r["metrics"]
+                writer.writerow(
+                    {
+                        "round": r["round"],
+                        "accuracy": f"{m['accuracy']:.6f}",
+                        "loss": f"{m['loss']:.6f}",
+                        "train_loss": f"{m.get('train_loss', float('nan')):.6f}",
+                        "train_accuracy": f"{m.get('train_accuracy', float('nan')):.6f}",
+                        "selected": len(r.get("selected", [])),
+                        "updates": len(m.get("accepted", [])),
+                        "rejected": len(m.get("rejected", {})),
+                        "retries": m.get("retries", 0),
+                        "failed_clients": m.get("failed_clients", 0),
+                        "duration_s": f"{m.get('duration_s', 0.0):.3f}",
+                    }
+                )
+        self._plot(rows)
+
+    def write_activations(self, entries: list[LedgerEntry]) -> None:
+        with (self.dir / "activations.csv").open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, ACTIVATION_FIELDS)
+            writer.writeheader()
+            for e in entries:
+                writer.writerow(
+                    {
+                        "round": e.round,
+                        "function": e.function,
+                        "client": "" if e.client < 0 else e.client,
+                        "attempt": e.attempt,
+                        "platform": e.platform,
+                        "cluster": e.cluster,
+                        "activation_id": e.activation_id or "",
+                        "target_platform": (e.target or "/").split("/", 1)[0],
+                        "target_cluster": (e.target or "/").split("/", 1)[1],
+                        "target_activation_id": e.target_activation_id or "",
+                        "status": e.status,
+                        "start": _iso_ms(e.start_ms),
+                        "end": _iso_ms(e.end_ms),
+                        "duration_ms": "" if e.duration_ms is None else e.duration_ms,
+                        "error": (e.error or "")[:300],
+                    }
+                )
+
+    def _plot(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:  # plots are a convenience; the CSV has the numbers
+            return
+        rounds = [r["round"] + 1 for r in rows]
+        fig, ax_acc = plt.subplots(figsize=(7, 4))
+        ax_acc.plot(
+            rounds, [r["metrics"]["accuracy"] for r in rows], "o-", color="tab:blue", label="accuracy"
+        )
+        ax_acc.set_xlabel("round")
+        ax_acc.set_ylabel("test accuracy", color="tab:blue")
+        ax_acc.set_ylim(0, 1)
+        ax_loss = ax_acc.twinx()
+        ax_loss.plot(rounds, [r["metrics"]["loss"] for r in rows], "s--", color="tab:red", label="loss")
+        ax_loss.set_ylabel("test loss", color="tab:red")
+        ax_acc.set_title(f"session {self.dir.name}")
+        ax_acc.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(self.dir / "accuracy.png", dpi=100)
+        plt.close(fig)
+
+    def close(self) -> None:
+        self._end_bar()
+        self._events.close()
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
