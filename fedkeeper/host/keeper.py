@@ -34,12 +34,13 @@ from fedkeeper.function.errors import (
     StoreUnavailable,
     Unavailable,
 )
+from fedkeeper.function.invoke.base import ActivationRecord
 from fedkeeper.function.store.db import Store
 from fedkeeper.function.strategies.selection import select_clients
 from fedkeeper.host.ledger import NOT_STARTED, SERVER, TIMED_OUT, UNAVAILABLE, Ledger, LedgerEntry
 from fedkeeper.host.outages import Outage, Outages, OutageTooLong
 from fedkeeper.host.placement import Route, place_clients, route_for
-from fedkeeper.host.providers.base import ActivationRecord, Provider
+from fedkeeper.host.providers.base import Provider
 from fedkeeper.host.reporting import Reporter, Stopwatch
 
 INIT, CLIENT, INVOKER, AGGREGATOR = (

@@ -15,8 +15,8 @@ from typing import Any
 from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
+from fedkeeper.function.invoke.base import ActivationRecord
 from fedkeeper.function.store.db import Store, store_errors, utcnow
-from fedkeeper.host.providers.base import ActivationRecord
 
 SUBMITTED = "submitted"
 TIMED_OUT = "timed out"  # the keeper stopped waiting for a record (lost or hung activation)

@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from fedkeeper.function.config import Config
-from fedkeeper.host.providers.base import Capabilities
+from fedkeeper.function.invoke.base import Capabilities
 
 # clients_info field -> platform key under ``providers:``; clients are numbered in this order.
 CLIENT_COUNTS = {

@@ -19,11 +19,12 @@ import requests
 
 from fedkeeper.function.config import EdgeCluster, ModelParams, TrainingTestData
 from fedkeeper.function.errors import PlatformUnavailable, ProviderError
+from fedkeeper.function.invoke.base import ActivationRecord, ActivationStatus
 from fedkeeper.function.learning.datasets import load_dataset
 from fedkeeper.function.store import weights as wire
 from fedkeeper.host.edge.gateway import EXECUTION_HEADER
 from fedkeeper.host.edge.process import GatewayProcess, running_daemon
-from fedkeeper.host.providers.base import ActivationRecord, ActivationStatus, FunctionSpec
+from fedkeeper.host.providers.base import FunctionSpec
 from fedkeeper.host.providers.edge import EdgeProvider
 
 from . import reference

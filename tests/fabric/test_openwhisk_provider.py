@@ -18,10 +18,12 @@ from aiohttp import ClientSession, web
 
 from fedkeeper.function.config import OpenWhiskCluster
 from fedkeeper.function.errors import PayloadTooLarge, ProviderError
+from fedkeeper.function.invoke.base import ActivationStatus
+from fedkeeper.function.invoke.openwhisk import ACTIVATION_ID_HEADER
 from fedkeeper.host.fabric.process import FabricProcess
 from fedkeeper.host.packaging import FUNCTIONS_ROOT
-from fedkeeper.host.providers.base import ActivationStatus, FunctionSpec
-from fedkeeper.host.providers.openwhisk import ACTIVATION_ID_HEADER, OpenWhiskProvider
+from fedkeeper.host.providers.base import FunctionSpec
+from fedkeeper.host.providers.openwhisk import OpenWhiskProvider
 
 from .conftest import FabricClient
 from .test_fabric_process import free_port

@@ -28,9 +28,9 @@ for entry in ("__main__", "main", "lambda_function"):
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
 for module in pkgutil.walk_packages(fedkeeper.__path__, "fedkeeper."):
     importlib.import_module(module.name)
-from fedkeeper.host.providers.registry import provider_class
+from fedkeeper.function.invoke.registry import client_class
 for platform in ("openwhisk", "google", "aws", "edge"):
-    provider_class(platform)
+    client_class(platform)
 print("ok")
 """
 

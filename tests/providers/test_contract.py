@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from fedkeeper.function.errors import PayloadTooLarge, ProviderError
+from fedkeeper.function.invoke.base import ActivationStatus
 from fedkeeper.host.packaging import function_dir
-from fedkeeper.host.providers.base import ActivationStatus, FunctionSpec, Provider
+from fedkeeper.host.providers.base import FunctionSpec, Provider
 from fedkeeper.host.providers.registry import provider_from_binding
 
 from .conftest import CONTRACT_PROVIDERS

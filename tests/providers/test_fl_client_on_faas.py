@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from fedkeeper.function.config import ModelParams, TrainingTestData
+from fedkeeper.function.invoke.base import ActivationStatus
 from fedkeeper.function.learning.models import initial_weights
 from fedkeeper.function.store.weights import from_b64, to_b64
 from fedkeeper.function.tasks.contract import ClientJob
 from fedkeeper.host.packaging import function_dir
-from fedkeeper.host.providers.base import ActivationStatus, FunctionSpec, Provider
+from fedkeeper.host.providers.base import FunctionSpec, Provider
 
 pytestmark = pytest.mark.slow
 

@@ -13,11 +13,13 @@ import pytest
 
 from fedkeeper.function.config import GoogleCluster
 from fedkeeper.function.errors import ConfigError, PlatformUnavailable, ProviderError
+from fedkeeper.function.invoke.base import ActivationStatus
+from fedkeeper.function.invoke.credentials import ServiceAccountKey
+from fedkeeper.function.invoke.gcf import function_id
 from fedkeeper.function.tasks.entry import BOUND_ENV
 from fedkeeper.host.packaging import function_dir
-from fedkeeper.host.providers.base import ActivationStatus, FunctionSpec
-from fedkeeper.host.providers.credentials import ServiceAccountKey
-from fedkeeper.host.providers.gcf import GcfProvider, function_id
+from fedkeeper.host.providers.base import FunctionSpec
+from fedkeeper.host.providers.gcf import GcfProvider
 
 from .conftest import MISBEHAVE, gcf_settings, service_account_info
 from .harness.gcf_fake import GcfFake

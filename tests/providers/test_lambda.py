@@ -14,10 +14,11 @@ import pytest
 
 from fedkeeper.function.config import AwsCluster, parse_config
 from fedkeeper.function.errors import ConfigError, PayloadTooLarge, PlatformUnavailable, ProviderError
+from fedkeeper.function.invoke.base import MB, ActivationStatus
 from fedkeeper.function.tasks.entry import BOUND_ENV
 from fedkeeper.host.packaging import build_zip, function_dir
 from fedkeeper.host.providers.aws_lambda import HANDLER, LambdaProvider
-from fedkeeper.host.providers.base import MB, ActivationStatus, FunctionSpec
+from fedkeeper.host.providers.base import FunctionSpec
 
 from .conftest import AWS_KEYS, AWS_REGION, MISBEHAVE, lambda_settings
 from .harness.lambda_runtime import LambdaEmulator

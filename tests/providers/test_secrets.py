@@ -11,10 +11,10 @@ import pytest
 
 from fedkeeper.function.config import GoogleCluster, parse_config
 from fedkeeper.function.errors import FedkeeperError
+from fedkeeper.function.invoke.credentials import ServiceAccountKey
 from fedkeeper.function.redaction import MASK, redact, redact_value, register_secret
 from fedkeeper.host.providers.aws_lambda import LambdaProvider
 from fedkeeper.host.providers.base import FunctionSpec
-from fedkeeper.host.providers.credentials import ServiceAccountKey
 from fedkeeper.host.providers.gcf import GcfProvider
 
 from .conftest import AWS_KEYS, MISBEHAVE, gcf_settings, key_fragments, lambda_settings, service_account_info

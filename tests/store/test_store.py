@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from fedkeeper.function.errors import InvalidUpdate, StoreError, StoreUnavailable
+from fedkeeper.function.invoke.base import ActivationRecord, ActivationStatus
 from fedkeeper.function.store import weights as wire
 from fedkeeper.function.store.db import Store, StoredUpdate
 from fedkeeper.host.ledger import SERVER, Ledger, LedgerEntry
-from fedkeeper.host.providers.base import ActivationRecord, ActivationStatus
 from fedkeeper.host.store.embedded import EmbeddedMongo
 
 

@@ -20,9 +20,9 @@ from urllib.parse import unquote, urlsplit
 from fedkeeper.function.compat.shape import FL, fedkeeper_marker
 from fedkeeper.function.config import FUNCTION_NAMES, FunctionsConfig, ModelParams, Providers, ServerConfig
 from fedkeeper.function.errors import ConfigError
+from fedkeeper.function.invoke.credentials import ServiceAccountKey
 from fedkeeper.function.learning.datasets import ARRAY_SOURCES, IMAGE_SHAPE, refuse_pickle
 from fedkeeper.function.redaction import redact, register_secret
-from fedkeeper.host.providers.credentials import ServiceAccountKey
 
 CLIENT_FUNCTION = "fl_client"
 INVOKER_FUNCTION = "fl_invoker_weights_update"

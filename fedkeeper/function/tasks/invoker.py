@@ -12,12 +12,12 @@ import json
 from typing import Any
 
 from fedkeeper.function.errors import PayloadTooLarge, ProviderError
+from fedkeeper.function.invoke.registry import client_from_binding
 from fedkeeper.function.store import weights as wire
 from fedkeeper.function.store.db import Store
 from fedkeeper.function.tasks.common import SessionSettings, require, store_update
 from fedkeeper.function.tasks.contract import ClientJob
 from fedkeeper.function.tasks.entry import BadRequest
-from fedkeeper.host.providers.registry import provider_from_binding
 
 CLIENT_FUNCTION = "fl_client"
 
@@ -52,7 +52,7 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
             "indices": indices.tolist(),
         },
     )
-    provider = provider_from_binding(targets[target_key])
+    provider = client_from_binding(targets[target_key])
     with provider:
         inline = len(json.dumps(job)) <= provider.capabilities.max_request_bytes
         if not inline and not provider.capabilities.store_access:

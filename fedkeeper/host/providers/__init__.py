@@ -1,12 +1,11 @@
-"""Platforms that host fedkeeper's functions."""
+"""Platforms that host fedkeeper's functions: each one's deploy API over its invoke client.
 
-from fedkeeper.host.providers.base import (
-    ActivationRecord,
-    ActivationStatus,
-    Capabilities,
-    FunctionSpec,
-    Provider,
-)
+The invoke clients (and the records, statuses and capabilities they report) are function side,
+in :mod:`fedkeeper.function.invoke`, because the invoker function calls its targets with them.
+"""
+
+from fedkeeper.function.invoke.base import ActivationRecord, ActivationStatus, Capabilities
+from fedkeeper.host.providers.base import FunctionSpec, Provider
 from fedkeeper.host.providers.registry import provider_class, providers_from_config
 
 __all__ = [

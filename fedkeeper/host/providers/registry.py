@@ -6,11 +6,10 @@ google-cloud-functions installed.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from fedkeeper.function.config import Config
-from fedkeeper.function.errors import ConfigError
+from fedkeeper.function.invoke.registry import load_class, settings_model
 from fedkeeper.host.providers.base import Provider
 
 # platform (the key under ``providers:``) -> "module:Class"
@@ -23,15 +22,7 @@ _CLASSES: dict[str, str] = {
 
 
 def provider_class(platform: str) -> type[Provider]:
-    try:
-        module_name, class_name = _CLASSES[platform].split(":")
-    except KeyError:
-        raise ConfigError(f"unknown platform {platform!r} (known: {', '.join(_CLASSES)})") from None
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"platform {platform!r} needs an extra that is not installed: {exc}") from None
-    cls: type[Provider] = getattr(module, class_name)
+    cls: type[Provider] = load_class(platform, _CLASSES)
     return cls
 
 
@@ -43,19 +34,6 @@ def providers_from_config(config: Config, platform: str) -> dict[str, Provider]:
     """Every cluster of one platform, by cluster name."""
     clusters: dict[str, Any] = getattr(config.providers, platform)
     return {name: make_provider(platform, name, settings) for name, settings in clusters.items()}
-
-
-def settings_model(platform: str) -> type[Any]:
-    """The pydantic model of one cluster's settings under ``providers.<platform>``."""
-    from typing import get_args
-
-    from fedkeeper.function.config import Providers
-
-    field = Providers.model_fields.get(platform)
-    if field is None:
-        raise ConfigError(f"unknown platform {platform!r}")
-    _, model = get_args(field.annotation)
-    return model
 
 
 def provider_from_binding(binding: dict[str, Any]) -> Provider:

@@ -1,0 +1,162 @@
+"""The ``InvokeClient`` protocol: how to call a platform's functions, declared per platform.
+
+Callers ask a client what it can do (``client.capabilities.async_invoke``), never which
+platform it is; that keeps the keeper and the invoker free of per-platform branches. A host-side
+:class:`~fedkeeper.host.providers.base.Provider` is an invoke client that can also deploy.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar, Self
+
+import requests
+import urllib3.exceptions
+
+from fedkeeper.function.errors import ProviderError
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a platform can do, declared once per provider class.
+
+    Attributes
+    ----------
+    async_invoke
+        Can start an activation, return its id at once, and report its record later.
+    batch_listing
+        Can list many activation records in one request (the keeper polls in batches).
+    store_access
+        Its functions can be bound with store credentials at deploy time and reach MongoDB,
+        so ``fl_client`` can read weights and write its update itself.
+    max_request_bytes, max_result_bytes
+        Payload limits of one invocation.
+    max_duration_s
+        The longest a single activation may run.
+    web_actions
+        Functions can be exposed as authenticated HTTP endpoints.
+    """
+
+    async_invoke: bool
+    batch_listing: bool
+    store_access: bool
+    max_request_bytes: int
+    max_result_bytes: int
+    max_duration_s: int
+    web_actions: bool = False
+
+
+class ActivationStatus(StrEnum):
+    """OpenWhisk's activation outcomes, which every provider maps onto."""
+
+    PENDING = "pending"
+    SUCCESS = "success"
+    APPLICATION_ERROR = "application error"
+    DEVELOPER_ERROR = "action developer error"
+    INTERNAL_ERROR = "whisk internal error"
+
+    @property
+    def done(self) -> bool:
+        return self is not ActivationStatus.PENDING
+
+
+@dataclass
+class ActivationRecord:
+    """One activation as a provider reports it."""
+
+    activation_id: str
+    status: ActivationStatus
+    result: dict[str, Any] | None = None
+    start_ms: int | None = None
+    end_ms: int | None = None
+    timeout: bool = False
+    logs: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is ActivationStatus.SUCCESS
+
+    @property
+    def error(self) -> str | None:
+        if self.ok or not self.status.done:
+            return None
+        if isinstance(self.result, dict) and "error" in self.result:
+            return str(self.result["error"])
+        return self.status.value
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def never_sent(exc: requests.ConnectionError) -> bool:
+    """Whether no connection was made, so the request never left (refused, DNS, connect timeout).
+
+    Such a failure means the platform cannot be reached (an outage), and the request provably
+    started nothing there.
+    """
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    # urllib3's NewConnectionError (refused) and NameResolutionError subclass ConnectTimeoutError.
+    return isinstance(reason, urllib3.exceptions.ConnectTimeoutError)
+
+
+class InvokeClient(ABC):
+    """A FaaS platform (or the edge gateway) as a caller of fedkeeper's functions sees it.
+
+    Parameters
+    ----------
+    cluster
+        The cluster's name in ``config.yaml``; used in ledger entries and logs.
+    settings
+        The cluster's validated configuration model.
+    """
+
+    platform: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    def __init__(self, cluster: str, settings: Any) -> None:
+        self.cluster = cluster
+        self.settings = settings
+
+    @property
+    def where(self) -> str:
+        """``platform/cluster``, as logs and outage messages name it."""
+        return f"{self.platform}/{self.cluster}"
+
+    @abstractmethod
+    def invoke_sync(self, name: str, params: Mapping[str, Any], timeout_s: float) -> ActivationRecord:
+        """Invoke and wait for the outcome."""
+
+    def invoke_async(self, name: str, params: Mapping[str, Any]) -> str:
+        """Start an activation and return its id (only where ``capabilities.async_invoke``)."""
+        raise ProviderError(f"{self.platform} cluster {self.cluster!r} cannot invoke asynchronously")
+
+    def fetch(self, name: str, activation_ids: Collection[str], since_ms: int) -> dict[str, ActivationRecord]:
+        """Records of the given activations that have finished (only where ``async_invoke``)."""
+        raise ProviderError(f"{self.platform} cluster {self.cluster!r} has no activation records")
+
+    def probe(self, name: str) -> bool:
+        """Ask cheaply whether the platform answers, starting no activation of ``name``.
+
+        Returns True when it answered, False when this platform has no cheap probe (the
+        keeper's next attempt is then the probe). Raises ``PlatformUnavailable`` when it does
+        not answer, as an invoke would.
+        """
+        return False
+
+    def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
+        """Release connections."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
