@@ -1,8 +1,10 @@
-"""Build the deployable zip of one function: its entry points plus the shared core.
+"""Build the deployable zip of one function: its entry points plus the function-side package.
 
 One archive serves every platform: ``__main__.py`` (OpenWhisk python action), ``main.py``
 (GCF, entry point ``handler``) and ``lambda_function.py`` (Lambda, ``lambda_function.handler``)
-sit at its root beside a copy of the ``fedkeeper`` package and a ``requirements.txt``.
+sit at its root beside ``fedkeeper/__init__.py``, the ``fedkeeper/function`` folder copied whole,
+and a ``requirements.txt``. Nothing is picked or left out by name: what runs in a function is
+what lives in ``fedkeeper/function`` (``tests/test_layout.py`` keeps host code out of it).
 """
 
 from __future__ import annotations
@@ -14,27 +16,10 @@ from pathlib import Path
 
 import fedkeeper
 
-CORE_ROOT = Path(fedkeeper.__file__).resolve().parent
-REPO_ROOT = CORE_ROOT.parent
+PACKAGE_ROOT = Path(fedkeeper.__file__).resolve().parent
+FUNCTION_SIDE = PACKAGE_ROOT / "function"  # the function-side package, shipped whole
+REPO_ROOT = PACKAGE_ROOT.parent
 FUNCTIONS_ROOT = REPO_ROOT / "functions"
-
-# Parts of the package that run only on the keeper's host. Until the providers are split into
-# deploy APIs (host) and invoke clients (function side), the invoker's zip still needs them.
-_EXCLUDED_CORE = {
-    "__main__.py",
-    "host/childproc.py",
-    "host/cli.py",
-    "host/deployment.py",
-    "host/edge",
-    "host/fabric",
-    "host/keeper.py",
-    "host/ledger.py",
-    "host/outages.py",
-    "host/placement.py",
-    "host/reporting.py",
-    "host/services.py",
-    "host/store",
-}
 _FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # reproducible archives: same source -> same bytes -> same hash
 
 REQUIREMENTS = """\
@@ -68,6 +53,12 @@ def _files(root: Path) -> list[Path]:
     )
 
 
+def function_side_files() -> list[Path]:
+    """What every zip carries besides its entry points: ``fedkeeper/__init__.py`` (the package
+    above) and every file of ``fedkeeper/function``."""
+    return [PACKAGE_ROOT / "__init__.py", *_files(FUNCTION_SIDE)]
+
+
 def build_zip(source: Path, *, include_core: bool = True) -> bytes:
     """Return the zip archive for the function folder ``source``."""
     buffer = io.BytesIO()
@@ -78,11 +69,8 @@ def build_zip(source: Path, *, include_core: bool = True) -> bytes:
             names.add(arcname)
             _add(archive, arcname, path.read_bytes())
         if include_core:
-            for path in _files(CORE_ROOT):
-                relative = path.relative_to(CORE_ROOT)
-                if relative.as_posix() in _EXCLUDED_CORE or "/".join(relative.parts[:2]) in _EXCLUDED_CORE:
-                    continue
-                _add(archive, f"fedkeeper/{relative.as_posix()}", path.read_bytes())
+            for path in function_side_files():
+                _add(archive, path.relative_to(REPO_ROOT).as_posix(), path.read_bytes())
         if "requirements.txt" not in names:
             _add(archive, "requirements.txt", REQUIREMENTS.encode())
     return buffer.getvalue()
