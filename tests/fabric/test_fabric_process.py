@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -97,22 +98,32 @@ def test_workers_die_with_a_killed_fabric() -> None:
         process.cleanup()
 
 
-def test_a_killed_fabrics_worker_folders_are_reclaimed_by_the_next_fabric() -> None:
-    killed = FabricProcess().start()
+def test_a_killed_fabrics_worker_folders_are_reclaimed_by_the_next_fabric(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A temp root of its own: a fabric started meanwhile by another test (-n 2) would reclaim the
+    # folder in the shared /tmp before this test looks. Open to the workers' users, like /tmp.
+    root = Path(tempfile.mkdtemp(prefix="reclaim-"))
+    root.chmod(0o755)
+    monkeypatch.setenv("TMPDIR", str(root))  # the fabrics' temp root (they inherit it)
     try:
-        client = FabricClient(killed.url)
-        client.deploy("w", ECHO)
-        client.run("w")
-        assert killed.process is not None
-        workdir = Path(tempfile.gettempdir()) / f"fedkeeper-fabric-{killed.process.pid}"
-        assert any(workdir.iterdir())  # the worker's folder
-        os.kill(killed.process.pid, signal.SIGKILL)
-        assert gone(killed.process.pid)
+        killed = FabricProcess().start()
+        try:
+            client = FabricClient(killed.url)
+            client.deploy("w", ECHO)
+            client.run("w")
+            assert killed.process is not None
+            workdir = root / f"fedkeeper-fabric-{killed.process.pid}"
+            assert any(workdir.iterdir())  # the worker's folder
+            os.kill(killed.process.pid, signal.SIGKILL)
+            assert gone(killed.process.pid)
+        finally:
+            killed.cleanup()
+        assert workdir.exists()  # nobody was left to clean it up
+        with FabricProcess():
+            assert not workdir.exists()
     finally:
-        killed.cleanup()
-    assert workdir.exists()  # nobody was left to clean it up
-    with FabricProcess():
-        assert not workdir.exists()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_ensure_local_fabric_starts_a_detached_daemon_once(tmp_path: Path) -> None:
