@@ -68,7 +68,7 @@ def _spec(config: Config, name: str, bound: dict[str, Any], instances: int = 1) 
 def plan(config: Config, providers: dict[tuple[str, str], Provider]) -> list[tuple[Provider, FunctionSpec]]:
     """Every (provider, function) pair this configuration deploys."""
     store = _store_binding(config)
-    server = providers[("openwhisk", config.fl.server_config.cluster)]
+    server = providers[(config.server_platform, config.fl.server_config.cluster)]
     pairs = [
         (server, _spec(config, "fl_server_init", store)),
         (

@@ -115,7 +115,7 @@ class Keeper:
         self.ledger = Ledger(store)
         self.providers = providers
         self.clock = clock
-        self.server_provider = providers[("openwhisk", self.server.cluster)]
+        self.server_provider = providers[(config.server_platform, self.server.cluster)]
         self.placements = {p.client: p for p in place_clients(config)}
         self.reporter: Reporter | None = None
         self.session_id = ""
@@ -541,7 +541,7 @@ class Keeper:
         entry = self._entry(state.number, function, client, attempt, provider)
         if function == INVOKER:
             entry.target = self.placements[client].target
-            params.update(target=entry.target, timeout_s=self.fl.functions.fl_client.timeout)
+            params.update(target=entry.target, timeout_s=self.fl.functions.settings(CLIENT).timeout)
         if not self.ledger.submit(entry):  # this attempt number was used by a keeper that died
             state.attempts[client] = self.ledger.attempts(self.session_id, state.number, function, client)
             state.charged[client] = charged
