@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -94,6 +95,27 @@ def test_no_platform_name_literal_appears_outside_the_catalog_and_the_provider_m
             if literal.search(line):
                 found.append(f"{relative}:{number}: {line.strip()}")
     assert not found, "platform names outside the catalog:\n" + "\n".join(found)
+
+
+def test_no_function_name_literal_appears_outside_the_catalog() -> None:
+    names = {f.name for f in FUNCTIONS}
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE).as_posix()
+        if relative == "function/catalog.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {
+            id(node.value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+        }
+        found += [
+            f"{relative}:{node.lineno}: {node.value}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and node.value in names and id(node) not in docstrings
+        ]
+    assert not found, "function names outside the catalog:\n" + "\n".join(found)
 
 
 def test_no_if_chain_on_platform_names() -> None:

@@ -148,6 +148,8 @@ FUNCTIONS: tuple[Function, ...] = (
 # fmt: on
 # The functions a training configuration deploys (each has settings under ``functions:``).
 TRAINING_FUNCTIONS: tuple[Function, ...] = tuple(f for f in FUNCTIONS if f.defaults is not None)
+# The managing functions, in deploy order (all on the server cluster).
 MANAGING_FUNCTIONS: tuple[str, ...] = tuple(f.name for f in FUNCTIONS if f.role is Role.MANAGING)
+SERVER_INIT_FUNCTION, INVOKER_FUNCTION, AGGREGATOR_FUNCTION = MANAGING_FUNCTIONS
 CLIENT_FUNCTION: str = next(f.name for f in FUNCTIONS if f.role is Role.CLIENT)
-INVOKER_FUNCTION = "fl_invoker_weights_update"  # the managing function clients route through
+PROBE_FUNCTION: str = next(f.name for f in FUNCTIONS if f.role is Role.PROBE)

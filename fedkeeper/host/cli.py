@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from fedkeeper.function.catalog import DIRECT_CLIENT_NEEDS
+from fedkeeper.function.catalog import DIRECT_CLIENT_NEEDS, PROBE_FUNCTION
 from fedkeeper.function.catalog import PLATFORMS as CATALOG
 from fedkeeper.function.config import Config, load_config
 from fedkeeper.function.errors import ConfigError, FedkeeperError
@@ -277,7 +277,7 @@ def check_options(func: F) -> F:
             for p in CATALOG
         ),
         click.option("-s", "--scenario", default="test", show_default=True),
-        click.option("-f", "--function", default="nodeinfo", show_default=True),
+        click.option("-f", "--function", default=PROBE_FUNCTION, show_default=True),
         click.option("-d", "--deploy", "deploy", is_flag=True, help="deploy the function and call it"),
         click.option("-r", "--remove", "remove", is_flag=True, help="remove the function"),
     ]

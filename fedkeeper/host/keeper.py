@@ -25,6 +25,12 @@ from typing import Any
 
 import tenacity
 
+from fedkeeper.function.catalog import (
+    AGGREGATOR_FUNCTION,
+    CLIENT_FUNCTION,
+    INVOKER_FUNCTION,
+    SERVER_INIT_FUNCTION,
+)
 from fedkeeper.function.config import Config, fingerprint_difference, fingerprint_json, training_fingerprint
 from fedkeeper.function.errors import (
     STORE,
@@ -44,10 +50,10 @@ from fedkeeper.host.providers.base import Provider
 from fedkeeper.host.reporting import Reporter, Stopwatch
 
 INIT, CLIENT, INVOKER, AGGREGATOR = (
-    "fl_server_init",
-    "fl_client",
-    "fl_invoker_weights_update",
-    "fl_server_aggregator",
+    SERVER_INIT_FUNCTION,
+    CLIENT_FUNCTION,
+    INVOKER_FUNCTION,
+    AGGREGATOR_FUNCTION,
 )
 RECORD_GRACE_S = 3.0
 MIN_POLL_S = 0.05

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import requests
 
 from fedkeeper.function import catalog
+from fedkeeper.function.catalog import CLIENT_FUNCTION
 from fedkeeper.function.config import EdgeCluster
 from fedkeeper.function.errors import PlatformUnavailable, ProviderError
 from fedkeeper.function.invoke.base import (
@@ -44,7 +45,6 @@ from fedkeeper.function.tasks.contract import (
 )
 
 STATE_ENV = "FEDKEEPER_EDGE_STATE_DIR"
-CLIENT_FUNCTION = "fl_client"
 CONNECT_TIMEOUT_S = 5.0
 
 
