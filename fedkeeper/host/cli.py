@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 import click
 
+from fedkeeper.function.catalog import DIRECT_CLIENT_NEEDS, PROBE_FUNCTION
+from fedkeeper.function.catalog import PLATFORMS as CATALOG
 from fedkeeper.function.config import Config, load_config
 from fedkeeper.function.errors import ConfigError, FedkeeperError
 from fedkeeper.function.redaction import redact
@@ -20,7 +22,7 @@ from fedkeeper.host.providers.base import FunctionSpec, Provider
 from fedkeeper.host.providers.registry import providers_from_config
 
 F = TypeVar("F", bound=Callable[..., Any])
-PLATFORMS = ("openwhisk", "google", "aws", "edge")
+PLATFORMS = tuple(p.name for p in CATALOG)
 
 
 def friendly_errors(func: F) -> F:
@@ -270,12 +272,12 @@ def check_options(func: F) -> F:
     options = [
         config_option,
         click.option("-a", "--all", "everything", is_flag=True, help="every configured cluster"),
-        click.option("-o", "--openwhisk", "openwhisk", multiple=True, help="OpenWhisk clusters (comma list)"),
-        click.option("-g", "--gcf", "google", multiple=True, help="Google Cloud Functions clusters"),
-        click.option("-l", "--lambda", "aws", multiple=True, help="AWS Lambda clusters"),
-        click.option("-e", "--edge", "edge", multiple=True, help="edge fleets"),
+        *(
+            click.option(*p.flags, p.name, multiple=True, help=f"{p.title} clusters (comma list)")
+            for p in CATALOG
+        ),
         click.option("-s", "--scenario", default="test", show_default=True),
-        click.option("-f", "--function", default="nodeinfo", show_default=True),
+        click.option("-f", "--function", default=PROBE_FUNCTION, show_default=True),
         click.option("-d", "--deploy", "deploy", is_flag=True, help="deploy the function and call it"),
         click.option("-r", "--remove", "remove", is_flag=True, help="remove the function"),
     ]
@@ -284,16 +286,24 @@ def check_options(func: F) -> F:
     return func
 
 
-def _check_command(summary: str) -> Callable[..., None]:
-    """The cluster check's callback with its options (``fedkeeper check`` and ``deploy.py`` share it)."""
+def _check_command(summary: str, *, report: bool) -> Callable[..., None]:
+    """The cluster check's callback with its options (``fedkeeper check`` and ``deploy.py`` share it).
+
+    With ``report``, neither ``-d`` nor ``-r`` prints the capability report instead of an error.
+    """
 
     @check_options
     @friendly_errors
-    def command(config_path: Path, everything: bool, openwhisk: tuple[str, ...], google: tuple[str, ...],
-                aws: tuple[str, ...], edge: tuple[str, ...], scenario: str, function: str, deploy: bool,
-                remove: bool) -> None:  # fmt: skip
-        selection = {"openwhisk": _parse_names(openwhisk), "google": _parse_names(google),
-                     "aws": _parse_names(aws), "edge": _parse_names(edge)}  # fmt: skip
+    def command(config_path: Path, everything: bool, scenario: str, function: str, deploy: bool,
+                remove: bool, **clusters: tuple[str, ...]) -> None:  # fmt: skip
+        if report and not (deploy or remove):
+            lines, problems = capability_report(load_noting(config_path))
+            for line in lines:
+                click.echo(line)
+            if problems:
+                raise FedkeeperError(f"{problems} function(s) are outside their cluster's limits")
+            return
+        selection = {name: _parse_names(clusters[name]) for name in PLATFORMS}
         run_check(config_path, everything, selection, scenario, function, deploy, remove)
 
     command.__doc__ = summary
@@ -301,8 +311,58 @@ def _check_command(summary: str) -> Callable[..., None]:
 
 
 check = cli.command("check")(
-    _check_command("Check clusters: deploy a small function and call it once on each (deploy.py).")
+    _check_command(
+        "Check clusters. Without -d/-r: print, per cluster, what it lacks and how its clients are "
+        "reached. With -d: deploy a small function and call it once on each (deploy.py); -r removes it.",
+        report=True,
+    )
 )
+
+
+def capability_report(config: Config) -> tuple[list[str], int]:
+    """Per cluster: what it lacks, where its clients go, and each deployed function outside its limits.
+
+    Returns the lines and how many functions are outside their cluster's limits. Needs no
+    credentials and contacts nothing: everything comes from the catalog and the config.
+    """
+    from fedkeeper.function.catalog import CLIENT_FUNCTION, INVOKER_FUNCTION, MANAGING_FUNCTIONS
+    from fedkeeper.function.invoke.base import unsupported
+    from fedkeeper.host.placement import Route, clients_per_cluster, place_clients, route_for
+    from fedkeeper.host.providers.base import FunctionSpec
+
+    fl = config.scenarios.federated_learning
+    server = (config.server_platform, fl.server_config.cluster) if fl else None
+    counts = clients_per_cluster(place_clients(config)) if fl else {}
+    lines: list[str] = []
+    problems = 0
+    for platform in CATALOG:
+        caps = platform.capabilities
+        for cluster in config.providers.clusters(platform.name):
+            where = f"{platform.name}/{cluster}"
+            lacks = unsupported(caps, DIRECT_CLIENT_NEEDS)
+            line = f"{where}: {', '.join(lacks) or 'async invoke, store access'}"
+            functions: list[str] = []
+            if (platform.name, cluster) == server:
+                line += f"; runs the managing functions ({', '.join(MANAGING_FUNCTIONS)})"
+                functions.extend(MANAGING_FUNCTIONS)
+            count = counts.get((platform.name, cluster), 0)
+            if count and server and route_for(caps) is Route.VIA_INVOKER:
+                line += f" -> {count} client(s) go through {INVOKER_FUNCTION} on {server[0]}/{server[1]}"
+                functions.append(CLIENT_FUNCTION)
+            elif count:
+                line += f"; {count} client(s) run {CLIENT_FUNCTION} directly"
+                functions.append(CLIENT_FUNCTION)
+            elif fl:
+                line += "; hosts no clients"
+            lines.append(line)
+            for name in functions:
+                settings = config.fl.functions.settings(name)
+                spec = FunctionSpec(name, Path(name), memory_mb=settings.memory, timeout_s=settings.timeout)
+                reasons = unsupported(caps, spec.needs)
+                if reasons:
+                    problems += 1
+                    lines.append(f"{where}: {name} cannot be deployed: {'; '.join(reasons)}")
+    return lines, problems
 
 
 # --------------------------------------------------------------------------- config files
@@ -372,7 +432,9 @@ def legacy_main(config_path: Path, deploy: bool, start: bool, remove: bool, resu
 
 
 legacy_deploy = click.command(context_settings={"help_option_names": ["-h", "--help"]})(
-    _check_command("Check clusters: python deploy.py -c config.yaml -a -s test -f nodeinfo -d | -r.")
+    _check_command(
+        "Check clusters: python deploy.py -c config.yaml -a -s test -f nodeinfo -d | -r.", report=False
+    )
 )
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedkeeper.function.catalog import CLIENT_FUNCTION, INVOKER_FUNCTION, MANAGING_FUNCTIONS
 from fedkeeper.function.config import Config
 from fedkeeper.function.errors import ProviderError
 from fedkeeper.function.redaction import redact_value
@@ -19,8 +20,6 @@ from fedkeeper.host.packaging import function_dir
 from fedkeeper.host.placement import Route, clients_per_cluster, place_clients, route_for
 from fedkeeper.host.providers.base import FunctionSpec, Provider
 from fedkeeper.host.services import store_url
-
-CLIENT = "fl_client"
 
 
 @dataclass(frozen=True)
@@ -68,19 +67,16 @@ def _spec(config: Config, name: str, bound: dict[str, Any], instances: int = 1) 
 def plan(config: Config, providers: dict[tuple[str, str], Provider]) -> list[tuple[Provider, FunctionSpec]]:
     """Every (provider, function) pair this configuration deploys."""
     store = _store_binding(config)
-    server = providers[("openwhisk", config.fl.server_config.cluster)]
+    server = providers[(config.server_platform, config.fl.server_config.cluster)]
+    invoker = {**store, "targets": _targets(config, providers)}
     pairs = [
-        (server, _spec(config, "fl_server_init", store)),
-        (
-            server,
-            _spec(config, "fl_invoker_weights_update", {**store, "targets": _targets(config, providers)}),
-        ),
-        (server, _spec(config, "fl_server_aggregator", store)),
+        (server, _spec(config, name, invoker if name == INVOKER_FUNCTION else store))
+        for name in MANAGING_FUNCTIONS
     ]
     for (platform, cluster), count in clients_per_cluster(place_clients(config)).items():
         provider = providers[(platform, cluster)]
         bound = store if provider.capabilities.store_access else {}
-        pairs.append((provider, _spec(config, CLIENT, bound, instances=count)))
+        pairs.append((provider, _spec(config, CLIENT_FUNCTION, bound, instances=count)))
     return pairs
 
 

@@ -25,6 +25,12 @@ from typing import Any
 
 import tenacity
 
+from fedkeeper.function.catalog import (
+    AGGREGATOR_FUNCTION,
+    CLIENT_FUNCTION,
+    INVOKER_FUNCTION,
+    SERVER_INIT_FUNCTION,
+)
 from fedkeeper.function.config import Config, fingerprint_difference, fingerprint_json, training_fingerprint
 from fedkeeper.function.errors import (
     STORE,
@@ -44,10 +50,10 @@ from fedkeeper.host.providers.base import Provider
 from fedkeeper.host.reporting import Reporter, Stopwatch
 
 INIT, CLIENT, INVOKER, AGGREGATOR = (
-    "fl_server_init",
-    "fl_client",
-    "fl_invoker_weights_update",
-    "fl_server_aggregator",
+    SERVER_INIT_FUNCTION,
+    CLIENT_FUNCTION,
+    INVOKER_FUNCTION,
+    AGGREGATOR_FUNCTION,
 )
 RECORD_GRACE_S = 3.0
 MIN_POLL_S = 0.05
@@ -115,7 +121,7 @@ class Keeper:
         self.ledger = Ledger(store)
         self.providers = providers
         self.clock = clock
-        self.server_provider = providers[("openwhisk", self.server.cluster)]
+        self.server_provider = providers[(config.server_platform, self.server.cluster)]
         self.placements = {p.client: p for p in place_clients(config)}
         self.reporter: Reporter | None = None
         self.session_id = ""
@@ -541,7 +547,7 @@ class Keeper:
         entry = self._entry(state.number, function, client, attempt, provider)
         if function == INVOKER:
             entry.target = self.placements[client].target
-            params.update(target=entry.target, timeout_s=self.fl.functions.fl_client.timeout)
+            params.update(target=entry.target, timeout_s=self.fl.functions.settings(CLIENT).timeout)
         if not self.ledger.submit(entry):  # this attempt number was used by a keeper that died
             state.attempts[client] = self.ledger.attempts(self.session_id, state.number, function, client)
             state.charged[client] = charged

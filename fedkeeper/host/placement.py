@@ -11,16 +11,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from fedkeeper.function.catalog import DIRECT_CLIENT_NEEDS, PLATFORMS
 from fedkeeper.function.config import Config
-from fedkeeper.function.invoke.base import Capabilities
-
-# clients_info field -> platform key under ``providers:``; clients are numbered in this order.
-CLIENT_COUNTS = {
-    "ow_clients_count": "openwhisk",
-    "gcf_clients_count": "google",
-    "aws_clients_count": "aws",
-    "edge_clients_count": "edge",
-}
+from fedkeeper.function.invoke.base import Capabilities, unsupported
 
 
 class Route(StrEnum):
@@ -29,9 +22,8 @@ class Route(StrEnum):
 
 
 def route_for(capabilities: Capabilities) -> Route:
-    if capabilities.async_invoke and capabilities.store_access:
-        return Route.DIRECT
-    return Route.VIA_INVOKER
+    """DIRECT where the platform meets :data:`~fedkeeper.function.catalog.DIRECT_CLIENT_NEEDS`."""
+    return Route.VIA_INVOKER if unsupported(capabilities, DIRECT_CLIENT_NEEDS) else Route.DIRECT
 
 
 @dataclass(frozen=True)
@@ -50,13 +42,14 @@ class Placement:
 
 
 def place_clients(config: Config) -> list[Placement]:
-    """Number clients 0..n-1 platform by platform, round-robin over each platform's clusters."""
+    """Number clients 0..n-1 platform by platform (catalog order), round-robin over each platform's
+    clusters."""
     info = config.fl.clients_info
     placements: list[Placement] = []
-    for field, platform in CLIENT_COUNTS.items():
-        clusters = sorted(getattr(config.providers, platform))
-        for i in range(getattr(info, field)):
-            placements.append(Placement(len(placements), platform, clusters[i % len(clusters)]))
+    for platform in PLATFORMS:
+        clusters = sorted(config.providers.clusters(platform.name))
+        for i in range(info.count(platform)):
+            placements.append(Placement(len(placements), platform.name, clusters[i % len(clusters)]))
     return placements
 
 

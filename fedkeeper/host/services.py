@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from fedkeeper.function.config import Config, MongoConfig
+from fedkeeper.function.catalog import PLATFORMS
+from fedkeeper.function.config import Config, MongoConfig, OpenWhiskCluster
 from fedkeeper.function.store.db import Store
 from fedkeeper.host.store.embedded import EmbeddedMongo
 
@@ -53,16 +54,25 @@ class Services(contextlib.ExitStack):
         from fedkeeper.host.fabric.process import ensure_local_fabric
 
         started = []
-        for name, cluster in self.config.providers.openwhisk.items():
-            if cluster.local and ensure_local_fabric(cluster, self.state_root / "fabric"):
+        for name, cluster in self._local_clusters():
+            if ensure_local_fabric(cluster, self.state_root / "fabric"):
                 started.append(name)
         return started
+
+    def _local_clusters(self) -> list[tuple[str, OpenWhiskCluster]]:
+        """The OpenWhisk-compatible clusters marked ``local`` (the fabric serves them), by name."""
+        return [
+            (name, cluster)
+            for platform in PLATFORMS
+            for name, cluster in self.config.providers.clusters(platform.name).items()
+            if isinstance(cluster, OpenWhiskCluster) and cluster.local
+        ]
 
     def stop_local_fabrics(self) -> list[str]:
         from fedkeeper.host.fabric.process import stop_local_fabric
 
         return [
             name
-            for name, cluster in self.config.providers.openwhisk.items()
-            if cluster.local and stop_local_fabric(cluster, self.state_root / "fabric")
+            for name, cluster in self._local_clusters()
+            if stop_local_fabric(cluster, self.state_root / "fabric")
         ]

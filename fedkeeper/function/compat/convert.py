@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, get_args
 from urllib.parse import unquote, urlsplit
 
+from fedkeeper.function.catalog import CLIENT_FUNCTION, INVOKER_FUNCTION
 from fedkeeper.function.compat.shape import FL, fedkeeper_marker
 from fedkeeper.function.config import FUNCTION_NAMES, FunctionsConfig, ModelParams, Providers, ServerConfig
 from fedkeeper.function.errors import ConfigError
@@ -24,8 +25,6 @@ from fedkeeper.function.invoke.credentials import ServiceAccountKey
 from fedkeeper.function.learning.datasets import ARRAY_SOURCES, IMAGE_SHAPE, refuse_pickle
 from fedkeeper.function.redaction import redact, register_secret
 
-CLIENT_FUNCTION = "fl_client"
-INVOKER_FUNCTION = "fl_invoker_weights_update"
 # Client counts whose clients are called through the invoker (they lack async invoke or store access).
 VIA_INVOKER_COUNTS = ("gcf_clients_count", "edge_clients_count")
 # OpenWhisk's default upper limit on an action's timeout; the invoker runs on the OpenWhisk server cluster.

@@ -33,6 +33,7 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config as BotoConfig
 
+from fedkeeper.function import catalog
 from fedkeeper.function.config import AwsCluster
 from fedkeeper.function.errors import PayloadTooLarge, PlatformUnavailable, ProviderError
 from fedkeeper.function.invoke.base import (
@@ -59,15 +60,7 @@ class LambdaClient(InvokeClient):
     """Invokes the functions of one AWS account and region (``providers.aws.<cluster>``)."""
 
     platform: ClassVar[str] = "aws"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        async_invoke=False,  # Event invocations exist, but their outcome cannot be fetched
-        batch_listing=False,
-        store_access=True,
-        max_request_bytes=6 * MB,
-        max_result_bytes=6 * MB,
-        max_duration_s=900,
-        web_actions=False,
-    )
+    capabilities: ClassVar[Capabilities] = catalog.platform("aws").capabilities
 
     def __init__(self, cluster: str, settings: AwsCluster) -> None:
         super().__init__(cluster, settings)

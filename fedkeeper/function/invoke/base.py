@@ -1,4 +1,4 @@
-"""The ``InvokeClient`` protocol: how to call a platform's functions, declared per platform.
+"""The ``InvokeClient`` protocol: how to call a platform's functions, and what a platform can do.
 
 Callers ask a client what it can do (``client.capabilities.async_invoke``), never which
 platform it is; that keeps the keeper and the invoker free of per-platform branches. A host-side
@@ -24,14 +24,12 @@ MB = 1024 * 1024
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a platform can do, declared once per provider class.
+    """What a platform can do and its limits, declared once per platform in the catalog.
 
     Attributes
     ----------
     async_invoke
         Can start an activation, return its id at once, and report its record later.
-    batch_listing
-        Can list many activation records in one request (the keeper polls in batches).
     store_access
         Its functions can be bound with store credentials at deploy time and reach MongoDB,
         so ``fl_client`` can read weights and write its update itself.
@@ -39,17 +37,54 @@ class Capabilities:
         Payload limits of one invocation.
     max_duration_s
         The longest a single activation may run.
-    web_actions
-        Functions can be exposed as authenticated HTTP endpoints.
+    memory_mb
+        The memory a function may be given, ``(low, high)``; None where the platform sets no range.
     """
 
     async_invoke: bool
-    batch_listing: bool
     store_access: bool
     max_request_bytes: int
     max_result_bytes: int
     max_duration_s: int
-    web_actions: bool = False
+    memory_mb: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a function (or a role such as "runs the managing functions") asks of a platform.
+
+    ``None`` asks nothing of that limit.
+    """
+
+    async_invoke: bool = False
+    store_access: bool = False
+    duration_s: int | None = None
+    memory_mb: int | None = None
+    request_bytes: int | None = None
+
+
+def unsupported(capabilities: Capabilities, needs: Needs) -> list[str]:
+    """Why a platform cannot serve ``needs``: one short reason per unmet need, none when it can.
+
+    The one check of needs against capabilities (deploy limits, routes, the server cluster and
+    ``fedkeeper check`` all ask it).
+    """
+    reasons: list[str] = []
+    if needs.async_invoke and not capabilities.async_invoke:
+        reasons.append("no async invoke")
+    if needs.store_access and not capabilities.store_access:
+        reasons.append("no store access")
+    if needs.duration_s is not None and not 1 <= needs.duration_s <= capabilities.max_duration_s:
+        reasons.append(f"timeout {needs.duration_s} s is outside 1..{capabilities.max_duration_s} s")
+    if needs.memory_mb is not None and capabilities.memory_mb is not None:
+        low, high = capabilities.memory_mb
+        if not low <= needs.memory_mb <= high:
+            reasons.append(f"memory {needs.memory_mb} MB is outside {low}..{high} MB")
+    if needs.request_bytes is not None and needs.request_bytes > capabilities.max_request_bytes:
+        reasons.append(
+            f"request of {needs.request_bytes} bytes is past the {capabilities.max_request_bytes} byte limit"
+        )
+    return reasons
 
 
 class ActivationStatus(StrEnum):

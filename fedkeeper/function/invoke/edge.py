@@ -20,10 +20,12 @@ import os
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import requests
 
+from fedkeeper.function import catalog
+from fedkeeper.function.catalog import CLIENT_FUNCTION
 from fedkeeper.function.config import EdgeCluster
 from fedkeeper.function.errors import PlatformUnavailable, ProviderError
 from fedkeeper.function.invoke.base import (
@@ -38,13 +40,11 @@ from fedkeeper.function.redaction import register_secret
 from fedkeeper.function.tasks.contract import (
     EDGE_EXECUTION_HEADER,
     EDGE_MAX_JOB_TIMEOUT_S,
-    EDGE_MAX_REQUEST_BYTES,
     EDGE_STATE_FILE,
     EDGE_TIMEOUT_HEADER,
 )
 
 STATE_ENV = "FEDKEEPER_EDGE_STATE_DIR"
-CLIENT_FUNCTION = "fl_client"
 CONNECT_TIMEOUT_S = 5.0
 
 
@@ -67,15 +67,7 @@ class EdgeClient(InvokeClient):
     """
 
     platform = "edge"
-    capabilities = Capabilities(
-        async_invoke=False,
-        batch_listing=False,
-        store_access=False,
-        max_request_bytes=EDGE_MAX_REQUEST_BYTES,
-        max_result_bytes=EDGE_MAX_REQUEST_BYTES,
-        max_duration_s=int(EDGE_MAX_JOB_TIMEOUT_S),
-        web_actions=False,
-    )
+    capabilities: ClassVar[Capabilities] = catalog.platform("edge").capabilities
 
     def __init__(
         self,

@@ -41,10 +41,10 @@ from google.cloud import functions_v2
 from google.oauth2 import id_token as google_id_token
 from google.oauth2 import service_account
 
+from fedkeeper.function import catalog
 from fedkeeper.function.config import GoogleCluster
 from fedkeeper.function.errors import ConfigError, PayloadTooLarge, PlatformUnavailable, ProviderError
 from fedkeeper.function.invoke.base import (
-    MB,
     ActivationRecord,
     ActivationStatus,
     Capabilities,
@@ -80,15 +80,7 @@ class GcfClient(InvokeClient):
     """Invokes the functions of one GCF project and region (``providers.google.<cluster>``)."""
 
     platform: ClassVar[str] = "google"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        async_invoke=False,
-        batch_listing=False,
-        store_access=True,
-        max_request_bytes=32 * MB,
-        max_result_bytes=32 * MB,
-        max_duration_s=3600,  # 2nd-gen HTTP functions; event-driven ones stop at 540 s
-        web_actions=False,
-    )
+    capabilities: ClassVar[Capabilities] = catalog.platform("google").capabilities
 
     def __init__(self, cluster: str, settings: GoogleCluster) -> None:
         super().__init__(cluster, settings)

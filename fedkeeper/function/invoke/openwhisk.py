@@ -25,10 +25,10 @@ import requests
 from requests.auth import AuthBase
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
 
+from fedkeeper.function import catalog
 from fedkeeper.function.config import OpenWhiskCluster
 from fedkeeper.function.errors import PayloadTooLarge, PlatformUnavailable, ProviderError
 from fedkeeper.function.invoke.base import (
-    MB,
     ActivationRecord,
     ActivationStatus,
     Capabilities,
@@ -86,15 +86,7 @@ class OpenWhiskClient(InvokeClient):
     adds deploying."""
 
     platform: ClassVar[str] = "openwhisk"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        async_invoke=True,
-        batch_listing=True,
-        store_access=True,
-        max_request_bytes=1 * MB,
-        max_result_bytes=5 * MB,
-        max_duration_s=300,
-        web_actions=True,
-    )
+    capabilities: ClassVar[Capabilities] = catalog.platform("openwhisk").capabilities
     # Retry policy (class attributes so tests and callers can tune them).
     max_attempts: int = 5
     backoff_initial_s: float = 0.2

@@ -1,4 +1,4 @@
-"""Map a platform name (the key under ``providers:``) to its invoke client.
+"""Rebuild a platform's invoke client from its catalog entry (:mod:`fedkeeper.function.catalog`).
 
 Classes are imported lazily so that an invoker whose targets are all OpenWhisk needs neither
 boto3 nor google-cloud-functions installed.
@@ -7,27 +7,16 @@ boto3 nor google-cloud-functions installed.
 from __future__ import annotations
 
 import importlib
-from typing import Any, get_args
+from typing import Any
 
-from fedkeeper.function.config import Providers
+from fedkeeper.function.catalog import platform as catalog_platform
 from fedkeeper.function.errors import ConfigError
 from fedkeeper.function.invoke.base import InvokeClient
 
-# platform -> "module:Class"
-_CLASSES: dict[str, str] = {
-    "openwhisk": "fedkeeper.function.invoke.openwhisk:OpenWhiskClient",
-    "google": "fedkeeper.function.invoke.gcf:GcfClient",
-    "aws": "fedkeeper.function.invoke.aws_lambda:LambdaClient",
-    "edge": "fedkeeper.function.invoke.edge:EdgeClient",
-}
 
-
-def load_class(platform: str, classes: dict[str, str]) -> Any:
-    """Import ``classes[platform]`` (a ``"module:Class"``), with a ConfigError naming what is missing."""
-    try:
-        module_name, class_name = classes[platform].split(":")
-    except KeyError:
-        raise ConfigError(f"unknown platform {platform!r} (known: {', '.join(classes)})") from None
+def load_class(path: str, platform: str) -> Any:
+    """Import ``path`` (a ``"module:Class"``) for ``platform``, with a ConfigError naming what is missing."""
+    module_name, class_name = path.split(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -36,17 +25,13 @@ def load_class(platform: str, classes: dict[str, str]) -> Any:
 
 
 def client_class(platform: str) -> type[InvokeClient]:
-    cls: type[InvokeClient] = load_class(platform, _CLASSES)
+    cls: type[InvokeClient] = load_class(catalog_platform(platform).client_path, platform)
     return cls
 
 
 def settings_model(platform: str) -> type[Any]:
     """The pydantic model of one cluster's settings under ``providers.<platform>``."""
-    field = Providers.model_fields.get(platform)
-    if field is None:
-        raise ConfigError(f"unknown platform {platform!r}")
-    _, model = get_args(field.annotation)
-    return model
+    return catalog_platform(platform).settings
 
 
 def client_from_binding(binding: dict[str, Any]) -> InvokeClient:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any
 
+from fedkeeper.function.catalog import FUNCTIONS
 from fedkeeper.function.errors import FedkeeperError
 from fedkeeper.function.redaction import redact
 
@@ -26,13 +27,7 @@ BOUND_ENV = "FEDKEEPER_BOUND"
 activation_id: ContextVar[str | None] = ContextVar("activation_id", default=None)
 
 # function name -> "module:callable"; each callable takes the merged params and returns a JSON object.
-HANDLERS: dict[str, str] = {
-    "fl_server_init": "fedkeeper.function.tasks.server_init:handle",
-    "fl_client": "fedkeeper.function.tasks.client:handle",
-    "fl_invoker_weights_update": "fedkeeper.function.tasks.invoker:handle",
-    "fl_server_aggregator": "fedkeeper.function.tasks.aggregator:handle",
-    "nodeinfo": "fedkeeper.function.tasks.nodeinfo:handle",
-}
+HANDLERS: dict[str, str] = {f.name: f.handler for f in FUNCTIONS}
 
 
 class BadRequest(FedkeeperError):

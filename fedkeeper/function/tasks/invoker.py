@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from fedkeeper.function.catalog import CLIENT_FUNCTION
 from fedkeeper.function.errors import PayloadTooLarge, ProviderError
 from fedkeeper.function.invoke.registry import client_from_binding
 from fedkeeper.function.store import weights as wire
@@ -18,8 +19,6 @@ from fedkeeper.function.store.db import Store
 from fedkeeper.function.tasks.common import SessionSettings, require, store_update
 from fedkeeper.function.tasks.contract import ClientJob
 from fedkeeper.function.tasks.entry import BadRequest
-
-CLIENT_FUNCTION = "fl_client"
 
 
 def handle(params: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 
 HANDLER = "lambda_function.handler"  # lambda_function.py in every folder under functions/
 MAX_ZIP_BYTES = 50 * MB  # direct upload limit of create_function / update_function_code
-_MEMORY_MB = (128, 10240)
 _WAIT_DELAY_S = 1
 
 
@@ -43,7 +42,7 @@ class LambdaProvider(LambdaClient, Provider):
     # ------------------------------------------------------------------ control plane
     def deploy(self, spec: FunctionSpec) -> None:
         where = self._where(spec.name)
-        self._check_limits(spec)
+        self.refuse_unsupported(spec)
         archive = build_zip(spec.source)
         if len(archive) > MAX_ZIP_BYTES:
             raise ProviderError(
@@ -72,16 +71,6 @@ class LambdaProvider(LambdaClient, Provider):
             raise ProviderError(f"{where}: create failed: {redact(str(exc))}") from None
         self._wait(spec.name, "function_active_v2")
         log.info("%s: %s (%d bytes, %.1f s)", where, action, len(archive), time.monotonic() - started)
-
-    def _check_limits(self, spec: FunctionSpec) -> None:
-        where = self._where(spec.name)
-        if not 1 <= spec.timeout_s <= self.capabilities.max_duration_s:
-            raise ProviderError(
-                f"{where}: timeout {spec.timeout_s} s is outside 1..{self.capabilities.max_duration_s} s"
-            )
-        low, high = _MEMORY_MB
-        if not low <= spec.memory_mb <= high:
-            raise ProviderError(f"{where}: memory {spec.memory_mb} MB is outside {low}..{high} MB")
 
     def _update(self, name: str, archive: bytes, configuration: dict[str, Any]) -> None:
         where = self._where(name)

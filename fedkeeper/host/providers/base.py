@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedkeeper.function.invoke.base import InvokeClient
+from fedkeeper.function.errors import ProviderError
+from fedkeeper.function.invoke.base import InvokeClient, Needs, unsupported
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,11 @@ class FunctionSpec:
     web_export: bool = False
     instances: int = 1  # devices to run (edge fleets); FaaS platforms scale by themselves and ignore it
 
+    @property
+    def needs(self) -> Needs:
+        """What deploying this spec asks of a platform's limits."""
+        return Needs(duration_s=self.timeout_s, memory_mb=self.memory_mb)
+
 
 class Provider(InvokeClient):
     """A FaaS platform (or the edge gateway) that hosts fedkeeper's functions: invoke and deploy.
@@ -44,6 +50,12 @@ class Provider(InvokeClient):
     settings
         The cluster's validated configuration model.
     """
+
+    def refuse_unsupported(self, spec: FunctionSpec) -> None:
+        """Raise ProviderError naming every limit of this platform that ``spec`` is outside."""
+        reasons = unsupported(self.capabilities, spec.needs)
+        if reasons:
+            raise ProviderError(f"{self.where}: function {spec.name}: {'; '.join(reasons)}")
 
     @abstractmethod
     def deploy(self, spec: FunctionSpec) -> None:

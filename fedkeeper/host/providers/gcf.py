@@ -28,7 +28,6 @@ from fedkeeper.host.providers.base import FunctionSpec, Provider
 log = logging.getLogger(__name__)
 
 ENTRY_POINT = "handler"  # main.py's function in every folder under functions/
-_MEMORY_MB = (128, 32768)
 # Poll operations from 0.25 s up to every 10 s (the library starts at 1 s, grows to 20 s): a small
 # function's update is often done within a second.
 _POLLING = polling.DEFAULT_POLLING.with_delay(initial=0.25, maximum=10.0, multiplier=1.5)
@@ -39,7 +38,7 @@ class GcfProvider(GcfClient, Provider):
 
     # ------------------------------------------------------------------ control plane
     def deploy(self, spec: FunctionSpec) -> None:
-        self._check_limits(spec)
+        self.refuse_unsupported(spec)
         where = self._where(spec.name)
         archive = build_zip(spec.source)
         storage_source = self._upload(archive, where)
@@ -65,16 +64,6 @@ class GcfProvider(GcfClient, Provider):
             raise ProviderError(f"{where}: {action} left it {deployed.state.name}: {messages}")
         self._urls[spec.name] = deployed.service_config.uri
         log.info("%s: %sd (%d bytes, %.1f s)", where, action, len(archive), time.monotonic() - started)
-
-    def _check_limits(self, spec: FunctionSpec) -> None:
-        where = self._where(spec.name)
-        if not 1 <= spec.timeout_s <= self.capabilities.max_duration_s:
-            raise ProviderError(
-                f"{where}: timeout {spec.timeout_s} s is outside 1..{self.capabilities.max_duration_s} s"
-            )
-        low, high = _MEMORY_MB
-        if not low <= spec.memory_mb <= high:
-            raise ProviderError(f"{where}: memory {spec.memory_mb} MB is outside {low}..{high} MB")
 
     def _upload(self, archive: bytes, where: str) -> functions_v2.StorageSource:
         upload = self._call(

@@ -1,28 +1,28 @@
-"""Map a config section (``providers.<platform>``) to its ``Provider`` class.
+"""Each catalog platform's ``Provider`` class: ``fedkeeper.host.providers.<module>:<provider>``.
 
-Classes are imported lazily so that a keeper using only OpenWhisk needs neither boto3 nor
-google-cloud-functions installed.
+The catalog (function side) names the class; it lives here on the host side, by convention in the
+module of the same name as the platform's invoke client. Classes are imported lazily so that a
+keeper using only OpenWhisk needs neither boto3 nor google-cloud-functions installed.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from fedkeeper.function.catalog import platform as catalog_platform
 from fedkeeper.function.config import Config
 from fedkeeper.function.invoke.registry import load_class, settings_model
 from fedkeeper.host.providers.base import Provider
 
-# platform (the key under ``providers:``) -> "module:Class"
-_CLASSES: dict[str, str] = {
-    "openwhisk": "fedkeeper.host.providers.openwhisk:OpenWhiskProvider",
-    "google": "fedkeeper.host.providers.gcf:GcfProvider",
-    "aws": "fedkeeper.host.providers.aws_lambda:LambdaProvider",
-    "edge": "fedkeeper.host.providers.edge:EdgeProvider",
-}
+
+def provider_path(platform: str) -> str:
+    """``"module:Class"`` of ``platform``'s provider."""
+    entry = catalog_platform(platform)
+    return f"{__package__}.{entry.module}:{entry.provider}"
 
 
 def provider_class(platform: str) -> type[Provider]:
-    cls: type[Provider] = load_class(platform, _CLASSES)
+    cls: type[Provider] = load_class(provider_path(platform), platform)
     return cls
 
 
@@ -32,7 +32,7 @@ def make_provider(platform: str, cluster: str, settings: Any) -> Provider:
 
 def providers_from_config(config: Config, platform: str) -> dict[str, Provider]:
     """Every cluster of one platform, by cluster name."""
-    clusters: dict[str, Any] = getattr(config.providers, platform)
+    clusters = config.providers.clusters(platform)
     return {name: make_provider(platform, name, settings) for name, settings in clusters.items()}
 
 
