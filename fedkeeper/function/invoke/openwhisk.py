@@ -78,6 +78,8 @@ def to_record(body: Mapping[str, Any]) -> ActivationRecord:
         end_ms=body.get("end"),
         timeout=bool(annotations.get("timeout", False)),
         logs=list(body.get("logs") or []),
+        # OpenWhisk annotates initTime on cold starts only.
+        init_ms=int(annotations["initTime"]) if isinstance(annotations.get("initTime"), int) else None,
     )
 
 
