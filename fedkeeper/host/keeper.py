@@ -26,7 +26,8 @@ from fedkeeper.function.config import Config, fingerprint_difference, fingerprin
 from fedkeeper.function.errors import STORE, PlatformUnavailable, ProviderError, StoreUnavailable, Unavailable
 from fedkeeper.function.store.db import SessionStore, Store
 from fedkeeper.function.store.statuses import Phase
-from fedkeeper.function.strategies.selection import select_clients
+from fedkeeper.function.strategies.selection import SelectionPolicy, make_selection, select_clients
+from fedkeeper.host.history import ClientHistory, History, fold
 from fedkeeper.host.ledger import SERVER, Ledger, LedgerStatus
 from fedkeeper.host.outages import Outages, OutageTooLong, OutageWatch
 from fedkeeper.host.plan import Key, Plan
@@ -80,6 +81,10 @@ class Keeper:
         self._session: SessionStore | None = None
         self._ledger: Ledger | None = None
         self._watch: OutageWatch | None = None
+        self._history: ClientHistory | None = None
+        self.selection: SelectionPolicy = make_selection(
+            self.server.selection, self.server.seed, self.server.round_deadline_s, self.server.rotation_rounds
+        )
         # One policy for server_config.retry_backoff_s: client retries, managing-function
         # retries and outage probes.
         self.retry = retry_policy(self.server.retry_backoff_s)
@@ -113,6 +118,7 @@ class Keeper:
         self.session_id = session_id
         self._session = self.store.for_session(session_id)
         self._ledger = Ledger(self._session)
+        self._history = ClientHistory(self._session)
         return self._session
 
     def start(self) -> str:
@@ -306,8 +312,10 @@ class Keeper:
 
     # ------------------------------------------------------------------ one round
     def _run_round(self, driver: RoundDriver, round_number: int) -> dict[str, Any]:
-        """Select (once), drive the round to its close, aggregate; the round's metrics."""
+        """Select (once), drive the round to its close, fold it into the clients' history, aggregate."""
+        assert self._history is not None
         rounds = self.session.rounds
+        history = self._history.read() if self.selection.uses_history else History()
         selected = rounds.open(
             round_number,
             select_clients(
@@ -315,14 +323,18 @@ class Keeper:
                 self.server.num_clients_per_round,
                 round_number,
                 self.server.seed,
-                self.server.selection,
+                self.selection,
+                history.clients,
             ),
         )
+        watch = Stopwatch()
+        closed = driver.run(round_number)
+        if self.selection.uses_history and history.folded < round_number:
+            entries = self.ledger.round_entries(round_number)
+            self._history.write(fold(history, closed, entries, self.server.round_deadline_s))
         doc = rounds.get(round_number)
         if doc.get("metrics"):  # aggregated before a resumed keeper got here
             return dict(doc["metrics"])
-        watch = Stopwatch()
-        closed = driver.run(round_number)
         metrics = self._call_server(
             AGGREGATOR_FUNCTION,
             round_number,

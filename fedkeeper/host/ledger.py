@@ -142,6 +142,10 @@ class Ledger:
         query = {"session": self._session.id, "round": round_number, "status": LedgerStatus.SUBMITTED}
         return [_entry(doc) for doc in self._col.find(query)]
 
+    def round_entries(self, round_number: int) -> list[LedgerEntry]:
+        """Every attempt of the round, in one query."""
+        return [_entry(doc) for doc in self._col.find({"session": self._session.id, "round": round_number})]
+
     def attempts(self, round_number: int, function: str, client: int) -> int:
         return self._col.count_documents(
             {"session": self._session.id, "round": round_number, "function": function, "client": client}

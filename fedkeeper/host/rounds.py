@@ -67,6 +67,17 @@ class ClosedRound:
     late: tuple[int, ...] = ()
     retries: int = 0
 
+    @classmethod
+    def of(cls, doc: dict[str, Any], retries: int = 0) -> ClosedRound:
+        """The closed round a ``rounds`` document holds (rounds closed before ``failed`` and
+        ``late`` were stored count every selected client left out as failed)."""
+        selected = tuple(int(c) for c in doc["selected"])
+        included = tuple(int(c) for c in doc["included"])
+        late = tuple(int(c) for c in doc.get("late", ()))
+        left_out = [c for c in selected if c not in included and c not in late]
+        failed = tuple(int(c) for c in doc.get("failed", left_out))
+        return cls(int(doc["round"]), selected, included, failed, late, retries)
+
 
 @dataclass
 class RoundState:
@@ -148,27 +159,25 @@ class RoundDriver:
         Raises :class:`SessionFailed` when too few clients can deliver for the quorum, and
         :class:`~fedkeeper.host.outages.OutageTooLong` when an outage lasts past the tolerance.
         """
-        doc = self.session.rounds.get(round_number)
-        selected = tuple(int(c) for c in doc["selected"])
-        if doc["status"] != RoundStatus.OPEN:
-            return ClosedRound(round_number, selected, tuple(int(c) for c in doc["included"]))
-        state = self.restore(doc)
-        self.reporter.event("round_opened", round=round_number, selected=list(selected))
-        self._drive(state)
-        included = self.session.rounds.close(round_number, sorted(state.done))
-        closed = ClosedRound(
-            round_number,
-            selected,
-            tuple(included),
-            failed=tuple(sorted(set(selected) - set(included) - state.late)),
-            late=tuple(sorted(state.late - set(included))),
-            retries=state.retries,
-        )
-        self.reporter.event(
-            "round_closed", round=round_number, included=included, failed=list(closed.failed),
-            late=list(closed.late),
-        )  # fmt: skip
-        return closed
+        rounds = self.session.rounds
+        doc = rounds.get(round_number)
+        if doc["status"] == RoundStatus.OPEN:
+            state = self.restore(doc)
+            self.reporter.event("round_opened", round=round_number, selected=state.selected)
+            self._drive(state)
+            included = set(state.done)
+            late = state.late - included
+            rounds.close(
+                round_number, sorted(included), sorted(set(state.selected) - included - late), sorted(late)
+            )
+            doc = rounds.get(round_number)  # the first close wins
+            closed = ClosedRound.of(doc, retries=state.retries)
+            self.reporter.event(
+                "round_closed", round=round_number, included=list(closed.included),
+                failed=list(closed.failed), late=list(closed.late),
+            )  # fmt: skip
+            return closed
+        return ClosedRound.of(doc)
 
     def restore(self, doc: dict[str, Any]) -> RoundState:
         """An open round's state from the store: stored updates, activations still open, budgets."""

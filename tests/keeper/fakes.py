@@ -3,7 +3,8 @@
 :class:`ScriptedProvider` answers ``invoke_async`` and ``fetch`` as a platform would, from a
 script of what each client's attempts do (how long they run, whether they fail, whether their
 record is lost), on the fake clock. An attempt that succeeds writes its update to the real store
-when its time is up, as ``fl_client`` does. The fabric itself is covered by the end-to-end tests.
+when its time is up, as ``fl_client`` does; ``invoke_sync`` stands in for the managing functions'
+bookkeeping (no training), so a whole :class:`~fedkeeper.host.keeper.Keeper` session can run on it. The fabric itself is covered by the end-to-end tests.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from fedkeeper.function.catalog import AGGREGATOR_FUNCTION, SERVER_INIT_FUNCTION
 from fedkeeper.function.catalog import platform as catalog_platform
 from fedkeeper.function.errors import PlatformUnavailable, ProviderError
 from fedkeeper.function.invoke.base import ActivationRecord, ActivationStatus, Capabilities
-from fedkeeper.function.store.db import SessionStore
+from fedkeeper.function.store.db import SessionStore, Store
 from fedkeeper.host.providers.base import FunctionSpec, Provider
 
 WEIGHTS = [np.zeros((2, 2), dtype=np.float32)]
@@ -49,6 +51,7 @@ class Attempt:
 
 @dataclass
 class _Running:
+    session: SessionStore
     round: int
     client: int
     attempt: int
@@ -68,7 +71,7 @@ class ScriptedProvider(Provider):
     capabilities: ClassVar[Capabilities] = catalog_platform("openwhisk").capabilities
 
     clock: FakeClock
-    session: SessionStore
+    store: Store
     script: Mapping[int, list[Attempt]] = field(default_factory=dict)
     down_until: float = 0.0
     invoked: list[tuple[int, int]] = field(default_factory=list)  # (client, attempt), in order
@@ -85,7 +88,12 @@ class ScriptedProvider(Provider):
         steps = self.script.get(client, [Attempt()])
         activation_id = f"a{next(self._ids)}"
         self.running[activation_id] = _Running(
-            int(params["round"]), client, attempt, self.clock(), steps[min(attempt, len(steps)) - 1]
+            self.store.for_session(str(params["session"])),
+            int(params["round"]),
+            client,
+            attempt,
+            self.clock(),
+            steps[min(attempt, len(steps)) - 1],
         )
         self.invoked.append((client, attempt))
         return activation_id
@@ -111,7 +119,22 @@ class ScriptedProvider(Provider):
         return records
 
     def invoke_sync(self, name: str, params: Mapping[str, Any], timeout_s: float) -> ActivationRecord:
-        raise ProviderError("the round driver invokes clients asynchronously only")
+        """The managing functions, as far as the keeper sees them: init marks the session
+        initialised; the aggregator finishes the round with a fixed accuracy."""
+        self._answer()
+        session = self.store.for_session(str(params["session"]))
+        if name == SERVER_INIT_FUNCTION:
+            session.weights.put(0, WEIGHTS)
+            session.record.mark_initialised()
+            result: dict[str, Any] = {}
+        elif name == AGGREGATOR_FUNCTION:
+            round_number, included = int(params["round"]), [int(c) for c in params["clients"]]
+            result = {"round": round_number, "accuracy": 0.5, "loss": 1.0, "accepted": included}
+            session.rounds.finish(round_number, result)
+        else:
+            raise ProviderError(f"{name} is invoked asynchronously")
+        now_ms = int(self.clock() * 1000)
+        return ActivationRecord(f"a{next(self._ids)}", ActivationStatus.SUCCESS, result, now_ms, now_ms)
 
     def deploy(self, spec: FunctionSpec) -> None:
         raise ProviderError("nothing is deployed to a scripted provider")
@@ -127,7 +150,7 @@ class ScriptedProvider(Provider):
                 continue
             run.finished = True
             if run.script.ok:
-                self.session.updates.put(
+                run.session.updates.put(
                     run.round, run.client, WEIGHTS, 10, 0.5, 0.5, activation_id, run.attempt
                 )
 

@@ -101,7 +101,7 @@ def rig(mongo_url: str, mongo_db_name: str, tmp_path: Path) -> Iterator[Any]:
         clock = FakeClock()
         reporter = Reporter(tmp_path / "logs", session.id, stream=io.StringIO())
         reporters.append(reporter)
-        provider = ScriptedProvider(clock, session, script or {})
+        provider = ScriptedProvider(clock, store, script or {})
         return Rig(clock, session, provider, Plan.build(config), config.fl.server_config, reporter)
 
     yield make
