@@ -92,7 +92,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """fedkeeper's errors as a JSON ``{"error": ...}`` with the status that fits."""
     try:
         return await handler(request)
-    except ValueError as exc:  # BadRequest, and a Page out of range
+    except BadRequest as exc:
         return _error(400, str(exc))
     except NoSuchSession as exc:
         return _error(404, str(exc))
@@ -168,14 +168,17 @@ async def rounds(request: web.Request) -> web.Response:
 
 
 async def activations(request: web.Request) -> web.Response:
-    page = Page(
-        offset=_int(request, "offset", 0) or 0,
-        limit=_int(request, "limit", PAGE_SIZE) or 0,
-        round=_int(request, "round", None),
-        status=request.query.get("status") or None,
-        platform=request.query.get("platform") or None,
-        function=request.query.get("function") or None,
-    )
+    try:
+        page = Page(
+            offset=_int(request, "offset", 0) or 0,
+            limit=_int(request, "limit", PAGE_SIZE) or 0,
+            round=_int(request, "round", None),
+            status=request.query.get("status") or None,
+            platform=request.query.get("platform") or None,
+            function=request.query.get("function") or None,
+        )
+    except ValueError as exc:  # out of range
+        raise BadRequest(str(exc)) from None
     reader = _backend(request).reader
     return _json(await asyncio.to_thread(reader.activations, request.match_info["session"], page))
 

@@ -132,17 +132,17 @@ class Sources:
             answers = await asyncio.gather(
                 *(_query(session, target.url, promql) for promql, _ in queries.values())
             )
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            values = {
+                name: {
+                    str(s["metric"].get(label, "") if label else ""): v
+                    for s in series
+                    if math.isfinite(v := float(s["value"][1]))  # 0/0 on an idle node: no JSON for NaN
+                }
+                for (name, (_, label)), series in zip(queries.items(), answers, strict=True)
+            }
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, IndexError, TypeError) as exc:
             error = redact(f"{type(exc).__name__}: {exc}".splitlines()[0])[:200]
             return Reading(target.platform, target.cluster, target.source, shown, False, error)
-        values = {
-            name: {
-                str(s["metric"].get(label, "") if label else ""): v
-                for s in series
-                if math.isfinite(v := float(s["value"][1]))  # 0/0 on an idle node: no JSON for NaN
-            }
-            for (name, (_, label)), series in zip(queries.items(), answers, strict=True)
-        }
         return Reading(target.platform, target.cluster, target.source, shown, True, values=values)
 
 
