@@ -18,7 +18,7 @@ def _binary(name: str, package: str) -> str:
 
 
 @contextmanager
-def headless_chromium(profile: Path, width: int = 1280, height: int = 960) -> Iterator[webdriver.Chrome]:
+def headless_chromium(profile: Path, width: int = 1280, height: int = 1120) -> Iterator[webdriver.Chrome]:
     """A headless chromium with its own profile folder; quit (browser and driver) on exit.
 
     Both binaries are named, so selenium never looks for (or downloads) a driver of its own.
