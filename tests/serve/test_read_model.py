@@ -63,7 +63,7 @@ def test_each_document_takes_the_same_few_queries_for_a_small_and_a_large_sessio
     for attempt in range(2, 302):  # 300 more attempts of one client
         ledger.submit(LedgerEntry("s-large", 1, "fl_client", 2, attempt, "openwhisk", "local"))
     calls = {
-        "session": (6, lambda s: reader.session(s)),
+        "session": (5, lambda s: reader.session(s)),
         "rounds": (2, lambda s: reader.rounds(s)),
         "activations": (3, lambda s: reader.activations(s, Page(limit=500))),
     }

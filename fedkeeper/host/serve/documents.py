@@ -133,20 +133,16 @@ class StatusReader:
         return [_session_summary(doc, latest.get(doc["_id"], {})) for doc in docs]
 
     def session(self, session_id: str) -> dict[str, Any]:
-        """One session's status document (six queries)."""
+        """One session's status document (five queries)."""
         doc = self.db.sessions.find_one({"_id": session_id})
         if doc is None:
             raise NoSuchSession(f"no session {session_id!r} in database {self.db.name}")
-        aggregations = self.db.rounds.count_documents({"session": session_id, "status": "aggregated"})
         latest = self._latest_metrics([session_id]).get(session_id, {})
         sizes = self.store.partition_sizes(session_id)
         per_client = {g["_id"]: g for g in self.db.activations.aggregate(_per_client(session_id))}
         by_where = list(self.db.activations.aggregate(_per_platform(session_id)))
-        server = per_client.pop(SERVER, None)
-        last_activity = max(
-            (g["last_submitted"] for g in [*per_client.values(), *([server] if server else [])]),
-            default=None,
-        )
+        last_activity = max((g["last_submitted"] for g in per_client.values()), default=None)
+        per_client.pop(SERVER, None)  # the managing functions' attempts: not a node
         scenario = doc.get("scenario") or {}
         server_config = scenario.get("server_config") or {}
         counters = doc.get("counters") or {}
@@ -177,7 +173,7 @@ class StatusReader:
                 "succeeded": int(counters.get("succeeded", 0)),
                 "failed": int(counters.get("failed", 0)),
                 "currentRound": int(doc.get("round", 0)),
-                "aggregations": aggregations,
+                "aggregations": latest.get("aggregations", 0),
                 "accuracy": latest.get("accuracy"),
                 "loss": latest.get("loss"),
                 "retries": sum(g["retries"] for g in by_where),
@@ -339,7 +335,7 @@ class StatusReader:
             raise NoSuchSession(f"no session {session_id!r} in database {self.db.name}")
 
     def _latest_metrics(self, session_ids: list[str]) -> dict[str, dict[str, float | int | None]]:
-        """Each session's latest aggregated round: its number, accuracy and loss (one query)."""
+        """Each session's rounds aggregated, and the latest one's accuracy and loss (one query)."""
         if not session_ids:
             return {}
         pipeline: list[dict[str, Any]] = [
@@ -348,14 +344,18 @@ class StatusReader:
             {
                 "$group": {
                     "_id": "$session",
-                    "round": {"$last": "$round"},
+                    "aggregations": {"$sum": 1},
                     "accuracy": {"$last": "$metrics.accuracy"},
                     "loss": {"$last": "$metrics.loss"},
                 }
             },
         ]
         return {
-            g["_id"]: {"round": g["round"], "accuracy": _number(g["accuracy"]), "loss": _number(g["loss"])}
+            g["_id"]: {
+                "aggregations": int(g["aggregations"]),
+                "accuracy": _number(g["accuracy"]),
+                "loss": _number(g["loss"]),
+            }
             for g in self.db.rounds.aggregate(pipeline)
         }
 
@@ -498,7 +498,7 @@ def _session_summary(doc: dict[str, Any], latest: dict[str, Any]) -> dict[str, A
         "completionTime": iso(doc.get("completion_time")),
         "currentRound": int(doc.get("round", 0)),
         "maxRounds": server_config.get("max_rounds"),
-        "aggregations": None if latest.get("round") is None else int(latest["round"]) + 1,
+        "aggregations": latest.get("aggregations", 0),
         "accuracy": latest.get("accuracy"),
         "loss": latest.get("loss"),
         "active": int(counters.get("active", 0)),

@@ -170,7 +170,7 @@ def _sessions(t: Telemetry) -> Iterator[Metric]:
         for known in PHASES:
             phase.add_metric([name, known], 1 if s["phase"] == known else 0)
         current.add_metric([name], s["currentRound"])
-        rounds.add_metric([name], s["aggregations"] or 0)
+        rounds.add_metric([name], s["aggregations"])
         if s["accuracy"] is not None:
             accuracy.add_metric([name], s["accuracy"])
         if s["loss"] is not None:

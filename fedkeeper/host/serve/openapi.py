@@ -74,7 +74,7 @@ SCHEMAS: dict[str, Any] = {
             "completionTime": TIME,
             "currentRound": COUNT,
             "maxRounds": _nullable("integer"),
-            "aggregations": _nullable("integer", minimum=0),
+            "aggregations": COUNT,
             "accuracy": NUMBER,
             "loss": NUMBER,
             "active": {"type": "integer"},
