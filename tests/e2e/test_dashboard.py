@@ -119,4 +119,4 @@ def test_dashboard_plot_gains_a_point_per_round_while_a_session_trains_and_metri
     assert total(after, "fedkeeper_session_phase", session=session, phase="Succeeded") == 1
     assert total(after, "fedkeeper_round_duration_seconds_count", session=session) == ROUNDS
     accuracy = total(after, "fedkeeper_session_accuracy", session=session)
-    assert accuracy == store.rounds(session)[-1]["metrics"]["accuracy"]
+    assert accuracy == store.for_session(session).rounds.all()[-1]["metrics"]["accuracy"]

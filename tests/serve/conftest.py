@@ -18,7 +18,8 @@ from openapi_schema_validator import OAS31Validator
 from fedkeeper.function.config import GUEST_AUTH, Config, parse_config
 from fedkeeper.function.invoke.base import ActivationRecord, ActivationStatus
 from fedkeeper.function.store.db import Store
-from fedkeeper.host.ledger import SERVER, TIMED_OUT, Ledger, LedgerEntry
+from fedkeeper.function.store.statuses import Phase
+from fedkeeper.host.ledger import SERVER, Ledger, LedgerEntry, LedgerStatus
 from fedkeeper.host.placement import place_clients
 from fedkeeper.host.serve import openapi
 from fedkeeper.host.serve.process import ServeProcess
@@ -60,11 +61,11 @@ class Recorder:
     session: str
 
     def __post_init__(self) -> None:
-        self.ledger = Ledger(self.store)
+        self.bound = self.store.for_session(self.session)
+        self.ledger = Ledger(self.bound)
         fl = self.config.fl
-        self.store.create_session(
+        self.bound.record.create(
             {
-                "_id": self.session,
                 "scenario": fl.model_dump(mode="json", exclude={"mongo_config", "functions"}),
                 "clients": [p.as_doc() for p in place_clients(self.config)],
             }
@@ -81,34 +82,36 @@ class Recorder:
         self.ledger.set_activation_id(entry, activation_id)
         if status is None:  # still running
             return
-        if status == TIMED_OUT:
-            self.ledger.settle(entry, TIMED_OUT, error="no record after 180s")
+        if status == LedgerStatus.TIMED_OUT:
+            self.ledger.settle(entry, LedgerStatus.TIMED_OUT, error="no record after 180s")
             return
         record = ActivationRecord(activation_id, ActivationStatus(status), {}, 1_000_000, 1_000_000 + ms)
-        self.ledger.settle(entry, status, record, None if record.ok else "boom")
+        self.ledger.settle(entry, LedgerStatus.of(record), record, None if record.ok else "boom")
 
 
 def record_session(store: Store, config: Config, session: str) -> None:
     """Round 0 aggregated (client 3 timed out once, then delivered); round 1 open with one client
     delivered and client 0 still running."""
     r = Recorder(store, config, session)
-    store.set_phase(session, "Running", "RoundsStarted")
+    bound = r.bound
+    bound.record.set_phase(Phase.RUNNING, "RoundsStarted")
     r.activation(0, "fl_server_init", SERVER, ms=4000)
-    store.put_partitions(session, [np.arange(n) for n in SIZES])
-    store.mark_initialised(session)
-    store.open_round(session, 0, [0, 1, 2, 3])
+    bound.partitions.put([np.arange(n) for n in SIZES])
+    bound.record.mark_initialised()
+    bound.rounds.open(0, [0, 1, 2, 3])
     for client in (0, 1, 2):
         r.activation(0, "fl_client", client, ms=2000 + 100 * client)
-    r.activation(0, "fl_invoker_weights_update", 3, attempt=1, status=TIMED_OUT, target="google/gcf")
+    timed_out = LedgerStatus.TIMED_OUT
+    r.activation(0, "fl_invoker_weights_update", 3, attempt=1, status=timed_out, target="google/gcf")
     r.activation(0, "fl_invoker_weights_update", 3, attempt=2, ms=3000, target="google/gcf")
-    store.close_round(session, 0, [0, 1, 2, 3])
+    bound.rounds.close(0, [0, 1, 2, 3])
     r.activation(0, "fl_server_aggregator", SERVER, ms=800)
     metrics = {"accuracy": 0.5, "loss": 1.25, "train_loss": 1.5, "train_accuracy": 0.45,
                "accepted": [0, 1, 2, 3], "rejected": {}}  # fmt: skip
-    store.finish_round(session, 0, metrics)
-    store.add_round_metrics(session, 0, {"retries": 1, "failed_clients": 0, "duration_s": 12.5})
-    store.advance_round(session, 1)
-    store.open_round(session, 1, [0, 1, 2, 3])
+    bound.rounds.finish(0, metrics)
+    bound.rounds.add_metrics(0, {"retries": 1, "failed_clients": 0, "duration_s": 12.5})
+    bound.record.advance_round(1)
+    bound.rounds.open(1, [0, 1, 2, 3])
     r.activation(1, "fl_client", 1, ms=1800)
     r.activation(1, "fl_client", 0, status=None)
 

@@ -59,7 +59,7 @@ def test_each_document_takes_the_same_few_queries_for_a_small_and_a_large_sessio
     reader, queries, config = counted
     record_session(reader.store, config, "s-small")
     record_session(reader.store, config, "s-large")
-    ledger = Ledger(reader.store)
+    ledger = Ledger(reader.store.for_session("s-large"))
     for attempt in range(2, 302):  # 300 more attempts of one client
         ledger.submit(LedgerEntry("s-large", 1, "fl_client", 2, attempt, "openwhisk", "local"))
     calls = {

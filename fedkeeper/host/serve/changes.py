@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fedkeeper.function.errors import FedkeeperError
 from fedkeeper.function.store.db import Store, store_errors
+from fedkeeper.function.store.statuses import Phase
 from fedkeeper.host.serve.documents import NoSuchSession
 
 SESSION_COLLECTIONS = ("rounds", "weights", "updates", "partitions", "activations")
 BLOB_COLLECTIONS = ("weights", "updates")
-ACTIVE_PHASES = ("Pending", "Running")
+ACTIVE_PHASES = (Phase.PENDING.value, Phase.RUNNING.value)
 
 
 class SessionBusy(FedkeeperError):

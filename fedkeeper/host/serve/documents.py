@@ -20,18 +20,21 @@ from pymongo import ASCENDING, DESCENDING
 from fedkeeper.function.catalog import PLATFORMS
 from fedkeeper.function.config import Config
 from fedkeeper.function.errors import FedkeeperError
-from fedkeeper.function.invoke.base import ActivationStatus, Capabilities
+from fedkeeper.function.invoke.base import Capabilities
 from fedkeeper.function.redaction import redact, redact_value
 from fedkeeper.function.store.db import Store, store_errors
-from fedkeeper.host.ledger import SERVER, SUBMITTED
-from fedkeeper.host.placement import clients_per_cluster, place_clients
+from fedkeeper.function.store.statuses import RoundStatus
+from fedkeeper.host.ledger import SERVER, LedgerStatus
+from fedkeeper.host.plan import Plan
 from fedkeeper.host.serve.sources import Reading
 
 API_VERSION = "fedkeeper/v1"
 KIND = "FederatedLearningSession"
 PAGE_SIZE = 100
 MAX_PAGE_SIZE = 500
-SUCCESS = ActivationStatus.SUCCESS.value
+SUCCESS = LedgerStatus.SUCCESS.value
+SUBMITTED = LedgerStatus.SUBMITTED.value
+AGGREGATED = RoundStatus.AGGREGATED.value
 ERROR_CHARS = 300
 HOSTS = "hosts"  # the hosts registry's collection, when one is kept
 # Histogram buckets (upper bounds, seconds) of activation and round durations.
@@ -138,7 +141,7 @@ class StatusReader:
         if doc is None:
             raise NoSuchSession(f"no session {session_id!r} in database {self.db.name}")
         latest = self._latest_metrics([session_id]).get(session_id, {})
-        sizes = self.store.partition_sizes(session_id)
+        sizes = self.store.for_session(session_id).partitions.sizes()
         per_client = {g["_id"]: g for g in self.db.activations.aggregate(_per_client(session_id))}
         by_where = list(self.db.activations.aggregate(_per_platform(session_id)))
         last_activity = max((g["last_submitted"] for g in per_client.values()), default=None)
@@ -233,11 +236,9 @@ class StatusReader:
         if self.config is None:
             return []
         config = self.config
-        fl = config.scenarios.federated_learning
-        placements: dict[tuple[str, str], int] = {}
-        if fl is not None:
-            placements = clients_per_cluster(place_clients(config))
-        server = (config.server_platform, fl.server_config.cluster) if fl is not None else None
+        plan = Plan.build(config) if config.scenarios.federated_learning is not None else None
+        placements = plan.clients_per_cluster() if plan is not None else {}
+        server = plan.server if plan is not None else None
         activity = {_split(g["_id"]): g for g in self.db.activations.aggregate(_per_cluster())}
         out = []
         for platform in PLATFORMS:
@@ -303,7 +304,7 @@ class StatusReader:
         rounds = list(
             self.db.rounds.aggregate(
                 _histogram(
-                    {"session": {"$in": ids}, "status": "aggregated"},
+                    {"session": {"$in": ids}, "status": AGGREGATED},
                     {"session": "$session"},
                     "metrics.duration_s",
                     list(ROUND_BUCKETS_S),
@@ -339,7 +340,7 @@ class StatusReader:
         if not session_ids:
             return {}
         pipeline: list[dict[str, Any]] = [
-            {"$match": {"session": {"$in": session_ids}, "status": "aggregated"}},
+            {"$match": {"session": {"$in": session_ids}, "status": AGGREGATED}},
             {"$sort": {"round": ASCENDING}},
             {
                 "$group": {

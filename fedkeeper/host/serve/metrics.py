@@ -23,9 +23,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from fedkeeper.function.errors import StoreError, StoreUnavailable
-from fedkeeper.function.store.db import PHASES
+from fedkeeper.function.store.statuses import Phase
 from fedkeeper.host.serve.documents import Histogram, StatusReader, Telemetry
 from fedkeeper.host.serve.sources import Reading
+
+PHASES = tuple(p.value for p in Phase)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

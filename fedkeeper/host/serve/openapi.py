@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fedkeeper.function.store.statuses import Phase, RoundStatus
 from fedkeeper.host.serve.documents import API_VERSION, KIND, MAX_PAGE_SIZE, PAGE_SIZE
 from fedkeeper.host.serve.sources import QUERIES
 
@@ -24,6 +25,7 @@ def _ref(name: str) -> dict[str, str]:
 
 
 TIME = _nullable("string", format="date-time")
+PHASE = {"type": "string", "enum": [p.value for p in Phase]}
 COUNT = {"type": "integer", "minimum": 0}
 NUMBER = _nullable("number")
 COST = {"description": "Absent (null) until costs are recorded; as the store holds it otherwise."}
@@ -32,7 +34,7 @@ SCHEMAS: dict[str, Any] = {
     "Error": _object({"error": {"type": "string"}}),
     "Condition": _object(
         {
-            "type": {"type": "string", "enum": ["Pending", "Running", "Succeeded", "Failed"]},
+            "type": PHASE,
             "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
             "lastProbeTime": TIME,
             "lastTransitionTime": TIME,
@@ -102,7 +104,7 @@ SCHEMAS: dict[str, Any] = {
             ),
             "status": _object(
                 {
-                    "phase": {"type": "string", "enum": ["Pending", "Running", "Succeeded", "Failed"]},
+                    "phase": PHASE,
                     "conditions": {"type": "array", "items": _ref("Condition")},
                     "startTime": TIME,
                     "completionTime": TIME,
@@ -125,7 +127,7 @@ SCHEMAS: dict[str, Any] = {
     "Round": _object(
         {
             "round": COUNT,
-            "status": {"type": "string", "enum": ["open", "closed", "aggregated"]},
+            "status": {"type": "string", "enum": [s.value for s in RoundStatus]},
             "selected": {"type": "array", "items": COUNT},
             "included": _nullable("array", items=COUNT),
             "startedAt": TIME,
