@@ -82,7 +82,7 @@ PLATFORMS: tuple[Platform, ...] = (
     Platform("openwhisk", "OpenWhisk", OpenWhiskCluster, "openwhisk", "OpenWhiskClient", "OpenWhiskProvider", ("-o", "--openwhisk"), "ow_clients_count", Capabilities(async_invoke=True, store_access=True, max_request_bytes=1 * MB, max_result_bytes=5 * MB, max_duration_s=300)),
     Platform("google", "Google Cloud Functions", GoogleCluster, "gcf", "GcfClient", "GcfProvider", ("-g", "--gcf"), "gcf_clients_count", Capabilities(async_invoke=False, store_access=True, max_request_bytes=32 * MB, max_result_bytes=32 * MB, max_duration_s=3600, memory_mb=(128, 32768))),
     Platform("aws", "AWS Lambda", AwsCluster, "aws_lambda", "LambdaClient", "LambdaProvider", ("-l", "--lambda"), "aws_clients_count", Capabilities(async_invoke=False, store_access=True, max_request_bytes=6 * MB, max_result_bytes=6 * MB, max_duration_s=900, memory_mb=(128, 10240))),
-    Platform("edge", "edge fleet", EdgeCluster, "edge", "EdgeClient", "EdgeProvider", ("-e", "--edge"), "edge_clients_count", Capabilities(async_invoke=False, store_access=False, max_request_bytes=EDGE_MAX_REQUEST_BYTES, max_result_bytes=EDGE_MAX_REQUEST_BYTES, max_duration_s=int(EDGE_MAX_JOB_TIMEOUT_S))),
+    Platform("edge", "edge fleet", EdgeCluster, "edge", "EdgeClient", "EdgeProvider", ("-e", "--edge"), "edge_clients_count", Capabilities(async_invoke=False, store_access=False, max_request_bytes=EDGE_MAX_REQUEST_BYTES, max_result_bytes=EDGE_MAX_REQUEST_BYTES, max_duration_s=int(EDGE_MAX_JOB_TIMEOUT_S), custom_objective=False)),
 )
 # fmt: on
 _BY_NAME = {p.name: p for p in PLATFORMS}
