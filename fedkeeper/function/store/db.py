@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,6 +41,10 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("session", ASCENDING), ("round", ASCENDING), ("client", ASCENDING)], unique=True),
     ],
     "partitions": [IndexModel([("session", ASCENDING), ("client", ASCENDING)], unique=True)],
+    # fedkeeper.function.store.state: exact (round) and latest-at-or-before (round <=) look-ups
+    "strategy_state": [
+        IndexModel([("session", ASCENDING), ("client", ASCENDING), ("round", ASCENDING)], unique=True)
+    ],
     "activations": [
         IndexModel(
             [
@@ -432,13 +436,21 @@ class Store:
         return {int(d["client"]): int(d["size"]) for d in cursor}
 
     # ------------------------------------------------------------------ rounds
-    def open_round(self, session_id: str, round_number: int, selected: Sequence[int]) -> list[int]:
-        """Record the round's selection once; a resumed keeper gets the original selection back."""
+    def open_round(
+        self,
+        session_id: str,
+        round_number: int,
+        selected: Sequence[int],
+        fit: Mapping[int, dict[str, Any]] | None = None,
+    ) -> list[int]:
+        """Record the round's selection and each client's instructions (``fit``) once; a resumed
+        keeper gets the original selection back."""
         doc = self.db.rounds.find_one_and_update(
             {"session": session_id, "round": round_number},
             {
                 "$setOnInsert": {
                     "selected": [int(c) for c in selected],
+                    "fit": {str(int(c)): dict(config) for c, config in (fit or {}).items()},
                     "status": "open",
                     "started_at": utcnow(),
                 }
@@ -475,6 +487,14 @@ class Store:
             {"session": session_id, "round": round_number},
             {"$set": {f"metrics.{k}": v for k, v in metrics.items()}},
         )
+
+    def fit_instructions(self, session_id: str, round_number: int, client: int) -> dict[str, Any] | None:
+        """What the keeper told ``client`` for the round (None: the round is not open, or predates them)."""
+        doc = self.db.rounds.find_one(
+            {"session": session_id, "round": round_number}, {f"fit.{int(client)}": 1}
+        )
+        found = ((doc or {}).get("fit") or {}).get(str(int(client)))
+        return dict(found) if found is not None else None
 
     def round(self, session_id: str, round_number: int) -> dict[str, Any]:
         doc = self.db.rounds.find_one({"session": session_id, "round": round_number})
