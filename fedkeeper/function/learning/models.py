@@ -124,6 +124,7 @@ class CachedModel:
     model: Any
     optimizer_start: list[np.ndarray]
     lock: threading.Lock = field(default_factory=threading.Lock)
+    objective_step: Any = None  # learning.objective's compiled step, built on first use
 
     def reset_optimizer(self) -> None:
         """Restore the optimizer's slots and step count, so no state leaks from an earlier activation."""

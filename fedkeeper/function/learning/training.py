@@ -13,6 +13,7 @@ import numpy as np
 
 from fedkeeper.function.config import ModelParams
 from fedkeeper.function.learning.models import CachedModel, cached_model
+from fedkeeper.function.learning.objective import Terms, train_epochs
 from fedkeeper.function.store.weights import validate_like
 
 EVAL_BATCH_SIZE = 1024  # evaluation keeps no gradients, so larger batches are only faster
@@ -53,11 +54,15 @@ def train_local(
     num_classes: int,
     *,
     seed: int | None = None,
+    proximal_mu: float = 0.0,
+    correction: Sequence[np.ndarray] | None = None,
 ) -> LocalResult:
     """Train ``params.local_epochs`` epochs from ``weights`` on ``(x, y)``.
 
     ``seed`` (default ``params.seed``) drives the per-epoch shuffling; pass e.g. a value derived
-    from client and round to decorrelate clients.
+    from client and round to decorrelate clients. ``proximal_mu`` (FedProx) and ``correction``
+    (SCAFFOLD's ``c - c_i``, one array per weight) change the objective (see
+    :mod:`~fedkeeper.function.learning.objective`).
     """
     x, y = _inputs(x, y)
     rng = np.random.default_rng((params.seed if seed is None else seed) % 2**64)
@@ -65,6 +70,12 @@ def train_local(
     with entry.lock:
         _load(entry, weights)
         entry.reset_optimizer()
+        if proximal_mu > 0 or correction is not None:
+            if correction is not None:
+                validate_like(list(correction), list(weights))
+            terms = Terms(anchor=list(weights), proximal_mu=proximal_mu, correction=correction)
+            loss, accuracy = train_epochs(entry, x, y, params.local_epochs, params.batch_size, rng, terms)
+            return LocalResult(entry.model.get_weights(), len(x), loss, accuracy)
         loss = accuracy = float("nan")
         # One fit per epoch with our own permutation: Keras' shuffle draws from global TF state,
         # which differs between a warm and a cold worker.
