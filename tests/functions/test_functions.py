@@ -117,7 +117,8 @@ def test_client_inline_mode_needs_no_store_and_returns_weights(bound: dict[str, 
         ({"client": "one"}, "'client' must be int"),
         ({"data": {"dataset": {"dataset": "digits"}, "indices": [0, 10**9]}}, "indices must lie"),
         ({"data": {"dataset": {"dataset": "cifar"}, "indices": [0]}}, "bad data"),
-        ({"model": {"model": "transformer"}}, "bad data or model"),
+        ({"fit": {"learning_rate": -1, "local_epochs": 1, "batch_size": 8}}, "learning_rate must be > 0"),
+        ({"model": {"model": "transformer"}}, "bad data, model or fit"),
     ],
 )
 def test_client_rejects_malformed_jobs_with_one_line_errors(

@@ -1,7 +1,8 @@
 """``fl_client``: one local training run.
 
 Direct mode (``{"session","round","client","attempt"}``, store bound at deploy time): reads the
-round's weights and the client's partition from the store and writes the update itself.
+round's weights, its instructions for this client and the client's partition from the store and
+writes the update itself.
 Inline mode (a :class:`~fedkeeper.function.tasks.contract.ClientJob`): everything arrives in the call and
 the update goes back in the reply; no database credentials needed.
 """
@@ -13,11 +14,21 @@ from typing import Any
 import numpy as np
 
 from fedkeeper.function.config import ModelParams, TrainingTestData
+from fedkeeper.function.errors import InvalidUpdate
 from fedkeeper.function.learning.datasets import load_dataset
 from fedkeeper.function.learning.training import LocalResult, train_local
 from fedkeeper.function.store import weights as wire
 from fedkeeper.function.store.db import Store
-from fedkeeper.function.tasks.common import SessionSettings, check_indices, require, store_update
+from fedkeeper.function.strategies import FitConfig
+from fedkeeper.function.tasks.common import (
+    SessionSettings,
+    check_indices,
+    correction,
+    fitted_model,
+    instructions,
+    require,
+    store_update,
+)
 from fedkeeper.function.tasks.contract import ClientReply
 from fedkeeper.function.tasks.entry import BadRequest
 
@@ -29,13 +40,25 @@ def train_partition(
     indices: np.ndarray,
     client: int,
     round_number: int,
+    *,
+    fit: FitConfig | None = None,
+    gradient_correction: wire.Weights | None = None,
 ) -> LocalResult:
+    """Train ``client``'s rows as the round's instructions ``fit`` say (default: ``model`` alone)."""
+    fit = fit or FitConfig.from_model(model)
     dataset = load_dataset(spec)
     rows = check_indices(np.asarray(indices, dtype=np.int64), len(dataset.y_train))
     # Each (client, round) shuffles differently, yet a retried attempt repeats the same run.
     seed = model.seed * 1_000_003 + round_number * 10_007 + client
     return train_local(
-        weights, dataset.x_train[rows], dataset.y_train[rows], model, dataset.num_classes, seed=seed
+        weights,
+        dataset.x_train[rows],
+        dataset.y_train[rows],
+        fitted_model(model, fit),
+        dataset.num_classes,
+        seed=seed,
+        proximal_mu=fit.proximal_mu,
+        correction=gradient_correction,
     )
 
 
@@ -46,11 +69,21 @@ def _inline(params: dict[str, Any]) -> ClientReply:
     try:
         spec = TrainingTestData.model_validate(data.get("dataset"))
         model = ModelParams.model_validate(require(params, "model", dict))
+        fit = FitConfig.from_json(params["fit"]) if "fit" in params else FitConfig.from_model(model)
     except ValueError as exc:
-        raise BadRequest(f"bad data or model settings: {str(exc).splitlines()[0]}") from None
+        raise BadRequest(f"bad data, model or fit settings: {str(exc).splitlines()[0]}") from None
     indices = require(data, "indices", list)
     weights = wire.from_b64(require(params, "weights", str))
-    result = train_partition(weights, spec, model, np.asarray(indices), client, round_number)
+    extra = None
+    if "correction" in params:
+        try:
+            extra = wire.from_b64(require(params, "correction", str))
+            wire.validate_like(extra, weights)
+        except InvalidUpdate as exc:
+            raise BadRequest(f"bad correction: {exc}") from None
+    result = train_partition(
+        weights, spec, model, np.asarray(indices), client, round_number, fit=fit, gradient_correction=extra
+    )
     wire.validate_like(result.weights, weights)
     return ClientReply(
         client=client,
@@ -74,7 +107,17 @@ def _direct(params: dict[str, Any]) -> dict[str, Any]:
     settings = SessionSettings.load(store, session_id)
     weights = store.get_weights(session_id, round_number)
     partition = store.get_partition(session_id, client)
-    result = train_partition(weights, settings.data, settings.model, partition, client, round_number)
+    fit = instructions(store, settings, session_id, round_number, client)
+    result = train_partition(
+        weights,
+        settings.data,
+        settings.model,
+        partition,
+        client,
+        round_number,
+        fit=fit,
+        gradient_correction=correction(store, settings, session_id, round_number, client, fit, weights),
+    )
     outcome = store_update(
         store,
         settings,
