@@ -42,7 +42,7 @@ from fedkeeper.function.errors import (
 )
 from fedkeeper.function.invoke.base import ActivationRecord
 from fedkeeper.function.store.db import Store
-from fedkeeper.function.strategies.selection import select_clients
+from fedkeeper.function.strategies import ClientPool, FitConfig
 from fedkeeper.host.ledger import NOT_STARTED, SERVER, TIMED_OUT, UNAVAILABLE, Ledger, LedgerEntry
 from fedkeeper.host.outages import Outage, Outages, OutageTooLong
 from fedkeeper.host.placement import Route, place_clients, route_for
@@ -343,17 +343,21 @@ class Keeper:
     # ------------------------------------------------------------------ one round
     def _run_round(self, round_number: int) -> dict[str, Any]:
         assert self.reporter is not None
-        candidates = sorted(self.placements)
+        pool = ClientPool(
+            tuple(sorted(self.placements)),
+            self.server.num_clients_per_round,
+            self.server.selection,
+            self.server.seed,
+        )
+        # The strategy picks the clients and tells each what to do; the round keeps it for them.
+        fit = self.server.strategy.build().configure_fit(
+            round_number, pool, FitConfig.from_model(self.fl.model_params)
+        )
         selected = self.store.open_round(
             self.session_id,
             round_number,
-            select_clients(
-                candidates,
-                self.server.num_clients_per_round,
-                round_number,
-                self.server.seed,
-                self.server.selection,
-            ),
+            [ins.client for ins in fit],
+            {ins.client: ins.config.to_json() for ins in fit},
         )
         doc = self.store.round(self.session_id, round_number)
         if doc.get("metrics"):  # aggregated before a resumed keeper got here
