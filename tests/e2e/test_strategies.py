@@ -20,9 +20,9 @@ import yaml
 
 from fedkeeper.function.store import weights as wire
 from fedkeeper.function.store.db import Store
-from fedkeeper.function.store.state import StrategyStates
+from fedkeeper.function.store.updates import StoredUpdate
 from fedkeeper.host.fabric.process import FabricProcess
-from fedkeeper.host.ledger import SUBMITTED
+from fedkeeper.host.ledger import LedgerStatus
 
 from .conftest import E2E_LIMITS, training_config
 from .helpers import assert_every_selected_update_counted_once, run_session, wait_for
@@ -67,7 +67,7 @@ def _killed_mid_round_and_resumed(data: dict[str, Any], tmp_path: Path) -> tuple
         wait_for(
             lambda: (
                 store.db.activations.count_documents(
-                    {"round": 1, "function": "fl_client", "status": SUBMITTED}
+                    {"round": 1, "function": "fl_client", "status": LedgerStatus.SUBMITTED}
                 )
                 > 0
             ),
@@ -99,17 +99,14 @@ def test_a_fedadam_session_killed_mid_round_and_resumed_ends_with_the_uninterrup
     )
     whole, whole_session = run_session(_config(slow_fabric, mongo_url, tmp_path / "logs", strategy))
 
+    runs = [killed.for_session(killed_session), whole.for_session(whole_session)]
     for store, session in ((killed, killed_session), (whole, whole_session)):
-        assert store.session(session)["phase"] == "Succeeded"
+        assert store.for_session(session).record.get()["phase"] == "Succeeded"
         assert_every_selected_update_counted_once(store, session, rounds=ROUNDS)
     for round_number in range(1, ROUNDS + 1):
-        assert wire.checksum(killed.get_weights(killed_session, round_number)) == wire.checksum(
-            whole.get_weights(whole_session, round_number)
-        ), f"round {round_number} weights differ"
-        moments = [
-            StrategyStates(s, session).server(round_number)
-            for s, session in ((killed, killed_session), (whole, whole_session))
-        ]
+        weights = [wire.checksum(run.weights.get(round_number)) for run in runs]
+        assert weights[0] == weights[1], f"round {round_number} weights differ"
+        moments = [run.strategy.server(round_number) for run in runs]
         assert moments[0] is not None and moments[1] is not None
         assert set(moments[0].arrays) == {"m", "v"}
         assert wire.checksum(moments[0].flat()) == wire.checksum(moments[1].flat())
@@ -123,16 +120,16 @@ def test_scaffold_keeps_the_server_and_every_clients_control_variate_in_the_stor
 
     accuracies = assert_every_selected_update_counted_once(store, session, rounds=ROUNDS)
     assert accuracies[-1] > max(accuracies[0], 0.6), accuracies  # the corrected round learns
-    states = StrategyStates(store, session)
+    run = store.for_session(session)
     for round_number in range(ROUNDS):
-        server = states.server(round_number + 1)
+        server = run.strategy.server(round_number + 1)
         assert server is not None and any(a.any() for a in server.arrays["c"])
-        fit = store.round(session, round_number)["fit"]
-        for client in store.round(session, round_number)["selected"]:
-            assert fit[str(client)]["control_variates"] is True
-            own = states.client(client, round_number + 1)
+        doc = run.rounds.get(round_number)
+        for client in doc["selected"]:
+            assert doc["fit"][str(client)]["control_variates"] is True
+            own = run.strategy.client(client, round_number + 1)
             assert own is not None and any(a.any() for a in own)
-    assert store.round(session, 0)["metrics"]["strategy"] == "scaffold"
+    assert run.rounds.get(0)["metrics"]["strategy"] == "scaffold"
 
 
 def test_krum_sets_each_rounds_weights_to_the_update_it_selects(
@@ -142,7 +139,9 @@ def test_krum_sets_each_rounds_weights_to_the_update_it_selects(
     store, session = run_session(data)
 
     assert_every_selected_update_counted_once(store, session, rounds=ROUNDS)
+    run = store.for_session(session)
     for round_number in range(ROUNDS):
-        (chosen,) = store.round(session, round_number)["metrics"]["krum_selected"]
-        (update,) = list(store.iter_updates(session, round_number, [chosen]))
-        assert wire.checksum(store.get_weights(session, round_number + 1)) == wire.checksum(update.weights)  # type: ignore[union-attr]
+        (chosen,) = run.rounds.get(round_number)["metrics"]["krum_selected"]
+        (update,) = list(run.updates.stream(round_number, [chosen]))
+        assert isinstance(update, StoredUpdate)
+        assert wire.checksum(run.weights.get(round_number + 1)) == wire.checksum(update.weights)

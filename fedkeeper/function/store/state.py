@@ -1,4 +1,4 @@
-"""Strategy state in MongoDB, with the round it belongs to.
+"""A session's strategy state in MongoDB, with the round it belongs to.
 
 ``strategy_state`` holds one document per ``(session, client, round)``: ``client`` is
 :data:`SERVER` for the server's state (optimizer moments, SCAFFOLD's ``c``) that round ``round``
@@ -18,27 +18,22 @@ from pymongo.errors import DuplicateKeyError
 
 from fedkeeper.function.errors import StoreError
 from fedkeeper.function.store import weights as wire
-from fedkeeper.function.store.db import Store, store_errors, utcnow
+from fedkeeper.function.store.mongo import SessionBound, store_errors, utcnow
 from fedkeeper.function.strategies.records import Weights
 from fedkeeper.function.strategies.state import ClientStates, StrategyState
 
 SERVER = -1  # the ``client`` of the server's state
-COLLECTION = "strategy_state"
 
 
 @store_errors
-class StrategyStates:
-    """Read and write one session's strategy state (server and per client)."""
+class StrategyStates(SessionBound):
+    """The ``strategy_state`` collection, unique on ``(session, client, round)``."""
 
-    def __init__(self, store: Store, session_id: str) -> None:
-        self.url = store.url
-        self.collection = store.db[COLLECTION]
-        self.blobs = store.blobs
-        self.session_id = session_id
+    collection = "strategy_state"
 
     def server(self, round_number: int) -> StrategyState | None:
         """The state round ``round_number`` starts from; None when none was stored."""
-        doc = self.collection.find_one({"session": self.session_id, "client": SERVER, "round": round_number})
+        doc = self._col.find_one({"session": self.session_id, "client": SERVER, "round": round_number})
         if doc is None:
             return None
         return StrategyState.from_flat(
@@ -51,7 +46,7 @@ class StrategyStates:
 
     def client(self, client: int, round_number: int) -> Weights | None:
         """``client``'s latest state written for a round at or before ``round_number``."""
-        doc = self.collection.find_one(
+        doc = self._col.find_one(
             {"session": self.session_id, "client": client, "round": {"$lte": round_number}},
             sort=[("round", DESCENDING)],
         )
@@ -73,11 +68,11 @@ class StrategyStates:
         metrics: Mapping[str, Any],
     ) -> bool:
         key = {"session": self.session_id, "client": client, "round": round_number}
-        if self.collection.find_one(key, {"_id": 1}) is not None:
+        if self._col.find_one(key, {"_id": 1}) is not None:
             return False
-        ref = self.blobs.put(wire.encode(arrays), **key)
+        ref = self._blobs.put(wire.encode(arrays), **key)
         try:
-            self.collection.insert_one(
+            self._col.insert_one(
                 {
                     **key,
                     "blob": ref,
@@ -88,12 +83,12 @@ class StrategyStates:
                 }
             )
         except DuplicateKeyError:  # a concurrent aggregator won the race with the same values
-            self.blobs.delete(ref)
+            self._blobs.delete(ref)
             return False
         return True
 
     def _arrays(self, doc: dict[str, Any]) -> Weights:
-        arrays = wire.decode(self.blobs.get(doc["blob"]))
+        arrays = wire.decode(self._blobs.get(doc["blob"]))
         if wire.checksum(arrays) != doc["checksum"]:
             raise StoreError(
                 f"session {self.session_id}: strategy state of client {doc['client']} for round "

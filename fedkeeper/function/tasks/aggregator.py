@@ -17,8 +17,9 @@ from typing import Any
 from fedkeeper.function.errors import StoreError
 from fedkeeper.function.learning.datasets import load_dataset
 from fedkeeper.function.learning.training import evaluate
-from fedkeeper.function.store.db import Store, UnreadableUpdate
-from fedkeeper.function.store.state import StrategyStates
+from fedkeeper.function.store.db import SessionStore, Store
+from fedkeeper.function.store.statuses import UpdateStatus
+from fedkeeper.function.store.updates import UnreadableUpdate
 from fedkeeper.function.strategies import (
     Failure,
     FitConfig,
@@ -35,29 +36,31 @@ NO_UPDATE = "no update before the round closed"
 
 
 def handle(params: dict[str, Any]) -> dict[str, Any]:
-    store = Store.from_bound(params)
+    db = Store.from_bound(params)
     session_id = require(params, "session", str)
+    store = db.for_session(session_id)
     round_number = require(params, "round", int)
     clients = [int(c) for c in require(params, "clients", list)]
-    doc = store.round(session_id, round_number)
+    doc = store.rounds.get(round_number)
     if doc.get("metrics") is not None:
         return dict(doc["metrics"])
 
-    settings = SessionSettings.load(store, session_id)
+    settings = SessionSettings.load(store)
     strategy = settings.server.strategy.build()
-    states = StrategyStates(store, session_id)
     # An earlier attempt may have died after writing the weights: then only the metrics are missing.
-    if not store.has_weights(session_id, round_number + 1):
-        _aggregate(store, states, strategy, settings, session_id, round_number, clients, doc)
+    if not store.weights.has(round_number + 1):
+        _aggregate(store, strategy, settings, round_number, clients, doc)
 
-    marks = store.update_marks(session_id, round_number, clients)
-    accepted = [m for m in marks if m.get("status") == "accepted"]
-    rejected = {str(m["client"]): m.get("reason", "") for m in marks if m.get("status") == "rejected"}
+    marks = store.updates.marks(round_number, clients)
+    accepted = [m for m in marks if m.get("status") == UpdateStatus.ACCEPTED]
+    rejected = {
+        str(m["client"]): m.get("reason", "") for m in marks if m.get("status") == UpdateStatus.REJECTED
+    }
     examples = sum(int(m["num_examples"]) for m in accepted)
     train_loss = sum(m["loss"] * m["num_examples"] for m in accepted) / max(examples, 1)
     train_accuracy = sum(m["accuracy"] * m["num_examples"] for m in accepted) / max(examples, 1)
 
-    weights = store.get_weights(session_id, round_number + 1)
+    weights = store.weights.get(round_number + 1)
     dataset = load_dataset(settings.data)
 
     def central(_: int, arrays: Weights) -> tuple[float, dict[str, float]]:
@@ -65,7 +68,7 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
         return loss, {"accuracy": accuracy}
 
     loss, evaluated = strategy.evaluate(round_number, weights, central) or (float("nan"), {})
-    next_state = states.server(round_number + 1)
+    next_state = store.strategy.server(round_number + 1)
     metrics = {
         "round": round_number,
         "accuracy": float(evaluated.get("accuracy", float("nan"))),
@@ -78,33 +81,31 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
         "strategy": strategy.name,
         **(dict(next_state.metrics) if next_state is not None else {}),
     }
-    store.finish_round(session_id, round_number, metrics)
+    store.rounds.finish(round_number, metrics)
     return metrics
 
 
 def _aggregate(
-    store: Store,
-    states: StrategyStates,
+    store: SessionStore,
     strategy: Strategy,
     settings: SessionSettings,
-    session_id: str,
     round_number: int,
     clients: list[int],
     doc: dict[str, Any],
 ) -> None:
-    current = store.get_weights(session_id, round_number)
-    state = states.server(round_number)
+    current = store.weights.get(round_number)
+    state = store.strategy.server(round_number)
     if state is None:
         if strategy.stateful and round_number > 0:
-            raise StoreError(
-                f"session {session_id}: no {strategy.name} state stored for round {round_number}"
-            )
+            raise StoreError(f"session {store.id}: no {strategy.name} state stored for round {round_number}")
         state = StrategyState()
     selected = [int(c) for c in doc.get("selected", clients)]
-    marks = {int(m["client"]): m for m in store.update_marks(session_id, round_number, clients)}
+    marks = {int(m["client"]): m for m in store.updates.marks(round_number, clients)}
     # Updates rejected when they were stored (or by an earlier attempt of this aggregation).
     rejected = {
-        c: str(m.get("reason") or "rejected") for c, m in marks.items() if m.get("status") == "rejected"
+        c: str(m.get("reason") or "rejected")
+        for c, m in marks.items()
+        if m.get("status") == UpdateStatus.REJECTED
     }
     failures = [Failure(c, NO_UPDATE) for c in selected if c not in marks]
     failures += [Failure(c, reason, rejected=True) for c, reason in sorted(rejected.items())]
@@ -113,7 +114,7 @@ def _aggregate(
     instructions = {int(c): FitConfig.from_json(f) for c, f in (doc.get("fit") or {}).items()}
 
     def results() -> Iterator[FitRes | Failure]:
-        for item in store.iter_updates(session_id, round_number, usable):
+        for item in store.updates.stream(round_number, usable):
             if isinstance(item, UnreadableUpdate):
                 yield Failure(item.client, item.reason, rejected=True)
                 continue
@@ -130,7 +131,7 @@ def _aggregate(
         round_number=round_number,
         current=current,
         state=state,
-        clients=states.clients(round_number),
+        clients=store.strategy.clients(round_number),
         num_selected=len(selected),
         num_clients=settings.total_clients,
         seed=settings.server.seed,
@@ -141,10 +142,8 @@ def _aggregate(
         raise StoreError(f"round {round_number}: no valid update among clients {clients} ({exc})") from None
     for client, reason in outcome.rejected.items():
         print(f"rejected update of client {client}: {reason}", file=sys.stderr)
-        store.mark_update(session_id, round_number, client, "rejected", reason)
+        store.updates.mark(round_number, client, UpdateStatus.REJECTED, reason)
     for client in outcome.accepted:
-        store.mark_update(session_id, round_number, client, "accepted", "")
-    states.put_server(round_number + 1, outcome.state)
-    store.put_weights(
-        session_id, round_number + 1, outcome.weights if outcome.weights is not None else current
-    )
+        store.updates.mark(round_number, client, UpdateStatus.ACCEPTED, "")
+    store.strategy.put_server(round_number + 1, outcome.state)
+    store.weights.put(round_number + 1, outcome.weights if outcome.weights is not None else current)

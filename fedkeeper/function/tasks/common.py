@@ -12,8 +12,7 @@ import numpy as np
 from fedkeeper.function.config import DataSampling, ModelParams, ServerConfig, TrainingTestData
 from fedkeeper.function.errors import InvalidUpdate
 from fedkeeper.function.store import weights as wire
-from fedkeeper.function.store.db import Store
-from fedkeeper.function.store.state import StrategyStates
+from fedkeeper.function.store.db import SessionStore
 from fedkeeper.function.strategies import FitConfig, StrategyState
 from fedkeeper.function.tasks import entry
 from fedkeeper.function.tasks.entry import BadRequest
@@ -40,8 +39,8 @@ class SessionSettings:
     total_clients: int
 
     @classmethod
-    def load(cls, store: Store, session_id: str) -> SessionSettings:
-        scenario = store.session(session_id)["scenario"]
+    def load(cls, session: SessionStore) -> SessionSettings:
+        scenario = session.record.get()["scenario"]
         return cls(
             model=ModelParams.model_validate(scenario["model_params"]),
             data=TrainingTestData.model_validate(scenario["training_test_data"]),
@@ -52,17 +51,16 @@ class SessionSettings:
 
 
 def instructions(
-    store: Store, settings: SessionSettings, session_id: str, round_number: int, client: int
+    session: SessionStore, settings: SessionSettings, round_number: int, client: int
 ) -> FitConfig:
     """What the keeper told ``client`` for the round (``model_params`` alone when it told nothing)."""
-    stored = store.fit_instructions(session_id, round_number, client)
+    stored = session.rounds.instructions(round_number, client)
     return FitConfig.from_model(settings.model) if stored is None else FitConfig.from_json(stored)
 
 
 def correction(
-    store: Store,
+    session: SessionStore,
     settings: SessionSettings,
-    session_id: str,
     round_number: int,
     client: int,
     fit: FitConfig,
@@ -71,9 +69,9 @@ def correction(
     """The gradient correction the strategy gives ``client`` (SCAFFOLD's ``c - c_i``), from the store."""
     if not fit.control_variates:
         return None
-    states = StrategyStates(store, session_id)
-    server = states.server(round_number) or StrategyState()
-    return settings.server.strategy.build().fit_correction(server, states.client(client, round_number), like)
+    server = session.strategy.server(round_number) or StrategyState()
+    own = session.strategy.client(client, round_number)
+    return settings.server.strategy.build().fit_correction(server, own, like)
 
 
 def fitted_model(model: ModelParams, fit: FitConfig) -> ModelParams:
@@ -102,9 +100,8 @@ def _metric(value: Any, name: str) -> float:
 
 
 def store_update(
-    store: Store,
+    session: SessionStore,
     settings: SessionSettings,
-    session_id: str,
     round_number: int,
     client: int,
     *,
@@ -140,12 +137,11 @@ def store_update(
         loss_value, accuracy_value = _metric(loss, "loss"), _metric(accuracy, "accuracy")
     except InvalidUpdate as exc:
         print(f"rejected update of client {client}: {exc}", file=sys.stderr)
-        stored = store.reject_update(
-            session_id, round_number, client, str(exc), activation_id=activation_id, attempt=attempt
+        stored = session.updates.reject(
+            round_number, client, str(exc), activation_id=activation_id, attempt=attempt
         )
         return {"stored": stored, "rejected": str(exc)}
-    stored = store.put_update(
-        session_id,
+    stored = session.updates.put(
         round_number,
         client,
         weights,

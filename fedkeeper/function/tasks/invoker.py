@@ -17,7 +17,7 @@ from fedkeeper.function.catalog import CLIENT_FUNCTION
 from fedkeeper.function.errors import PayloadTooLarge, ProviderError
 from fedkeeper.function.invoke.registry import client_from_binding
 from fedkeeper.function.store import weights as wire
-from fedkeeper.function.store.db import Store
+from fedkeeper.function.store.db import SessionStore, Store
 from fedkeeper.function.tasks.common import (
     SessionSettings,
     correction,
@@ -31,8 +31,9 @@ from fedkeeper.function.tasks.entry import BadRequest
 
 
 def handle(params: dict[str, Any]) -> dict[str, Any]:
-    store = Store.from_bound(params)
+    db = Store.from_bound(params)
     session_id = require(params, "session", str)
+    store = db.for_session(session_id)
     round_number = require(params, "round", int)
     client = require(params, "client", int)
     attempt = require(params, "attempt", int)
@@ -42,13 +43,13 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
     if target_key not in targets:
         raise BadRequest(f"target {target_key!r} is not bound to this invoker; redeploy with `main.py -d`")
     summary: dict[str, Any] = {"client": client, "round": round_number, "target": target_key}
-    if store.has_update(session_id, round_number, client):
+    if store.updates.has(round_number, client):
         return {**summary, "stored": False, "reason": "an update for this round is already stored"}
 
-    settings = SessionSettings.load(store, session_id)
-    weights = store.get_weights(session_id, round_number)
-    indices = store.get_partition(session_id, client)
-    job = client_job(store, settings, session_id, round_number, client, attempt, weights, indices)
+    settings = SessionSettings.load(store)
+    weights = store.weights.get(round_number)
+    indices = store.partitions.get(client)
+    job = client_job(store, settings, round_number, client, attempt, weights, indices)
     provider = client_from_binding(targets[target_key])
     with provider:
         inline = len(json.dumps(job)) <= provider.capabilities.max_request_bytes
@@ -70,14 +71,13 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
         )
     reply = record.result or {}
     if not inline:
-        if not store.has_update(session_id, round_number, client):
+        if not store.updates.has(round_number, client):
             raise ProviderError(f"client {client} on {target_key} succeeded but stored no update")
         return {**summary, "stored": True, **{k: reply.get(k) for k in ("num_examples", "loss", "accuracy")}}
 
     outcome = store_update(
         store,
         settings,
-        session_id,
         round_number,
         client,
         reference=weights,
@@ -93,9 +93,8 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def client_job(
-    store: Store,
+    store: SessionStore,
     settings: SessionSettings,
-    session_id: str,
     round_number: int,
     client: int,
     attempt: int,
@@ -104,9 +103,9 @@ def client_job(
 ) -> ClientJob:
     """Everything ``client`` needs for the round in one call: weights, data, the round's instructions
     (in ``model`` for any trainer, in full in ``fit``) and the strategy's gradient correction."""
-    fit = instructions(store, settings, session_id, round_number, client)
+    fit = instructions(store, settings, round_number, client)
     job = ClientJob(
-        session=session_id,
+        session=store.id,
         round=round_number,
         client=client,
         attempt=attempt,
@@ -118,7 +117,7 @@ def client_job(
         },
         fit=fit.to_json(),
     )
-    extra = correction(store, settings, session_id, round_number, client, fit, weights)
+    extra = correction(store, settings, round_number, client, fit, weights)
     if extra is not None:
         job["correction"] = wire.to_b64(extra)
     return job
