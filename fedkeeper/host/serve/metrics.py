@@ -112,15 +112,19 @@ class SourcesCollector(Collector):
         }
         for r in self.readings:
             up.add_metric([r.platform, r.cluster, r.source], 1 if r.up else 0)
-            for name, family in (("targets", targets), ("targets_up", targets_up)):
+            scrape_families: tuple[tuple[str, GaugeMetricFamily], ...] = (
+                ("targets", targets),
+                ("targets_up", targets_up),
+            )
+            for name, gauge in scrape_families:
                 if "" in r.values.get(name, {}):
-                    family.add_metric([r.platform, r.cluster, r.source], r.values[name][""])
-            for name, family in node_families.items():
+                    gauge.add_metric([r.platform, r.cluster, r.source], r.values[name][""])
+            for name, gauge in node_families.items():
                 for instance, value in r.values.get(name, {}).items():
-                    family.add_metric([r.platform, r.cluster, instance], value)
-            for name, family in action_families.items():
+                    gauge.add_metric([r.platform, r.cluster, instance], value)
+            for name, counter in action_families.items():
                 for act, value in r.values.get(name, {}).items():
-                    family.add_metric([r.platform, r.cluster, act], value)
+                    counter.add_metric([r.platform, r.cluster, act], value)
         yield from (up, targets, targets_up, *node_families.values(), *action_families.values())
 
 
@@ -140,8 +144,8 @@ def exposition(registry: CollectorRegistry) -> bytes:
 # --------------------------------------------------------------------------- families
 def _sessions(t: Telemetry) -> Iterator[Metric]:
     phases = GaugeMetricFamily("fedkeeper_sessions", "Sessions in the store, by phase", labels=["phase"])
-    for phase in sorted({*PHASES, *t.phases}):
-        phases.add_metric([phase], t.phases.get(phase, 0))
+    for name in sorted({*PHASES, *t.phases}):
+        phases.add_metric([name], t.phases.get(name, 0))
     yield phases
     phase = GaugeMetricFamily(
         "fedkeeper_session_phase", "1 for the phase the session is in", labels=["session", "phase"]
