@@ -140,3 +140,5 @@ class HostsCluster(_Model):
     private_key: Secret | None = None
     # The hosts, in client order; None: read from the registry at deploy (then bound to the invoker).
     hosts: list[BoundHost] | None = None
+    # The scenario's data files (keeper-side path -> its copy under each host's root), staged at deploy.
+    data_files: dict[str, str] = Field(default_factory=dict)

@@ -103,6 +103,10 @@ def test_three_hosts_and_two_fabric_clients_train_and_a_host_losing_its_link_is_
     assert {a["client"] for a in on_hosts} == {2, 3, 4}
     dropped = [a for a in on_hosts if a["client"] == 4 and a["round"] == 1]
     assert dropped[0]["status"] != "success" and dropped[-1]["status"] == "success", dropped
+    lost = store.db.activations.find_one(
+        {"session": session, "round": 1, "client": 4, "attempt": dropped[0]["attempt"]}
+    )
+    assert "host pi-1: " in lost["error"] and "lost the connection" in lost["error"], lost["error"]
     entries = store.db.activations.find({"session": session, "client": {"$gte": 2}})
     assert {e["function"] for e in entries} == {INVOKER_FUNCTION}
     deployed = {h.fl_id: h.deps for h in HostRegistry(store).all()}

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import logging
+import socket
 from pathlib import Path
 
 import pytest
 
-from fedkeeper.function.catalog import INVOKER_FUNCTION
+from fedkeeper.function.catalog import CLIENT_FUNCTION, INVOKER_FUNCTION
 from fedkeeper.function.config import parse_config
+from fedkeeper.function.errors import PayloadTooLarge
+from fedkeeper.function.invoke.base import ActivationStatus
+from fedkeeper.function.invoke.hosts import HostsClient
 from fedkeeper.function.invoke.registry import client_from_binding
 from fedkeeper.function.redaction import redact
+from fedkeeper.function.settings import BoundHost, HostsCluster
 from fedkeeper.function.store.db import Store
 from fedkeeper.host import deployment
 from fedkeeper.host.cli import opened_providers
@@ -64,3 +69,21 @@ def test_the_key_and_the_registered_hosts_are_bound_to_the_invoker_and_masked_ev
     body = [line for line in key.text.splitlines() if "-----" not in line]
     shown = "\n".join(p.read_text() for p in written) + caplog.text + redact(key.text)
     assert body and not any(line in shown for line in body)
+
+
+def test_an_unreachable_host_is_a_failed_activation_and_an_oversized_job_is_refused_unsent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(keys.KEY_DIR_ENV, str(tmp_path / "keys"))
+    key = keys.load(create=True)
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    host = BoundHost(fl_id="gone", address="127.0.0.1", port=port, user="pi", host_key=key.public_line)
+    with HostsClient("lab", HostsCluster(hosts=[host], private_key=key.text)) as client:
+        record = client.invoke_sync(CLIENT_FUNCTION, {"client": 0}, timeout_s=10)
+        assert record.status is ActivationStatus.DEVELOPER_ERROR
+        assert record.error == f"host gone: pi@127.0.0.1:{port}: cannot connect (Connection refused)"
+        limit = client.capabilities.max_request_bytes
+        with pytest.raises(PayloadTooLarge, match=f"past the {limit} byte limit"):
+            client.invoke_sync(CLIENT_FUNCTION, {"client": 0, "weights": "x" * limit}, timeout_s=10)

@@ -5,18 +5,22 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import paramiko
 import pytest
 import yaml
 
+from fedkeeper.function.catalog import CLIENT_FUNCTION
 from fedkeeper.function.config import parse_config
 from fedkeeper.function.errors import ConfigError
 from fedkeeper.function.invoke import ssh
 from fedkeeper.function.invoke.base import ActivationStatus
 from fedkeeper.function.settings import HostsCluster
+from fedkeeper.function.store import weights as wire
 from fedkeeper.function.store.db import Store
 from fedkeeper.host.hosts import keys
 from fedkeeper.host.hosts.registry import Host, HostQuery, HostRegistry
+from fedkeeper.host.providers.base import FunctionSpec
 from fedkeeper.host.providers.hosts import HostsProvider
 from fedkeeper.host.services import Services
 
@@ -107,12 +111,10 @@ def test_list_filters_by_label_contact_address_and_fl_id_in_pages_of_at_most_100
 def test_deploy_installs_the_runtime_records_dependencies_and_is_idempotent(
     three_hosts: list[SshdHost], hosts_cli: Cli
 ) -> None:
-    import numpy
-
     first = hosts_cli("deploy")
     assert first.exit_code == 0, first.output
     assert [line.split()[1] for line in first.output.splitlines()] == ["deployed:"] * 3
-    assert f"numpy {numpy.__version__}" in first.output
+    assert f"numpy {np.__version__}" in first.output
     services, registry = _registry(hosts_cli)
     with services:
         before = {h.fl_id: (h.deps, h.deployed_at) for h in registry.all()}
@@ -123,7 +125,7 @@ def test_deploy_installs_the_runtime_records_dependencies_and_is_idempotent(
     assert after == before
     deps = before["pi-0"][0]
     assert deps["runtime"] in first.output and deps["mode"] == "system"
-    assert deps["packages"]["numpy"] == numpy.__version__
+    assert deps["packages"]["numpy"] == np.__version__
     assert (three_hosts[0].home / ".fedkeeper-client" / "app" / deps["runtime"] / ".complete").is_file()
 
 
@@ -210,3 +212,42 @@ def test_registry_pages_and_filters_hold_past_one_page(mongo_url: str, mongo_db,
     )
     with pytest.raises(ConfigError, match="already registered as 'h001'"):
         registry.add(Host("other", "198.19.0.1", 22, "pi", "ssh-ed25519 AAAA", "SHA256:x"))
+
+
+def test_deploy_stages_the_scenarios_data_file_and_a_job_trains_on_the_hosts_copy(
+    three_hosts: list[SshdHost], hosts_cli: Cli, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(0)
+    source = tmp_path / "mnist-small.npz"
+    np.savez(
+        source,
+        x_train=rng.integers(0, 255, (40, 28, 28), dtype=np.uint8),
+        y_train=np.arange(40) % 10,
+        x_test=rng.integers(0, 255, (10, 28, 28), dtype=np.uint8),
+        y_test=np.arange(10),
+    )
+    data = yaml.safe_load(hosts_cli.config.read_text())
+    fl = data["scenarios"]["federated_learning"]
+    fl["training_test_data"] = {"dataset": "mnist", "path": str(source)}
+    fl["model_params"] = {"input_size": 784, "hidden_size": 4}
+    config = parse_config(data)
+    with HostsProvider.from_config("office", HostsCluster(labels={"room": "office"}), config) as provider:
+        provider.deploy(FunctionSpec(CLIENT_FUNCTION, Path(CLIENT_FUNCTION), memory_mb=512, timeout_s=120))
+        staged = provider.settings.data_files[str(source)]
+        copy = three_hosts[2].home / ".fedkeeper-client" / staged
+        assert copy.read_bytes() == source.read_bytes()
+        source.unlink()  # the job can only train on the host's copy now
+        model = config.fl.model_params
+        job = {
+            "session": "s", "round": 0, "client": 7, "attempt": 1,
+            "weights": wire.to_b64([np.zeros((784, 4), np.float32), np.zeros(4, np.float32),
+                                    np.zeros((4, 10), np.float32), np.zeros(10, np.float32)]),
+            "model": model.model_dump(mode="json"),
+            "data": {"dataset": {"dataset": "mnist", "path": str(source)}, "indices": list(range(0, 40, 4))},
+        }  # fmt: skip
+        record = provider.invoke_sync(CLIENT_FUNCTION, job, timeout_s=120)
+    assert record.status is ActivationStatus.SUCCESS, record.result
+    assert record.result is not None and record.result["num_examples"] == 10
+    services, registry = _registry(hosts_cli)
+    with services:
+        assert registry.require("pi-2").deps["data"] == [staged]

@@ -15,6 +15,8 @@ DEVELOPER_ERROR: a failed activation, which the keeper revives like any other.
 
 from __future__ import annotations
 
+import json
+import posixpath
 import uuid
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -22,7 +24,7 @@ from typing import Any, ClassVar
 import paramiko
 
 from fedkeeper.function import catalog
-from fedkeeper.function.errors import ProviderError
+from fedkeeper.function.errors import PayloadTooLarge, ProviderError
 from fedkeeper.function.invoke import ssh
 from fedkeeper.function.invoke.base import (
     ActivationRecord,
@@ -108,12 +110,26 @@ class HostsClient(InvokeClient):
         with self.session(host) as client:
             return ssh.call(
                 client,
-                f"{host.fl_id} ({endpoint(host).where})",
+                endpoint(host).where,
                 runner_command(host.root),
                 request,
                 timeout_s=timeout_s,
                 reply_limit=self.capabilities.max_result_bytes,
             )
+
+    def on_host(self, params: Mapping[str, Any], host: BoundHost) -> dict[str, Any]:
+        """``params`` with a job's data files replaced by their copies on ``host`` (staged at deploy)."""
+        data = params.get("data")
+        staged = self.settings.data_files
+        if not staged or not isinstance(data, dict) or not isinstance(data.get("dataset"), dict):
+            return dict(params)
+        dataset = {
+            field: posixpath.join(host.root, staged[value])
+            if isinstance(value, str) and value in staged
+            else value
+            for field, value in data["dataset"].items()
+        }
+        return {**params, "data": {**data, "dataset": dataset}}
 
     # ------------------------------------------------------------------ invocation
     def invoke_sync(self, name: str, params: Mapping[str, Any], timeout_s: float) -> ActivationRecord:
@@ -128,8 +144,19 @@ class HostsClient(InvokeClient):
                 start_ms=start,
                 end_ms=now_ms(),
             )
+        size = len(json.dumps(params))
+        if size > self.capabilities.max_request_bytes:
+            raise PayloadTooLarge(
+                f"hosts cluster {self.cluster!r}: request of {size} bytes is past the "
+                f"{self.capabilities.max_request_bytes} byte limit"
+            )
         host = self.host_for(client)
-        request = {"op": "run", "function": name, "params": dict(params), "activation": activation}
+        request = {
+            "op": "run",
+            "function": name,
+            "params": self.on_host(params, host),
+            "activation": activation,
+        }
         try:
             reply = self.call(host, request, timeout_s)
         except ssh.SshError as exc:

@@ -213,7 +213,7 @@ class Output:
 
     stdout: bytes
     stderr: bytes
-    exit_status: int | None  # None: the connection ended without one
+    exit_status: int
 
     @property
     def stderr_tail(self) -> str:
@@ -271,11 +271,14 @@ def run(
             time.sleep(_POLL_S / 4)
         while channel.recv_stderr_ready():
             stderr += channel.recv_stderr(65536)
-        status = channel.recv_exit_status() if channel.exit_status_ready() else None
+        # -1: the channel closed with no exit status (a lost connection, or a command killed by a signal).
+        status = channel.recv_exit_status() if channel.exit_status_ready() else -1
     finally:
         channel.close()
-    if status is None and not transport.is_active():
-        raise LinkLost(f"{where}: lost the connection while {argv[0]} ran ({len(stdout)} bytes answered)")
+    if status == -1:
+        raise LinkLost(
+            f"{where}: lost the connection while {argv[0]} ran (no exit status, {len(stdout)} bytes answered)"
+        )
     return Output(bytes(stdout), bytes(stderr[-_STDERR_KEPT:]), status)
 
 

@@ -232,16 +232,19 @@ def ping(fl_ids: tuple[str, ...], label_values: tuple[str, ...], config_path: Pa
 @_config_option
 @_friendly
 def deploy(fl_ids: tuple[str, ...], label_values: tuple[str, ...], config_path: Path) -> None:
-    """Install the client runtime on hosts (all, or FL_IDS, or those with the labels); idempotent."""
+    """Install the client runtime and the scenario's data files on hosts (all, or FL_IDS, or those
+    with the labels); idempotent."""
+    from fedkeeper.host.cli import load_noting
     from fedkeeper.host.hosts import keys, runtime
 
     failed = 0
     bundle = runtime.Bundle.build()
+    data = runtime.data_files(load_noting(config_path).fl.training_test_data)
     with opened_registry(config_path) as registry:
         key = keys.load()
         for host in _selected(registry, fl_ids, _labels(label_values)):
             try:
-                outcome = runtime.deploy(host, key, bundle, registry)
+                outcome = runtime.deploy(host, key, bundle, registry, data)
             except FedkeeperError as exc:
                 failed += 1
                 click.echo(f"{host.fl_id:<16} failed: {redact(str(exc))}")

@@ -1,9 +1,10 @@
-"""Deploying the client runtime to a host: a venv with the function-side package, idempotent.
+"""Deploying the client runtime to a host: a venv with the function-side package, and its data; idempotent.
 
 On the host, under its ``root`` (default ``~/.fedkeeper-client``)::
 
     app/<digest>/      the function zip (fedkeeper/function + requirements.txt), unpacked
     venv/              a venv whose site-packages point at app/<digest> (a .pth file)
+    data/<digest>-<name>   the scenario's data files (jobs name them, the invoke client maps them here)
 
 The digest is the zip's SHA-256: a deploy whose digest, marker file and venv are all in place
 does nothing. The venv gets its packages one of two ways (the host's ``venv`` in the registry):
@@ -21,15 +22,19 @@ import hashlib
 import io
 import json
 import posixpath
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paramiko
 
 from fedkeeper.function.catalog import CLIENT_FUNCTION
-from fedkeeper.function.errors import ProviderError
+from fedkeeper.function.config import TrainingTestData
+from fedkeeper.function.errors import ConfigError, ProviderError
 from fedkeeper.function.invoke import ssh
 from fedkeeper.function.invoke.hosts import runner_command
+from fedkeeper.function.learning.datasets import ARRAY_SOURCES
 from fedkeeper.function.tasks.stdio import REQUIRED
 from fedkeeper.host.hosts.access import login_host, makedirs
 from fedkeeper.host.hosts.keys import InstallationKey
@@ -93,6 +98,37 @@ class _Remote:
         self.sftp.putfo(io.BytesIO(data), path)
 
 
+def data_files(spec: TrainingTestData) -> dict[str, str]:
+    """The scenario's local data files, each with the name of its copy under a host's root
+    (``data/<digest>-<name>``); URLs are left to the host, which downloads and caches them."""
+    staged: dict[str, str] = {}
+    for field in ("path", *ARRAY_SOURCES):
+        source = getattr(spec, field)
+        if not source or source.startswith(("http://", "https://")):
+            continue
+        try:
+            digest = hashlib.sha256(Path(source).expanduser().read_bytes()).hexdigest()[:16]
+        except OSError as exc:
+            raise ConfigError(f"training_test_data.{field}: {source}: cannot read ({exc.strerror})") from None
+        staged[source] = f"data/{digest}-{Path(source).name}"
+    return staged
+
+
+def _stage(remote: _Remote, data: Mapping[str, str]) -> list[str]:
+    """Copy the data files the host lacks (a name carries its digest, so a present one is current)."""
+    copied = []
+    for source, name in sorted(data.items()):
+        target = posixpath.join(remote.root, name)
+        if remote.exists(target):
+            continue
+        makedirs(remote.sftp, posixpath.dirname(target))
+        partial = f"{target}.part"
+        remote.sftp.put(str(Path(source).expanduser()), partial)
+        remote.sftp.posix_rename(partial, target)
+        copied.append(name)
+    return copied
+
+
 def up_to_date(host: Host, bundle: Bundle, remote: _Remote) -> bool:
     app = posixpath.join(remote.root, "app", bundle.digest)
     return (
@@ -102,14 +138,24 @@ def up_to_date(host: Host, bundle: Bundle, remote: _Remote) -> bool:
     )
 
 
-def deploy(host: Host, key: InstallationKey, bundle: Bundle, registry: HostRegistry) -> Outcome:
-    """Install ``bundle`` on ``host`` unless it is there already; record the host's dependency state."""
+def deploy(
+    host: Host,
+    key: InstallationKey,
+    bundle: Bundle,
+    registry: HostRegistry,
+    data: Mapping[str, str] | None = None,
+) -> Outcome:
+    """Install ``bundle`` and stage ``data`` (from :func:`data_files`) on ``host`` where they are
+    not there already; record the host's dependency state."""
     with login_host(host, key) as client:
         remote = _Remote(host, client)
         with remote.sftp:
-            if up_to_date(host, bundle, remote):
+            copied = _stage(remote, data or {})
+            current = up_to_date(host, bundle, remote)
+            if current and not copied and set((data or {}).values()) <= set(host.deps.get("data", [])):
                 return Outcome(host.fl_id, False, host.deps)
-            deps = _install(remote, bundle)
+            deps = dict(host.deps) if current else _install(remote, bundle)
+    deps["data"] = sorted((data or {}).values())
     registry.record_deploy(host.fl_id, deps)
     return Outcome(host.fl_id, True, deps)
 

@@ -5,8 +5,8 @@ A ``providers.hosts.<cluster>`` serves its clients on the registered hosts that 
 the provider reads those hosts from the registry in the scenario's MongoDB and the installation's
 key from the key store, and puts both into its settings: that is the binding the invoker gets
 (``private_key`` is a secret: masked in ``params/`` and logs, like every platform credential).
-``deploy`` installs the client runtime on every one of those hosts (idempotent, see
-:mod:`fedkeeper.host.hosts.runtime`); ``remove`` leaves hosts as they are, since the runtime
+``deploy`` installs the client runtime and the scenario's data files on every one of those hosts
+(idempotent, see :mod:`fedkeeper.host.hosts.runtime`); ``remove`` leaves hosts as they are, since the runtime
 belongs to the host's registration (``fedkeeper hosts``), not to one configuration.
 """
 
@@ -16,7 +16,7 @@ from typing import Any, Self
 
 from pydantic import SecretStr
 
-from fedkeeper.function.config import Config
+from fedkeeper.function.config import Config, TrainingTestData
 from fedkeeper.function.errors import ConfigError, ProviderError
 from fedkeeper.function.invoke.hosts import HostsClient
 from fedkeeper.function.settings import HostsCluster
@@ -37,8 +37,16 @@ class HostsProvider(HostsClient, Provider):
         The host registry; without it the settings must carry the key and the hosts (a binding).
     """
 
-    def __init__(self, cluster: str, settings: HostsCluster, *, registry: HostRegistry | None = None) -> None:
+    def __init__(
+        self,
+        cluster: str,
+        settings: HostsCluster,
+        *,
+        registry: HostRegistry | None = None,
+        data: TrainingTestData | None = None,
+    ) -> None:
         self.registry = registry
+        self.data = data
         self.labels = dict(settings.labels)
         self._services: Services | None = None
         super().__init__(cluster, settings)
@@ -53,7 +61,7 @@ class HostsProvider(HostsClient, Provider):
         services = Services(config)  # holds an embedded store while this provider is open
         try:
             registry = HostRegistry(services.store())
-            provider = cls(cluster, settings, registry=registry)
+            provider = cls(cluster, settings, registry=registry, data=config.fl.training_test_data)
         except BaseException:
             services.close()
             raise
@@ -67,6 +75,8 @@ class HostsProvider(HostsClient, Provider):
             update["private_key"] = SecretStr(keys.load().text)
         if settings.hosts is None and self.registry is not None:
             update["hosts"] = [h.bound() for h in self.registered()]
+        if not settings.data_files and self.data is not None:
+            update["data_files"] = runtime.data_files(self.data)
         return super()._bound(settings.model_copy(update=update) if update else settings)
 
     def registered(self) -> list[Host]:
@@ -90,7 +100,7 @@ class HostsProvider(HostsClient, Provider):
         key = keys.load()
         bundle = runtime.Bundle.build()
         for host in hosts:
-            runtime.deploy(host, key, bundle, self.registry)
+            runtime.deploy(host, key, bundle, self.registry, self.settings.data_files)
 
     def remove(self, name: str) -> bool:
         return False
