@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
+from fedkeeper.function.config import Config
 from fedkeeper.function.errors import ConfigError, FedkeeperError
 from fedkeeper.function.redaction import redact, register_secret
 from fedkeeper.host.hosts.registry import MAX_PAGE, VENV_MODES, Host, HostQuery, HostRegistry
@@ -33,11 +34,10 @@ def _labels(values: tuple[str, ...], option: str = "--label") -> dict[str, str]:
 
 
 @contextmanager
-def opened_registry(config_path: Path) -> Iterator[HostRegistry]:
-    from fedkeeper.host.cli import load_noting
+def opened_registry(config: Config) -> Iterator[HostRegistry]:
+    """The registry in ``config``'s MongoDB (an embedded server is held while it is open)."""
     from fedkeeper.host.services import Services
 
-    config = load_noting(config_path)
     with Services(config) as services:
         registry = HostRegistry(services.store())
         registry.ensure_indexes()
@@ -51,6 +51,12 @@ def _selected(registry: HostRegistry, fl_ids: tuple[str, ...], labels: dict[str,
     if not hosts:
         raise ConfigError("no registered host matches (fedkeeper hosts add ADDRESS registers one)")
     return hosts
+
+
+def _load(config_path: Path) -> Config:
+    from fedkeeper.host.cli import load_noting
+
+    return load_noting(config_path)
 
 
 # fedkeeper.host.cli adds this group to its own, so its helpers are imported when used, not at import.
@@ -121,7 +127,7 @@ def add(
     register_secret(password)
     pkey = ssh.parse_private(identity.read_text(encoding="utf-8"), str(identity)) if identity else None
     endpoint = ssh.Endpoint(address, port, user)
-    with opened_registry(config_path) as registry:
+    with opened_registry(_load(config_path)) as registry:
         key = keys.load(create=True)
         name = fl_id or (address if port == 22 else f"{address}:{port}")
         if registry.get(name) is not None:
@@ -172,7 +178,7 @@ def list_hosts(
     """List registered hosts (one page, by FL identifier)."""
 
     query = HostQuery(address=address, contact=contact, fl_id=fl_id, labels=_labels(label_values))
-    with opened_registry(config_path) as registry:
+    with opened_registry(_load(config_path)) as registry:
         page = registry.find(query, limit, skip)
         total = registry.count(query)
     for host in page:
@@ -194,7 +200,7 @@ def list_hosts(
 def remove(fl_ids: tuple[str, ...], config_path: Path) -> None:
     """Unregister hosts (their runtime and our key stay on them)."""
 
-    with opened_registry(config_path) as registry:
+    with opened_registry(_load(config_path)) as registry:
         for fl_id in fl_ids:
             click.echo(f"{'removed' if registry.remove(fl_id) else 'not registered'}: {fl_id}")
 
@@ -210,7 +216,7 @@ def ping(fl_ids: tuple[str, ...], label_values: tuple[str, ...], config_path: Pa
     from fedkeeper.host.hosts import access, keys
 
     failed = 0
-    with opened_registry(config_path) as registry:
+    with opened_registry(_load(config_path)) as registry:
         key = keys.load()
         for host in _selected(registry, fl_ids, _labels(label_values)):
             try:
@@ -234,13 +240,13 @@ def ping(fl_ids: tuple[str, ...], label_values: tuple[str, ...], config_path: Pa
 def deploy(fl_ids: tuple[str, ...], label_values: tuple[str, ...], config_path: Path) -> None:
     """Install the client runtime and the scenario's data files on hosts (all, or FL_IDS, or those
     with the labels); idempotent."""
-    from fedkeeper.host.cli import load_noting
     from fedkeeper.host.hosts import keys, runtime
 
     failed = 0
     bundle = runtime.Bundle.build()
-    data = runtime.data_files(load_noting(config_path).fl.training_test_data)
-    with opened_registry(config_path) as registry:
+    config = _load(config_path)
+    data = runtime.data_files(config.fl.training_test_data)
+    with opened_registry(config) as registry:
         key = keys.load()
         for host in _selected(registry, fl_ids, _labels(label_values)):
             try:
