@@ -18,9 +18,9 @@ from fedkeeper.function.redaction import redact
 from fedkeeper.function.settings import BoundHost, HostsCluster
 from fedkeeper.function.store.db import Store
 from fedkeeper.host import deployment
-from fedkeeper.host.cli import opened_providers
 from fedkeeper.host.hosts import keys
 from fedkeeper.host.hosts.registry import Host, HostRegistry
+from fedkeeper.host.run import opened
 
 from .conftest import registry_config
 
@@ -53,13 +53,11 @@ def test_the_key_and_the_registered_hosts_are_bound_to_the_invoker_and_masked_ev
         )
     config = parse_config(_config(mongo_url, mongo_db_name))
     caplog.set_level(logging.DEBUG)
-    with opened_providers(config) as providers:
-        pairs = deployment.plan(config, providers)
-        written = deployment.write_params(pairs, tmp_path / "params")
-        logging.getLogger("fedkeeper.test").info(
-            "providers: %r, settings %s", providers, providers[("hosts", "lab")].settings
-        )
-    invoker = next(spec for _, spec in pairs if spec.name == INVOKER_FUNCTION)
+    with opened(config) as run:
+        written = deployment.write_params(run.plan, tmp_path / "params")
+        settings = run.providers[("hosts", "lab")].settings
+        logging.getLogger("fedkeeper.test").info("providers: %r, settings %s", run.providers, settings)
+    invoker = next(d.spec for d in run.plan.deployments if d.spec.name == INVOKER_FUNCTION)
     binding = invoker.bound["targets"]["hosts/lab"]
     assert binding["settings"]["private_key"] == key.text  # what the invoker logs in with
     assert [h["fl_id"] for h in binding["settings"]["hosts"]] == ["a", "b"]  # the cluster's labels, in order

@@ -19,7 +19,8 @@ from pymongo.errors import DuplicateKeyError
 from fedkeeper.function.errors import ConfigError
 from fedkeeper.function.invoke.ssh import Endpoint
 from fedkeeper.function.settings import BoundHost
-from fedkeeper.function.store.db import Store, store_errors, utcnow
+from fedkeeper.function.store.db import Store
+from fedkeeper.function.store.mongo import store_errors, utcnow
 
 COLLECTION = "host_registry"
 MAX_PAGE = 100
