@@ -32,6 +32,20 @@ class _Model(BaseModel):
 
 
 # --------------------------------------------------------------------------- providers
+HttpUrl = Annotated[str, Field(pattern=r"^https?://")]
+
+
+class PrometheusSources(_Model):
+    """The Prometheus servers that scrape a cluster (FedKeeper's ``prometheus_config``).
+
+    ``fedkeeper serve`` queries them (their HTTP API, read only) for the health of the platform's
+    scrape targets and the nodes' CPU, memory and load, and shows that beside its own metrics.
+    """
+
+    platform_url: HttpUrl | None = None  # the one scraping the platform's own metrics (OpenWhisk's)
+    node_url: HttpUrl | None = None  # the one scraping the cluster's node exporters
+
+
 class OpenWhiskCluster(_Model):
     """One OpenWhisk deployment (or the local fabric when ``local`` is true)."""
 
@@ -42,6 +56,7 @@ class OpenWhiskCluster(_Model):
     insecure: bool = False
     kind: str = "python:3"
     image: str | None = None
+    prometheus: PrometheusSources | None = None
 
     @model_validator(mode="after")
     def _check(self) -> OpenWhiskCluster:
