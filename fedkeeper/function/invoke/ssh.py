@@ -73,7 +73,7 @@ def parse_public(line: str, where: str) -> paramiko.PKey:
         raise SshError(f"{where}: not an OpenSSH public key line")
     try:
         return paramiko.PKey.from_type_string(parts[0], base64.b64decode(parts[1]))
-    except (ValueError, paramiko.SSHException, paramiko.UnknownKeyType):
+    except (ValueError, paramiko.SSHException, paramiko.pkey.UnknownKeyType):
         raise SshError(f"{where}: cannot read the {parts[0]} public key") from None
 
 
