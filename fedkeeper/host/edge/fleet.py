@@ -31,6 +31,7 @@ import psutil
 
 from fedkeeper.host.edge import protocol
 from fedkeeper.host.edge.errors import EdgeError, GuestRefused, GuestUnavailable
+from fedkeeper.host.edge.firmware import DEFAULT_FIRMWARE, FIRMWARES, Firmware
 from fedkeeper.host.edge.protocol import DataStatus, Frame, Metrics, MsgType, Status, TrainParams
 
 log = logging.getLogger("fedkeeper.host.edge")
@@ -44,23 +45,31 @@ READ_CHUNK = 1 << 16
 class FleetConfig:
     """How to launch the guests.
 
-    ``accel`` is QEMU's ``-accel`` list: ``tcg`` runs anywhere; ``kvm:tcg`` uses KVM where
-    ``/dev/kvm`` is usable and falls back to TCG.
+    ``firmware`` is the board the kernel was built for: its QEMU flags, and the defaults of
+    ``memory_mb`` and ``cpu`` when they are None. ``accel`` is QEMU's ``-accel`` list: ``tcg``
+    runs anywhere; ``kvm:tcg`` uses KVM where ``/dev/kvm`` is usable and falls back to TCG.
     """
 
     kernel: Path
     run_dir: Path
+    firmware: Firmware = FIRMWARES[DEFAULT_FIRMWARE]
     qemu: str = "qemu-system-i386"
-    memory_mb: int = 15
-    cpu: str = "qemu32"
+    memory_mb: int | None = None
+    cpu: str | None = None
     accel: str = "tcg"
     boot_timeout_s: float = 30.0
     request_timeout_s: float = 30.0
     health_interval_s: float = 15.0
 
+    @property
+    def memory(self) -> int:
+        return self.memory_mb if self.memory_mb is not None else self.firmware.memory_mb
+
     def check(self) -> None:
         if not self.kernel.is_file():
-            raise EdgeError(f"edge kernel {self.kernel} does not exist (run make -C emulated_edge)")
+            raise EdgeError(
+                f"edge kernel {self.kernel} does not exist (run make -C emulated_edge {self.firmware.target})"
+            )
         if shutil.which(self.qemu) is None:
             raise EdgeError(f"{self.qemu} not found (apt-get install qemu-system-x86)")
         # QEMU's multiboot loader splits -initrd at commas and module arguments at spaces.
@@ -180,9 +189,9 @@ class Instance:
         c = self.config
         cmd = [
             c.qemu,
-            "-m", str(c.memory_mb),
-            "-cpu", c.cpu,
-            "-machine", "q35",
+            "-m", str(c.memory),
+            "-cpu", c.cpu or c.firmware.cpu,
+            *c.firmware.board_args,
             "-nodefaults", "-monitor", "none", "-no-reboot", "-nographic",
             "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
             "-kernel", str(c.kernel),
@@ -265,6 +274,11 @@ class Instance:
         if status.version != protocol.VERSION:
             raise EdgeError(
                 f"edge instance {self.index} speaks protocol {status.version}, not {protocol.VERSION}"
+            )
+        if status.board != self.config.firmware.board:
+            raise EdgeError(
+                f"edge instance {self.index} runs a {status.board!r} image, not {self.config.firmware.board!r} "
+                f"({self.config.kernel} is not a {self.config.firmware.name} image)"
             )
         if partition is not None and (
             status.data_status is not DataStatus.OK or status.data_crc != partition.crc
