@@ -100,7 +100,8 @@ class EdgeCluster(_Model):
     qemu: str = "qemu-system-i386"
     # What the guests run: the edge client on Zephyr RTOS (qemu_x86) or on its bare-metal board.
     firmware: Literal["zephyr", "baremetal"] = "zephyr"
-    memory_mb: PositiveInt = 15
+    # Guest RAM (QEMU -m); None: the firmware's default (zephyr 6, baremetal 15).
+    memory_mb: PositiveInt | None = None
     boot_timeout_s: PositiveFloat = 30.0
     # The gateway's bearer token; None: generated at deploy (kept 0600 in the gateway's state dir).
     token: Secret | None = None

@@ -39,6 +39,10 @@ log = logging.getLogger("fedkeeper.host.edge")
 EXIT_GRACE_S = 2.0  # how long a guest may take to power off after EXIT before it is killed
 MAX_BOOT_FAILURES = 5  # consecutive failed relaunches before an instance is left down
 READ_CHUNK = 1 << 16
+MB = 1 << 20
+# RAM a guest needs besides its data: the first MiB (BIOS), the kernel image (1.1-1.3 MB) and the
+# smallest receive buffer. Below this much room a guest with data would exit at boot.
+RAM_FLOOR_MB = 2
 
 
 @dataclass(frozen=True)
@@ -459,8 +463,20 @@ class Instance:
                 self.partition is not None and self.partition.digest == partition.digest
             )
             if not (self.alive and same):
+                if partition is not None:
+                    self._check_fits(partition)
                 self._failures = 0
                 await self._boot(partition if partition is not None else self.partition)
+
+    def _check_fits(self, partition: Partition) -> None:
+        """Refuse (as the guest would) data that cannot fit beside the kernel in the guest's RAM."""
+        room = (self.config.memory - RAM_FLOOR_MB) * MB
+        if len(partition.image) > room:
+            raise GuestRefused(
+                protocol.ErrorCode.MEMORY,
+                f"the data partition is {len(partition.image) / MB:.1f} MB; edge instance {self.index} has "
+                f"-m {self.config.memory} and room for {max(room, 0) / MB:.1f} MB (raise memory_mb)",
+            )
 
     async def train(
         self, partition: Partition, weights: Sequence[np.ndarray], params: TrainParams, timeout_s: float

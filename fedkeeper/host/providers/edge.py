@@ -83,9 +83,9 @@ class EdgeProvider(EdgeClient, Provider):
             "--firmware", s.firmware,
             "--kernel", str(kernel),
             "--qemu", s.qemu,
-            "--memory-mb", str(s.memory_mb),
             "--boot-timeout-s", str(s.boot_timeout_s),
             "--job-timeout-s", str(spec.timeout_s),
+            *(["--memory-mb", str(s.memory_mb)] if s.memory_mb is not None else []),
             *(f"--dataset={name}={path}" for name, path in s.datasets.items()),
             *self.gateway_args,
         ]  # fmt: skip
