@@ -16,7 +16,7 @@ def test_four_clients_three_rounds_accuracy_rises_and_each_update_counts_once(
 ) -> None:
     store, session = run_session(training_config(fabric.url, mongo_url, tmp_path / "logs"))
 
-    doc = store.session(session)
+    doc = store.for_session(session).record.get()
     assert doc["phase"] == "Succeeded"
     assert doc["conditions"][-1]["reason"] == "MaxRoundsReached"
     accuracies = assert_every_selected_update_counted_once(store, session, rounds=3)

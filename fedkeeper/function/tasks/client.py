@@ -63,22 +63,22 @@ def _inline(params: dict[str, Any]) -> ClientReply:
 
 
 def _direct(params: dict[str, Any]) -> dict[str, Any]:
-    store = Store.from_bound(params)
+    db = Store.from_bound(params)
     session_id = require(params, "session", str)
+    store = db.for_session(session_id)
     round_number = require(params, "round", int)
     client = require(params, "client", int)
     attempt = require(params, "attempt", int)
     summary: dict[str, Any] = {"client": client, "round": round_number}
-    if store.has_update(session_id, round_number, client):
+    if store.updates.has(round_number, client):
         return {**summary, "stored": False, "reason": "an update for this round is already stored"}
-    settings = SessionSettings.load(store, session_id)
-    weights = store.get_weights(session_id, round_number)
-    partition = store.get_partition(session_id, client)
+    settings = SessionSettings.load(store)
+    weights = store.weights.get(round_number)
+    partition = store.partitions.get(client)
     result = train_partition(weights, settings.data, settings.model, partition, client, round_number)
     outcome = store_update(
         store,
         settings,
-        session_id,
         round_number,
         client,
         reference=weights,
