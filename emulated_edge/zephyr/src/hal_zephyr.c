@@ -248,7 +248,7 @@ static void board_init(void) {
     uintptr_t low = ALIGN_UP((uintptr_t)z_mapped_end);
     if (mb->flags & MB_FLAG_CMDLINE) {
         uintptr_t phys = mb->unused0[MB_CMDLINE];
-        size_t span = PAGE - (phys & (PAGE - 1)); /* the rest of its page: "path id=N" is short */
+        size_t span = 2 * PAGE - (phys & (PAGE - 1)); /* "PATH id=N": at least a page of it */
         device_id = parse_id(map(phys, span, 0), span);
         low = MAX(low, ALIGN_UP(phys + span));
     }
@@ -277,8 +277,17 @@ static void board_init(void) {
     }
 }
 
+/* Zephyr's NS16550 driver sets an 8-byte RX FIFO trigger. QEMU hands the guest one trigger's worth
+ * of bytes per interrupt, so the 14-byte trigger the bare-metal board uses takes 1.75x fewer
+ * interrupts for the same weights. FCR shares its port with IIR; bit 0 keeps the FIFOs on, and
+ * neither FIFO is cleared. */
+#define UART_FCR (DT_REG_ADDR(DT_CHOSEN(zephyr_console)) + 2)
+#define FCR_FIFO_ON 0x01
+#define FCR_RX_TRIGGER_14 0xC0
+
 int main(void) {
     board_init();
+    sys_out8(FCR_FIFO_ON | FCR_RX_TRIGGER_14, UART_FCR);
     uart_irq_callback_user_data_set(uart, uart_isr, NULL);
     uart_irq_rx_enable(uart);
     client_main();
