@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 import time
@@ -137,14 +138,23 @@ def remove(config_path: Path) -> None:
 @cli.command()
 @click.argument("session", required=False)
 @config_option
+@click.option(
+    "--json", "as_json", is_flag=True, help="print the API's document (GET /api/v1/sessions[/SESSION])"
+)
 @friendly_errors
-def status(session: str | None, config_path: Path) -> None:
+def status(session: str | None, config_path: Path, as_json: bool) -> None:
     """List sessions, or show one session's rounds."""
     from fedkeeper.host.services import Services
 
     config = load_noting(config_path)
     with Services(config) as services:
         store = services.store()
+        if as_json:
+            from fedkeeper.host.serve.documents import StatusReader
+
+            reader = StatusReader(store, config)
+            click.echo(json.dumps(reader.session(session) if session else reader.sessions(), indent=2))
+            return
         if session is None:
             for doc in store.sessions():
                 click.echo(
@@ -163,6 +173,18 @@ def status(session: str | None, config_path: Path) -> None:
             m = r.get("metrics") or {}
             acc = f"accuracy {m['accuracy']:.4f}" if m else r["status"]
             click.echo(f"  round {r['round']}: {acc}, selected {r['selected']}")
+
+
+@cli.command()
+@config_option
+@click.option("--host", default=None, help="address to listen on  [default: serve.host, 127.0.0.1]")
+@click.option("--port", type=int, default=None, help="port (0: any free one)  [default: serve.port, 3250]")
+@friendly_errors
+def serve(config_path: Path, host: str | None, port: int | None) -> None:
+    """Serve the dashboard (/), the status API (/api/v1/) and Prometheus metrics (/metrics)."""
+    from fedkeeper.host.serve.service import run
+
+    sys.exit(run(load_noting(config_path), host, port))
 
 
 # --------------------------------------------------------------------------- cluster check
@@ -414,6 +436,12 @@ legacy_deploy = click.command(context_settings={"help_option_names": ["-h", "--h
         "Check clusters: python deploy.py -c config.yaml -a -s test -f nodeinfo -d | -r.", report=False
     )
 )
+
+
+# After the helpers above, which its commands use.
+from fedkeeper.host.hosts.cli import hosts  # noqa: E402
+
+cli.add_command(hosts)
 
 
 def main() -> None:
