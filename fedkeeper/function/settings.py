@@ -8,7 +8,7 @@ They sit apart from :mod:`fedkeeper.function.config` because the catalogs
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, SecretStr, model_validator
 
@@ -113,7 +113,10 @@ class EdgeCluster(_Model):
     gateway_host: str = "127.0.0.1"
     gateway_port: NonNegativeInt = 0
     qemu: str = "qemu-system-i386"
-    memory_mb: PositiveInt = 15
+    # What the guests run: the edge client on Zephyr RTOS (qemu_x86) or on its bare-metal board.
+    firmware: Literal["zephyr", "baremetal"] = "zephyr"
+    # Guest RAM (QEMU -m); None: the firmware's default (zephyr 6, baremetal 15).
+    memory_mb: PositiveInt | None = None
     boot_timeout_s: PositiveFloat = 30.0
     # The gateway's bearer token; None: generated at deploy (kept 0600 in the gateway's state dir).
     token: Secret | None = None
