@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -202,7 +205,7 @@ def test_invoker_reports_an_unreachable_target_as_an_outage_of_that_platform(
 
 
 def test_mlp_weights_have_keras_dense_layout() -> None:
-    from fedkeeper.function.learning.models import initial_weights
+    from fedkeeper.function.learning.architecture import initial_weights
 
     params = ModelParams(hidden_size=5)
     shapes = [w.shape for w in initial_weights(params, 64, 10)]
@@ -224,3 +227,35 @@ def test_aggregator_revived_after_writing_weights_reports_the_same_round(bound: 
     )
     revived = run("fl_server_aggregator", {"session": "s1", "round": 0, "clients": [0, 1, 2]}, bound)
     assert revived == first
+
+
+MANAGING_WITHOUT_TENSORFLOW = """
+import json, sys
+from fedkeeper.function.store.db import Store
+from fedkeeper.function.tasks.entry import run
+
+bound = json.loads(sys.argv[1])
+init = run("fl_server_init", {"session": "s1"}, bound)
+store = Store(bound["store"]["url"], bound["store"]["database"])
+start = store.get_weights("s1", 0)
+for client in (0, 1):
+    store.put_update("s1", 0, client, [w + 0.01 * (client + 1) for w in start], 10, 1.0, 0.5)
+store.open_round("s1", 0, [0, 1])
+store.close_round("s1", 0, [0, 1])
+metrics = run("fl_server_aggregator", {"session": "s1", "round": 0, "clients": [0, 1]}, bound)
+heavy = sorted(m for m in ("tensorflow", "keras", "sklearn") if m in sys.modules)
+print(json.dumps({"init": init, "metrics": metrics, "imported": heavy}))
+"""
+
+
+def test_server_init_and_aggregator_run_without_importing_tensorflow(bound: dict[str, Any]) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", MANAGING_WITHOUT_TENSORFLOW, json.dumps(bound)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result = json.loads(out)
+    assert "error" not in result["init"] and "error" not in result["metrics"], result
+    assert result["metrics"]["accepted"] == [0, 1] and 0.0 <= result["metrics"]["accuracy"] <= 1.0
+    assert result["imported"] == []

@@ -12,7 +12,7 @@ from typing import Any
 
 from fedkeeper.function.errors import InvalidUpdate, StoreError
 from fedkeeper.function.learning.datasets import load_dataset
-from fedkeeper.function.learning.training import evaluate
+from fedkeeper.function.learning.evaluation import evaluate
 from fedkeeper.function.store.db import Store, UnreadableUpdate
 from fedkeeper.function.strategies import make_strategy
 from fedkeeper.function.tasks.common import SessionSettings, require
