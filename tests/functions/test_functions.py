@@ -259,3 +259,56 @@ def test_server_init_and_aggregator_run_without_importing_tensorflow(bound: dict
     assert "error" not in result["init"] and "error" not in result["metrics"], result
     assert result["metrics"]["accepted"] == [0, 1] and 0.0 <= result["metrics"]["accuracy"] <= 1.0
     assert result["imported"] == []
+
+
+def test_a_warm_client_stores_exactly_the_update_a_cold_worker_would(bound: dict[str, Any]) -> None:
+    from fedkeeper.function.learning.datasets import clear_cache
+    from fedkeeper.function.learning.models import clear_model_cache
+    from fedkeeper.function.tasks.client import warm_inputs
+
+    run("fl_server_init", {"session": "s1"}, bound)
+    for client in (0, 2, 1):  # client 1 on a worker that served the others first
+        run("fl_client", {"session": "s1", "round": 0, "client": client, "attempt": 1}, bound)
+    store = _store(bound)
+    warm = store.db.updates.find_one({"session": "s1", "round": 0, "client": 1})
+    store.db.updates.delete_one({"_id": warm["_id"]})
+    warm_inputs.clear(), clear_model_cache(), clear_cache()  # a new worker
+    run("fl_client", {"session": "s1", "round": 0, "client": 1, "attempt": 2}, bound)
+    cold = store.db.updates.find_one({"session": "s1", "round": 0, "client": 1})
+    assert cold["checksum"] == warm["checksum"] and cold["loss"] == warm["loss"]
+
+
+def test_a_warm_client_reads_settings_weights_and_partition_once(
+    bound: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedkeeper.function.tasks.client import warm_inputs
+
+    run("fl_server_init", {"session": "s1"}, bound)
+    warm_inputs.clear()
+    reads: list[str] = []
+    for name in ("session", "get_weights", "get_partition"):
+        method = getattr(Store, name)
+        monkeypatch.setattr(
+            Store, name, lambda self, *a, _m=method, _n=name: reads.append(_n) or _m(self, *a)
+        )
+    for attempt in (1, 2):  # the second attempt finds the update stored and trains nothing
+        for client in (0, 1, 2):
+            run("fl_client", {"session": "s1", "round": 0, "client": client, "attempt": attempt}, bound)
+    run("fl_client", {"session": "s1", "round": 0, "client": 0, "attempt": 3}, bound)
+    assert sorted(reads) == ["get_partition"] * 3 + ["get_weights", "session"]
+
+
+def test_warm_inputs_are_kept_per_database(bound: dict[str, Any], mongo_url: str) -> None:
+    """The same session id in another database is another session: its own model, weights, data."""
+    other = {"store": {"url": mongo_url, "database": f"{bound['store']['database']}_b"}}
+    wider = SCENARIO.model_dump(mode="json", exclude={"mongo_config"})
+    wider["model_params"]["hidden_size"] = 24
+    _store(other).create_session({"_id": "s1", "config_digest": "d", "scenario": wider})
+    try:
+        for where in (bound, other):
+            run("fl_server_init", {"session": "s1"}, where)
+            run("fl_client", {"session": "s1", "round": 0, "client": 0, "attempt": 1}, where)
+        updates = [next(_store(where).iter_updates("s1", 0, [0])) for where in (bound, other)]
+        assert [u.weights[0].shape for u in updates] == [(64, 16), (64, 24)]  # type: ignore[union-attr]
+    finally:
+        _store(other).db.client.drop_database(other["store"]["database"])

@@ -4,10 +4,17 @@ Direct mode (``{"session","round","client","attempt"}``, store bound at deploy t
 round's weights and the client's partition from the store and writes the update itself.
 Inline mode (a :class:`~fedkeeper.function.tasks.contract.ClientJob`): everything arrives in the call and
 the update goes back in the reply; no database credentials needed.
+
+A warm worker keeps what it read (:class:`WarmInputs`), besides the compiled model
+(``learning.models``) and the loaded data set (``learning.datasets``): a warm activation costs its
+training plus three store round trips (is the update there? then storing it: a check and an insert).
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,11 +39,16 @@ def train_partition(
 ) -> LocalResult:
     dataset = load_dataset(spec)
     rows = check_indices(np.asarray(indices, dtype=np.int64), len(dataset.y_train))
-    # Each (client, round) shuffles differently, yet a retried attempt repeats the same run.
-    seed = model.seed * 1_000_003 + round_number * 10_007 + client
+    seed = shuffle_seed(model, round_number, client)
     return train_local(
         weights, dataset.x_train[rows], dataset.y_train[rows], model, dataset.num_classes, seed=seed
     )
+
+
+def shuffle_seed(model: ModelParams, round_number: int, client: int) -> int:
+    """The seed of a client's shuffling in a round: each (client, round) shuffles differently, yet a
+    retried attempt repeats the same run."""
+    return model.seed * 1_000_003 + round_number * 10_007 + client
 
 
 def _inline(params: dict[str, Any]) -> ClientReply:
@@ -62,6 +74,77 @@ def _inline(params: dict[str, Any]) -> ClientReply:
     )
 
 
+@dataclass
+class _SessionInputs:
+    settings: SessionSettings
+    weights: dict[int, wire.Weights] = field(default_factory=dict)  # the newest round read only
+    partitions: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+class WarmInputs:
+    """A session's settings, a round's global weights and the clients' partitions, kept per process.
+
+    Each is written once under a unique key and never changed, so a kept copy is exactly what the
+    store would return. Kept for the :data:`SESSIONS` most recently served sessions; the arrays are
+    read-only, so no activation can alter what the next one sees.
+    """
+
+    SESSIONS = 4
+
+    def __init__(self) -> None:
+        self._sessions: OrderedDict[tuple[str, str, str], _SessionInputs] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _session(self, store: Store, session_id: str) -> _SessionInputs:
+        key = (store.url, store.db.name, session_id)
+        with self._lock:
+            kept = self._sessions.get(key)
+            if kept is not None:
+                self._sessions.move_to_end(key)
+                return kept
+        loaded = _SessionInputs(SessionSettings.load(store, session_id))
+        with self._lock:
+            kept = self._sessions.setdefault(key, loaded)
+            while len(self._sessions) > self.SESSIONS:
+                self._sessions.popitem(last=False)
+        return kept
+
+    def settings(self, store: Store, session_id: str) -> SessionSettings:
+        return self._session(store, session_id).settings
+
+    def weights(self, store: Store, session_id: str, round_number: int) -> wire.Weights:
+        kept = self._session(store, session_id)
+        weights = kept.weights.get(round_number)
+        if weights is None:
+            weights = _read_only(store.get_weights(session_id, round_number))
+            with self._lock:
+                kept.weights = {round_number: weights}
+        return weights
+
+    def partition(self, store: Store, session_id: str, client: int) -> np.ndarray:
+        kept = self._session(store, session_id)
+        indices = kept.partitions.get(client)
+        if indices is None:
+            indices = _read_only([store.get_partition(session_id, client)])[0]
+            with self._lock:
+                kept.partitions[client] = indices
+        return indices
+
+    def clear(self) -> None:
+        """Forget everything (tests; a cold worker)."""
+        with self._lock:
+            self._sessions.clear()
+
+
+def _read_only(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    for array in arrays:
+        array.setflags(write=False)
+    return arrays
+
+
+warm_inputs = WarmInputs()
+
+
 def _direct(params: dict[str, Any]) -> dict[str, Any]:
     store = Store.from_bound(params)
     session_id = require(params, "session", str)
@@ -71,9 +154,9 @@ def _direct(params: dict[str, Any]) -> dict[str, Any]:
     summary: dict[str, Any] = {"client": client, "round": round_number}
     if store.has_update(session_id, round_number, client):
         return {**summary, "stored": False, "reason": "an update for this round is already stored"}
-    settings = SessionSettings.load(store, session_id)
-    weights = store.get_weights(session_id, round_number)
-    partition = store.get_partition(session_id, client)
+    settings = warm_inputs.settings(store, session_id)
+    weights = warm_inputs.weights(store, session_id, round_number)
+    partition = warm_inputs.partition(store, session_id, client)
     result = train_partition(weights, settings.data, settings.model, partition, client, round_number)
     outcome = store_update(
         store,
