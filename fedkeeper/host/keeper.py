@@ -42,6 +42,7 @@ from fedkeeper.function.errors import (
 )
 from fedkeeper.function.invoke.base import ActivationRecord
 from fedkeeper.function.store.db import Store
+from fedkeeper.function.store.retention import prune
 from fedkeeper.function.strategies.selection import select_clients
 from fedkeeper.host.ledger import NOT_STARTED, SERVER, TIMED_OUT, UNAVAILABLE, Ledger, LedgerEntry
 from fedkeeper.host.outages import Outage, Outages, OutageTooLong
@@ -376,6 +377,9 @@ class Keeper:
         )
         extra = {"retries": retries, "failed_clients": failed, "duration_s": watch.elapsed}
         self.store.add_round_metrics(self.session_id, round_number, extra)
+        pruned = prune(self.store, self.session_id, round_number, self.server.keep_updates)
+        if pruned.updates or pruned.weights:
+            self.reporter.event("pruned", round=round_number, updates=pruned.updates, weights=pruned.weights)
         metrics.update(extra)
         self.reporter.event("round_aggregated", **metrics)
         self.reporter.say(
