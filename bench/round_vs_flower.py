@@ -232,11 +232,9 @@ def run_fedkeeper(w: Workload, work: Path) -> SideResult:
 
     from fedkeeper.function.config import parse_config
     from fedkeeper.function.store.db import Store
-    from fedkeeper.host import deployment
-    from fedkeeper.host.cli import opened_providers
     from fedkeeper.host.fabric.process import FabricProcess
-    from fedkeeper.host.keeper import Keeper
     from fedkeeper.host.ledger import Ledger
+    from fedkeeper.host.run import opened
     from fedkeeper.host.store.embedded import EmbeddedMongo
 
     limits = fabric_limits(w)
@@ -248,15 +246,15 @@ def run_fedkeeper(w: Workload, work: Path) -> SideResult:
         stack.callback(fabric.cleanup)
         services_s = time.monotonic() - started
         config = parse_config(fedkeeper_config(w, fabric.url, mongo.url, work / "logs"), "<bench config>")
-        providers = stack.enter_context(opened_providers(config))
-        deployment.deploy(config, providers, say=lambda line: print(line, flush=True))
+        run = stack.enter_context(opened(config))
+        run.deploy(say=lambda line: print(line, flush=True))
         deploy_s = time.monotonic() - started - services_s
         store = Store(mongo.url, DATABASE)
         store.ensure_indexes()
-        session = Keeper(config, store, providers).start()
+        session = run.keeper(store).start()
         total_s = time.monotonic() - started
-        rounds = store.rounds(session)
-        entries = list(Ledger(store).entries(session))
+        rounds = store.for_session(session).rounds.all()
+        entries = list(Ledger(store.for_session(session)).entries())
         cold = cold_activations(fabric.url)
     metrics = [r["metrics"] for r in rounds]
     per_action: dict[str, int] = {}

@@ -17,6 +17,15 @@ command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v ld >/dev/null || missing+=(binutils)
 command -v make >/dev/null || missing+=(make)
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)  # the SSH hosts' tests run real sshd hosts
+command -v ssh-keygen >/dev/null || missing+=(openssh-client)
+command -v ip >/dev/null || missing+=(iproute2)  # their network namespaces
+command -v openssl >/dev/null || missing+=(openssl)  # their login passwords
+# the dashboard test's browser, and the Prometheus servers prometheus_config names in its test
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+command -v prometheus >/dev/null || missing+=(prometheus)
+command -v prometheus-node-exporter >/dev/null || missing+=(prometheus-node-exporter)
 if [ ${#missing[@]} -gt 0 ]; then
   step "apt-get install ${missing[*]}"
   as_root apt-get update -qq

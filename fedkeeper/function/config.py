@@ -37,6 +37,7 @@ from fedkeeper.function.settings import (  # noqa: F401 - the config's models, i
     OpenWhiskCluster,
     PositiveFloat,
     PositiveInt,
+    PrometheusSources,
     Secret,
     _Model,
 )
@@ -282,12 +283,26 @@ class Scenarios(_Model):
     test: TestScenario = TestScenario()
 
 
+class ServeConfig(_Model):
+    """``fedkeeper serve``: where it listens and the token that changes state.
+
+    ``token`` (or the ``FEDKEEPER_API_TOKEN`` environment variable, which wins) must be sent as
+    ``Authorization: Bearer TOKEN`` by any request that changes state; reading needs none.
+    """
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, lt=65536)] = 3250
+    token: Secret | None = None
+    sessions: PositiveInt = 20  # how many recent sessions /metrics describes
+
+
 class Config(_Model):
     """The whole of ``config.yaml``."""
 
     providers: Providers = Providers()
     scenarios: Scenarios = Scenarios()
     logs_dir: str = "logs"
+    serve: ServeConfig = ServeConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:

@@ -32,6 +32,20 @@ class _Model(BaseModel):
 
 
 # --------------------------------------------------------------------------- providers
+HttpUrl = Annotated[str, Field(pattern=r"^https?://")]
+
+
+class PrometheusSources(_Model):
+    """The Prometheus servers that scrape a cluster (FedKeeper's ``prometheus_config``).
+
+    ``fedkeeper serve`` queries them (their HTTP API, read only) for the health of the platform's
+    scrape targets and the nodes' CPU, memory and load, and shows that beside its own metrics.
+    """
+
+    platform_url: HttpUrl | None = None  # the one scraping the platform's own metrics (OpenWhisk's)
+    node_url: HttpUrl | None = None  # the one scraping the cluster's node exporters
+
+
 class OpenWhiskCluster(_Model):
     """One OpenWhisk deployment (or the local fabric when ``local`` is true)."""
 
@@ -42,6 +56,7 @@ class OpenWhiskCluster(_Model):
     insecure: bool = False
     kind: str = "python:3"
     image: str | None = None
+    prometheus: PrometheusSources | None = None
 
     @model_validator(mode="after")
     def _check(self) -> OpenWhiskCluster:
@@ -112,3 +127,33 @@ class FunctionSettings(_Model):
     memory: PositiveInt = 256
     timeout: PositiveInt = 60
     concurrency: PositiveInt = 1
+
+
+class BoundHost(_Model):
+    """One registered host as the invoker reaches it: bound at deploy from the host registry."""
+
+    fl_id: str
+    address: str
+    port: Annotated[int, Field(gt=0, lt=65536)] = 22
+    user: str
+    # The host key pinned at first contact, as an OpenSSH public key line ("ssh-ed25519 AAAA...").
+    host_key: str
+    # Where the client runtime lives on the host (relative paths are under the user's home).
+    root: str = ".fedkeeper-client"
+
+
+class HostsCluster(_Model):
+    """Remote hosts from the host registry (``fedkeeper hosts``), reached over SSH with the installation's key."""
+
+    # Which registered hosts serve this cluster: those carrying every one of these labels (all when empty).
+    labels: dict[str, str] = Field(default_factory=dict)
+    connect_timeout_s: PositiveFloat = 10.0
+    # How long a silent link may go unanswered (SSH keepalives every third of it) before an
+    # activation counts as lost.
+    dead_link_s: PositiveFloat = 15.0
+    # The installation's private key (OpenSSH format); None: read from the key store at deploy.
+    private_key: Secret | None = None
+    # The hosts, in client order; None: read from the registry at deploy (then bound to the invoker).
+    hosts: list[BoundHost] | None = None
+    # The scenario's data files (keeper-side path -> its copy under each host's root), staged at deploy.
+    data_files: dict[str, str] = Field(default_factory=dict)

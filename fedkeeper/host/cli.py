@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,8 +18,7 @@ from fedkeeper.function.catalog import PLATFORMS as CATALOG
 from fedkeeper.function.config import Config, load_config
 from fedkeeper.function.errors import ConfigError, FedkeeperError
 from fedkeeper.function.redaction import redact
-from fedkeeper.host.providers.base import FunctionSpec, Provider
-from fedkeeper.host.providers.registry import providers_from_config
+from fedkeeper.host.providers.base import FunctionSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 PLATFORMS = tuple(p.name for p in CATALOG)
@@ -66,48 +65,30 @@ def load_noting(config_path: Path) -> Config:
     return config
 
 
-@contextmanager
-def opened_providers(
-    config: Config, platforms: tuple[str, ...] = PLATFORMS
-) -> Iterator[dict[tuple[str, str], Provider]]:
-    providers: dict[tuple[str, str], Provider] = {}
-    try:
-        for platform in platforms:
-            for name, provider in providers_from_config(config, platform).items():
-                providers[(platform, name)] = provider
-        yield providers
-    finally:
-        for provider in providers.values():
-            provider.close()
-
-
 # --------------------------------------------------------------------------- training
 def run_main(config_path: Path, deploy: bool, start: bool, remove: bool, resume: str | None) -> None:
     """What ``main.py`` does: deploy, train (or resume), remove — in that order."""
-    from fedkeeper.host import deployment
-    from fedkeeper.host.keeper import Keeper
+    from fedkeeper.host.run import opened
     from fedkeeper.host.services import Services
 
     if not (deploy or start or remove or resume):
         raise ConfigError("nothing to do: give -d (deploy), -s (train), -r (remove) or --resume SESSION")
     config = load_noting(config_path)
     config.fl  # noqa: B018 - raises a clear error when the scenario is missing
-    with Services(config) as services, opened_providers(config) as providers:
+    with Services(config) as services, opened(config) as run:
         # -r needs the local fabric too: its actions persist on disk until removed.
         for name in services.local_fabrics():
             click.echo(f"started the local fabric for openwhisk cluster {name!r}")
         if deploy:
-            deployment.write_params(deployment.plan(config, providers), Path("params"))
-            deployment.deploy(config, providers, say=click.echo)
+            run.deploy(say=click.echo, params_dir=Path("params"))
         if start or resume:
-            store = services.store()
-            keeper = Keeper(config, store, providers)
+            keeper = run.keeper(services.store())
             if resume:
                 keeper.resume(resume)
             else:
                 keeper.start()
         if remove:
-            deployment.remove(config, providers, say=click.echo)
+            run.remove(say=click.echo)
             for name in services.stop_local_fabrics():
                 click.echo(f"stopped the local fabric for openwhisk cluster {name!r}")
             if services.stop_embedded_store():
@@ -157,14 +138,23 @@ def remove(config_path: Path) -> None:
 @cli.command()
 @click.argument("session", required=False)
 @config_option
+@click.option(
+    "--json", "as_json", is_flag=True, help="print the API's document (GET /api/v1/sessions[/SESSION])"
+)
 @friendly_errors
-def status(session: str | None, config_path: Path) -> None:
+def status(session: str | None, config_path: Path, as_json: bool) -> None:
     """List sessions, or show one session's rounds."""
     from fedkeeper.host.services import Services
 
     config = load_noting(config_path)
     with Services(config) as services:
         store = services.store()
+        if as_json:
+            from fedkeeper.host.serve.documents import StatusReader
+
+            reader = StatusReader(store, config)
+            click.echo(json.dumps(reader.session(session) if session else reader.sessions(), indent=2))
+            return
         if session is None:
             for doc in store.sessions():
                 click.echo(
@@ -172,16 +162,29 @@ def status(session: str | None, config_path: Path) -> None:
                     f"activations ok {doc['counters']['succeeded']} failed {doc['counters']['failed']}"
                 )
             return
-        doc = store.session(session)
+        handle = store.for_session(session)
+        doc = handle.record.get()
         click.echo(f"{session}: {doc['phase']}, next round {doc['round']}")
         for c in doc["conditions"]:
             click.echo(
                 f"  {c['lastTransitionTime']:%Y-%m-%d %H:%M:%S} {c['type']} {c['reason']} {redact(c['message'])}"
             )
-        for r in store.rounds(session):
+        for r in handle.rounds.all():
             m = r.get("metrics") or {}
             acc = f"accuracy {m['accuracy']:.4f}" if m else r["status"]
             click.echo(f"  round {r['round']}: {acc}, selected {r['selected']}")
+
+
+@cli.command()
+@config_option
+@click.option("--host", default=None, help="address to listen on  [default: serve.host, 127.0.0.1]")
+@click.option("--port", type=int, default=None, help="port (0: any free one)  [default: serve.port, 3250]")
+@friendly_errors
+def serve(config_path: Path, host: str | None, port: int | None) -> None:
+    """Serve the dashboard (/), the status API (/api/v1/) and Prometheus metrics (/metrics)."""
+    from fedkeeper.host.serve.service import run
+
+    sys.exit(run(load_noting(config_path), host, port))
 
 
 # --------------------------------------------------------------------------- cluster check
@@ -200,6 +203,7 @@ def run_check(
 ) -> None:
     """What ``deploy.py`` does: deploy (or remove) a test function and call it once per cluster."""
     from fedkeeper.host.packaging import function_dir
+    from fedkeeper.host.run import opened_providers
     from fedkeeper.host.services import Services
 
     if deploy == remove:
@@ -323,45 +327,41 @@ def capability_report(config: Config) -> tuple[list[str], int]:
     """Per cluster: what it lacks, where its clients go, and each deployed function outside its limits.
 
     Returns the lines and how many functions are outside their cluster's limits. Needs no
-    credentials and contacts nothing: everything comes from the catalog and the config.
+    credentials and contacts nothing: everything comes from the catalog, the config and the
+    :class:`~fedkeeper.host.plan.Plan` made from them (no provider is opened).
     """
     from fedkeeper.function.catalog import CLIENT_FUNCTION, INVOKER_FUNCTION, MANAGING_FUNCTIONS
     from fedkeeper.function.invoke.base import unsupported
-    from fedkeeper.host.placement import Route, clients_per_cluster, place_clients, route_for
-    from fedkeeper.host.providers.base import FunctionSpec
+    from fedkeeper.host.placement import Route
+    from fedkeeper.host.plan import Plan
 
-    fl = config.scenarios.federated_learning
-    server = (config.server_platform, fl.server_config.cluster) if fl else None
-    counts = clients_per_cluster(place_clients(config)) if fl else {}
+    plan = Plan.build(config) if config.scenarios.federated_learning else None
+    counts = plan.clients_per_cluster() if plan else {}
+    routes = {p.key: p.route for p in plan.placements} if plan else {}
     lines: list[str] = []
     problems = 0
     for platform in CATALOG:
         caps = platform.capabilities
         for cluster in config.providers.clusters(platform.name):
+            key = (platform.name, cluster)
             where = f"{platform.name}/{cluster}"
             lacks = unsupported(caps, DIRECT_CLIENT_NEEDS)
             line = f"{where}: {', '.join(lacks) or 'async invoke, store access'}"
-            functions: list[str] = []
-            if (platform.name, cluster) == server:
+            if plan and key == plan.server:
                 line += f"; runs the managing functions ({', '.join(MANAGING_FUNCTIONS)})"
-                functions.extend(MANAGING_FUNCTIONS)
-            count = counts.get((platform.name, cluster), 0)
-            if count and server and route_for(caps) is Route.VIA_INVOKER:
-                line += f" -> {count} client(s) go through {INVOKER_FUNCTION} on {server[0]}/{server[1]}"
-                functions.append(CLIENT_FUNCTION)
+            count = counts.get(key, 0)
+            if plan and count and routes[key] is Route.VIA_INVOKER:
+                line += f" -> {count} client(s) go through {INVOKER_FUNCTION} on {plan.server_where}"
             elif count:
                 line += f"; {count} client(s) run {CLIENT_FUNCTION} directly"
-                functions.append(CLIENT_FUNCTION)
-            elif fl:
+            elif plan:
                 line += "; hosts no clients"
             lines.append(line)
-            for name in functions:
-                settings = config.fl.functions.settings(name)
-                spec = FunctionSpec(name, Path(name), memory_mb=settings.memory, timeout_s=settings.timeout)
-                reasons = unsupported(caps, spec.needs)
+            for deployed in plan.on(key) if plan else []:
+                reasons = unsupported(caps, deployed.spec.needs)
                 if reasons:
                     problems += 1
-                    lines.append(f"{where}: {name} cannot be deployed: {'; '.join(reasons)}")
+                    lines.append(f"{where}: {deployed.spec.name} cannot be deployed: {'; '.join(reasons)}")
     return lines, problems
 
 
@@ -436,6 +436,12 @@ legacy_deploy = click.command(context_settings={"help_option_names": ["-h", "--h
         "Check clusters: python deploy.py -c config.yaml -a -s test -f nodeinfo -d | -r.", report=False
     )
 )
+
+
+# After the helpers above, which its commands use.
+from fedkeeper.host.hosts.cli import hosts  # noqa: E402
+
+cli.add_command(hosts)
 
 
 def main() -> None:

@@ -1,25 +1,21 @@
-"""``main.py -d`` / ``-r``: deploy and remove a configuration's functions.
+"""``main.py -d`` / ``-r``: deploy and remove what a :class:`~fedkeeper.host.plan.Plan` lists.
 
-The managing functions go to the server cluster; ``fl_client`` goes to every cluster that hosts
-clients. Store and platform credentials are bound at deploy time here and nowhere else.
+The plan decides what goes where and what each function is bound to (store and platform
+credentials, at deploy time and nowhere else); this module only carries it out.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedkeeper.function.catalog import CLIENT_FUNCTION, INVOKER_FUNCTION, MANAGING_FUNCTIONS
-from fedkeeper.function.config import Config
 from fedkeeper.function.errors import ProviderError
 from fedkeeper.function.redaction import redact_value
-from fedkeeper.host.packaging import function_dir
-from fedkeeper.host.placement import Route, clients_per_cluster, place_clients, route_for
-from fedkeeper.host.providers.base import FunctionSpec, Provider
-from fedkeeper.host.services import store_url
+from fedkeeper.host.plan import Key, Plan
+from fedkeeper.host.providers.base import Provider
 
 
 @dataclass(frozen=True)
@@ -32,64 +28,17 @@ class Step:
     outcome: str
 
 
-def _store_binding(config: Config) -> dict[str, Any]:
-    mongo = config.fl.mongo_config
-    return {"store": {"url": store_url(mongo), "database": mongo.database}}
-
-
-def _targets(config: Config, providers: dict[tuple[str, str], Provider]) -> dict[str, Any]:
-    """Bindings for the invoker: every client cluster it must reach, with its credentials."""
-    targets: dict[str, Any] = {}
-    for platform, cluster in clients_per_cluster(place_clients(config)):
-        provider = providers[(platform, cluster)]
-        if route_for(provider.capabilities) is Route.VIA_INVOKER:
-            targets[f"{platform}/{cluster}"] = {
-                "platform": platform,
-                "cluster": cluster,
-                "settings": provider.settings.model_dump(mode="json"),
-            }
-    return targets
-
-
-def _spec(config: Config, name: str, bound: dict[str, Any], instances: int = 1) -> FunctionSpec:
-    settings = config.fl.functions.settings(name)
-    return FunctionSpec(
-        name=name,
-        source=function_dir(name),
-        memory_mb=settings.memory,
-        timeout_s=settings.timeout,
-        concurrency=settings.concurrency,
-        bound=bound,
-        instances=instances,
-    )
-
-
-def plan(config: Config, providers: dict[tuple[str, str], Provider]) -> list[tuple[Provider, FunctionSpec]]:
-    """Every (provider, function) pair this configuration deploys."""
-    store = _store_binding(config)
-    server = providers[(config.server_platform, config.fl.server_config.cluster)]
-    invoker = {**store, "targets": _targets(config, providers)}
-    pairs = [
-        (server, _spec(config, name, invoker if name == INVOKER_FUNCTION else store))
-        for name in MANAGING_FUNCTIONS
-    ]
-    for (platform, cluster), count in clients_per_cluster(place_clients(config)).items():
-        provider = providers[(platform, cluster)]
-        bound = store if provider.capabilities.store_access else {}
-        pairs.append((provider, _spec(config, CLIENT_FUNCTION, bound, instances=count)))
-    return pairs
-
-
-def write_params(pairs: list[tuple[Provider, FunctionSpec]], params_dir: Path) -> list[Path]:
+def write_params(plan: Plan, params_dir: Path) -> list[Path]:
     """``params/<function>.json``: each function's deployment and default parameters (redacted)."""
     params_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, dict[str, Any]] = {}
-    for provider, spec in pairs:
+    for d in plan.deployments:
+        spec = d.spec
         doc = written.setdefault(spec.name, {"function": spec.name, "deployments": []})
         doc["deployments"].append(
             {
-                "platform": provider.platform,
-                "cluster": provider.cluster,
+                "platform": d.platform,
+                "cluster": d.cluster,
                 "memory_mb": spec.memory_mb,
                 "timeout_s": spec.timeout_s,
                 "concurrency": spec.concurrency,
@@ -107,36 +56,30 @@ def write_params(pairs: list[tuple[Provider, FunctionSpec]], params_dir: Path) -
     return paths
 
 
-def deploy(
-    config: Config, providers: dict[tuple[str, str], Provider], say: Callable[[str], None] = print
-) -> list[Step]:
+def deploy(plan: Plan, providers: Mapping[Key, Provider], say: Callable[[str], None] = print) -> list[Step]:
     steps = []
-    for provider, spec in plan(config, providers):
-        where = f"{provider.platform}/{provider.cluster}"
-        provider.deploy(spec)
-        suffix = f" x{spec.instances}" if spec.instances > 1 else ""
-        say(f"deployed {spec.name}{suffix} to {where}")
-        steps.append(Step(spec.name, provider.platform, provider.cluster, "deployed"))
+    for d in plan.deployments:
+        providers[d.key].deploy(d.spec)
+        suffix = f" x{d.spec.instances}" if d.spec.instances > 1 else ""
+        say(f"deployed {d.spec.name}{suffix} to {d.where}")
+        steps.append(Step(d.spec.name, d.platform, d.cluster, "deployed"))
     return steps
 
 
-def remove(
-    config: Config, providers: dict[tuple[str, str], Provider], say: Callable[[str], None] = print
-) -> list[Step]:
-    """Remove every function this configuration may have deployed; safe to run twice."""
+def remove(plan: Plan, providers: Mapping[Key, Provider], say: Callable[[str], None] = print) -> list[Step]:
+    """Remove every function the plan may have deployed; safe to run twice."""
     steps = []
     errors = []
-    for provider, spec in plan(config, providers):
-        where = f"{provider.platform}/{provider.cluster}"
+    for d in plan.deployments:
         try:
-            existed = provider.remove(spec.name)
+            existed = providers[d.key].remove(d.spec.name)
         except ProviderError as exc:
             errors.append(str(exc))
-            say(f"could not remove {spec.name} from {where}: {exc}")
+            say(f"could not remove {d.spec.name} from {d.where}: {exc}")
             continue
         outcome = "removed" if existed else "not deployed"
-        say(f"{outcome}: {spec.name} on {where}")
-        steps.append(Step(spec.name, provider.platform, provider.cluster, outcome))
+        say(f"{outcome}: {d.spec.name} on {d.where}")
+        steps.append(Step(d.spec.name, d.platform, d.cluster, outcome))
     if errors:
         raise ProviderError(f"{len(errors)} function(s) could not be removed; first: {errors[0]}")
     return steps

@@ -18,13 +18,12 @@ import math
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import tenacity
-
+from fedkeeper.function.backoff import retry_policy
 from fedkeeper.function.catalog import (
     AGGREGATOR_FUNCTION,
     CLIENT_FUNCTION,
@@ -41,12 +40,13 @@ from fedkeeper.function.errors import (
     Unavailable,
 )
 from fedkeeper.function.invoke.base import ActivationRecord
-from fedkeeper.function.store.db import Store
+from fedkeeper.function.store.db import SessionStore, Store
 from fedkeeper.function.store.retention import prune
+from fedkeeper.function.store.statuses import Phase, RoundStatus
 from fedkeeper.function.strategies.selection import select_clients
-from fedkeeper.host.ledger import NOT_STARTED, SERVER, TIMED_OUT, UNAVAILABLE, Ledger, LedgerEntry
+from fedkeeper.host.ledger import SERVER, Ledger, LedgerEntry, LedgerStatus
 from fedkeeper.host.outages import Outage, Outages, OutageTooLong
-from fedkeeper.host.placement import Route, place_clients, route_for
+from fedkeeper.host.plan import Key, Plan
 from fedkeeper.host.providers.base import Provider
 from fedkeeper.host.reporting import Reporter, Stopwatch
 
@@ -58,7 +58,6 @@ INIT, CLIENT, INVOKER, AGGREGATOR = (
 )
 RECORD_GRACE_S = 3.0
 MIN_POLL_S = 0.05
-RECORD_LOST = "record lost"  # the update is stored but the platform never showed the activation's record
 
 
 class SessionFailed(FedkeeperError):
@@ -67,14 +66,6 @@ class SessionFailed(FedkeeperError):
 
 def new_session_id() -> str:
     return f"s-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-
-
-def backoff_s(attempt: int, base_s: float, cap_s: float = 60.0) -> float:
-    """Delay before attempt ``attempt + 1``: tenacity's exponential wait with jitter."""
-    wait = tenacity.wait_exponential_jitter(multiplier=base_s, max=cap_s, jitter=base_s / 2)
-    state = tenacity.RetryCallState(tenacity.Retrying(), None, (), {})
-    state.attempt_number = attempt
-    return float(wait(state)) if base_s > 0 else 0.0
 
 
 @dataclass
@@ -100,6 +91,8 @@ class Keeper:
     ----------
     config
         The validated configuration (its ``federated_learning`` scenario is used).
+    plan
+        Where each client runs and how it is reached, the server cluster, the functions' limits.
     store
         Where all state lives.
     providers
@@ -111,41 +104,59 @@ class Keeper:
     def __init__(
         self,
         config: Config,
+        plan: Plan,
         store: Store,
-        providers: dict[tuple[str, str], Provider],
+        providers: Mapping[Key, Provider],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.fl = config.fl
         self.server = self.fl.server_config
+        self.plan = plan
         self.store = store
-        self.ledger = Ledger(store)
         self.providers = providers
         self.clock = clock
-        self.server_provider = providers[(config.server_platform, self.server.cluster)]
-        self.placements = {p.client: p for p in place_clients(config)}
+        self.server_provider = providers[plan.server]
         self.reporter: Reporter | None = None
         self.session_id = ""
-        self.outages = Outages(self.server.outage_tolerance_s, self.server.retry_backoff_s, clock)
+        self._session: SessionStore | None = None
+        self._ledger: Ledger | None = None
+        # One policy for server_config.retry_backoff_s: client retries, managing-function
+        # retries and outage probes.
+        self.retry = retry_policy(self.server.retry_backoff_s)
+        self.outages = Outages(self.server.outage_tolerance_s, self.retry, clock)
         # Platforms that host only clients: past the tolerance their outage gives up their clients
         # for the round (which may still close on quorum) instead of stopping the session.
-        self.client_only = {self._client_provider(c).where for c in self.placements} - {
-            self.server_provider.where
-        }
+        self.client_only = plan.client_only()
         self.budget_since: datetime | None = None  # client attempts before this do not count
         self.store_down = False  # the keeper's own queries cannot reach MongoDB (each would hang 10 s)
 
     # ------------------------------------------------------------------ session lifecycle
+    @property
+    def session(self) -> SessionStore:
+        """The store, bound to the session being run."""
+        assert self._session is not None, "no session: start() or resume() first"
+        return self._session
+
+    @property
+    def ledger(self) -> Ledger:
+        assert self._ledger is not None, "no session: start() or resume() first"
+        return self._ledger
+
+    def _bind(self, session_id: str) -> SessionStore:
+        self.session_id = session_id
+        self._session = self.store.for_session(session_id)
+        self._ledger = Ledger(self._session)
+        return self._session
+
     def start(self) -> str:
         """Create a session, initialise it, and train it to a stop rule. Returns its id."""
-        self.session_id = new_session_id()
         scenario = self.fl.model_dump(mode="json", exclude={"mongo_config", "functions"})
-        self.store.create_session(
+        self._bind(new_session_id()).record.create(
             {
-                "_id": self.session_id,
                 "training_fingerprint": fingerprint_json(self.fl.fingerprint()),
                 "scenario": scenario,
-                "clients": [p.as_doc() for p in self.placements.values()],
+                "clients": [p.as_doc() for p in self.plan.placements],
             }
         )
         return self._run()
@@ -156,8 +167,9 @@ class Keeper:
         The configuration may differ in credentials, URLs, paths, timeouts, retries and outage
         tolerance, not in what changes the training (:data:`fedkeeper.function.config.TRAINING_FIELDS`).
         """
-        session = self.store.session(session_id)
-        if session["phase"] == "Succeeded":
+        record = self.store.for_session(session_id).record
+        session = record.get()
+        if session["phase"] == Phase.SUCCEEDED:
             raise SessionFailed(f"session {session_id} already finished (Succeeded)")
         # Sessions from before fingerprints were stored: derive it from the scenario they keep.
         stored = (
@@ -171,9 +183,9 @@ class Keeper:
                 f"session {session_id} cannot resume with this config: {differs} "
                 "(only credentials, URLs, paths, timeouts, retries and outage tolerance may change)"
             )
-        self.session_id = session_id
-        if session["phase"] == "Failed":  # the cause is fixed: clients get their retries back
-            self.budget_since = self.store.restart_budgets(session_id)
+        self._bind(session_id)
+        if session["phase"] == Phase.FAILED:  # the cause is fixed: clients get their retries back
+            self.budget_since = record.restart_budgets()
         else:
             self.budget_since = session.get("budget_since")
         return self._run(resumed=True)
@@ -184,7 +196,7 @@ class Keeper:
         reporter.event("session_resumed" if resumed else "session_started", session=self.session_id)
         reporter.say(
             f"session {self.session_id}: {'resuming' if resumed else 'starting'} — "
-            f"{len(self.placements)} clients, {self.server.num_clients_per_round} per round, "
+            f"{len(self.plan.placements)} clients, {self.server.num_clients_per_round} per round, "
             f"up to {self.server.max_rounds} rounds, target accuracy {self.server.target_accuracy}"
         )
         try:
@@ -198,7 +210,7 @@ class Keeper:
             reason = exc.reason if isinstance(exc, OutageTooLong) else type(exc).__name__
             reporter.event("session_failed", reason=reason, message=str(exc))
             if not self.store_down:  # else the phase stays Running, which resume continues all the same
-                self.store.set_phase(self.session_id, "Failed", reason, str(exc))
+                self.session.record.set_phase(Phase.FAILED, reason, str(exc))
             raise
         finally:
             if self.store_down:
@@ -211,18 +223,19 @@ class Keeper:
     def _train(self) -> str:
         """Initialise if needed, then run rounds from the store's state to a stop rule."""
         assert self.reporter is not None
-        if not self.store.initialised(self.session_id):
+        record = self.session.record
+        if not record.initialised():
             self._initialise()
-        self.store.set_phase(self.session_id, "Running", "RoundsStarted")
+        record.set_phase(Phase.RUNNING, "RoundsStarted")
         while True:
-            session = self.store.session(self.session_id)
+            session = record.get()
             round_number = int(session["round"])
             metrics = self._run_round(round_number)
-            self.store.advance_round(self.session_id, round_number + 1)
+            record.advance_round(round_number + 1)
             self._write_logs()
             stop = self._stop_reason(round_number, metrics, session)
             if stop:
-                self.store.set_phase(self.session_id, "Succeeded", stop[0], stop[1])
+                record.set_phase(Phase.SUCCEEDED, stop[0], stop[1])
                 self.reporter.event("session_succeeded", reason=stop[0], message=stop[1])
                 self.reporter.say(f"session {self.session_id} succeeded: {stop[1]}")
                 return self.session_id
@@ -287,16 +300,16 @@ class Keeper:
 
     def _write_logs(self) -> None:
         assert self.reporter is not None
-        self.reporter.write_rounds(self.store.rounds(self.session_id))
-        self.reporter.write_activations(list(self.ledger.entries(self.session_id)))
+        self.reporter.write_rounds(self.session.rounds.all())
+        self.reporter.write_activations(list(self.ledger.entries()))
 
     # ------------------------------------------------------------------ managing functions
     def _call_server(self, function: str, round_number: int, params: dict[str, Any]) -> dict[str, Any]:
         """Invoke a managing function and wait, retrying failures with backoff and waiting out
         outages (which cost no retry); every attempt is in the ledger."""
-        timeout_s = float(self.fl.functions.settings(function).timeout) + 30
+        timeout_s = float(self.plan.limits[function].timeout) + 30
         provider = self.server_provider
-        attempt = self.ledger.attempts(self.session_id, round_number, function, SERVER)
+        attempt = self.ledger.attempts(round_number, function, SERVER)
         failures = 0
         while True:
             attempt += 1
@@ -305,21 +318,21 @@ class Keeper:
             try:
                 record = provider.invoke_sync(function, params, timeout_s)
             except PlatformUnavailable as exc:
-                self.ledger.settle(entry, UNAVAILABLE, error=str(exc))
+                self.ledger.settle(entry, LedgerStatus.UNAVAILABLE, error=str(exc))
                 self._wait(self.outages.failed(exc))
                 continue
             except ProviderError as exc:
-                self.ledger.settle(entry, NOT_STARTED, error=str(exc))
+                self.ledger.settle(entry, LedgerStatus.NOT_STARTED, error=str(exc))
                 error = str(exc)
             else:
                 self._back(provider.where)
                 self.ledger.set_activation_id(entry, record.activation_id)
                 outage = Unavailable.in_result(record.result, provider.where) if not record.ok else None
                 if outage is not None:  # the function could not reach the store: wait for it
-                    self.ledger.settle(entry, UNAVAILABLE, record, record.error)
+                    self.ledger.settle(entry, LedgerStatus.UNAVAILABLE, record, record.error)
                     self._wait(self.outages.failed(outage))
                     continue
-                self.ledger.settle(entry, record.status.value, record, record.error)
+                self.ledger.settle(entry, LedgerStatus.of(record), record, record.error)
                 if record.ok:
                     self._back(STORE)
                     return record.result or {}
@@ -327,7 +340,7 @@ class Keeper:
             failures += 1
             if failures > self.server.max_retries:
                 raise SessionFailed(f"{function} failed after {failures} attempts: {error}")
-            delay = backoff_s(failures, self.server.retry_backoff_s, cap_s=30.0)
+            delay = self.retry.delay(failures)
             self._note(f"{function} failed ({error}); retrying in {delay:.1f}s")
             time.sleep(delay)
 
@@ -344,9 +357,9 @@ class Keeper:
     # ------------------------------------------------------------------ one round
     def _run_round(self, round_number: int) -> dict[str, Any]:
         assert self.reporter is not None
-        candidates = sorted(self.placements)
-        selected = self.store.open_round(
-            self.session_id,
+        candidates = [p.client for p in self.plan.placements]
+        rounds = self.session.rounds
+        selected = rounds.open(
             round_number,
             select_clients(
                 candidates,
@@ -356,15 +369,15 @@ class Keeper:
                 self.server.selection,
             ),
         )
-        doc = self.store.round(self.session_id, round_number)
+        doc = rounds.get(round_number)
         if doc.get("metrics"):  # aggregated before a resumed keeper got here
             return dict(doc["metrics"])
         watch = Stopwatch()
-        if doc["status"] == "open":
+        if doc["status"] == RoundStatus.OPEN:
             state = self._restore_round(doc)
             self.reporter.event("round_opened", round=round_number, selected=selected)
             self._drive(state, watch)
-            included = self.store.close_round(self.session_id, round_number, sorted(state.done))
+            included = rounds.close(round_number, sorted(state.done))
             self.reporter.event(
                 "round_closed", round=round_number, included=included, failed=sorted(state.given_up)
             )
@@ -376,8 +389,8 @@ class Keeper:
             AGGREGATOR, round_number, {"session": self.session_id, "round": round_number, "clients": included}
         )
         extra = {"retries": retries, "failed_clients": failed, "duration_s": watch.elapsed}
-        self.store.add_round_metrics(self.session_id, round_number, extra)
-        pruned = prune(self.store, self.session_id, round_number, self.server.keep_updates)
+        rounds.add_metrics(round_number, extra)
+        pruned = prune(self.session, round_number, self.server.keep_updates)
         if pruned.updates or pruned.weights:
             self.reporter.event("pruned", round=round_number, updates=pruned.updates, weights=pruned.weights)
         metrics.update(extra)
@@ -395,15 +408,15 @@ class Keeper:
         started_at: datetime = doc["started_at"]
         age = (datetime.now(UTC) - started_at).total_seconds()
         state = RoundState(round_number, selected, started=self.clock() - max(age, 0.0))
-        state.done = self.store.update_clients(self.session_id, round_number) & set(selected)
-        for entry in self.ledger.open_entries(self.session_id, round_number):
+        state.done = self.session.updates.clients(round_number) & set(selected)
+        for entry in self.ledger.open_entries(round_number):
             if entry.client in selected and entry.function in (CLIENT, INVOKER):
                 state.pending[entry.client] = entry
         for client in selected:
-            function = self._route(client)[1]
-            state.attempts[client] = self.ledger.attempts(self.session_id, round_number, function, client)
+            function = self.plan.invoked(client)[1]
+            state.attempts[client] = self.ledger.attempts(round_number, function, client)
             state.charged[client] = self.ledger.charged_attempts(
-                self.session_id, round_number, function, client, self.budget_since
+                round_number, function, client, self.budget_since
             )
             if client not in state.done and client not in state.pending:
                 state.retry_at[client] = self.clock()
@@ -513,22 +526,18 @@ class Keeper:
             time.sleep(min(self.server.poll_interval_s, 0.2))
         for entry in state.pending.values():
             if entry.client in state.done:
-                self.ledger.settle(entry, RECORD_LOST, error="update stored, activation record not seen")
+                self.ledger.settle(
+                    entry, LedgerStatus.RECORD_LOST, error="update stored, activation record not seen"
+                )
             else:
-                self.ledger.settle(entry, TIMED_OUT, error="round closed before this activation finished")
+                self.ledger.settle(
+                    entry, LedgerStatus.TIMED_OUT, error="round closed before this activation finished"
+                )
         state.pending.clear()
 
     def _client_provider(self, client: int) -> Provider:
         """The platform ``client`` runs on (behind the invoker or not)."""
-        placement = self.placements[client]
-        return self.providers[(placement.platform, placement.cluster)]
-
-    def _route(self, client: int) -> tuple[Provider, str]:
-        """Which provider and function an attempt of ``client`` invokes."""
-        provider = self._client_provider(client)
-        if route_for(provider.capabilities) is Route.DIRECT:
-            return provider, CLIENT
-        return self.server_provider, INVOKER
+        return self.providers[self.plan.placements[client].key]
 
     def _dispatch(self, state: RoundState, client: int) -> None:
         charged = state.charged.get(client, 0)
@@ -541,7 +550,8 @@ class Keeper:
         state.charged[client] = charged + 1  # refunded if an outage stops or loses this attempt
         if charged > 0:
             state.retries += 1
-        provider, function = self._route(client)
+        key, function = self.plan.invoked(client)
+        provider = self.providers[key]
         params: dict[str, Any] = {
             "session": self.session_id,
             "round": state.number,
@@ -550,21 +560,21 @@ class Keeper:
         }
         entry = self._entry(state.number, function, client, attempt, provider)
         if function == INVOKER:
-            entry.target = self.placements[client].target
-            params.update(target=entry.target, timeout_s=self.fl.functions.settings(CLIENT).timeout)
+            entry.target = self.plan.placements[client].target
+            params.update(target=entry.target, timeout_s=self.plan.limits[CLIENT].timeout)
         if not self.ledger.submit(entry):  # this attempt number was used by a keeper that died
-            state.attempts[client] = self.ledger.attempts(self.session_id, state.number, function, client)
+            state.attempts[client] = self.ledger.attempts(state.number, function, client)
             state.charged[client] = charged
             state.retry_at[client] = self.clock()
             return
         try:
             activation_id = provider.invoke_async(function, params)
         except PlatformUnavailable as exc:
-            self.ledger.settle(entry, UNAVAILABLE, error=str(exc))
+            self.ledger.settle(entry, LedgerStatus.UNAVAILABLE, error=str(exc))
             self._outage_retry(state, client, exc)
             return
         except ProviderError as exc:
-            self.ledger.settle(entry, NOT_STARTED, error=str(exc))
+            self.ledger.settle(entry, LedgerStatus.NOT_STARTED, error=str(exc))
             self._schedule_retry(state, client, str(exc))
             return
         self._back(provider.where)
@@ -590,7 +600,7 @@ class Keeper:
                 entry.activation_id is None
             ):  # submitted by a keeper that died (or lost the store) before invoking
                 state.pending.pop(client)
-                self.ledger.settle(entry, UNAVAILABLE, error="keeper stopped before invoking")
+                self.ledger.settle(entry, LedgerStatus.UNAVAILABLE, error="keeper stopped before invoking")
                 self._refund(state, client)  # not the client's failure
                 self._schedule_retry(state, client, "never invoked")
                 continue
@@ -611,7 +621,7 @@ class Keeper:
                 self._note(f"polling {platform}/{cluster} failed: {exc}")
                 continue
             self._back(provider.where)
-        state.done |= self.store.update_clients(self.session_id, state.number) & set(state.selected)
+        state.done |= self.session.updates.clients(state.number) & set(state.selected)
         for entries in groups.values():
             for entry in entries:
                 record = records.get(entry.activation_id or "")
@@ -625,22 +635,24 @@ class Keeper:
                     state.pending.pop(entry.client)
                     if entry.client in state.done:
                         self.ledger.settle(
-                            entry, RECORD_LOST, error="update stored, activation record not seen"
+                            entry, LedgerStatus.RECORD_LOST, error="update stored, activation record not seen"
                         )
                         continue
                     if self.outages.overlapped(where, entry.submitted_at):  # lost in the outage
                         error = f"no record after {self._age_s(entry):.0f}s; {where} was down meanwhile"
-                        self.ledger.settle(entry, UNAVAILABLE, error=error)
+                        self.ledger.settle(entry, LedgerStatus.UNAVAILABLE, error=error)
                         self._refund(state, entry.client)
                         state.retry_at[entry.client] = self.clock()
                         continue
-                    self.ledger.settle(entry, TIMED_OUT, error=f"no record after {self._age_s(entry):.0f}s")
+                    self.ledger.settle(
+                        entry, LedgerStatus.TIMED_OUT, error=f"no record after {self._age_s(entry):.0f}s"
+                    )
                     self._schedule_retry(state, entry.client, "timed out")
 
     def _settle(self, state: RoundState, entry: LedgerEntry, record: ActivationRecord) -> None:
         """Book a finished activation; it counts only if its update is in the store (``state.done``)."""
         if entry.client in state.done:  # a failure here after an update was stored needs no retry
-            self.ledger.settle(entry, record.status.value, record, record.error)
+            self.ledger.settle(entry, LedgerStatus.of(record), record, record.error)
             if record.ok:
                 self._back(entry.target, STORE)
                 assert self.reporter is not None
@@ -654,13 +666,12 @@ class Keeper:
         where = entry.target or f"{entry.platform}/{entry.cluster}"
         outage = Unavailable.in_result(record.result, where) if not record.ok else None
         if outage is not None:  # the client could not reach the store (or its target platform)
-            self.ledger.settle(entry, UNAVAILABLE, record, record.error)
+            self.ledger.settle(entry, LedgerStatus.UNAVAILABLE, record, record.error)
             self._outage_retry(state, entry.client, outage)
             return
         error = record.error or "activation succeeded but stored no update"
-        self.ledger.settle(
-            entry, record.status.value if not record.ok else "application error", record, error
-        )
+        status = LedgerStatus.of(record) if not record.ok else LedgerStatus.APPLICATION_ERROR
+        self.ledger.settle(entry, status, record, error)
         self._schedule_retry(state, entry.client, error)
 
     def _refund(self, state: RoundState, client: int) -> None:
@@ -676,7 +687,7 @@ class Keeper:
 
     def _schedule_retry(self, state: RoundState, client: int, reason: str) -> None:
         attempt = state.attempts.get(client, 1)
-        delay = backoff_s(max(state.charged.get(client, 1), 1), self.server.retry_backoff_s)
+        delay = self.retry.delay(max(state.charged.get(client, 1), 1))
         state.retry_at[client] = self.clock() + delay
         assert self.reporter is not None
         self.reporter.event(

@@ -10,21 +10,38 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
-from fedkeeper.function.invoke.base import ActivationRecord
-from fedkeeper.function.store.db import Store, store_errors, utcnow
+from fedkeeper.function.invoke.base import ActivationRecord, ActivationStatus
+from fedkeeper.function.store.db import SessionStore
+from fedkeeper.function.store.mongo import store_errors, utcnow
 
-SUBMITTED = "submitted"
-TIMED_OUT = "timed out"  # the keeper stopped waiting for a record (lost or hung activation)
-NOT_STARTED = "not started"  # the platform refused the invocation
-# The platform, the store or the keeper was down: the attempt was not started, or was lost in
-# the outage. Such attempts do not count against a client's retries.
-UNAVAILABLE = "unavailable"
 SERVER = -1  # ``client`` value of entries for the managing functions
+
+
+class LedgerStatus(StrEnum):
+    """An attempt's outcome: the platform's (:class:`ActivationStatus`) or the keeper's own."""
+
+    SUBMITTED = "submitted"  # recorded before it was invoked; no outcome yet
+    SUCCESS = ActivationStatus.SUCCESS.value
+    APPLICATION_ERROR = ActivationStatus.APPLICATION_ERROR.value
+    DEVELOPER_ERROR = ActivationStatus.DEVELOPER_ERROR.value
+    INTERNAL_ERROR = ActivationStatus.INTERNAL_ERROR.value
+    TIMED_OUT = "timed out"  # the keeper stopped waiting for a record (lost or hung activation)
+    NOT_STARTED = "not started"  # the platform refused the invocation
+    # The platform, the store or the keeper was down: the attempt was not started, or was lost in
+    # the outage. Such attempts do not count against a client's retries.
+    UNAVAILABLE = "unavailable"
+    RECORD_LOST = "record lost"  # the update is stored but the platform never showed the record
+
+    @classmethod
+    def of(cls, record: ActivationRecord) -> LedgerStatus:
+        """The ledger's status for a finished record."""
+        return cls(record.status.value)
 
 
 @dataclass
@@ -39,7 +56,7 @@ class LedgerEntry:
     activation_id: str | None = None
     target: str | None = None  # "platform/cluster" of a client reached through the invoker
     target_activation_id: str | None = None  # the client's own execution id on that platform
-    status: str = SUBMITTED
+    status: LedgerStatus = LedgerStatus.SUBMITTED
     error: str | None = None
     submitted_at: datetime = field(default_factory=utcnow)
     start_ms: int | None = None
@@ -58,17 +75,17 @@ class LedgerEntry:
 
     @property
     def settled(self) -> bool:
-        return self.status != SUBMITTED
+        return self.status != LedgerStatus.SUBMITTED
 
 
 @store_errors
 class Ledger:
-    """Activation ledger in the ``activations`` collection."""
+    """One session's activation ledger, in the ``activations`` collection."""
 
-    def __init__(self, store: Store) -> None:
-        self._col = store.collection("activations")
-        self._store = store
-        self.url = store.url  # named in the error when MongoDB is down
+    def __init__(self, session: SessionStore) -> None:
+        self._col = session.store.collection("activations")
+        self._session = session
+        self.url = session.store.url  # named in the error when MongoDB is down
 
     def submit(self, entry: LedgerEntry) -> bool:
         """Record a new attempt; ``False`` when that attempt is already recorded."""
@@ -76,8 +93,8 @@ class Ledger:
             self._col.insert_one(asdict(entry))
         except DuplicateKeyError:
             return False
-        if entry.status == SUBMITTED:
-            self._store.count(entry.session, active=1)
+        if entry.status == LedgerStatus.SUBMITTED:
+            self._session.record.count(active=1)
         return True
 
     def set_activation_id(self, entry: LedgerEntry, activation_id: str) -> None:
@@ -88,11 +105,12 @@ class Ledger:
     def settle(
         self,
         entry: LedgerEntry,
-        status: str,
+        status: LedgerStatus,
         record: ActivationRecord | None = None,
         error: str | None = None,
     ) -> None:
         """Record the outcome of a submitted attempt (only the first outcome counts)."""
+        status = LedgerStatus(status)
         update: dict[str, Any] = {"status": status, "error": error}
         if record is not None:
             target_id = (record.result or {}).get("target_activation")
@@ -105,41 +123,37 @@ class Ledger:
                 if record.start_ms is not None and record.end_ms is not None
                 else None,
             )
-        result = self._col.update_one({**entry.key, "status": SUBMITTED}, {"$set": update})
+        result = self._col.update_one({**entry.key, "status": LedgerStatus.SUBMITTED}, {"$set": update})
         if result.modified_count:
             entry.status, entry.error = status, error
-            ok = status == "success"
-            self._store.count(entry.session, active=-1, succeeded=int(ok), failed=int(not ok))
+            ok = status == LedgerStatus.SUCCESS
+            self._session.record.count(active=-1, succeeded=int(ok), failed=int(not ok))
 
-    def open_entries(self, session: str, round_number: int) -> list[LedgerEntry]:
+    def open_entries(self, round_number: int) -> list[LedgerEntry]:
         """Attempts of the round still waiting for a record."""
-        return [
-            _entry(doc)
-            for doc in self._col.find({"session": session, "round": round_number, "status": SUBMITTED})
-        ]
+        query = {"session": self._session.id, "round": round_number, "status": LedgerStatus.SUBMITTED}
+        return [_entry(doc) for doc in self._col.find(query)]
 
-    def attempts(self, session: str, round_number: int, function: str, client: int) -> int:
+    def attempts(self, round_number: int, function: str, client: int) -> int:
         return self._col.count_documents(
-            {"session": session, "round": round_number, "function": function, "client": client}
+            {"session": self._session.id, "round": round_number, "function": function, "client": client}
         )
 
-    def charged_attempts(
-        self, session: str, round_number: int, function: str, client: int, since: datetime | None
-    ) -> int:
+    def charged_attempts(self, round_number: int, function: str, client: int, since: datetime | None) -> int:
         """Attempts that count against the retry budget: not lost to an outage, made after ``since``."""
         query: dict[str, Any] = {
-            "session": session,
+            "session": self._session.id,
             "round": round_number,
             "function": function,
             "client": client,
-            "status": {"$ne": UNAVAILABLE},
+            "status": {"$ne": LedgerStatus.UNAVAILABLE},
         }
         if since is not None:
             query["submitted_at"] = {"$gte": since}
         return self._col.count_documents(query)
 
-    def entries(self, session: str) -> Iterator[LedgerEntry]:
-        cursor = self._col.find({"session": session}).sort(
+    def entries(self) -> Iterator[LedgerEntry]:
+        cursor = self._col.find({"session": self._session.id}).sort(
             [("round", ASCENDING), ("submitted_at", ASCENDING)]
         )
         for doc in cursor:
@@ -148,4 +162,6 @@ class Ledger:
 
 def _entry(doc: dict[str, Any]) -> LedgerEntry:
     fields = LedgerEntry.__dataclass_fields__
-    return LedgerEntry(**{k: v for k, v in doc.items() if k in fields})
+    entry = LedgerEntry(**{k: v for k, v in doc.items() if k in fields})
+    entry.status = LedgerStatus(entry.status)
+    return entry

@@ -11,9 +11,10 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from fedkeeper.function.backoff import Backoff
 from fedkeeper.function.errors import FedkeeperError, Unavailable
 
-PROBE_CAP_S = 10.0  # probe what is down at least this often
+MIN_PROBE_S = 0.1  # even with no retry backoff, a probe of what is down is not a busy loop
 
 
 class OutageTooLong(FedkeeperError):
@@ -53,15 +54,15 @@ class Outages:
     ----------
     tolerance_s
         How long an outage may last before :meth:`check` raises :class:`OutageTooLong`.
-    backoff_s
-        The first delay between probes; it doubles up to :data:`PROBE_CAP_S`.
+    backoff
+        The delays between probes (the keeper's retry policy); at least :data:`MIN_PROBE_S`.
     clock
         The keeper's monotonic clock.
     """
 
-    def __init__(self, tolerance_s: float, backoff_s: float, clock: Callable[[], float]) -> None:
+    def __init__(self, tolerance_s: float, backoff: Backoff, clock: Callable[[], float]) -> None:
         self.tolerance_s = tolerance_s
-        self.backoff_s = max(backoff_s, 0.1)
+        self.backoff = backoff
         self.clock = clock
         self.down: dict[str, Outage] = {}
         self.back_at: dict[str, datetime] = {}  # wall time each outage ended, to judge lost activations
@@ -76,7 +77,7 @@ class Outages:
         outage.probes += 1
         outage.last_seen = now
         outage.error = str(error)
-        outage.next_probe = now + min(self.backoff_s * 2 ** (outage.probes - 1), PROBE_CAP_S)
+        outage.next_probe = now + max(self.backoff.delay(outage.probes), MIN_PROBE_S)
         return outage
 
     def recovered(self, what: str) -> float | None:

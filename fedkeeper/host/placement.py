@@ -1,6 +1,7 @@
 """Which client runs where, and how the keeper reaches it.
 
-The route is decided here and only here, from the provider's declared capabilities:
+The route is decided here and only here, from the platform's declared capabilities (its catalog
+line, which its invoke client and provider read too):
 a platform that can start activations asynchronously *and* reach the store runs ``fl_client``
 directly; any other is reached through ``fl_invoker_weights_update`` on the server cluster.
 """
@@ -28,9 +29,17 @@ def route_for(capabilities: Capabilities) -> Route:
 
 @dataclass(frozen=True)
 class Placement:
+    """Client ``client`` runs on ``platform/cluster`` and is reached by ``route``."""
+
     client: int
     platform: str
     cluster: str
+    route: Route
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Its cluster's key among the opened providers."""
+        return (self.platform, self.cluster)
 
     @property
     def target(self) -> str:
@@ -49,12 +58,7 @@ def place_clients(config: Config) -> list[Placement]:
     for platform in PLATFORMS:
         clusters = sorted(config.providers.clusters(platform.name))
         for i in range(info.count(platform)):
-            placements.append(Placement(len(placements), platform.name, clusters[i % len(clusters)]))
+            cluster = clusters[i % len(clusters)]
+            route = route_for(platform.capabilities)
+            placements.append(Placement(len(placements), platform.name, cluster, route))
     return placements
-
-
-def clients_per_cluster(placements: list[Placement]) -> dict[tuple[str, str], int]:
-    counts: dict[tuple[str, str], int] = {}
-    for p in placements:
-        counts[(p.platform, p.cluster)] = counts.get((p.platform, p.cluster), 0) + 1
-    return counts

@@ -1,8 +1,8 @@
 """What a session leaves in ``logs/<session>/`` and shows on the terminal.
 
 ``keeper.jsonl`` (every event), ``rounds.csv`` (metrics per round), ``activations.csv`` (the
-ledger, one row per attempt) and ``accuracy.png``. On a terminal the current round is a
-progress bar; elsewhere (CI, pipes) plain lines.
+ledger, one row per attempt) and ``accuracy.png``. On a terminal the current round is a rich
+progress bar, with the keeper's lines printed above it; elsewhere (CI, pipes) plain lines.
 """
 
 from __future__ import annotations
@@ -14,6 +14,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
 from fedkeeper.function.redaction import redact
 from fedkeeper.host.ledger import LedgerEntry
@@ -63,7 +66,8 @@ class Reporter:
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty()
         self._events = (self.dir / "keeper.jsonl").open("a", encoding="utf-8")
-        self._bar_shown = False
+        self._console = Console(file=self.stream, force_terminal=self.tty, highlight=False, soft_wrap=True)
+        self._bar: tuple[int, Progress, TaskID] | None = None  # the round it shows
 
     # ------------------------------------------------------------------ events
     def event(self, kind: str, **fields: Any) -> None:
@@ -72,30 +76,56 @@ class Reporter:
         self._events.flush()
 
     def say(self, message: str) -> None:
-        self._end_bar()
-        print(redact(message), file=self.stream, flush=True)
+        """One line; on a terminal it goes above the progress bar, which stays at the bottom."""
+        if self.tty:
+            self._console.print(redact(message), markup=False)
+        else:
+            print(redact(message), file=self.stream, flush=True)
 
     def progress(
         self, round_number: int, selected: int, done: int, failed: int, retried: int, elapsed: float
     ) -> None:
-        """The round's progress: a redrawn bar on a terminal, nothing extra elsewhere."""
+        """Round ``round_number`` (from 0)'s progress: a bar on a terminal, gone once the round is;
+        nothing elsewhere."""
         if not self.tty:
             return
-        width = 24
-        filled = int(width * done / max(selected, 1))
-        bar = "#" * filled + "." * (width - filled)
-        line = (
-            f"\rround {round_number} [{bar}] {done}/{selected} done"
-            f" · {failed} failed · {retried} retried · {elapsed:5.1f}s"
+        if self._bar is not None and self._bar[0] != round_number:
+            self._end_bar()
+        if self._bar is None:
+            bar = Progress(
+                TextColumn("round {task.fields[round]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("done · {task.fields[failed]} failed · {task.fields[retried]} retried"),
+                TextColumn("· {task.fields[elapsed]:.1f}s"),
+                console=self._console,
+                auto_refresh=False,  # redrawn on each call: no drawing thread
+                transient=True,  # the keeper's line for the round stays, the bar goes
+                redirect_stdout=False,
+                redirect_stderr=False,
+            )
+            bar.start()
+            task = bar.add_task(
+                "round", total=selected, round=round_number + 1, failed=0, retried=0, elapsed=0.0
+            )
+            self._bar = (round_number, bar, task)
+        _, bar, task = self._bar
+        bar.update(
+            task,
+            total=selected,
+            completed=done,
+            failed=failed,
+            retried=retried,
+            elapsed=elapsed,
+            refresh=True,
         )
-        self.stream.write(line)
-        self.stream.flush()
-        self._bar_shown = True
+        if done >= selected:
+            self._end_bar()
 
     def _end_bar(self) -> None:
-        if self._bar_shown:
-            self.stream.write("\n")
-            self._bar_shown = False
+        if self._bar is not None:
+            self._bar[1].stop()
+            self._bar = None
 
     # ------------------------------------------------------------------ files
     def write_rounds(self, rounds: list[dict[str, Any]]) -> None:

@@ -146,13 +146,43 @@ def test_reference_file_maps_key_by_key_onto_the_native_model() -> None:
     assert all("\n" not in n and KEY not in n for n in notices)
 
 
+def test_prometheus_config_becomes_the_two_prometheus_urls_on_base_urls_host_unless_a_host_is_given() -> None:
+    data = filled()
+    config, _ = load(data)
+    sources = config.providers.openwhisk["invasic_cluster"].prometheus
+    assert sources is not None
+    assert (sources.platform_url, sources.node_url) == ("http://10.0.0.5:30325", "http://10.0.0.5:30471")
+    at(data, *OW, "prometheus_config").update(host="prom.example.org", port_openwhisk_metrics="")
+    sources = load(data)[0].providers.openwhisk["invasic_cluster"].prometheus
+    assert sources is not None and (sources.platform_url, sources.node_url) == (
+        None,
+        "http://prom.example.org:30471",
+    )
+    at(data, *OW, "prometheus_config").update(port_node_metrics="")
+    config, notices = load(data)
+    assert config.providers.openwhisk["invasic_cluster"].prometheus is None
+    assert [
+        n for n in notices if n.endswith("prometheus_config: no port given; no Prometheus server is queried")
+    ]
+
+
+def test_a_prometheus_port_out_of_range_is_refused_naming_the_field() -> None:
+    data = filled()
+    at(data, *OW, "prometheus_config")["port_node_metrics"] = "70000"
+    assert error(data) == (
+        "old.yaml: providers.openwhisk.invasic_cluster.prometheus_config.port_node_metrics: "
+        "must be a TCP port, 1..65535 (got 70000)"
+    )
+
+
 @pytest.mark.parametrize(
     "noticed",
     [
         "version: ",
         "name: ",
         "invasic_cluster.auth.ow_apigw_access_token: not used",
-        "invasic_cluster.prometheus_config: accepted and kept for a later metrics feature; not used yet",
+        "invasic_cluster.prometheus_config: fedkeeper serve queries the Prometheus servers there (platform "
+        "metrics at http://10.0.0.5:30325, node metrics at http://10.0.0.5:30471)",
         "invasic_cluster.configurations: ",
         "gcf_cluster.auth: every field is empty",
         "mongo_config.collection: not used",
@@ -277,7 +307,7 @@ def test_migrate_prints_a_native_file_that_loads_to_the_same_config_with_env_pla
 
     text = migrate(old)
     assert "${OW_AUTH}" in text and KEY not in text and "***" not in text
-    assert "#   prometheus_config:" in text  # kept for the later metrics feature
+    assert "node_url: http://10.0.0.5:30471" in text  # prometheus_config, as native URLs
     new = tmp_path / "new.yaml"
     new.write_text(text)
     notices: list[str] = []
@@ -301,7 +331,7 @@ def test_cli_prints_notices_on_stderr_and_migrate_on_stdout(tmp_path: Path) -> N
     assert down.returncode == 0, down.stderr
     lines = down.stderr.splitlines()
     assert lines and all(line.startswith("fedkeeper: notice: ") for line in lines)
-    assert any("prometheus_config: accepted and kept" in line for line in lines)
+    assert any("prometheus_config: fedkeeper serve queries" in line for line in lines)
     migrated = subprocess.run(
         [sys.executable, "-m", "fedkeeper", "config", "migrate", str(old)], capture_output=True, text=True
     )

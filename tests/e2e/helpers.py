@@ -10,10 +10,8 @@ from typing import Any
 
 from fedkeeper.function.config import parse_config
 from fedkeeper.function.store.db import Store
-from fedkeeper.host import deployment
-from fedkeeper.host.cli import opened_providers
-from fedkeeper.host.keeper import Keeper
 from fedkeeper.host.ledger import Ledger
+from fedkeeper.host.run import opened
 
 
 def run_session(
@@ -24,16 +22,16 @@ def run_session(
     mongo = config.fl.mongo_config
     store = Store(mongo.url, mongo.database)
     store.ensure_indexes()
-    with opened_providers(config) as providers:
-        deployment.deploy(config, providers, say=lambda _: None)
+    with opened(config) as run:
+        run.deploy(say=lambda _: None)
         watcher = threading.Thread(target=during, args=(store,), daemon=True) if during else None
         try:
             if watcher:
                 watcher.start()
-            session = Keeper(config, store, providers).start()
+            session = run.keeper(store).start()
         finally:
             if remove:  # skipped where a platform was killed on purpose and cannot remove anything
-                deployment.remove(config, providers, say=lambda _: None)
+                run.remove(say=lambda _: None)
     if watcher:
         watcher.join(timeout=5)
     return store, session
@@ -41,7 +39,7 @@ def run_session(
 
 def assert_every_selected_update_counted_once(store: Store, session: str, rounds: int) -> list[float]:
     """Each round aggregated exactly its selected clients' updates, each once. Returns accuracies."""
-    docs = store.rounds(session)
+    docs = store.for_session(session).rounds.all()
     assert [d["round"] for d in docs] == list(range(rounds))
     accuracies = []
     for doc in docs:
@@ -53,7 +51,7 @@ def assert_every_selected_update_counted_once(store: Store, session: str, rounds
         assert all(n == 1 for n in stored.values())
         assert set(doc["selected"]) <= set(stored)
         accuracies.append(doc["metrics"]["accuracy"])
-    assert store.has_weights(session, rounds)
+    assert store.for_session(session).weights.has(rounds)
     return accuracies
 
 
@@ -66,7 +64,7 @@ def client_attempts(store: Store, session: str) -> list[dict]:
             "status": e.status,
             "id": e.activation_id,
         }
-        for e in Ledger(store).entries(session)
+        for e in Ledger(store.for_session(session)).entries()
         if e.function in ("fl_client", "fl_invoker_weights_update")
     ]
 

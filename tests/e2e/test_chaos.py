@@ -42,7 +42,7 @@ def test_thirty_percent_failures_lose_and_duplicate_nothing_and_the_ledger_shows
         data["scenarios"]["federated_learning"]["functions"]["fl_client"]["timeout"] = 30
         store, session = run_session(data)
 
-    assert store.session(session)["phase"] == "Succeeded"
+    assert store.for_session(session).record.get()["phase"] == "Succeeded"
     assert_every_selected_update_counted_once(store, session, rounds=3)
 
     attempts = client_attempts(store, session)
@@ -75,11 +75,11 @@ def test_past_the_deadline_a_round_closes_on_quorum_and_late_updates_are_left_ou
         store, session = run_session(data, remove=False)
         time.sleep(10)  # let the stragglers finish and write their (late) updates
 
-    for doc in store.rounds(session):
+    for doc in store.for_session(session).rounds.all():
         included = doc["included"]
         assert 1 <= len(included) <= 4
         assert sorted(doc["metrics"]["accepted"]) == included  # only the closing set was aggregated
-        late = store.update_clients(session, doc["round"]) - set(included)
+        late = store.for_session(session).updates.clients(doc["round"]) - set(included)
         timed_out = {
             e["client"]
             for e in store.db.activations.find(
@@ -87,4 +87,6 @@ def test_past_the_deadline_a_round_closes_on_quorum_and_late_updates_are_left_ou
             )
         }
         assert late <= timed_out  # a late update exists only for an activation the round gave up on
-    assert any(len(doc["included"]) < 4 for doc in store.rounds(session)), "no round closed on quorum"
+    assert any(len(doc["included"]) < 4 for doc in store.for_session(session).rounds.all()), (
+        "no round closed on quorum"
+    )

@@ -88,7 +88,7 @@ def test_fedkeeper_reference_config_deploys_trains_and_removes_with_main_py(
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     assert "deployed fl_client x2 to openwhisk/invasic_cluster" in deployed.stdout
     notices = [ln for ln in deployed.stderr.splitlines() if ln.startswith("fedkeeper: notice: ")]
-    assert any("prometheus_config: accepted and kept for a later metrics feature" in n for n in notices)
+    assert any("prometheus_config: fedkeeper serve queries the Prometheus servers" in n for n in notices)
     assert any("max_rounds" in n and "default 10" in n for n in notices)
 
     trained = run(tmp_path, str(ROOT / "main.py"), "-c", str(config), "-s", timeout=1800)

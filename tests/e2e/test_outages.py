@@ -19,12 +19,10 @@ import yaml
 
 from fedkeeper.function.config import parse_config
 from fedkeeper.function.store.db import Store
-from fedkeeper.host import deployment
-from fedkeeper.host.cli import opened_providers
 from fedkeeper.host.fabric.process import FabricProcess
-from fedkeeper.host.keeper import Keeper
-from fedkeeper.host.ledger import SUBMITTED, UNAVAILABLE, Ledger
+from fedkeeper.host.ledger import Ledger, LedgerStatus
 from fedkeeper.host.outages import OutageTooLong
+from fedkeeper.host.run import opened
 from fedkeeper.host.store.embedded import EmbeddedMongo
 
 from .conftest import E2E_LIMITS, training_config
@@ -47,7 +45,7 @@ def _fabric(state: Path, port: int = 0, faults: dict[str, Any] | None = SLOW_CLI
 
 
 def _in_flight(store: Store, round_number: int) -> bool:
-    query = {"round": round_number, "function": "fl_client", "status": SUBMITTED}
+    query = {"round": round_number, "function": "fl_client", "status": LedgerStatus.SUBMITTED}
     return store.db.activations.count_documents(query) > 0
 
 
@@ -87,17 +85,21 @@ def test_a_fabric_down_mid_round_past_the_retry_budget_is_waited_out_and_no_clie
             fabric.cleanup()
 
     assert restarted_at  # the outage happened while the session ran
-    assert store.session(session)["phase"] == "Succeeded"
+    assert store.for_session(session).record.get()["phase"] == "Succeeded"
     assert_every_selected_update_counted_once(store, session, rounds=2)
-    assert all(doc["metrics"]["failed_clients"] == 0 for doc in store.rounds(session))
+    assert all(doc["metrics"]["failed_clients"] == 0 for doc in store.for_session(session).rounds.all())
     # Every round-1 attempt made before the fabric came back either delivered or was booked to
     # the outage; none cost its client a retry.
     during = {
         e.status
-        for e in Ledger(store).entries(session)
+        for e in Ledger(store.for_session(session)).entries()
         if e.round == 1 and e.client >= 0 and e.submitted_at < restarted_at[0]
     }
-    assert UNAVAILABLE in during and during <= {"success", "record lost", UNAVAILABLE}
+    assert LedgerStatus.UNAVAILABLE in during and during <= {
+        "success",
+        "record lost",
+        LedgerStatus.UNAVAILABLE,
+    }
     events = _events(tmp_path / "logs", session)
     assert any(e["event"] == "waiting" and e["what"] == "openwhisk/local" for e in events)
     assert any(e["event"] == "outage_over" and e["what"] == "openwhisk/local" for e in events)
@@ -114,26 +116,26 @@ def test_a_fabric_down_past_the_outage_tolerance_fails_the_session_and_resume_co
     store = Store(config.fl.mongo_config.url, config.fl.mongo_config.database)
     store.ensure_indexes()
     try:
-        with opened_providers(config) as providers:
-            deployment.deploy(config, providers, say=lambda _: None)
+        with opened(config) as run:
+            run.deploy(say=lambda _: None)
             fabric.stop()
             with pytest.raises(
                 OutageTooLong, match=r"\(PlatformUnavailable\): openwhisk/local did not answer"
             ):
-                Keeper(config, store, providers).start()
+                run.keeper(store).start()
             (doc,) = store.sessions()
             assert doc["phase"] == "Failed"
             assert doc["conditions"][-1]["reason"] == "PlatformUnavailable"
 
             fabrics.append(_fabric(tmp_path / "fabric", port, faults=None))  # the cause is fixed
-            session = Keeper(config, store, providers).resume(doc["_id"])
-            deployment.remove(config, providers, say=lambda _: None)
+            session = run.keeper(store).resume(doc["_id"])
+            run.remove(say=lambda _: None)
     finally:
         for f in fabrics:
             f.cleanup()
 
     assert session == doc["_id"]
-    assert store.session(session)["phase"] == "Succeeded"
+    assert store.for_session(session).record.get()["phase"] == "Succeeded"
     assert_every_selected_update_counted_once(store, session, rounds=2)
 
 
@@ -160,7 +162,10 @@ def test_a_store_down_past_the_outage_tolerance_exits_with_one_line_and_resume_c
         activations = watch[database].activations
         wait_for(
             lambda: (
-                activations.count_documents({"round": 1, "function": "fl_client", "status": SUBMITTED}) > 0
+                activations.count_documents(
+                    {"round": 1, "function": "fl_client", "status": LedgerStatus.SUBMITTED}
+                )
+                > 0
             ),
             240,
             "round 1 clients in flight",
@@ -183,13 +188,13 @@ def test_a_store_down_past_the_outage_tolerance_exits_with_one_line_and_resume_c
         )  # fmt: skip
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         store = Store(mongo.url, database)
-        assert store.session(session)["phase"] == "Succeeded"
+        assert store.for_session(session).record.get()["phase"] == "Succeeded"
         assert_every_selected_update_counted_once(store, session, rounds=2)
         # clients that met the dead store were booked to the outage, not charged a retry
         assert {a["status"] for a in client_attempts(store, session)} <= {
             "success",
             "record lost",
-            UNAVAILABLE,
+            LedgerStatus.UNAVAILABLE,
         }
     finally:
         if keeper is not None and keeper.poll() is None:

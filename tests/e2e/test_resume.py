@@ -12,7 +12,7 @@ import yaml
 
 from fedkeeper.function.store.db import Store
 from fedkeeper.host.fabric.process import FabricProcess
-from fedkeeper.host.ledger import SUBMITTED
+from fedkeeper.host.ledger import LedgerStatus
 
 from .conftest import E2E_LIMITS, training_config
 from .helpers import assert_every_selected_update_counted_once, wait_for
@@ -43,7 +43,7 @@ def test_sigkilled_keeper_resumes_mid_round_and_counts_each_update_once(
             wait_for(
                 lambda: (
                     store.db.activations.count_documents(
-                        {"round": 1, "function": "fl_client", "status": SUBMITTED}
+                        {"round": 1, "function": "fl_client", "status": LedgerStatus.SUBMITTED}
                     )
                     > 0
                 ),
@@ -58,7 +58,9 @@ def test_sigkilled_keeper_resumes_mid_round_and_counts_each_update_once(
         (session_doc,) = list(store.db.sessions.find())
         session = session_doc["_id"]
         assert session_doc["phase"] == "Running" and session_doc["round"] == 1
-        in_flight = store.db.activations.count_documents({"session": session, "status": SUBMITTED})
+        in_flight = store.db.activations.count_documents(
+            {"session": session, "status": LedgerStatus.SUBMITTED}
+        )
         assert in_flight > 0
 
         resumed = subprocess.run(
@@ -68,9 +70,9 @@ def test_sigkilled_keeper_resumes_mid_round_and_counts_each_update_once(
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         assert "resuming" in resumed.stdout
 
-    doc = store.session(session)
+    doc = store.for_session(session).record.get()
     assert doc["phase"] == "Succeeded"
     assert_every_selected_update_counted_once(store, session, rounds=3)
     # the activations the dead keeper left behind were adopted, not abandoned
-    assert store.db.activations.count_documents({"session": session, "status": SUBMITTED}) == 0
+    assert store.db.activations.count_documents({"session": session, "status": LedgerStatus.SUBMITTED}) == 0
     assert (tmp_path / "logs" / session / "rounds.csv").read_text().count("\n") == 4

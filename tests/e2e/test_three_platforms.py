@@ -79,7 +79,7 @@ def test_one_session_trains_over_openwhisk_gcf_and_lambda_with_one_ledger(
 ) -> None:
     store, session = run_session(three_platform_config(backends, mongo_url, tmp_path / "logs"))
 
-    rounds = store.rounds(session)
+    rounds = store.for_session(session).rounds.all()
     assert [r["included"] for r in rounds] == [[0, 1, 2, 3, 4, 5]] * 3
     accuracies = [r["metrics"]["accuracy"] for r in rounds]
     assert accuracies[-1] > accuracies[0], accuracies
@@ -108,8 +108,8 @@ def test_a_platform_killed_mid_round_costs_no_retries_then_the_round_closes_on_q
     )  # fmt: skip
     store, session = run_session(data, during=stop_when_round_one_opens(gcf), remove=False)
 
-    assert store.session(session)["phase"] == "Succeeded"
-    rounds = store.rounds(session)
+    assert store.for_session(session).record.get()["phase"] == "Succeeded"
+    rounds = store.for_session(session).rounds.all()
     assert rounds[0]["included"] == [0, 1, 2, 3, 4, 5]
     for r in rounds[1:]:
         assert r["included"] == [0, 1, 4, 5], r  # GCF's clients given up; quorum 4 of 6 closed the round
@@ -160,8 +160,8 @@ def test_gcf_answering_503_mid_round_is_waited_for_without_spending_retries(
     data = three_platform_config(backends, mongo_url, tmp_path / "logs", max_retries=0, retry_backoff_s=0.1)
     store, session = run_session(data, during=gcf_down_until_both_its_clients_waited)
 
-    assert store.session(session)["phase"] == "Succeeded"
-    for r in store.rounds(session):
+    assert store.for_session(session).record.get()["phase"] == "Succeeded"
+    for r in store.for_session(session).rounds.all():
         assert r["included"] == [0, 1, 2, 3, 4, 5], r
         assert r["metrics"]["failed_clients"] == 0
     gcf_attempts = [a for a in client_attempts(store, session) if a["round"] == 1 and a["client"] in (2, 3)]
@@ -214,7 +214,7 @@ def test_weights_past_lambdas_payload_limit_go_by_reference(mongo_url: str, tmp_
         fl["model_params"].update(model="cnn", input_size=784, learning_rate=0.001)
         store, session = run_session(data)
 
-    (round_doc,) = store.rounds(session)
+    (round_doc,) = store.for_session(session).rounds.all()
     assert round_doc["included"] == [0, 1]
     (invoker,) = list(store.db.activations.find({"session": session, "client": 1}))
     assert invoker["function"] == "fl_invoker_weights_update" and invoker["status"] == "success"

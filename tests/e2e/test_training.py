@@ -16,7 +16,7 @@ def test_four_clients_three_rounds_accuracy_rises_and_each_update_counts_once(
 ) -> None:
     store, session = run_session(training_config(fabric.url, mongo_url, tmp_path / "logs"))
 
-    doc = store.session(session)
+    doc = store.for_session(session).record.get()
     assert doc["phase"] == "Succeeded"
     assert doc["conditions"][-1]["reason"] == "MaxRoundsReached"
     accuracies = assert_every_selected_update_counted_once(store, session, rounds=3)
@@ -25,7 +25,8 @@ def test_four_clients_three_rounds_accuracy_rises_and_each_update_counts_once(
     # Retention (keep_updates: 2 by default): round 0's weights are gone, its records stay.
     kept = store.db.updates.find({"session": session, "blob": {"$ne": None}}, {"round": 1})
     assert {d["round"] for d in kept} == {1, 2}
-    assert not store.has_weights(session, 0) and store.has_weights(session, 1)
+    weights = store.for_session(session).weights
+    assert not weights.has(0) and weights.has(1)
 
     attempts = client_attempts(store, session)
     assert len(attempts) == 12 and all(a["status"] == "success" for a in attempts)

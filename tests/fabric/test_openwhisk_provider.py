@@ -16,6 +16,7 @@ import pytest
 import requests
 from aiohttp import ClientSession, web
 
+from fedkeeper.function.backoff import Backoff
 from fedkeeper.function.config import OpenWhiskCluster
 from fedkeeper.function.errors import PayloadTooLarge, ProviderError
 from fedkeeper.function.invoke.base import ActivationStatus
@@ -43,8 +44,7 @@ def main(params):
 class Fast(OpenWhiskProvider):
     """Short backoff, so retry tests stay quick."""
 
-    backoff_initial_s = 0.05
-    backoff_max_s = 0.3
+    backoff = Backoff(base_s=0.05, cap_s=0.3, jitter_s=0.05)
     poll_interval_s = 0.05
 
 

@@ -14,7 +14,10 @@ import pytest
 from fedkeeper.function.config import FederatedLearning, ModelParams, TrainingTestData
 from fedkeeper.function.errors import PlatformUnavailable, Unavailable
 from fedkeeper.function.store import weights as wire
-from fedkeeper.function.store.db import Store
+from fedkeeper.function.store.db import SessionStore, Store
+from fedkeeper.function.store.global_weights import GlobalWeights
+from fedkeeper.function.store.partitions import Partitions
+from fedkeeper.function.store.sessions import SessionRecord
 from fedkeeper.function.tasks.entry import run
 
 SCENARIO = FederatedLearning.model_validate(
@@ -32,9 +35,8 @@ SCENARIO = FederatedLearning.model_validate(
 def bound(mongo_url: str, mongo_db_name: str) -> dict[str, Any]:
     store = Store(mongo_url, mongo_db_name)
     store.ensure_indexes()
-    store.create_session(
+    store.for_session("s1").record.create(
         {
-            "_id": "s1",
             "config_digest": "d",
             "scenario": SCENARIO.model_dump(mode="json", exclude={"mongo_config"}),
         }
@@ -43,8 +45,9 @@ def bound(mongo_url: str, mongo_db_name: str) -> dict[str, Any]:
     store.db.client.drop_database(mongo_db_name)
 
 
-def _store(bound: dict[str, Any]) -> Store:
-    return Store(bound["store"]["url"], bound["store"]["database"])
+def _store(bound: dict[str, Any]) -> SessionStore:
+    """Session ``s1`` in the store the functions are bound to."""
+    return Store(bound["store"]["url"], bound["store"]["database"]).for_session("s1")
 
 
 def test_server_init_creates_round_zero_and_disjoint_partitions_idempotently(bound: dict[str, Any]) -> None:
@@ -53,10 +56,10 @@ def test_server_init_creates_round_zero_and_disjoint_partitions_idempotently(bou
     assert "error" not in first, first
     assert first["created"] is True and again["created"] is False
     store = _store(bound)
-    parts = [store.get_partition("s1", c) for c in range(3)]
+    parts = [store.partitions.get(c) for c in range(3)]
     assert sum(len(p) for p in parts) == sum(first["partition_sizes"])
     assert len(set(np.concatenate(parts).tolist())) == sum(len(p) for p in parts)
-    assert [w.shape for w in store.get_weights("s1", 0)] == [(64, 16), (16,), (16, 10), (10,)]
+    assert [w.shape for w in store.weights.get(0)] == [(64, 16), (16,), (16, 10), (10,)]
 
 
 def test_init_that_dies_after_the_weights_is_not_taken_as_initialised(bound: dict[str, Any]) -> None:
@@ -65,17 +68,17 @@ def test_init_that_dies_after_the_weights_is_not_taken_as_initialised(bound: dic
     # after the round-0 weights are written, as a crash between the two writes would.
     broken = SCENARIO.model_dump(mode="json", exclude={"mongo_config"})
     broken["data_sampling"] = {"method": "shards", "shards_per_client": 1000}
-    store.db.sessions.update_one({"_id": "s1"}, {"$set": {"scenario": broken}})
+    store.store.db.sessions.update_one({"_id": "s1"}, {"$set": {"scenario": broken}})
     reply = run("fl_server_init", {"session": "s1"}, bound)
-    assert "error" in reply and store.has_weights("s1", 0) and store.partition_sizes("s1") == {}
-    assert store.initialised("s1") is False
+    assert "error" in reply and store.weights.has(0) and store.partitions.sizes() == {}
+    assert store.record.initialised() is False
 
-    store.db.sessions.update_one(
+    store.store.db.sessions.update_one(
         {"_id": "s1"}, {"$set": {"scenario": SCENARIO.model_dump(mode="json", exclude={"mongo_config"})}}
     )
     again = run("fl_server_init", {"session": "s1"}, bound)
     assert again["created"] is False and len(again["partition_sizes"]) == 3
-    assert store.initialised("s1") is True
+    assert store.record.initialised() is True
 
 
 def test_client_direct_mode_stores_its_update_exactly_once(bound: dict[str, Any]) -> None:
@@ -85,13 +88,13 @@ def test_client_direct_mode_stores_its_update_exactly_once(bound: dict[str, Any]
     second = run("fl_client", {**call, "attempt": 2}, bound)
     assert first["stored"] is True and first["num_examples"] > 0
     assert second["stored"] is False
-    assert _store(bound).update_clients("s1", 0) == {1}
+    assert _store(bound).updates.clients(0) == {1}
 
 
 def test_client_inline_mode_needs_no_store_and_returns_weights(bound: dict[str, Any]) -> None:
     run("fl_server_init", {"session": "s1"}, bound)
     store = _store(bound)
-    weights = store.get_weights("s1", 0)
+    weights = store.weights.get(0)
     job = {
         "session": "s1",
         "round": 0,
@@ -101,7 +104,7 @@ def test_client_inline_mode_needs_no_store_and_returns_weights(bound: dict[str, 
         "model": SCENARIO.model_params.model_dump(mode="json"),
         "data": {
             "dataset": SCENARIO.training_test_data.model_dump(mode="json"),
-            "indices": store.get_partition("s1", 0).tolist(),
+            "indices": store.partitions.get(0).tolist(),
         },
     }
     reply = run("fl_client", job)  # no binding at all
@@ -133,7 +136,7 @@ def test_client_rejects_malformed_jobs_with_one_line_errors(
         "round": 0,
         "client": 0,
         "attempt": 1,
-        "weights": wire.to_b64(store.get_weights("s1", 0)),
+        "weights": wire.to_b64(store.weights.get(0)),
         "model": SCENARIO.model_params.model_dump(mode="json"),
         "data": {"dataset": {"dataset": "digits"}, "indices": [0, 1, 2]},
         **mutation,
@@ -150,21 +153,21 @@ def test_aggregator_rejects_malformed_updates_and_averages_the_rest(bound: dict[
         assert run("fl_client", {"session": "s1", "round": 0, "client": client, "attempt": 1}, bound)[
             "stored"
         ]
-    poisoned = [w.copy() for w in store.get_weights("s1", 0)]
+    poisoned = [w.copy() for w in store.weights.get(0)]
     poisoned[0][0, 0] = np.nan
-    store.put_update("s1", 0, 2, poisoned, 50, 1.0, 0.1)
-    store.open_round("s1", 0, [0, 1, 2])
-    store.close_round("s1", 0, [0, 1, 2])
+    store.updates.put(0, 2, poisoned, 50, 1.0, 0.1)
+    store.rounds.open(0, [0, 1, 2])
+    store.rounds.close(0, [0, 1, 2])
     metrics = run("fl_server_aggregator", {"session": "s1", "round": 0, "clients": [0, 1, 2]}, bound)
     assert "error" not in metrics, metrics
     assert metrics["accepted"] == [0, 1]
     assert "2" in metrics["rejected"] and "NaN" in metrics["rejected"]["2"]
-    assert store.db.updates.find_one({"session": "s1", "round": 0, "client": 2})["status"] == "rejected"
+    assert store.store.db.updates.find_one({"session": "s1", "round": 0, "client": 2})["status"] == "rejected"
     # FedAvg of the two accepted updates, weighted by their example counts
-    updates = {u.client: u for u in store.iter_updates("s1", 0, [0, 1])}
+    updates = {u.client: u for u in store.updates.stream(0, [0, 1])}
     n0, n1 = updates[0].num_examples, updates[1].num_examples
     expected = (updates[0].weights[0] * n0 + updates[1].weights[0] * n1) / (n0 + n1)
-    np.testing.assert_allclose(store.get_weights("s1", 1)[0], expected, atol=1e-6)
+    np.testing.assert_allclose(store.weights.get(1)[0], expected, atol=1e-6)
     again = run("fl_server_aggregator", {"session": "s1", "round": 0, "clients": [0, 1, 2]}, bound)
     assert again["accuracy"] == metrics["accuracy"]  # a revived aggregator returns the same round
 
@@ -218,11 +221,11 @@ def test_aggregator_revived_after_writing_weights_reports_the_same_round(bound: 
     for client in (0, 1, 2):
         run("fl_client", {"session": "s1", "round": 0, "client": client, "attempt": 1}, bound)
     store = _store(bound)
-    store.open_round("s1", 0, [0, 1, 2])
-    store.close_round("s1", 0, [0, 1, 2])
+    store.rounds.open(0, [0, 1, 2])
+    store.rounds.close(0, [0, 1, 2])
     first = run("fl_server_aggregator", {"session": "s1", "round": 0, "clients": [0, 1, 2]}, bound)
     # the first attempt died after writing round 1's weights, before recording the metrics
-    store.db.rounds.update_one(
+    store.store.db.rounds.update_one(
         {"session": "s1", "round": 0}, {"$unset": {"metrics": ""}, "$set": {"status": "closed"}}
     )
     revived = run("fl_server_aggregator", {"session": "s1", "round": 0, "clients": [0, 1, 2]}, bound)
@@ -236,12 +239,12 @@ from fedkeeper.function.tasks.entry import run
 
 bound = json.loads(sys.argv[1])
 init = run("fl_server_init", {"session": "s1"}, bound)
-store = Store(bound["store"]["url"], bound["store"]["database"])
-start = store.get_weights("s1", 0)
+store = Store(bound["store"]["url"], bound["store"]["database"]).for_session("s1")
+start = store.weights.get(0)
 for client in (0, 1):
-    store.put_update("s1", 0, client, [w + 0.01 * (client + 1) for w in start], 10, 1.0, 0.5)
-store.open_round("s1", 0, [0, 1])
-store.close_round("s1", 0, [0, 1])
+    store.updates.put(0, client, [w + 0.01 * (client + 1) for w in start], 10, 1.0, 0.5)
+store.rounds.open(0, [0, 1])
+store.rounds.close(0, [0, 1])
 metrics = run("fl_server_aggregator", {"session": "s1", "round": 0, "clients": [0, 1]}, bound)
 heavy = sorted(m for m in ("tensorflow", "keras", "sklearn") if m in sys.modules)
 print(json.dumps({"init": init, "metrics": metrics, "imported": heavy}))
@@ -269,12 +272,12 @@ def test_a_warm_client_stores_exactly_the_update_a_cold_worker_would(bound: dict
     run("fl_server_init", {"session": "s1"}, bound)
     for client in (0, 2, 1):  # client 1 on a worker that served the others first
         run("fl_client", {"session": "s1", "round": 0, "client": client, "attempt": 1}, bound)
-    store = _store(bound)
-    warm = store.db.updates.find_one({"session": "s1", "round": 0, "client": 1})
-    store.db.updates.delete_one({"_id": warm["_id"]})
+    updates = _store(bound).store.db.updates
+    warm = updates.find_one({"session": "s1", "round": 0, "client": 1})
+    updates.delete_one({"_id": warm["_id"]})
     warm_inputs.clear(), clear_model_cache(), clear_cache()  # a new worker
     run("fl_client", {"session": "s1", "round": 0, "client": 1, "attempt": 2}, bound)
-    cold = store.db.updates.find_one({"session": "s1", "round": 0, "client": 1})
+    cold = updates.find_one({"session": "s1", "round": 0, "client": 1})
     assert cold["checksum"] == warm["checksum"] and cold["loss"] == warm["loss"]
 
 
@@ -286,16 +289,16 @@ def test_a_warm_client_reads_settings_weights_and_partition_once(
     run("fl_server_init", {"session": "s1"}, bound)
     warm_inputs.clear()
     reads: list[str] = []
-    for name in ("session", "get_weights", "get_partition"):
-        method = getattr(Store, name)
+    for part in (SessionRecord, GlobalWeights, Partitions):
+        method = part.get
         monkeypatch.setattr(
-            Store, name, lambda self, *a, _m=method, _n=name: reads.append(_n) or _m(self, *a)
+            part, "get", lambda self, *a, _m=method, _n=part.__name__: reads.append(_n) or _m(self, *a)
         )
     for attempt in (1, 2):  # the second attempt finds the update stored and trains nothing
         for client in (0, 1, 2):
             run("fl_client", {"session": "s1", "round": 0, "client": client, "attempt": attempt}, bound)
     run("fl_client", {"session": "s1", "round": 0, "client": 0, "attempt": 3}, bound)
-    assert sorted(reads) == ["get_partition"] * 3 + ["get_weights", "session"]
+    assert sorted(reads) == ["GlobalWeights"] + ["Partitions"] * 3 + ["SessionRecord"]
 
 
 def test_warm_inputs_are_kept_per_database(bound: dict[str, Any], mongo_url: str) -> None:
@@ -303,12 +306,12 @@ def test_warm_inputs_are_kept_per_database(bound: dict[str, Any], mongo_url: str
     other = {"store": {"url": mongo_url, "database": f"{bound['store']['database']}_b"}}
     wider = SCENARIO.model_dump(mode="json", exclude={"mongo_config"})
     wider["model_params"]["hidden_size"] = 24
-    _store(other).create_session({"_id": "s1", "config_digest": "d", "scenario": wider})
+    _store(other).record.create({"config_digest": "d", "scenario": wider})
     try:
         for where in (bound, other):
             run("fl_server_init", {"session": "s1"}, where)
             run("fl_client", {"session": "s1", "round": 0, "client": 0, "attempt": 1}, where)
-        updates = [next(_store(where).iter_updates("s1", 0, [0])) for where in (bound, other)]
+        updates = [next(_store(where).updates.stream(0, [0])) for where in (bound, other)]
         assert [u.weights[0].shape for u in updates] == [(64, 16), (64, 24)]  # type: ignore[union-attr]
     finally:
-        _store(other).db.client.drop_database(other["store"]["database"])
+        _store(other).store.db.client.drop_database(other["store"]["database"])

@@ -16,7 +16,8 @@ import requests
 from fedkeeper.function.config import GUEST_AUTH, FederatedLearning, OpenWhiskCluster
 from fedkeeper.function.errors import InvalidUpdate
 from fedkeeper.function.store import weights as wire
-from fedkeeper.function.store.db import Store, StoredUpdate
+from fedkeeper.function.store.db import Store
+from fedkeeper.function.store.updates import StoredUpdate
 from fedkeeper.function.strategies import FedAvg
 from fedkeeper.function.tasks.entry import run
 from fedkeeper.host.fabric.process import FabricProcess
@@ -53,9 +54,8 @@ def session(mongo_url: str, mongo_db_name: str, fabric: FabricProcess) -> Iterat
         update={"server_config": SCENARIO.server_config.model_copy(update={"max_update_norm": 20.0})}
     )
     for session_id, scenario in (("s1", SCENARIO), ("s-norm", normed)):
-        store.create_session(
+        store.for_session(session_id).record.create(
             {
-                "_id": session_id,
                 "config_digest": "d",
                 "scenario": FederatedLearning.model_dump(scenario, mode="json", exclude={"mongo_config"}),
             }
@@ -100,8 +100,8 @@ def _aggregate(session: dict[str, Any], session_id: str) -> dict[str, Any]:
     assert run("fl_client", {"session": session_id, "round": 0, "client": 1, "attempt": 1}, session["bound"])[
         "stored"
     ]
-    store.open_round(session_id, 0, [0, 1])
-    store.close_round(session_id, 0, [0, 1])
+    store.for_session(session_id).rounds.open(0, [0, 1])
+    store.for_session(session_id).rounds.close(0, [0, 1])
     return run(
         "fl_server_aggregator", {"session": session_id, "round": 0, "clients": [0, 1]}, session["bound"]
     )
@@ -109,18 +109,18 @@ def _aggregate(session: dict[str, Any], session_id: str) -> dict[str, Any]:
 
 def test_inflated_num_examples_is_rejected_and_cannot_take_over_fedavg(session: dict[str, Any]) -> None:
     store: Store = session["store"]
-    huge = [np.full(w.shape, 1e30, dtype=w.dtype) for w in store.get_weights("s1", 0)]
+    huge = [np.full(w.shape, 1e30, dtype=w.dtype) for w in store.for_session("s1").weights.get(0)]
     result = _invoke(session, "s1", {"weights": wire.to_b64(huge), "num_examples": 10**12})
     assert "error" not in result, result
-    partition = len(store.get_partition("s1", 0))
+    partition = len(store.for_session("s1").partitions.get(0))
     assert result["rejected"] == (
         f"num_examples 1000000000000 is more than the {partition} examples of the client's partition"
     )
     metrics = _aggregate(session, "s1")
     assert metrics["accepted"] == [1] and metrics["rejected"] == {"0": result["rejected"]}
-    (honest,) = store.iter_updates("s1", 0, [1])
+    (honest,) = store.for_session("s1").updates.stream(0, [1])
     assert isinstance(honest, StoredUpdate)
-    for got, want in zip(store.get_weights("s1", 1), honest.weights, strict=True):
+    for got, want in zip(store.for_session("s1").weights.get(1), honest.weights, strict=True):
         np.testing.assert_array_equal(got, want)  # only the honest client counts
     assert store.db.updates.find_one({"session": "s1", "round": 0, "client": 0})["status"] == "rejected"
 
@@ -140,14 +140,14 @@ def test_inflated_num_examples_is_rejected_and_cannot_take_over_fedavg(session: 
 def test_bad_num_examples_from_a_target_is_a_clean_rejection(
     session: dict[str, Any], num_examples: Any, reason: str
 ) -> None:
-    weights = session["store"].get_weights("s1", 0)
+    weights = session["store"].for_session("s1").weights.get(0)
     result = _invoke(session, "s1", {"weights": wire.to_b64(weights), "num_examples": num_examples})
     assert "error" not in result, result
     assert result["stored"] is True and result["rejected"].startswith(reason)
 
 
 def test_non_finite_weights_from_a_target_are_rejected(session: dict[str, Any]) -> None:
-    weights = [w.copy() for w in session["store"].get_weights("s1", 0)]
+    weights = [w.copy() for w in session["store"].for_session("s1").weights.get(0)]
     weights[1][3] = np.inf
     result = _invoke(session, "s1", {"weights": wire.to_b64(weights), "num_examples": 10})
     assert result["rejected"] == "array 1: contains NaN or infinite values"
@@ -155,7 +155,7 @@ def test_non_finite_weights_from_a_target_are_rejected(session: dict[str, Any]) 
 
 def test_update_past_max_update_norm_is_rejected_with_its_norm(session: dict[str, Any]) -> None:
     store: Store = session["store"]
-    far = [w + np.float32(1.0) for w in store.get_weights("s-norm", 0)]
+    far = [w + np.float32(1.0) for w in store.for_session("s-norm").weights.get(0)]
     result = _invoke(session, "s-norm", {"weights": wire.to_b64(far), "num_examples": 10})
     size = sum(w.size for w in far)
     assert result["rejected"] == f"update norm {size**0.5:.6g} is past max_update_norm 20"
@@ -164,7 +164,7 @@ def test_update_past_max_update_norm_is_rejected_with_its_norm(session: dict[str
 
 
 def test_an_update_within_the_bounds_is_stored_as_received(session: dict[str, Any]) -> None:
-    near = [w + np.float32(1e-3) for w in session["store"].get_weights("s-norm", 0)]
+    near = [w + np.float32(1e-3) for w in session["store"].for_session("s-norm").weights.get(0)]
     result = _invoke(session, "s-norm", {"weights": wire.to_b64(near), "num_examples": 10})
     assert result["stored"] is True and result["num_examples"] == 10 and "rejected" not in result
 

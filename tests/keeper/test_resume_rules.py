@@ -20,8 +20,10 @@ import pytest
 from fedkeeper.function.config import GUEST_AUTH, parse_config
 from fedkeeper.function.errors import FedkeeperError
 from fedkeeper.function.store.db import Store
+from fedkeeper.function.store.statuses import Phase
 from fedkeeper.host.keeper import Keeper, SessionFailed
-from fedkeeper.host.ledger import UNAVAILABLE, Ledger
+from fedkeeper.host.ledger import Ledger, LedgerStatus
+from fedkeeper.host.plan import Plan
 from fedkeeper.host.providers.openwhisk import OpenWhiskProvider
 
 ROUNDS = 2
@@ -61,7 +63,8 @@ def _keeper(data: dict[str, Any], store: Store) -> Keeper:
     config = parse_config(data, "resume.yaml")
     provider = OpenWhiskProvider("local", config.providers.openwhisk["local"])
     provider.max_attempts = 1  # one refused connection is enough to know nothing answers
-    return Keeper(config, store, {("openwhisk", "local"): provider})
+    providers = {("openwhisk", "local"): provider}
+    return Keeper(config, Plan.build(config, providers), store, providers)
 
 
 @pytest.fixture
@@ -79,25 +82,26 @@ def failed(mongo_url: str, mongo_db_name: str, tmp_path: Path) -> Iterator[tuple
 
 def _last_round_aggregated(store: Store, session: str) -> None:
     """What a keeper that died right after the last aggregation leaves in the store."""
-    store.put_weights(session, 0, [np.zeros((2, 2), dtype=np.float32)])
-    store.mark_initialised(session)
+    s = store.for_session(session)
+    s.weights.put(0, [np.zeros((2, 2), dtype=np.float32)])
+    s.record.mark_initialised()
     last = ROUNDS - 1
-    store.advance_round(session, last)
-    store.open_round(session, last, [0, 1])
-    store.close_round(session, last, [0, 1])
-    store.finish_round(session, last, {"accuracy": 0.5, "loss": 1.0, "accepted": [0, 1]})
-    store.put_weights(session, ROUNDS, [np.zeros((2, 2), dtype=np.float32)])
+    s.record.advance_round(last)
+    s.rounds.open(last, [0, 1])
+    s.rounds.close(last, [0, 1])
+    s.rounds.finish(last, {"accuracy": 0.5, "loss": 1.0, "accepted": [0, 1]})
+    s.weights.put(ROUNDS, [np.zeros((2, 2), dtype=np.float32)])
 
 
 def test_a_platform_outage_past_the_tolerance_fails_the_session_with_reason_platform_unavailable(
     failed: tuple[Store, str, dict[str, Any]],
 ) -> None:
     store, session, _ = failed
-    doc = store.session(session)
+    doc = store.for_session(session).record.get()
     assert doc["phase"] == "Failed"
     assert doc["conditions"][-1]["reason"] == "PlatformUnavailable"
-    statuses = {e.status for e in Ledger(store).entries(session)}
-    assert statuses == {UNAVAILABLE}  # the outage cost fl_server_init no retry
+    statuses = {e.status for e in Ledger(store.for_session(session)).entries()}
+    assert statuses == {LedgerStatus.UNAVAILABLE}  # the outage cost fl_server_init no retry
 
 
 def test_resume_accepts_rotated_credentials_and_changed_timeouts_retries_and_urls(
@@ -105,7 +109,8 @@ def test_resume_accepts_rotated_credentials_and_changed_timeouts_retries_and_url
 ) -> None:
     store, session, data = failed
     _last_round_aggregated(store, session)
-    store.set_phase(session, "Running", "KeeperDied")  # only the configuration check is in the way
+    # only the configuration check is in the way
+    store.for_session(session).record.set_phase(Phase.RUNNING, "KeeperDied")
     changed = copy.deepcopy(data)
     changed["providers"]["openwhisk"]["local"].update(auth=ROTATED_AUTH, base_url=_dead_url())
     fl = changed["scenarios"]["federated_learning"]
@@ -117,7 +122,7 @@ def test_resume_accepts_rotated_credentials_and_changed_timeouts_retries_and_url
     changed["logs_dir"] = str(Path(data["logs_dir"]).with_name("other-logs"))
 
     assert _keeper(changed, store).resume(session) == session
-    assert store.session(session)["phase"] == "Succeeded"
+    assert store.for_session(session).record.get()["phase"] == "Succeeded"
 
 
 def test_resume_refuses_a_changed_model_and_names_the_field(
@@ -129,14 +134,14 @@ def test_resume_refuses_a_changed_model_and_names_the_field(
 
     with pytest.raises(SessionFailed, match=r"model_params\.hidden_size: was 32, now 64"):
         _keeper(changed, store).resume(session)
-    assert store.session(session)["phase"] == "Failed"  # nothing was started
+    assert store.for_session(session).record.get()["phase"] == "Failed"  # nothing was started
 
 
 def test_the_stored_fingerprint_names_training_fields_and_holds_no_credential(
     failed: tuple[Store, str, dict[str, Any]],
 ) -> None:
     store, session, _ = failed
-    stored = store.session(session)["training_fingerprint"]
+    stored = store.for_session(session).record.get()["training_fingerprint"]
     fields = json.loads(stored)
     assert fields["model_params.hidden_size"] == 32 and fields["server_config.seed"] == 0
     assert not [k for k in fields if "timeout" in k or "retries" in k or "url" in k]

@@ -222,15 +222,39 @@ class _Converter:
                 "not used; fedkeeper does not go through the API gateway",
             )
         if "prometheus_config" in cluster:
-            self.note(
-                f"{where}.prometheus_config", "accepted and kept for a later metrics feature; not used yet"
-            )
+            sources = self.prometheus(cluster, where, hostport)
+            if sources:
+                native["prometheus"] = sources
         if "configurations" in cluster:
             self.note(
                 f"{where}.configurations",
                 "describes the cluster's hosts; not used (fedkeeper asks the platform for its limits)",
             )
         return native
+
+    def prometheus(self, cluster: dict[str, Any], where: str, hostport: str) -> dict[str, str]:
+        """``prometheus_config{host, port_openwhisk_metrics, port_node_metrics}``: the two Prometheus
+        servers that scrape the cluster, as URLs (an empty host is base_url's host)."""
+        block = self.section(cluster, "prometheus_config", where)
+        where = f"{where}.prometheus_config"
+        self.only(block, where, {"host", "port_openwhisk_metrics", "port_node_metrics"})
+        host = self.text(block, "host", where) or urlsplit(f"//{hostport}").hostname or ""
+        base = host.rstrip("/") if "://" in host else f"http://{host}"
+        sources: dict[str, str] = {}
+        for key, field_name in (
+            ("port_openwhisk_metrics", "platform_url"),
+            ("port_node_metrics", "node_url"),
+        ):
+            port = self.integer(block, key, where)
+            if port is None:
+                continue
+            if not 0 < port < 65536:
+                self.fail(f"{where}.{key}", f"must be a TCP port, 1..65535 (got {port})")
+            sources[field_name] = f"{base}:{port}"
+        shown = ", ".join(f"{k.removesuffix('_url')} metrics at {redact(v)}" for k, v in sources.items())
+        self.note(where, f"fedkeeper serve queries the Prometheus servers there ({shown})" if sources
+                  else "no port given; no Prometheus server is queried")  # fmt: skip
+        return sources
 
     def google(self, name: str, cluster: dict[str, Any]) -> dict[str, Any]:
         where = f"providers.google.{name}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -32,17 +31,4 @@ def migrate(path: str | Path) -> str:
     native = to_native(copy.deepcopy(raw), source, notices)
     lines = [f"# fedkeeper config, migrated by `fedkeeper config migrate` from {source}.", "# Notes:"]
     lines += [f"#   {notice}" for notice in notices]
-    lines += _kept_for_later(raw)
     return "\n".join(lines) + "\n" + yaml.safe_dump(native, sort_keys=False, width=1 << 16)
-
-
-def _kept_for_later(raw: dict[str, Any]) -> list[str]:
-    """``prometheus_config`` blocks, kept as comments for a later metrics feature."""
-    lines: list[str] = []
-    clusters = (raw.get("providers") or {}).get("openwhisk") or {}
-    for name, cluster in clusters.items():
-        if isinstance(cluster, dict) and "prometheus_config" in cluster:
-            block = yaml.safe_dump({"prometheus_config": cluster["prometheus_config"]}, sort_keys=False)
-            lines.append(f"# providers.openwhisk.{name} (kept for a later metrics feature):")
-            lines += [f"#   {line}" for line in block.splitlines()]
-    return lines

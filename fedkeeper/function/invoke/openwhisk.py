@@ -1,6 +1,6 @@
 """Invoking Apache OpenWhisk actions (a real deployment or the local fabric) through its REST API.
 
-One ``requests.Session`` per cluster, with bounded exponential-backoff retries (tenacity) on
+One ``requests.Session`` per cluster, with bounded retries (tenacity, waiting by its :class:`~fedkeeper.function.backoff.Backoff`) on
 connection errors, 429 and 5xx. A blocking invoke's 502 and a 500 that carries an activation
 record are *results* (application/developer/whisk errors), never retried: the keeper decides
 what to revive.
@@ -23,9 +23,10 @@ from urllib.parse import quote, urlsplit
 
 import requests
 from requests.auth import AuthBase
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from fedkeeper.function import catalog
+from fedkeeper.function.backoff import Backoff
 from fedkeeper.function.config import OpenWhiskCluster
 from fedkeeper.function.errors import PayloadTooLarge, PlatformUnavailable, ProviderError
 from fedkeeper.function.invoke.base import (
@@ -87,10 +88,9 @@ class OpenWhiskClient(InvokeClient):
 
     platform: ClassVar[str] = "openwhisk"
     capabilities: ClassVar[Capabilities] = catalog.platform("openwhisk").capabilities
-    # Retry policy (class attributes so tests and callers can tune them).
+    # Retry policy of one HTTP request (class attributes so tests and callers can tune them).
     max_attempts: int = 5
-    backoff_initial_s: float = 0.2
-    backoff_max_s: float = 5.0
+    backoff: Backoff = Backoff(base_s=0.2, cap_s=5.0, jitter_s=0.2)
     connect_timeout_s: float = 10.0
     request_timeout_s: float = 60.0
     page_size: int = 200
@@ -182,8 +182,7 @@ class OpenWhiskClient(InvokeClient):
 
         retrying = Retrying(
             stop=stop_after_attempt(self.max_attempts),
-            wait=wait_exponential(multiplier=self.backoff_initial_s, max=self.backoff_max_s)
-            + wait_random(0, self.backoff_initial_s),
+            wait=self.backoff.tenacity_wait,
             retry=retry_if_exception_type(_Retryable),
             reraise=True,
             before_sleep=lambda state: log.info(

@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from fedkeeper.function.store.db import Store, translated_errors, utcnow
+from fedkeeper.function.store.db import SessionStore
+from fedkeeper.function.store.mongo import translated_errors, utcnow
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class Pruned:
     weights: int
 
 
-def prune(store: Store, session_id: str, aggregated: int, keep: int | Literal["all"]) -> Pruned:
+def prune(session: SessionStore, aggregated: int, keep: int | Literal["all"]) -> Pruned:
     """Once round ``aggregated`` is aggregated, delete the payloads of rounds up to ``aggregated - keep``.
 
     Idempotent, and safe to repeat after a crash: a blob is deleted before the reference to it, so
@@ -33,19 +34,20 @@ def prune(store: Store, session_id: str, aggregated: int, keep: int | Literal["a
     """
     if keep == "all" or aggregated - keep < 0:
         return Pruned(0, 0)
-    old = {"session": session_id, "round": {"$lte": aggregated - keep}}
-    with translated_errors(store.url):
-        updates = list(store.db.updates.find({**old, "blob": {"$ne": None}}, {"blob": 1}))
+    db, blobs = session.store.db, session.store.blobs
+    old = {"session": session.id, "round": {"$lte": aggregated - keep}}
+    with translated_errors(session.store.url):
+        updates = list(db.updates.find({**old, "blob": {"$ne": None}}, {"blob": 1}))
         for doc in updates:
-            store.blobs.delete(doc["blob"])
+            blobs.delete(doc["blob"])
         if updates:
-            store.db.updates.update_many(
+            db.updates.update_many(
                 {"_id": {"$in": [doc["_id"] for doc in updates]}},
                 {"$set": {"blob": None, "pruned_at": utcnow()}},
             )
-        weights = list(store.db.weights.find(old, {"blob": 1}))
+        weights = list(db.weights.find(old, {"blob": 1}))
         for doc in weights:
-            store.blobs.delete(doc["blob"])
+            blobs.delete(doc["blob"])
         if weights:
-            store.db.weights.delete_many({"_id": {"$in": [doc["_id"] for doc in weights]}})
+            db.weights.delete_many({"_id": {"$in": [doc["_id"] for doc in weights]}})
     return Pruned(len(updates), len(weights))

@@ -23,7 +23,7 @@ from fedkeeper.function.config import ModelParams, TrainingTestData
 from fedkeeper.function.learning.datasets import load_dataset
 from fedkeeper.function.learning.training import LocalResult, train_local
 from fedkeeper.function.store import weights as wire
-from fedkeeper.function.store.db import Store
+from fedkeeper.function.store.db import SessionStore, Store
 from fedkeeper.function.tasks.common import SessionSettings, check_indices, require, store_update
 from fedkeeper.function.tasks.contract import ClientReply
 from fedkeeper.function.tasks.entry import BadRequest
@@ -95,37 +95,37 @@ class WarmInputs:
         self._sessions: OrderedDict[tuple[str, str, str], _SessionInputs] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _session(self, store: Store, session_id: str) -> _SessionInputs:
-        key = (store.url, store.db.name, session_id)
+    def _session(self, session: SessionStore) -> _SessionInputs:
+        key = (session.store.url, session.store.db.name, session.id)
         with self._lock:
             kept = self._sessions.get(key)
             if kept is not None:
                 self._sessions.move_to_end(key)
                 return kept
-        loaded = _SessionInputs(SessionSettings.load(store, session_id))
+        loaded = _SessionInputs(SessionSettings.load(session))
         with self._lock:
             kept = self._sessions.setdefault(key, loaded)
             while len(self._sessions) > self.SESSIONS:
                 self._sessions.popitem(last=False)
         return kept
 
-    def settings(self, store: Store, session_id: str) -> SessionSettings:
-        return self._session(store, session_id).settings
+    def settings(self, session: SessionStore) -> SessionSettings:
+        return self._session(session).settings
 
-    def weights(self, store: Store, session_id: str, round_number: int) -> wire.Weights:
-        kept = self._session(store, session_id)
+    def weights(self, session: SessionStore, round_number: int) -> wire.Weights:
+        kept = self._session(session)
         weights = kept.weights.get(round_number)
         if weights is None:
-            weights = _read_only(store.get_weights(session_id, round_number))
+            weights = _read_only(session.weights.get(round_number))
             with self._lock:
                 kept.weights = {round_number: weights}
         return weights
 
-    def partition(self, store: Store, session_id: str, client: int) -> np.ndarray:
-        kept = self._session(store, session_id)
+    def partition(self, session: SessionStore, client: int) -> np.ndarray:
+        kept = self._session(session)
         indices = kept.partitions.get(client)
         if indices is None:
-            indices = _read_only([store.get_partition(session_id, client)])[0]
+            indices = _read_only([session.partitions.get(client)])[0]
             with self._lock:
                 kept.partitions[client] = indices
         return indices
@@ -146,22 +146,22 @@ warm_inputs = WarmInputs()
 
 
 def _direct(params: dict[str, Any]) -> dict[str, Any]:
-    store = Store.from_bound(params)
+    db = Store.from_bound(params)
     session_id = require(params, "session", str)
+    store = db.for_session(session_id)
     round_number = require(params, "round", int)
     client = require(params, "client", int)
     attempt = require(params, "attempt", int)
     summary: dict[str, Any] = {"client": client, "round": round_number}
-    if store.has_update(session_id, round_number, client):
+    if store.updates.has(round_number, client):
         return {**summary, "stored": False, "reason": "an update for this round is already stored"}
-    settings = warm_inputs.settings(store, session_id)
-    weights = warm_inputs.weights(store, session_id, round_number)
-    partition = warm_inputs.partition(store, session_id, client)
+    settings = warm_inputs.settings(store)
+    weights = warm_inputs.weights(store, round_number)
+    partition = warm_inputs.partition(store, client)
     result = train_partition(weights, settings.data, settings.model, partition, client, round_number)
     outcome = store_update(
         store,
         settings,
-        session_id,
         round_number,
         client,
         reference=weights,

@@ -12,7 +12,7 @@ import numpy as np
 from fedkeeper.function.config import DataSampling, ModelParams, ServerConfig, TrainingTestData
 from fedkeeper.function.errors import InvalidUpdate
 from fedkeeper.function.store import weights as wire
-from fedkeeper.function.store.db import Store
+from fedkeeper.function.store.db import SessionStore
 from fedkeeper.function.tasks import entry
 from fedkeeper.function.tasks.entry import BadRequest
 
@@ -38,8 +38,8 @@ class SessionSettings:
     total_clients: int
 
     @classmethod
-    def load(cls, store: Store, session_id: str) -> SessionSettings:
-        scenario = store.session(session_id)["scenario"]
+    def load(cls, session: SessionStore) -> SessionSettings:
+        scenario = session.record.get()["scenario"]
         return cls(
             model=ModelParams.model_validate(scenario["model_params"]),
             data=TrainingTestData.model_validate(scenario["training_test_data"]),
@@ -64,9 +64,8 @@ def _metric(value: Any, name: str) -> float:
 
 
 def store_update(
-    store: Store,
+    session: SessionStore,
     settings: SessionSettings,
-    session_id: str,
     round_number: int,
     client: int,
     *,
@@ -102,12 +101,11 @@ def store_update(
         loss_value, accuracy_value = _metric(loss, "loss"), _metric(accuracy, "accuracy")
     except InvalidUpdate as exc:
         print(f"rejected update of client {client}: {exc}", file=sys.stderr)
-        stored = store.reject_update(
-            session_id, round_number, client, str(exc), activation_id=activation_id, attempt=attempt
+        stored = session.updates.reject(
+            round_number, client, str(exc), activation_id=activation_id, attempt=attempt
         )
         return {"stored": stored, "rejected": str(exc)}
-    stored = store.put_update(
-        session_id,
+    stored = session.updates.put(
         round_number,
         client,
         weights,

@@ -22,8 +22,9 @@ from fedkeeper.function.tasks.entry import BadRequest
 
 
 def handle(params: dict[str, Any]) -> dict[str, Any]:
-    store = Store.from_bound(params)
+    db = Store.from_bound(params)
     session_id = require(params, "session", str)
+    store = db.for_session(session_id)
     round_number = require(params, "round", int)
     client = require(params, "client", int)
     attempt = require(params, "attempt", int)
@@ -33,12 +34,12 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
     if target_key not in targets:
         raise BadRequest(f"target {target_key!r} is not bound to this invoker; redeploy with `main.py -d`")
     summary: dict[str, Any] = {"client": client, "round": round_number, "target": target_key}
-    if store.has_update(session_id, round_number, client):
+    if store.updates.has(round_number, client):
         return {**summary, "stored": False, "reason": "an update for this round is already stored"}
 
-    settings = SessionSettings.load(store, session_id)
-    weights = store.get_weights(session_id, round_number)
-    indices = store.get_partition(session_id, client)
+    settings = SessionSettings.load(store)
+    weights = store.weights.get(round_number)
+    indices = store.partitions.get(client)
     job = ClientJob(
         session=session_id,
         round=round_number,
@@ -72,14 +73,13 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
         )
     reply = record.result or {}
     if not inline:
-        if not store.has_update(session_id, round_number, client):
+        if not store.updates.has(round_number, client):
             raise ProviderError(f"client {client} on {target_key} succeeded but stored no update")
         return {**summary, "stored": True, **{k: reply.get(k) for k in ("num_examples", "loss", "accuracy")}}
 
     outcome = store_update(
         store,
         settings,
-        session_id,
         round_number,
         client,
         reference=weights,

@@ -16,16 +16,17 @@ from fedkeeper.function.tasks.common import SessionSettings, require
 
 
 def handle(params: dict[str, Any]) -> dict[str, Any]:
-    store = Store.from_bound(params)
+    db = Store.from_bound(params)
     session_id = require(params, "session", str)
-    settings = SessionSettings.load(store, session_id)
+    store = db.for_session(session_id)
+    settings = SessionSettings.load(store)
     dataset = load_dataset(settings.data)
     weights = initial_weights(settings.model, dataset.num_features, dataset.num_classes)
-    created = store.put_weights(session_id, 0, weights)
+    created = store.weights.put(0, weights)
     parts = partition(dataset.y_train, settings.total_clients, settings.sampling)
-    store.put_partitions(session_id, parts)
-    store.mark_initialised(session_id)
-    sizes = store.partition_sizes(session_id)
+    store.partitions.put(parts)
+    store.record.mark_initialised()
+    sizes = store.partitions.sizes()
     return {
         "session": session_id,
         "created": created,

@@ -1,0 +1,72 @@
+"""A session's rounds: the selection (written once), the closing set (frozen once), the metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pymongo import ASCENDING, ReturnDocument
+
+from fedkeeper.function.errors import StoreError
+from fedkeeper.function.store.mongo import SessionBound, store_errors, utcnow
+from fedkeeper.function.store.statuses import RoundStatus
+
+
+@store_errors
+class Rounds(SessionBound):
+    """The ``rounds`` collection, unique on ``(session, round)``."""
+
+    collection = "rounds"
+
+    def open(self, round_number: int, selected: Sequence[int]) -> list[int]:
+        """Record the round's selection once; a resumed keeper gets the original selection back."""
+        doc = self._col.find_one_and_update(
+            {"session": self.session_id, "round": round_number},
+            {
+                "$setOnInsert": {
+                    "selected": [int(c) for c in selected],
+                    "status": RoundStatus.OPEN,
+                    "started_at": utcnow(),
+                }
+            },
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        assert doc is not None  # upsert with AFTER always returns the document
+        return [int(c) for c in doc["selected"]]
+
+    def close(self, round_number: int, included: Sequence[int]) -> list[int]:
+        """Freeze the set of updates the round aggregates (first close wins)."""
+        self._col.update_one(
+            {"session": self.session_id, "round": round_number, "status": RoundStatus.OPEN},
+            {
+                "$set": {
+                    "status": RoundStatus.CLOSED,
+                    "included": sorted(int(c) for c in included),
+                    "closed_at": utcnow(),
+                }
+            },
+        )
+        return [int(c) for c in self.get(round_number)["included"]]
+
+    def finish(self, round_number: int, metrics: dict[str, Any]) -> None:
+        self._col.update_one(
+            {"session": self.session_id, "round": round_number},
+            {"$set": {"status": RoundStatus.AGGREGATED, "metrics": metrics, "aggregated_at": utcnow()}},
+        )
+
+    def add_metrics(self, round_number: int, metrics: dict[str, Any]) -> None:
+        """Add the keeper's own figures (retries, failed clients, duration) to a round's metrics."""
+        self._col.update_one(
+            {"session": self.session_id, "round": round_number},
+            {"$set": {f"metrics.{k}": v for k, v in metrics.items()}},
+        )
+
+    def get(self, round_number: int) -> dict[str, Any]:
+        doc = self._col.find_one({"session": self.session_id, "round": round_number})
+        if doc is None:
+            raise StoreError(f"session {self.session_id}: round {round_number} was never opened")
+        return dict(doc)
+
+    def all(self) -> list[dict[str, Any]]:
+        return list(self._col.find({"session": self.session_id}).sort("round", ASCENDING))

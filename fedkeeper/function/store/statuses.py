@@ -1,0 +1,34 @@
+"""The states a session, a round and an update go through, as stored (values are MongoDB's)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Phase(StrEnum):
+    """A session's phase (Kubernetes style); only ``SUCCEEDED`` is final."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+    @property
+    def completed(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.FAILED)
+
+
+class RoundStatus(StrEnum):
+    """``OPEN`` (selection written) -> ``CLOSED`` (included set frozen) -> ``AGGREGATED``."""
+
+    OPEN = "open"
+    CLOSED = "closed"
+    AGGREGATED = "aggregated"
+
+
+class UpdateStatus(StrEnum):
+    """``RECEIVED`` when written; the aggregator marks it ``ACCEPTED`` or ``REJECTED``."""
+
+    RECEIVED = "received"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"  # failed its checks when written or when aggregated; no weights count
