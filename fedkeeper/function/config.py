@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, create_model, model_serializer, model_validator
+from pydantic import (
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from fedkeeper.function.catalog import (
     CLIENT_FUNCTION,
@@ -141,6 +148,16 @@ class ServerConfig(_Model):
     max_update_norm: PositiveFloat | None = None
     selection: Literal["random", "round_robin"] = "random"
     seed: int = 0
+    # Model-sized payloads (clients' updates, global weights) are kept for the last this many
+    # aggregated rounds; "all" keeps every one (audits). See store/retention.py.
+    keep_updates: PositiveInt | Literal["all"] = 2
+
+    @field_validator("keep_updates", mode="before")
+    @classmethod
+    def _rounds_or_all(cls, value: Any) -> Any:
+        if value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            return value
+        raise ValueError("must be a positive number of rounds or 'all'")
 
 
 class _ClientsInfoBase(_Model):

@@ -41,6 +41,7 @@ from fedkeeper.function.errors import (
 )
 from fedkeeper.function.invoke.base import ActivationRecord
 from fedkeeper.function.store.db import SessionStore, Store
+from fedkeeper.function.store.retention import prune
 from fedkeeper.function.store.statuses import Phase, RoundStatus
 from fedkeeper.function.strategies import ClientPool, FitConfig
 from fedkeeper.host.ledger import SERVER, Ledger, LedgerEntry, LedgerStatus
@@ -393,6 +394,9 @@ class Keeper:
         )
         extra = {"retries": retries, "failed_clients": failed, "duration_s": watch.elapsed}
         rounds.add_metrics(round_number, extra)
+        pruned = prune(self.session, round_number, self.server.keep_updates)
+        if pruned.updates or pruned.weights:
+            self.reporter.event("pruned", round=round_number, updates=pruned.updates, weights=pruned.weights)
         metrics.update(extra)
         self.reporter.event("round_aggregated", **metrics)
         self.reporter.say(

@@ -16,7 +16,7 @@ from typing import Any
 
 from fedkeeper.function.errors import StoreError
 from fedkeeper.function.learning.datasets import load_dataset
-from fedkeeper.function.learning.training import evaluate
+from fedkeeper.function.learning.evaluation import evaluate
 from fedkeeper.function.store.db import SessionStore, Store
 from fedkeeper.function.store.statuses import UpdateStatus
 from fedkeeper.function.store.updates import UnreadableUpdate

@@ -5,10 +5,17 @@ round's weights, its instructions for this client and the client's partition fro
 writes the update itself.
 Inline mode (a :class:`~fedkeeper.function.tasks.contract.ClientJob`): everything arrives in the call and
 the update goes back in the reply; no database credentials needed.
+
+A warm worker keeps what it read (:class:`WarmInputs`), besides the compiled model
+(``learning.models``) and the loaded data set (``learning.datasets``): a warm activation costs its
+training plus three store round trips (is the update there? then storing it: a check and an insert).
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,7 +25,7 @@ from fedkeeper.function.errors import InvalidUpdate
 from fedkeeper.function.learning.datasets import load_dataset
 from fedkeeper.function.learning.training import LocalResult, train_local
 from fedkeeper.function.store import weights as wire
-from fedkeeper.function.store.db import Store
+from fedkeeper.function.store.db import SessionStore, Store
 from fedkeeper.function.strategies import FitConfig
 from fedkeeper.function.tasks.common import (
     SessionSettings,
@@ -48,8 +55,7 @@ def train_partition(
     fit = fit or FitConfig.from_model(model)
     dataset = load_dataset(spec)
     rows = check_indices(np.asarray(indices, dtype=np.int64), len(dataset.y_train))
-    # Each (client, round) shuffles differently, yet a retried attempt repeats the same run.
-    seed = model.seed * 1_000_003 + round_number * 10_007 + client
+    seed = shuffle_seed(model, round_number, client)
     return train_local(
         weights,
         dataset.x_train[rows],
@@ -60,6 +66,12 @@ def train_partition(
         proximal_mu=fit.proximal_mu,
         correction=gradient_correction,
     )
+
+
+def shuffle_seed(model: ModelParams, round_number: int, client: int) -> int:
+    """The seed of a client's shuffling in a round: each (client, round) shuffles differently, yet a
+    retried attempt repeats the same run."""
+    return model.seed * 1_000_003 + round_number * 10_007 + client
 
 
 def _inline(params: dict[str, Any]) -> ClientReply:
@@ -95,6 +107,77 @@ def _inline(params: dict[str, Any]) -> ClientReply:
     )
 
 
+@dataclass
+class _SessionInputs:
+    settings: SessionSettings
+    weights: dict[int, wire.Weights] = field(default_factory=dict)  # the newest round read only
+    partitions: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+class WarmInputs:
+    """A session's settings, a round's global weights and the clients' partitions, kept per process.
+
+    Each is written once under a unique key and never changed, so a kept copy is exactly what the
+    store would return. Kept for the :data:`SESSIONS` most recently served sessions; the arrays are
+    read-only, so no activation can alter what the next one sees.
+    """
+
+    SESSIONS = 4
+
+    def __init__(self) -> None:
+        self._sessions: OrderedDict[tuple[str, str, str], _SessionInputs] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _session(self, session: SessionStore) -> _SessionInputs:
+        key = (session.store.url, session.store.db.name, session.id)
+        with self._lock:
+            kept = self._sessions.get(key)
+            if kept is not None:
+                self._sessions.move_to_end(key)
+                return kept
+        loaded = _SessionInputs(SessionSettings.load(session))
+        with self._lock:
+            kept = self._sessions.setdefault(key, loaded)
+            while len(self._sessions) > self.SESSIONS:
+                self._sessions.popitem(last=False)
+        return kept
+
+    def settings(self, session: SessionStore) -> SessionSettings:
+        return self._session(session).settings
+
+    def weights(self, session: SessionStore, round_number: int) -> wire.Weights:
+        kept = self._session(session)
+        weights = kept.weights.get(round_number)
+        if weights is None:
+            weights = _read_only(session.weights.get(round_number))
+            with self._lock:
+                kept.weights = {round_number: weights}
+        return weights
+
+    def partition(self, session: SessionStore, client: int) -> np.ndarray:
+        kept = self._session(session)
+        indices = kept.partitions.get(client)
+        if indices is None:
+            indices = _read_only([session.partitions.get(client)])[0]
+            with self._lock:
+                kept.partitions[client] = indices
+        return indices
+
+    def clear(self) -> None:
+        """Forget everything (tests; a cold worker)."""
+        with self._lock:
+            self._sessions.clear()
+
+
+def _read_only(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    for array in arrays:
+        array.setflags(write=False)
+    return arrays
+
+
+warm_inputs = WarmInputs()
+
+
 def _direct(params: dict[str, Any]) -> dict[str, Any]:
     db = Store.from_bound(params)
     session_id = require(params, "session", str)
@@ -105,9 +188,9 @@ def _direct(params: dict[str, Any]) -> dict[str, Any]:
     summary: dict[str, Any] = {"client": client, "round": round_number}
     if store.updates.has(round_number, client):
         return {**summary, "stored": False, "reason": "an update for this round is already stored"}
-    settings = SessionSettings.load(store)
-    weights = store.weights.get(round_number)
-    partition = store.partitions.get(client)
+    settings = warm_inputs.settings(store)
+    weights = warm_inputs.weights(store, round_number)
+    partition = warm_inputs.partition(store, client)
     fit = instructions(store, settings, round_number, client)
     result = train_partition(
         weights,
