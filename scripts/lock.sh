@@ -8,6 +8,6 @@ if [ -z "$uv" ]; then
   python3 -m pip install -q --user uv
   uv=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts", "posix_user"))')/uv
 fi
-"$uv" pip compile pyproject.toml --extra tf --extra gcp --extra aws --extra dev \
+"$uv" pip compile pyproject.toml --extra tf --extra gcp --extra aws --extra hosts --extra dev \
   --python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-header -q -o requirements.lock
 echo "requirements.lock refreshed ($(grep -c '^[a-zA-Z]' requirements.lock) packages)"

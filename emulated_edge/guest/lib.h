@@ -1,4 +1,6 @@
-/* Freestanding helpers: memory and string routines GCC may call, CRC-32, exp/log/sqrt. */
+/* Helpers the client shares on every board: CRC-32, exp/log/sqrt, 64-bit division, little-endian
+ * access. The string routines are declared here and provided by the board (baremetal/string.c, or
+ * Zephyr's libc). */
 #ifndef EDGE_LIB_H
 #define EDGE_LIB_H
 

@@ -26,6 +26,7 @@ from fedkeeper.function.settings import (
     EdgeCluster,
     FunctionSettings,
     GoogleCluster,
+    HostsCluster,
     OpenWhiskCluster,
 )
 from fedkeeper.function.tasks.contract import EDGE_MAX_JOB_TIMEOUT_S, EDGE_MAX_REQUEST_BYTES
@@ -76,13 +77,15 @@ class Platform:
 # Clients are numbered platform by platform in this order. The limits are each platform's own:
 # OpenWhisk's defaults (1 MB parameters, 5 MB result, 300 s), GCF 2nd-gen HTTP functions (32 MB,
 # 3600 s; event-driven ones stop at 540 s), Lambda (6 MB synchronous payloads, 900 s), and the edge
-# gateway's own job limits. Lambda's Event invocations exist, but their outcome cannot be fetched.
+# gateway's own job limits; SSH hosts take a job of any size the invoker holds (64 MB here) for up to an
+# hour (a Raspberry Pi trains slowly). Lambda's Event invocations exist, but their outcome cannot be fetched.
 # fmt: off
 PLATFORMS: tuple[Platform, ...] = (
     Platform("openwhisk", "OpenWhisk", OpenWhiskCluster, "openwhisk", "OpenWhiskClient", "OpenWhiskProvider", ("-o", "--openwhisk"), "ow_clients_count", Capabilities(async_invoke=True, store_access=True, max_request_bytes=1 * MB, max_result_bytes=5 * MB, max_duration_s=300)),
     Platform("google", "Google Cloud Functions", GoogleCluster, "gcf", "GcfClient", "GcfProvider", ("-g", "--gcf"), "gcf_clients_count", Capabilities(async_invoke=False, store_access=True, max_request_bytes=32 * MB, max_result_bytes=32 * MB, max_duration_s=3600, memory_mb=(128, 32768))),
     Platform("aws", "AWS Lambda", AwsCluster, "aws_lambda", "LambdaClient", "LambdaProvider", ("-l", "--lambda"), "aws_clients_count", Capabilities(async_invoke=False, store_access=True, max_request_bytes=6 * MB, max_result_bytes=6 * MB, max_duration_s=900, memory_mb=(128, 10240))),
-    Platform("edge", "edge fleet", EdgeCluster, "edge", "EdgeClient", "EdgeProvider", ("-e", "--edge"), "edge_clients_count", Capabilities(async_invoke=False, store_access=False, max_request_bytes=EDGE_MAX_REQUEST_BYTES, max_result_bytes=EDGE_MAX_REQUEST_BYTES, max_duration_s=int(EDGE_MAX_JOB_TIMEOUT_S))),
+    Platform("edge", "edge fleet", EdgeCluster, "edge", "EdgeClient", "EdgeProvider", ("-e", "--edge"), "edge_clients_count", Capabilities(async_invoke=False, store_access=False, max_request_bytes=EDGE_MAX_REQUEST_BYTES, max_result_bytes=EDGE_MAX_REQUEST_BYTES, max_duration_s=int(EDGE_MAX_JOB_TIMEOUT_S), custom_objective=False)),
+    Platform("hosts", "SSH hosts", HostsCluster, "hosts", "HostsClient", "HostsProvider", ("-H", "--hosts"), "hosts_clients_count", Capabilities(async_invoke=False, store_access=False, max_request_bytes=64 * MB, max_result_bytes=64 * MB, max_duration_s=3600)),
 )
 # fmt: on
 _BY_NAME = {p.name: p for p in PLATFORMS}

@@ -30,6 +30,7 @@ SECRET_KEYS = frozenset(
         "access_key_id",
         "session_token",
         "password",
+        "private_key",
         "token",
         "url",
     }

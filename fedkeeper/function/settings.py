@@ -8,7 +8,7 @@ They sit apart from :mod:`fedkeeper.function.config` because the catalogs
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, SecretStr, model_validator
 
@@ -113,7 +113,10 @@ class EdgeCluster(_Model):
     gateway_host: str = "127.0.0.1"
     gateway_port: NonNegativeInt = 0
     qemu: str = "qemu-system-i386"
-    memory_mb: PositiveInt = 15
+    # What the guests run: the edge client on Zephyr RTOS (qemu_x86) or on its bare-metal board.
+    firmware: Literal["zephyr", "baremetal"] = "zephyr"
+    # Guest RAM (QEMU -m); None: the firmware's default (zephyr 6, baremetal 15).
+    memory_mb: PositiveInt | None = None
     boot_timeout_s: PositiveFloat = 30.0
     # The gateway's bearer token; None: generated at deploy (kept 0600 in the gateway's state dir).
     token: Secret | None = None
@@ -127,3 +130,33 @@ class FunctionSettings(_Model):
     memory: PositiveInt = 256
     timeout: PositiveInt = 60
     concurrency: PositiveInt = 1
+
+
+class BoundHost(_Model):
+    """One registered host as the invoker reaches it: bound at deploy from the host registry."""
+
+    fl_id: str
+    address: str
+    port: Annotated[int, Field(gt=0, lt=65536)] = 22
+    user: str
+    # The host key pinned at first contact, as an OpenSSH public key line ("ssh-ed25519 AAAA...").
+    host_key: str
+    # Where the client runtime lives on the host (relative paths are under the user's home).
+    root: str = ".fedkeeper-client"
+
+
+class HostsCluster(_Model):
+    """Remote hosts from the host registry (``fedkeeper hosts``), reached over SSH with the installation's key."""
+
+    # Which registered hosts serve this cluster: those carrying every one of these labels (all when empty).
+    labels: dict[str, str] = Field(default_factory=dict)
+    connect_timeout_s: PositiveFloat = 10.0
+    # How long a silent link may go unanswered (SSH keepalives every third of it) before an
+    # activation counts as lost.
+    dead_link_s: PositiveFloat = 15.0
+    # The installation's private key (OpenSSH format); None: read from the key store at deploy.
+    private_key: Secret | None = None
+    # The hosts, in client order; None: read from the registry at deploy (then bound to the invoker).
+    hosts: list[BoundHost] | None = None
+    # The scenario's data files (keeper-side path -> its copy under each host's root), staged at deploy.
+    data_files: dict[str, str] = Field(default_factory=dict)

@@ -438,6 +438,12 @@ legacy_deploy = click.command(context_settings={"help_option_names": ["-h", "--h
 )
 
 
+# After the helpers above, which its commands use.
+from fedkeeper.host.hosts.cli import hosts  # noqa: E402
+
+cli.add_command(hosts)
+
+
 def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     cli()

@@ -25,8 +25,9 @@ from fedkeeper.function.catalog import AGGREGATOR_FUNCTION, SERVER_INIT_FUNCTION
 from fedkeeper.function.config import Config, fingerprint_difference, fingerprint_json, training_fingerprint
 from fedkeeper.function.errors import STORE, PlatformUnavailable, ProviderError, StoreUnavailable, Unavailable
 from fedkeeper.function.store.db import SessionStore, Store
+from fedkeeper.function.store.retention import prune
 from fedkeeper.function.store.statuses import Phase
-from fedkeeper.function.strategies.selection import SelectionPolicy, make_selection, select_clients
+from fedkeeper.function.strategies import ClientPool, FitConfig, SelectionPolicy, make_selection
 from fedkeeper.host.history import ClientHistory, History, fold
 from fedkeeper.host.ledger import SERVER, Ledger, LedgerStatus
 from fedkeeper.host.outages import Outages, OutageTooLong, OutageWatch
@@ -316,16 +317,22 @@ class Keeper:
         assert self._history is not None
         rounds = self.session.rounds
         history = self._history.read() if self.selection.uses_history else History()
+        pool = ClientPool(
+            tuple(p.client for p in self.plan.placements),
+            self.server.num_clients_per_round,
+            self.selection,
+            self.server.seed,
+            history.clients,
+        )
+        # The strategy picks the clients through the selection policy and tells each what to do;
+        # the round keeps both for them (a resumed keeper gets the stored ones back).
+        fit = self.server.strategy.build().configure_fit(
+            round_number, pool, FitConfig.from_model(self.fl.model_params)
+        )
         selected = rounds.open(
             round_number,
-            select_clients(
-                [p.client for p in self.plan.placements],
-                self.server.num_clients_per_round,
-                round_number,
-                self.server.seed,
-                self.selection,
-                history.clients,
-            ),
+            [ins.client for ins in fit],
+            {ins.client: ins.config.to_json() for ins in fit},
         )
         watch = Stopwatch()
         closed = driver.run(round_number)
@@ -342,6 +349,9 @@ class Keeper:
         )
         extra = {"retries": closed.retries, "failed_clients": len(closed.failed), "duration_s": watch.elapsed}
         rounds.add_metrics(round_number, extra)
+        pruned = prune(self.session, round_number, self.server.keep_updates)
+        if pruned.updates or pruned.weights:
+            self.reporter.event("pruned", round=round_number, updates=pruned.updates, weights=pruned.weights)
         metrics.update(extra)
         self.reporter.event("round_aggregated", **metrics)
         self.reporter.say(

@@ -28,6 +28,7 @@ pymongo
 requests
 tensorflow-cpu
 scikit-learn
+paramiko
 """
 
 

@@ -17,9 +17,12 @@ from .helpers import assert_every_selected_update_counted_once, client_attempts,
 from .test_cli import free_port
 
 
-def _kill_guests_when_round_opens(store: Store, round_number: int, killed: list[int]) -> None:
-    """Once the round's edge activations are out, SIGKILL every guest the launcher brings up until one
-    of those activations has failed (a single kill can land between jobs and go unnoticed)."""
+def _kill_guests_when_round_opens(
+    store: Store, round_number: int, state_dir: Path, killed: list[int], images: set[str]
+) -> None:
+    """Once the round's edge activations are out, SIGKILL every guest of this session's gateway
+    (``state_dir``) it brings up until one of those activations has failed (a single kill can land
+    between jobs and go unnoticed); ``images`` gets the kernels they ran."""
     deadline = time.monotonic() + 300
     failed = {
         "round": round_number,
@@ -30,10 +33,13 @@ def _kill_guests_when_round_opens(store: Store, round_number: int, killed: list[
         if store.db.activations.find_one({"round": round_number, "function": "fl_invoker_weights_update"}):
             storm_end = time.monotonic() + 60
             while time.monotonic() < storm_end and not store.db.activations.find_one(failed):
-                for proc in psutil.process_iter(["name"]):
-                    if proc.info["name"] == "qemu-system-i386" and proc.pid not in killed:
+                for proc in psutil.process_iter(["name", "cmdline"]):
+                    cmdline = proc.info["cmdline"] or []
+                    ours = "-kernel" in cmdline and str(state_dir) in " ".join(cmdline)
+                    if proc.info["name"] == "qemu-system-i386" and ours and proc.pid not in killed:
                         proc.send_signal(signal.SIGKILL)
                         killed.append(proc.pid)
+                        images.add(Path(cmdline[cmdline.index("-kernel") + 1]).name)
                 time.sleep(0.02)
             return
         time.sleep(0.05)
@@ -49,8 +55,10 @@ def test_four_edge_and_four_fabric_clients_train_together_and_survive_a_killed_g
         fl = data["scenarios"]["federated_learning"]
         fl["clients_info"] = {"total_num_clients": 8, "ow_clients_count": 4, "edge_clients_count": 4}
         killed: list[int] = []
+        images: set[str] = set()
         store, session = run_session(
-            data, during=lambda store: _kill_guests_when_round_opens(store, 1, killed)
+            data,
+            during=lambda store: _kill_guests_when_round_opens(store, 1, tmp_path / "edge", killed, images),
         )
 
     accuracies = assert_every_selected_update_counted_once(store, session, rounds=3)
@@ -63,5 +71,11 @@ def test_four_edge_and_four_fabric_clients_train_together_and_survive_a_killed_g
         for e in store.db.activations.find({"client": {"$gte": 4}})
     )
     assert killed, "no guest was killed"
+    assert images == {"zephyr.elf"}  # the default firmware: Zephyr RTOS guests
     assert any(a["status"] != "success" for a in edge), "the killed guest's activation did not fail"
-    assert not any(p.info["name"] == "qemu-system-i386" for p in psutil.process_iter(["name"]))
+    assert not [
+        p
+        for p in psutil.process_iter(["name", "cmdline"])
+        if p.info["name"] == "qemu-system-i386"
+        and str(tmp_path / "edge") in " ".join(p.info["cmdline"] or [])
+    ]

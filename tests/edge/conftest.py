@@ -1,4 +1,6 @@
-"""Edge fixtures: the guest kernel is built once per session with make; QEMU must be installed."""
+"""Edge fixtures: each firmware's image is built once per session (make; Zephyr's is cached by a
+source hash); QEMU must be installed. ``fleet_config`` runs the default firmware (Zephyr);
+``any_fleet_config`` runs a test on every firmware."""
 
 from __future__ import annotations
 
@@ -8,22 +10,45 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedkeeper.host.edge.firmware import ensure_built
+from fedkeeper.host.edge.firmware import DEFAULT_FIRMWARE, FIRMWARES, Firmware, ensure_built
 from fedkeeper.host.edge.fleet import FleetConfig
+
+_built: dict[str, Path] = {}
+
+
+def kernel_for(firmware: Firmware) -> Path:
+    """The firmware's image, built on first use in this session."""
+    if shutil.which("qemu-system-i386") is None:
+        pytest.fail("qemu-system-i386 is not installed (apt-get install qemu-system-x86)")
+    if firmware.name not in _built:
+        _built[firmware.name] = ensure_built(firmware)
+    return _built[firmware.name]
+
+
+def config_for(firmware: Firmware, run_dir: Path) -> FleetConfig:
+    return FleetConfig(
+        kernel=kernel_for(firmware),
+        run_dir=run_dir,
+        firmware=firmware,
+        boot_timeout_s=20.0,
+        request_timeout_s=20.0,
+    )
 
 
 @pytest.fixture(scope="session")
 def guest_kernel() -> Path:
-    if shutil.which("qemu-system-i386") is None:
-        pytest.fail("qemu-system-i386 is not installed (apt-get install qemu-system-x86)")
-    return ensure_built()
+    """The default firmware's image."""
+    return kernel_for(FIRMWARES[DEFAULT_FIRMWARE])
 
 
 @pytest.fixture
-def fleet_config(guest_kernel: Path, tmp_path: Path) -> FleetConfig:
-    return FleetConfig(
-        kernel=guest_kernel, run_dir=tmp_path / "run", boot_timeout_s=20.0, request_timeout_s=20.0
-    )
+def fleet_config(tmp_path: Path) -> FleetConfig:
+    return config_for(FIRMWARES[DEFAULT_FIRMWARE], tmp_path / "run")
+
+
+@pytest.fixture(params=sorted(FIRMWARES))
+def any_fleet_config(request: pytest.FixtureRequest, tmp_path: Path) -> FleetConfig:
+    return config_for(FIRMWARES[request.param], tmp_path / "run")
 
 
 @pytest.fixture(scope="session")

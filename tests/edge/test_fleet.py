@@ -12,17 +12,21 @@ import psutil
 import pytest
 
 from fedkeeper.host.edge.errors import EdgeError, GuestUnavailable
+from fedkeeper.host.edge.firmware import FIRMWARES
 from fedkeeper.host.edge.fleet import Fleet, FleetConfig, Partition
 from fedkeeper.host.edge.protocol import DataStatus, Optimizer, TrainParams
 
 from . import reference
+from .conftest import kernel_for
 
 
 def _qemu_children() -> list[psutil.Process]:
     return [p for p in psutil.Process().children(recursive=True) if "qemu" in p.name()]
 
 
-def test_four_guests_say_hello_report_memory_and_stop_cleanly(fleet_config: FleetConfig) -> None:
+def test_four_guests_say_hello_report_memory_and_stop_cleanly(any_fleet_config: FleetConfig) -> None:
+    fleet_config = any_fleet_config
+
     async def go() -> list[int]:
         fleet = Fleet(fleet_config, 4)
         await fleet.start()
@@ -30,6 +34,7 @@ def test_four_guests_say_hello_report_memory_and_stop_cleanly(fleet_config: Flee
             statuses = [i.status for i in fleet.instances]
             assert [s.device_id for s in statuses if s] == [0, 1, 2, 3]
             assert all(s is not None and s.data_status is DataStatus.MISSING for s in statuses)
+            assert all(s is not None and s.board == fleet_config.firmware.board for s in statuses)
             pongs = await asyncio.gather(*(i.ping() for i in fleet.instances))
             assert [p.device_id for p in pongs] == [0, 1, 2, 3]
             usage = fleet.usage()
@@ -103,8 +108,9 @@ def test_a_guest_that_stops_answering_is_killed_and_restarted(
         await fleet.start()
         try:
             guest = fleet[0]
+            await guest.ensure(partition)  # booted with its data: the deadline covers only the job
             with pytest.raises(GuestUnavailable, match="did not answer TRAIN") as failed:
-                await guest.train(partition, start, TrainParams(60, 8, 0.01, Optimizer.ADAM), timeout_s=1.0)
+                await guest.train(partition, start, TrainParams(60, 8, 0.01, Optimizer.ADAM), timeout_s=5.0)
             assert failed.value.timeout
             async with asyncio.timeout(30):
                 while not (guest.alive and guest.restarts == 1):
@@ -142,6 +148,14 @@ def test_missing_kernel_is_one_clear_error(tmp_path: Path) -> None:
     config = FleetConfig(kernel=tmp_path / "nope.elf", run_dir=tmp_path / "run")
     with pytest.raises(EdgeError, match=r"nope\.elf does not exist"):
         asyncio.run(Fleet(config, 1).start())
+
+
+def test_an_image_of_another_board_is_refused_at_boot(tmp_path: Path) -> None:
+    baremetal = FIRMWARES["baremetal"]
+    config = FleetConfig(kernel=kernel_for(baremetal), run_dir=tmp_path / "run", firmware=FIRMWARES["zephyr"])
+    with pytest.raises(EdgeError, match=r"runs a 'x86-multiboot' image, not 'zephyr-qemu_x86'"):
+        asyncio.run(Fleet(config, 1).start())
+    assert not _qemu_children()
 
 
 def test_weights_are_float32_keras_shapes_after_training(fleet_config: FleetConfig, digits: tuple) -> None:

@@ -214,10 +214,23 @@ def test_deploy_resizes_and_remove_stops_the_fleet(guest_kernel: Path, tmp_path:
         edge.deploy(FunctionSpec("fl_client", Path("functions/fl_client"), instances=2))
         second = running_daemon(tmp_path / "state")
         assert second is not None and second.instances == 2 and second.pid != first.pid
+        assert second.firmware == "zephyr"
         assert _health(edge)["alive"] == 2
+        # Another firmware for the same cluster: the fleet is replaced, same size, same token.
+        baremetal = EdgeProvider(
+            "edge-resize", EdgeCluster(gateway_port=port, firmware="baremetal"), state_dir=tmp_path / "state"
+        )
+        baremetal.deploy(FunctionSpec("fl_client", Path("functions/fl_client"), instances=2))
+        third = running_daemon(tmp_path / "state")
+        assert third is not None and third.firmware == "baremetal" and third.pid != second.pid
+        health = _health(baremetal)
+        assert (health["firmware"], health["alive"]) == ("baremetal", 2)
     finally:
         assert edge.remove("fl_client") is True
-    assert not psutil.pid_exists(second.pid) or psutil.Process(second.pid).status() == psutil.STATUS_ZOMBIE
+    for daemon in (second, third):
+        assert (
+            not psutil.pid_exists(daemon.pid) or psutil.Process(daemon.pid).status() == psutil.STATUS_ZOMBIE
+        )
     assert edge.remove("fl_client") is False
     with pytest.raises(PlatformUnavailable, match="gateway unreachable"):  # an outage, not a job's failure
         edge.invoke_sync("fl_client", {"client": 0}, 5)

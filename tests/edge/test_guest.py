@@ -39,12 +39,12 @@ def _assert_close(got: list[np.ndarray], want: list[np.ndarray]) -> None:
         np.testing.assert_allclose(g, w, atol=TOLERANCE, rtol=0, err_msg=f"array {i}")
 
 
-def test_one_sgd_batch_in_the_guest_matches_numpy(fleet_config: FleetConfig, digits: tuple) -> None:
+def test_one_sgd_batch_in_the_guest_matches_numpy(any_fleet_config: FleetConfig, digits: tuple) -> None:
     x_train, y_train, _, _ = digits
     x, y = x_train[:32], y_train[:32]
     start = reference.glorot([64, 64, 10], seed=1)
     params = TrainParams(epochs=1, batch_size=32, learning_rate=0.1, optimizer=Optimizer.SGD, shuffle=False)
-    weights, metrics = _train_in_guest(fleet_config, start, x, y, params)
+    weights, metrics = _train_in_guest(any_fleet_config, start, x, y, params)
     want = reference.train(start, x, y, epochs=1, batch_size=32, lr=0.1, shuffle=False)
     _assert_close(weights, want.weights)
     assert max(np.abs(w - s).max() for w, s in zip(weights, start, strict=True)) > 1e-3  # it did train
@@ -55,7 +55,7 @@ def test_one_sgd_batch_in_the_guest_matches_numpy(fleet_config: FleetConfig, dig
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "nadam"])
 def test_shuffled_epochs_with_each_optimizer_match_numpy(
-    fleet_config: FleetConfig, digits: tuple, optimizer: str
+    any_fleet_config: FleetConfig, digits: tuple, optimizer: str
 ) -> None:
     x_train, y_train, _, _ = digits
     x, y = x_train[:100], y_train[:100]
@@ -69,7 +69,7 @@ def test_shuffled_epochs_with_each_optimizer_match_numpy(
         seed=1234,
         shuffle=True,
     )
-    weights, metrics = _train_in_guest(fleet_config, start, x, y, params)
+    weights, metrics = _train_in_guest(any_fleet_config, start, x, y, params)
     want = reference.train(start, x, y, epochs=2, batch_size=16, lr=lr, optimizer=optimizer, seed=1234)
     _assert_close(weights, want.weights)
     assert metrics.steps == want.steps == 2 * 7  # the last, partial batch of each epoch counts
@@ -77,12 +77,12 @@ def test_shuffled_epochs_with_each_optimizer_match_numpy(
     assert metrics.accuracy == pytest.approx(want.accuracy)
 
 
-def test_a_deeper_dense_stack_trains_like_numpy(fleet_config: FleetConfig, digits: tuple) -> None:
+def test_a_deeper_dense_stack_trains_like_numpy(any_fleet_config: FleetConfig, digits: tuple) -> None:
     x_train, y_train, _, _ = digits
     x, y = x_train[:48], y_train[:48]
     start = reference.glorot([64, 40, 24, 10], seed=3)
     params = TrainParams(epochs=1, batch_size=24, learning_rate=0.01, optimizer=Optimizer.ADAM, shuffle=False)
-    weights, _ = _train_in_guest(fleet_config, start, x, y, params)
+    weights, _ = _train_in_guest(any_fleet_config, start, x, y, params)
     _assert_close(
         weights,
         reference.train(
@@ -91,7 +91,7 @@ def test_a_deeper_dense_stack_trains_like_numpy(fleet_config: FleetConfig, digit
     )
 
 
-def test_guest_matches_keras_for_a_full_batch(fleet_config: FleetConfig, digits: tuple) -> None:
+def test_guest_matches_keras_for_a_full_batch(any_fleet_config: FleetConfig, digits: tuple) -> None:
     """The same weights trained one step by Keras (TensorFlow) and by the guest agree."""
     from fedkeeper.function.config import ModelParams
     from fedkeeper.function.learning.models import build_model
@@ -103,18 +103,18 @@ def test_guest_matches_keras_for_a_full_batch(fleet_config: FleetConfig, digits:
     start = [np.asarray(w, dtype=np.float32) for w in model.get_weights()]
     model.fit(x, y, batch_size=64, epochs=1, shuffle=False, verbose=0)
     params = TrainParams(epochs=1, batch_size=64, learning_rate=0.01, optimizer=Optimizer.ADAM, shuffle=False)
-    weights, _ = _train_in_guest(fleet_config, start, x, y, params)
+    weights, _ = _train_in_guest(any_fleet_config, start, x, y, params)
     _assert_close(weights, model.get_weights())
 
 
 def test_guest_reports_its_partition_and_refuses_bad_requests(
-    fleet_config: FleetConfig, digits: tuple
+    any_fleet_config: FleetConfig, digits: tuple
 ) -> None:
     x_train, y_train, _, _ = digits
     partition = Partition.from_arrays(x_train[:50], y_train[:50], 10)
 
     async def go() -> None:
-        fleet = Fleet(fleet_config, 1)
+        fleet = Fleet(any_fleet_config, 1)
         await fleet.start()
         guest = fleet[0]
         try:
@@ -127,7 +127,7 @@ def test_guest_reports_its_partition_and_refuses_bad_requests(
                 64,
                 10,
             )
-            assert status.data_crc == partition.crc and status.board == "x86-multiboot"
+            assert status.data_crc == partition.crc and status.board == any_fleet_config.firmware.board
             with pytest.raises(GuestRefused, match="no model loaded") as refused:
                 await guest.request(MsgType.TRAIN, TrainParams(1, 8, 0.1).to_bytes())
             assert refused.value.code == ErrorCode.NO_MODEL

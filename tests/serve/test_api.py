@@ -14,6 +14,7 @@ from openapi_spec_validator import validate
 
 from fedkeeper.function.config import parse_config
 from fedkeeper.function.store.db import Store
+from fedkeeper.host.hosts.registry import COLLECTION as HOSTS
 from fedkeeper.host.serve.process import ServeProcess
 
 from .conftest import SIZES, TOKEN, Served, assert_matches, record_session, serve_config, write_config
@@ -144,11 +145,11 @@ def test_hosts_list_the_registry_when_there_is_one_with_credentials_masked(
     served: Served, description: dict[str, Any]
 ) -> None:
     assert served.get("/api/v1/hosts").json() == []  # no registry kept: an empty list
-    served.store.db.hosts.insert_one({"_id": "edge-1", "status": "up", "password": "hunter2-hunter2"})
+    served.store.db[HOSTS].insert_one({"_id": "edge-1", "status": "up", "password": "hunter2-hunter2"})
     try:
         hosts = served.get("/api/v1/hosts").json()
     finally:
-        served.store.db.hosts.drop()
+        served.store.db[HOSTS].drop()
     assert_matches(description, "/api/v1/hosts", "get", 200, hosts)
     assert hosts == [{"_id": "edge-1", "status": "up", "password": "***"}]
 

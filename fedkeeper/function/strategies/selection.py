@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -231,3 +231,22 @@ def select_clients(
     if not 1 <= k <= len(ids):
         raise ValueError(f"cannot select {k} of {len(ids)} clients")
     return sorted(chooser.choose(ids, k, round_number, history or {}))
+
+
+@dataclass(frozen=True)
+class ClientPool:
+    """The session's clients and how a round samples them (what Flower's ``ClientManager`` answers).
+
+    A strategy's ``configure_fit`` calls :meth:`sample`, so the configured selection policy (and,
+    for ``straggler_aware``, the clients' history read for this round) decides who trains.
+    """
+
+    ids: tuple[int, ...]
+    per_round: int
+    policy: str | SelectionPolicy = "random"
+    seed: int = 0
+    history: Mapping[int, ClientStats] = field(default_factory=dict)
+
+    def sample(self, round_number: int) -> list[int]:
+        """The clients of ``round_number``, sorted (see :func:`select_clients`)."""
+        return select_clients(self.ids, self.per_round, round_number, self.seed, self.policy, self.history)

@@ -15,7 +15,8 @@ from pathlib import Path
 from fedkeeper.function.errors import FedkeeperError
 from fedkeeper.function.tasks.contract import EDGE_TOKEN_FILE
 from fedkeeper.host.childproc import run_service
-from fedkeeper.host.edge.fleet import FleetConfig
+from fedkeeper.host.edge.firmware import DEFAULT_FIRMWARE, FIRMWARES, ensure_built
+from fedkeeper.host.edge.fleet import RAM_FLOOR_MB, FleetConfig
 from fedkeeper.host.edge.gateway import (
     DATASET_CACHE_BYTES,
     MAX_REQUEST_BYTES,
@@ -35,10 +36,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--state-dir", type=Path, default=Path(".fedkeeper/edge"), help="pipes, logs, gateway.json"
     )
-    p.add_argument("--kernel", type=Path, default=None, help="guest kernel (default: build emulated_edge)")
+    p.add_argument(
+        "--firmware",
+        default=DEFAULT_FIRMWARE,
+        choices=sorted(FIRMWARES),
+        help=f"what the guests run (default {DEFAULT_FIRMWARE})",
+    )
+    p.add_argument(
+        "--kernel", type=Path, default=None, help="the firmware's image (default: build it in emulated_edge)"
+    )
     p.add_argument("--qemu", default="qemu-system-i386", help="QEMU binary")
-    p.add_argument("--memory-mb", type=int, default=15, help="guest RAM (default 15)")
-    p.add_argument("--cpu", default="qemu32", help="QEMU CPU model (default qemu32: has SSE2)")
+    p.add_argument("--memory-mb", type=int, default=None, help="guest RAM in MB (default: the firmware's)")
+    p.add_argument("--cpu", default=None, help="QEMU CPU model (default: the firmware's board)")
     p.add_argument("--accel", default="tcg", help="QEMU accelerators, ':'-separated (default tcg)")
     p.add_argument("--boot-timeout-s", type=float, default=30.0, help="wait for a guest's HELLO (default 30)")
     p.add_argument("--job-timeout-s", type=float, default=120.0, help="default train job timeout (120)")
@@ -72,12 +81,11 @@ def options_from_args(argv: list[str] | None = None) -> GatewayOptions:
         raise ValueError(f"--instances must be at least 1 (got {args.instances})")
     if not 0 <= args.port < 65536:
         raise ValueError(f"--port must be within 0..65535 (got {args.port})")
-    if args.memory_mb < 4:
-        raise ValueError(f"--memory-mb must be at least 4 (got {args.memory_mb})")
+    if args.memory_mb is not None and args.memory_mb < RAM_FLOOR_MB:
+        raise ValueError(f"--memory-mb must be at least {RAM_FLOOR_MB} (got {args.memory_mb})")
+    firmware = FIRMWARES[args.firmware]
     if args.kernel is None:
-        from fedkeeper.host.edge.firmware import ensure_built
-
-        args.kernel = ensure_built()
+        args.kernel = ensure_built(firmware)
     state_dir = args.state_dir.resolve()
     datasets = {}
     for item in args.dataset:
@@ -92,6 +100,7 @@ def options_from_args(argv: list[str] | None = None) -> GatewayOptions:
     fleet = FleetConfig(
         kernel=args.kernel.resolve(),
         run_dir=state_dir / "run",
+        firmware=firmware,
         qemu=args.qemu,
         memory_mb=args.memory_mb,
         cpu=args.cpu,

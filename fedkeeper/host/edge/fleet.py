@@ -31,6 +31,7 @@ import psutil
 
 from fedkeeper.host.edge import protocol
 from fedkeeper.host.edge.errors import EdgeError, GuestRefused, GuestUnavailable
+from fedkeeper.host.edge.firmware import DEFAULT_FIRMWARE, FIRMWARES, Firmware
 from fedkeeper.host.edge.protocol import DataStatus, Frame, Metrics, MsgType, Status, TrainParams
 
 log = logging.getLogger("fedkeeper.host.edge")
@@ -38,29 +39,41 @@ log = logging.getLogger("fedkeeper.host.edge")
 EXIT_GRACE_S = 2.0  # how long a guest may take to power off after EXIT before it is killed
 MAX_BOOT_FAILURES = 5  # consecutive failed relaunches before an instance is left down
 READ_CHUNK = 1 << 16
+MB = 1 << 20
+# RAM a guest needs besides its data: the first MiB (BIOS), the kernel image (1.1-1.3 MB) and the
+# smallest receive buffer. Below this much room a guest with data would exit at boot.
+RAM_FLOOR_MB = 2
 
 
 @dataclass(frozen=True)
 class FleetConfig:
     """How to launch the guests.
 
-    ``accel`` is QEMU's ``-accel`` list: ``tcg`` runs anywhere; ``kvm:tcg`` uses KVM where
-    ``/dev/kvm`` is usable and falls back to TCG.
+    ``firmware`` is the board the kernel was built for: its QEMU flags, and the defaults of
+    ``memory_mb`` and ``cpu`` when they are None. ``accel`` is QEMU's ``-accel`` list: ``tcg``
+    runs anywhere; ``kvm:tcg`` uses KVM where ``/dev/kvm`` is usable and falls back to TCG.
     """
 
     kernel: Path
     run_dir: Path
+    firmware: Firmware = FIRMWARES[DEFAULT_FIRMWARE]
     qemu: str = "qemu-system-i386"
-    memory_mb: int = 15
-    cpu: str = "qemu32"
+    memory_mb: int | None = None
+    cpu: str | None = None
     accel: str = "tcg"
     boot_timeout_s: float = 30.0
     request_timeout_s: float = 30.0
     health_interval_s: float = 15.0
 
+    @property
+    def memory(self) -> int:
+        return self.memory_mb if self.memory_mb is not None else self.firmware.memory_mb
+
     def check(self) -> None:
         if not self.kernel.is_file():
-            raise EdgeError(f"edge kernel {self.kernel} does not exist (run make -C emulated_edge)")
+            raise EdgeError(
+                f"edge kernel {self.kernel} does not exist (run make -C emulated_edge {self.firmware.target})"
+            )
         if shutil.which(self.qemu) is None:
             raise EdgeError(f"{self.qemu} not found (apt-get install qemu-system-x86)")
         # QEMU's multiboot loader splits -initrd at commas and module arguments at spaces.
@@ -180,9 +193,9 @@ class Instance:
         c = self.config
         cmd = [
             c.qemu,
-            "-m", str(c.memory_mb),
-            "-cpu", c.cpu,
-            "-machine", "q35",
+            "-m", str(c.memory),
+            "-cpu", c.cpu or c.firmware.cpu,
+            *c.firmware.board_args,
             "-nodefaults", "-monitor", "none", "-no-reboot", "-nographic",
             "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
             "-kernel", str(c.kernel),
@@ -265,6 +278,11 @@ class Instance:
         if status.version != protocol.VERSION:
             raise EdgeError(
                 f"edge instance {self.index} speaks protocol {status.version}, not {protocol.VERSION}"
+            )
+        if status.board != self.config.firmware.board:
+            raise EdgeError(
+                f"edge instance {self.index} runs a {status.board!r} image, not {self.config.firmware.board!r} "
+                f"({self.config.kernel} is not a {self.config.firmware.name} image)"
             )
         if partition is not None and (
             status.data_status is not DataStatus.OK or status.data_crc != partition.crc
@@ -445,8 +463,20 @@ class Instance:
                 self.partition is not None and self.partition.digest == partition.digest
             )
             if not (self.alive and same):
+                if partition is not None:
+                    self._check_fits(partition)
                 self._failures = 0
                 await self._boot(partition if partition is not None else self.partition)
+
+    def _check_fits(self, partition: Partition) -> None:
+        """Refuse (as the guest would) data that cannot fit beside the kernel in the guest's RAM."""
+        room = (self.config.memory - RAM_FLOOR_MB) * MB
+        if len(partition.image) > room:
+            raise GuestRefused(
+                protocol.ErrorCode.MEMORY,
+                f"the data partition is {len(partition.image) / MB:.1f} MB; edge instance {self.index} has "
+                f"-m {self.config.memory} and room for {max(room, 0) / MB:.1f} MB (raise memory_mb)",
+            )
 
     async def train(
         self, partition: Partition, weights: Sequence[np.ndarray], params: TrainParams, timeout_s: float

@@ -436,6 +436,7 @@ class Gateway:
         usage = self.fleet.usage()
         return web.json_response(
             {
+                "firmware": self.fleet.config.firmware.name,
                 "instances": len(usage),
                 "alive": sum(u.alive for u in usage),
                 "restarts": sum(u.restarts for u in usage),
@@ -488,6 +489,7 @@ async def serve(options: GatewayOptions, stop: asyncio.Event | None = None) -> N
                     "pid": os.getpid(),
                     "instances": options.instances,
                     "token_id": fingerprint(options.token),
+                    "firmware": options.fleet.firmware.name,
                 }
                 tmp = state_file.with_suffix(".tmp")
                 tmp.write_text(json.dumps(state), encoding="utf-8")

@@ -3,7 +3,7 @@ or a detached daemon for ``main.py -d`` / ``-r``.
 
 The daemon's state dir holds ``gateway.pid``, ``gateway.log``, ``gateway.token`` (0600, the bearer
 token every request needs) and, while it serves, ``gateway.json`` (``{"url", "pid", "instances",
-"token_id"}``): any process of the same user (the keeper, an invoker running in a fabric worker)
+"token_id", "firmware"}``): any process of the same user (the keeper, an invoker running in a fabric worker)
 finds the gateway's URL there.
 """
 
@@ -92,6 +92,7 @@ class DaemonInfo:
     pid: int
     instances: int
     token_id: str  # fingerprint of the token it serves (fedkeeper.host.edge.token.fingerprint)
+    firmware: str  # what its guests run (fedkeeper.host.edge.firmware.FIRMWARES)
 
 
 def _daemon(state_dir: Path) -> Daemon:
@@ -105,7 +106,11 @@ def running_daemon(state_dir: Path) -> DaemonInfo | None:
     try:
         state = json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8"))
         info = DaemonInfo(
-            str(state["url"]), int(state["pid"]), int(state["instances"]), str(state.get("token_id", ""))
+            str(state["url"]),
+            int(state["pid"]),
+            int(state["instances"]),
+            str(state.get("token_id", "")),
+            str(state.get("firmware", "")),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None

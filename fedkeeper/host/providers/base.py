@@ -11,10 +11,13 @@ from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
 from fedkeeper.function.errors import ProviderError
 from fedkeeper.function.invoke.base import InvokeClient, Needs, unsupported
+
+if TYPE_CHECKING:
+    from fedkeeper.function.config import Config
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,13 @@ class Provider(InvokeClient):
     settings
         The cluster's validated configuration model.
     """
+
+    @classmethod
+    def from_config(cls, cluster: str, settings: Any, config: Config) -> Self:
+        """The provider of a configured cluster. A platform that needs more of the configuration
+        than its cluster's settings (the SSH hosts read their registry from the scenario's store)
+        overrides this."""
+        return cls(cluster, settings)
 
     def refuse_unsupported(self, spec: FunctionSpec) -> None:
         """Raise ProviderError naming every limit of this platform that ``spec`` is outside."""

@@ -53,7 +53,8 @@ class EdgeProvider(EdgeClient, Provider):
 
     # ------------------------------------------------------------------ control plane
     def deploy(self, spec: FunctionSpec) -> None:
-        """Run ``spec.instances`` guests for ``fl_client``; a running fleet of another size is replaced."""
+        """Run ``spec.instances`` guests for ``fl_client``; a running fleet of another size, token or
+        firmware is replaced."""
         from fedkeeper.host.edge.firmware import ensure_built
         from fedkeeper.host.edge.process import running_daemon, start_daemon, stop_daemon
         from fedkeeper.host.edge.token import fingerprint
@@ -67,19 +68,24 @@ class EdgeProvider(EdgeClient, Provider):
                 f"edge cluster {self.cluster!r}: instances must be at least 1 (got {spec.instances})"
             )
         running = running_daemon(self.state_dir)
-        same_token = running is not None and running.token_id == fingerprint(self.token)
-        if running is not None and running.instances == spec.instances and same_token:
+        same = running is not None and (running.instances, running.token_id, running.firmware) == (
+            spec.instances,
+            fingerprint(self.token),
+            self.settings.firmware,
+        )
+        if same:
             return
         if running is not None:
             stop_daemon(self.state_dir)
         s = self.settings
-        kernel = ensure_built()
+        kernel = ensure_built(s.firmware)
         args = [
+            "--firmware", s.firmware,
             "--kernel", str(kernel),
             "--qemu", s.qemu,
-            "--memory-mb", str(s.memory_mb),
             "--boot-timeout-s", str(s.boot_timeout_s),
             "--job-timeout-s", str(spec.timeout_s),
+            *(["--memory-mb", str(s.memory_mb)] if s.memory_mb is not None else []),
             *(f"--dataset={name}={path}" for name, path in s.datasets.items()),
             *self.gateway_args,
         ]  # fmt: skip

@@ -33,7 +33,8 @@ def make_provider(platform: str, cluster: str, settings: Any) -> Provider:
 def providers_from_config(config: Config, platform: str) -> dict[str, Provider]:
     """Every cluster of one platform, by cluster name."""
     clusters = config.providers.clusters(platform)
-    return {name: make_provider(platform, name, settings) for name, settings in clusters.items()}
+    cls = provider_class(platform)
+    return {name: cls.from_config(name, settings, config) for name, settings in clusters.items()}
 
 
 def provider_from_binding(binding: dict[str, Any]) -> Provider:

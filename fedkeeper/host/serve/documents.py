@@ -24,6 +24,7 @@ from fedkeeper.function.invoke.base import Capabilities
 from fedkeeper.function.redaction import redact, redact_value
 from fedkeeper.function.store.db import Store, store_errors
 from fedkeeper.function.store.statuses import RoundStatus
+from fedkeeper.host.hosts.registry import COLLECTION as HOSTS
 from fedkeeper.host.ledger import SERVER, LedgerStatus
 from fedkeeper.host.plan import Plan
 from fedkeeper.host.serve.sources import Reading
@@ -36,7 +37,6 @@ SUCCESS = LedgerStatus.SUCCESS.value
 SUBMITTED = LedgerStatus.SUBMITTED.value
 AGGREGATED = RoundStatus.AGGREGATED.value
 ERROR_CHARS = 300
-HOSTS = "hosts"  # the hosts registry's collection, when one is kept
 # Histogram buckets (upper bounds, seconds) of activation and round durations.
 ACTIVATION_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 ROUND_BUCKETS_S = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
@@ -161,7 +161,7 @@ class StatusReader:
                 "maxRounds": server_config.get("max_rounds"),
                 "targetAccuracy": server_config.get("target_accuracy"),
                 "clientsPerRound": server_config.get("num_clients_per_round"),
-                "strategy": server_config.get("strategy"),
+                "strategy": _strategy_name(server_config.get("strategy")),
                 "serverCluster": server_config.get("cluster"),
                 "dataset": (scenario.get("training_test_data") or {}).get("dataset"),
                 "model": (scenario.get("model_params") or {}).get("model"),
@@ -220,7 +220,7 @@ class StatusReader:
 
     # ------------------------------------------------------------------ hosts and clusters
     def hosts(self) -> list[dict[str, Any]]:
-        """The hosts registry (the ``hosts`` collection), credentials masked; empty when none is kept."""
+        """The host registry (:mod:`fedkeeper.host.hosts.registry`), credentials masked; empty when none is kept."""
         if HOSTS not in self.db.list_collection_names(filter={"name": HOSTS}):
             return []
         docs = []
@@ -620,3 +620,8 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, str | int | float | bool) or value is None:
         return _number(value) if isinstance(value, float) else value
     return str(value)
+
+
+def _strategy_name(strategy: Any) -> str | None:
+    """``server_config.strategy`` is a name, or ``{name, <parameter>: ...}`` when it has parameters."""
+    return strategy.get("name") if isinstance(strategy, dict) else strategy

@@ -328,7 +328,7 @@ def document() -> dict[str, Any]:
                     "summary": "The hosts registry (empty when none is kept)",
                     "operationId": "listHosts",
                     "responses": {
-                        "200": _json({"type": "array", "items": _ref("Host")}, "hosts"),
+                        "200": _json({"type": "array", "items": _ref("Host")}, "the registered hosts"),
                         "503": ERROR_503,
                     },
                 }
