@@ -8,7 +8,15 @@ from dataclasses import replace
 
 import pytest
 
-from fedkeeper.function.strategies import SELECTION_POLICIES, ClientStats, make_selection, select_clients
+from fedkeeper.function.strategies import (
+    SELECTION_POLICIES,
+    ClientPool,
+    ClientStats,
+    FitConfig,
+    make_selection,
+    make_strategy,
+    select_clients,
+)
 from fedkeeper.function.strategies.selection import StragglerAware
 
 CLIENTS = list(range(10, 30))
@@ -108,3 +116,14 @@ def test_straggler_aware_selects_every_client_within_its_rotation_bound() -> Non
 def test_client_stats_round_trip_through_a_document() -> None:
     stats = FAST.ran(3.0, init_s=1.0)
     assert ClientStats.from_doc(stats.to_doc()) == stats
+
+
+def test_a_strategys_configure_fit_selects_through_the_pools_policy_and_history() -> None:
+    ids = tuple(range(8))
+    history = _history(dict.fromkeys(ids, 0))  # all equally recent: only the scored slots differ
+    policy = StragglerAware(seed=4, deadline_s=10.0, rotation_rounds=8)  # one rotation slot of four
+    pool = ClientPool(ids, 4, policy, seed=4, history=history)
+    fit = make_strategy("fedavg").configure_fit(1, pool, FitConfig(0.1, 1, 8))
+    chosen = [ins.client for ins in fit]
+    assert chosen == select_clients(ids, 4, 1, 4, policy, history)
+    assert sum(c % 2 == 0 for c in chosen) >= 3  # the scored slots went to fast clients
