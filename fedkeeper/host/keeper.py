@@ -290,11 +290,16 @@ class Keeper:
                     self.ledger.settle(entry, LedgerStatus.UNAVAILABLE, record, record.error)
                     self.watch.wait(self.outages.failed(outage))
                     continue
-                self.ledger.settle(entry, LedgerStatus.of(record), record, record.error)
-                if record.ok:
-                    self.watch.back(STORE)
-                    return record.result or {}
-                error = f"{function} ({record.activation_id}): {record.error}"
+                if not record.status.done:  # still running when the wait ran out: its writes are
+                    # keyed, so a retry that overlaps it cannot count anything twice
+                    error = f"{function} ({record.activation_id}): no outcome after {timeout_s:.0f}s"
+                    self.ledger.settle(entry, LedgerStatus.TIMED_OUT, error=error)
+                else:
+                    self.ledger.settle(entry, LedgerStatus.of(record), record, record.error)
+                    if record.ok:
+                        self.watch.back(STORE)
+                        return record.result or {}
+                    error = f"{function} ({record.activation_id}): {record.error}"
             failures += 1
             if failures > self.server.max_retries:
                 raise SessionFailed(f"{function} failed after {failures} attempts: {error}")

@@ -74,6 +74,9 @@ class ScriptedProvider(Provider):
     store: Store
     script: Mapping[int, list[Attempt]] = field(default_factory=dict)
     down_until: float = 0.0
+    pending_once: set[str] = field(
+        default_factory=set
+    )  # managing functions whose next call outlives its wait
     invoked: list[tuple[int, int]] = field(default_factory=list)  # (client, attempt), in order
     running: dict[str, _Running] = field(default_factory=dict)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
@@ -122,6 +125,9 @@ class ScriptedProvider(Provider):
         """The managing functions, as far as the keeper sees them: init marks the session
         initialised; the aggregator finishes the round with a fixed accuracy."""
         self._answer()
+        if name in self.pending_once:
+            self.pending_once.discard(name)
+            return ActivationRecord(f"a{next(self._ids)}", ActivationStatus.PENDING)
         session = self.store.for_session(str(params["session"]))
         if name == SERVER_INIT_FUNCTION:
             session.weights.put(0, WEIGHTS)
