@@ -1,25 +1,30 @@
 #!/usr/bin/env python
 """One FL workload through fedkeeper (local fabric + MongoDB) and through Flower's simulation.
 
-Both sides train the same model (``fedkeeper.function.learning.models``) on the same IID partitions
-(``fedkeeper.function.learning.partition``) of the same data (``fedkeeper.function.learning.datasets``) with the
-same local-training core (``fedkeeper.function.tasks.client.train_partition`` over ``train_local``, which
-also fixes the per-(client, round) shuffle seed) and evaluate with the same ``evaluate``; only the
-orchestration differs: fedkeeper's keeper, FaaS fabric and MongoDB versus Flower's simulation
-engine (ServerApp in the driver process, ClientApps in Ray actors). Each side runs in its own child process, so that one cannot warm
-the other's caches and its peak memory can be measured as its own process tree.
+Both sides train the same model (``fedkeeper.function.learning.architecture``) on the same IID
+partitions (``fedkeeper.function.learning.partition``) of the same data
+(``fedkeeper.function.learning.datasets``) with the same local-training core
+(``fedkeeper.function.tasks.client.train_partition`` over ``train_local``, which also fixes the
+per-(client, round) shuffle seed and keeps its compiled model warm) and evaluate with the same numpy
+``evaluate``; only the orchestration differs: fedkeeper's keeper, FaaS fabric and MongoDB versus
+Flower's simulation engine (ServerApp in the driver process, ClientApps in Ray actors). A third run,
+``flower-quickstart``, is Flower with its TensorFlow quickstart's client: a Keras model built and
+compiled in every call, trained with ``fit`` (same rows, same order). Each run is its own child
+process, so that one cannot warm another's caches and its peak memory is its own process tree.
 
-    python bench/round_vs_flower.py            # 10 clients, 5 rounds (~1 min per side on 2 cores)
+    python bench/round_vs_flower.py            # 10 clients, 5 rounds (~1 min per run on 2 cores)
     python bench/round_vs_flower.py --quick    # 4 clients, 2 rounds: a smoke run
 
-Prints per-round wall time and test accuracy of each side and the ratio fedkeeper / flower.
-Needs ``pip install -r bench/requirements.txt`` (Flower with its Ray simulation backend).
+Prints per-round wall time and test accuracy of each run and the ratios fedkeeper / flower and
+fedkeeper / flower-quickstart. Needs ``pip install -r bench/requirements.txt`` (Flower with its Ray
+simulation backend).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import itertools
 import json
 import os
@@ -39,7 +44,8 @@ from typing import Any, Final, cast
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
-SIDES = ("fedkeeper", "flower")
+SIDES = ("fedkeeper", "flower", "flower-quickstart")
+QUICKSTART = "flower-quickstart"
 DATASET: Final = "mnist5k"
 SAMPLING_SEED = 42
 DATABASE = "bench"
@@ -280,8 +286,35 @@ def run_fedkeeper(w: Workload, work: Path) -> SideResult:
 
 
 # --------------------------------------------------------------------------- Flower side
-def make_client_app(w: Workload) -> Any:
-    """A Flower ``ClientApp`` whose train step is fedkeeper's own ``fl_client`` core."""
+def quickstart_train(w: Workload, weights: list[Any], client: int, rows: Any, round_number: int) -> Any:
+    """Flower's TensorFlow quickstart client: build and compile a Keras model in this call, set the
+    weights, ``fit``. The rows and their per-epoch order are ``train_partition``'s, so the result
+    is the same model (``fit`` and the warm core compute the same steps)."""
+    import numpy as np
+
+    from fedkeeper.function.learning.datasets import load_dataset
+    from fedkeeper.function.learning.models import build_model
+    from fedkeeper.function.learning.training import LocalResult
+    from fedkeeper.function.tasks.client import shuffle_seed
+
+    params = w.model_params()
+    dataset = load_dataset(w.data_spec())
+    x, y = dataset.x_train[rows], dataset.y_train[rows]
+    model = build_model(params, dataset.num_features, dataset.num_classes)
+    model.set_weights(weights)
+    rng = np.random.default_rng(shuffle_seed(params, round_number, client) % 2**64)
+    history: dict[str, list[float]] = {}
+    for _ in range(params.local_epochs):
+        order = rng.permutation(len(x))
+        history = model.fit(
+            x[order], y[order], batch_size=params.batch_size, epochs=1, shuffle=False, verbose=0
+        ).history
+    return LocalResult(model.get_weights(), len(x), history["loss"][-1], history["accuracy"][-1])
+
+
+def make_client_app(w: Workload, quickstart: bool) -> Any:
+    """A Flower ``ClientApp`` whose train step is fedkeeper's own ``fl_client`` core (or, with
+    ``quickstart``, :func:`quickstart_train`)."""
     from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
 
@@ -299,7 +332,10 @@ def make_client_app(w: Workload) -> Any:
         spec = w.data_spec()
         parts = partition(load_dataset(spec).y_train, w.clients, w.sampling())
         # Flower counts rounds from 1, fedkeeper from 0: the same round gets the same shuffle seed.
-        result = train_partition(weights, spec, w.model_params(), parts[client], client, server_round - 1)
+        if quickstart:
+            result = quickstart_train(w, weights, client, parts[client], server_round - 1)
+        else:
+            result = train_partition(weights, spec, w.model_params(), parts[client], client, server_round - 1)
         content = RecordDict(
             {
                 "arrays": ArrayRecord(result.weights),
@@ -323,9 +359,9 @@ def make_server_app(w: Workload, marks: list[tuple[float, float]]) -> Any:
     from flwr.serverapp import Grid, ServerApp
     from flwr.serverapp.strategy import FedAvg
 
+    from fedkeeper.function.learning.architecture import initial_weights
     from fedkeeper.function.learning.datasets import load_dataset
-    from fedkeeper.function.learning.models import initial_weights
-    from fedkeeper.function.learning.training import evaluate
+    from fedkeeper.function.learning.evaluation import evaluate
 
     app = ServerApp()
 
@@ -354,7 +390,8 @@ def make_server_app(w: Workload, marks: list[tuple[float, float]]) -> Any:
     return app
 
 
-def run_flower(w: Workload, work: Path) -> SideResult:
+def run_flower(w: Workload, work: Path, quickstart: bool = False) -> SideResult:
+    side = QUICKSTART if quickstart else "flower"
     try:
         import flwr
         from flwr.simulation import run_simulation
@@ -369,20 +406,25 @@ def run_flower(w: Workload, work: Path) -> SideResult:
     started = time.monotonic()
     run_simulation(
         server_app=make_server_app(w, marks),
-        client_app=make_client_app(w),
+        client_app=make_client_app(w, quickstart),
         num_supernodes=w.clients,
         backend_config=backend_config,  # type: ignore[arg-type]
     )
     if len(marks) != w.rounds + 1:
-        raise SystemExit(f"flower side: expected {w.rounds + 1} evaluations, got {len(marks)} (see its log)")
+        raise SystemExit(f"{side} side: expected {w.rounds + 1} evaluations, got {len(marks)} (see its log)")
     total_s = marks[-1][0] - started
     times = [t for t, _ in marks]
+    client = (
+        "each call builds and compiles a Keras model and fits it (Flower's TensorFlow quickstart)"
+        if quickstart
+        else "each call runs fedkeeper's warm training core (train_partition)"
+    )
     return SideResult(
-        side="flower",
+        side=side,
         version=flwr.__version__,
         parallelism=(
             f"run_simulation, Ray backend with {w.parallel} CPUs and 1 CPU per client: {w.parallel} "
-            "ClientApp actors at once; ServerApp (FedAvg, evaluation) in the driver process"
+            f"ClientApp actors at once; ServerApp (FedAvg, evaluation) in the driver process; {client}"
         ),
         round_s=[b - a for a, b in itertools.pairwise(times)],
         accuracy=[acc for _, acc in marks[1:]],
@@ -399,6 +441,7 @@ def run_flower(w: Workload, work: Path) -> SideResult:
 RUNNERS: dict[str, Callable[[Workload, Path], SideResult]] = {
     "fedkeeper": run_fedkeeper,
     "flower": run_flower,
+    QUICKSTART: functools.partial(run_flower, quickstart=True),
 }
 
 
@@ -512,9 +555,13 @@ SUMMARY = (
 
 
 def report(w: Workload, runs: dict[str, list[SideResult]]) -> Iterator[str]:
-    """The table: medians over the runs of each side (one run unless ``--repeat``)."""
-    fk_runs, fl_runs = runs["fedkeeper"], runs["flower"]
-    fk, fl = fk_runs[-1], fl_runs[-1]
+    """The tables: medians over the runs of each side (one run unless ``--repeat``), ratios last.
+
+    ``fk/flower`` compares orchestration alone (both sides run the same warm training core);
+    ``fk/quickstart`` compares with Flower as its TensorFlow quickstart writes a client.
+    """
+    fk_runs, fl_runs, qs_runs = runs["fedkeeper"], runs["flower"], runs[QUICKSTART]
+    fk, fl, qs = fk_runs[-1], fl_runs[-1], qs_runs[-1]
     repeat = len(fk_runs)
     yield ""
     yield f"fedkeeper {fk.version} vs Flower {fl.version} — {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, " + (
@@ -523,32 +570,39 @@ def report(w: Workload, runs: dict[str, list[SideResult]]) -> Iterator[str]:
     )
     yield f"workload: {w.describe()}"
     loads = ", ".join(
-        f"{r.side} {r.load_before or 0:.1f}" for pair in zip(fk_runs, fl_runs, strict=True) for r in pair
+        f"{r.side} {r.load_before or 0:.1f}"
+        for group in zip(fk_runs, fl_runs, qs_runs, strict=True)
+        for r in group
     )
     yield f"load average (1 min) when each run started: {loads} (on {os.cpu_count()} cores)"
     if repeat > 1:
         yield f"each figure is the median of {repeat} runs per side (the sides alternate)"
-    yield f"  fedkeeper parallelism: {fk.parallelism}"
-    yield f"  flower    parallelism: {fl.parallelism}"
+    for result in (fk, fl, qs):
+        yield f"  {result.side:<17} parallelism: {result.parallelism}"
     yield ""
-    yield f"{'round':>5}  {'fedkeeper s':>11}  {'flower s':>9}  {'fk/flower':>9}  {'fk accuracy':>11}  {'flower acc':>10}"
+    yield (
+        f"{'round':>5}  {'fedkeeper s':>11}  {'flower s':>9}  {'quickstart s':>12}  {'fk accuracy':>11}  "
+        f"{'flower acc':>10}  {'qs acc':>7}  {'fk/flower':>9}  {'fk/quickstart':>13}"
+    )
     for i in range(w.rounds):
-        a, b = median(r.round_s[i] for r in fk_runs), median(r.round_s[i] for r in fl_runs)
+        a, b, c = (median(r.round_s[i] for r in side) for side in (fk_runs, fl_runs, qs_runs))
         yield (
-            f"{i + 1:>5}  {a:>11.2f}  {b:>9.2f}  {ratio(a, b):>9}  {fk.accuracy[i]:>11.4f}  {fl.accuracy[i]:>10.4f}"
+            f"{i + 1:>5}  {a:>11.2f}  {b:>9.2f}  {c:>12.2f}  {fk.accuracy[i]:>11.4f}  {fl.accuracy[i]:>10.4f}  "
+            f"{qs.accuracy[i]:>7.4f}  {ratio(a, b):>9}  {ratio(a, c):>13}"
         )
-    a, b = median(r.rounds_s for r in fk_runs), median(r.rounds_s for r in fl_runs)
-    yield f"{'sum':>5}  {a:>11.2f}  {b:>9.2f}  {ratio(a, b):>9}"
+    a, b, c = (median(r.rounds_s for r in side) for side in (fk_runs, fl_runs, qs_runs))
+    yield f"{'sum':>5}  {a:>11.2f}  {b:>9.2f}  {c:>12.2f}  {'':>11}  {'':>10}  {'':>7}  {ratio(a, b):>9}  {ratio(a, c):>13}"
     yield ""
-    yield f"{'':<34}{'fedkeeper':>10}  {'flower':>9}  {'fk/flower':>9}"
+    yield f"{'':<34}{'fedkeeper':>10}  {'flower':>9}  {'quickstart':>10}  {'fk/flower':>9}  {'fk/quickstart':>13}"
     for row in SUMMARY:
-        a, b = median(row.figure(r) for r in fk_runs), median(row.figure(r) for r in fl_runs)
-        yield f"{row.label:<34}{a:>10.{row.digits}f}  {b:>9.{row.digits}f}  {ratio(a, b)}"
-    accuracies = [r.accuracy for r in fk_runs + fl_runs]
+        a, b, c = (median(row.figure(r) for r in side) for side in (fk_runs, fl_runs, qs_runs))
+        d = row.digits
+        yield f"{row.label:<34}{a:>10.{d}f}  {b:>9.{d}f}  {c:>10.{d}f}  {ratio(a, b):>9}  {ratio(a, c):>13}"
+    accuracies = [r.accuracy for r in fk_runs + fl_runs + qs_runs]
     gap = max(abs(x - y) for other in accuracies for x, y in zip(accuracies[0], other, strict=True))
     yield f"{'largest accuracy difference':<34}{gap:>10.4f}"
     yield ""
-    for result in (fk, fl):
+    for result in (fk, fl, qs):
         for note in result.notes:
             yield f"  {result.side}: {note}"
     if repeat > 1:

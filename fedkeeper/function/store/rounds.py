@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pymongo import ASCENDING, ReturnDocument
@@ -18,13 +18,17 @@ class Rounds(SessionBound):
 
     collection = "rounds"
 
-    def open(self, round_number: int, selected: Sequence[int]) -> list[int]:
-        """Record the round's selection once; a resumed keeper gets the original selection back."""
+    def open(
+        self, round_number: int, selected: Sequence[int], fit: Mapping[int, dict[str, Any]] | None = None
+    ) -> list[int]:
+        """Record the round's selection and each client's instructions (``fit``) once; a resumed
+        keeper gets the original selection back."""
         doc = self._col.find_one_and_update(
             {"session": self.session_id, "round": round_number},
             {
                 "$setOnInsert": {
                     "selected": [int(c) for c in selected],
+                    "fit": {str(int(c)): dict(config) for c, config in (fit or {}).items()},
                     "status": RoundStatus.OPEN,
                     "started_at": utcnow(),
                 }
@@ -61,6 +65,14 @@ class Rounds(SessionBound):
             {"session": self.session_id, "round": round_number},
             {"$set": {f"metrics.{k}": v for k, v in metrics.items()}},
         )
+
+    def instructions(self, round_number: int, client: int) -> dict[str, Any] | None:
+        """What the keeper told ``client`` for the round (None: the round is not open, or predates them)."""
+        doc = self._col.find_one(
+            {"session": self.session_id, "round": round_number}, {f"fit.{int(client)}": 1}
+        )
+        found = ((doc or {}).get("fit") or {}).get(str(int(client)))
+        return dict(found) if found is not None else None
 
     def get(self, round_number: int) -> dict[str, Any]:
         doc = self._col.find_one({"session": self.session_id, "round": round_number})

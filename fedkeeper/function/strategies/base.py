@@ -1,90 +1,202 @@
-"""The aggregation interface: one round's updates stream in, the next global weights come out.
+"""The strategy interface, in Flower's shape: a strategy owns the algorithm.
 
-A strategy sees each update once (``accumulate``) and must not keep it, so the aggregator's memory
-is O(model), not O(clients x model). Validation happens here, before any state changes, so a
-rejected update leaves the aggregate exactly as it was.
+``configure_fit`` (in the keeper, when a round opens) picks the clients and tells each what to
+do; ``aggregate_fit`` (in ``fl_server_aggregator``) turns the round's updates into the next
+global weights; ``configure_evaluate``/``aggregate_evaluate`` are federated evaluation on the
+clients' held-out data; ``evaluate`` is the central one. Strategies are numpy only.
+
+Updates stream: ``aggregate_fit`` sees each one once, validates it before any state changes (a
+rejected update leaves the aggregate exactly as it was) and folds it in. Strategies of the FedAvg
+family keep O(model) memory; the robust ones must hold every update (see
+:class:`~fedkeeper.function.strategies.buffered.Buffered`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
 from fedkeeper.function.errors import FedkeeperError, InvalidUpdate
 from fedkeeper.function.store.weights import check_update
+from fedkeeper.function.strategies.records import (
+    EvaluateIns,
+    EvaluateRes,
+    Failure,
+    FitConfig,
+    FitIns,
+    FitRes,
+    Weights,
+)
+from fedkeeper.function.strategies.selection import ClientPool
+from fedkeeper.function.strategies.state import ClientStates, InMemoryClientStates, StrategyState
+
+# Central evaluation: (round, weights) -> (loss, metrics).
+EvaluateFn = Callable[[int, Weights], tuple[float, dict[str, float]]]
 
 
 class NothingToAggregate(FedkeeperError):
-    """``finish`` was called on a round with no accepted update."""
+    """A round with no accepted update."""
+
+
+@dataclass(frozen=True, eq=False)
+class RoundContext:
+    """What the aggregator knows about the round it aggregates.
+
+    ``round_number`` counts from 0; Flower's ``server_round`` is ``round_number + 1``.
+    """
+
+    round_number: int
+    current: Weights
+    state: StrategyState = field(default_factory=StrategyState)
+    clients: ClientStates = field(default_factory=InMemoryClientStates)
+    num_selected: int = 0
+    num_clients: int = 0
+    seed: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class FitOutcome:
+    """``aggregate_fit``'s answer.
+
+    ``weights`` None keeps the round's weights (Flower's ``None``). ``rejected`` lists updates
+    found invalid while streaming; updates rejected when they were stored arrive as failures.
+    """
+
+    weights: Weights | None
+    state: StrategyState
+    accepted: list[int]
+    rejected: dict[int, str]
+
+
+def cast_like(arrays: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> Weights:
+    """``arrays`` in the reference's dtypes (aggregates are computed in float64)."""
+    return [np.asarray(a).astype(ref.dtype) for a, ref in zip(arrays, reference, strict=True)]
 
 
 class Strategy(ABC):
-    """Streaming aggregation of one round: ``begin`` → ``accumulate``* → ``finish``."""
+    """One federated algorithm: ``configure_fit`` → clients train → ``aggregate_fit`` → ``evaluate``.
+
+    Class attributes say what the algorithm needs of the rest of the system; the configuration
+    checks them once.
+    """
+
+    name: ClassVar[str]
+    # It carries server state between rounds (and a round after the first must find it).
+    stateful: ClassVar[bool] = False
+    # It changes the client's objective (proximal term, gradient correction): only fedkeeper's own
+    # trainer can run it, not the edge devices' fixed one.
+    client_objective: ClassVar[bool] = False
+    # Its algebra assumes plain SGD steps on the client (model_params.optimizer: sgd).
+    sgd_only: ClassVar[bool] = False
 
     def __init__(self) -> None:
-        self._reference: list[np.ndarray] | None = None
-        self._accepted = 0
-        self._rejected = 0
-        self._total_examples = 0
+        self._context: RoundContext | None = None
 
-    # ----------------------------------------------------------------------- the round
-    def begin(self, reference: Sequence[np.ndarray]) -> None:
-        """Start a round whose global weights are ``reference`` (updates must match its shapes and dtypes)."""
-        self._reference = [np.asarray(array) for array in reference]
-        self._accepted = self._rejected = self._total_examples = 0
-        self._begin(self._reference)
+    # ------------------------------------------------------------------ fit
+    def configure_fit(self, round_number: int, pool: ClientPool, base: FitConfig) -> list[FitIns]:
+        """Which clients train in ``round_number`` and what each is told (``base`` from model_params)."""
+        config = self.fit_config(base)
+        return [FitIns(client, config) for client in pool.sample(round_number)]
 
-    def accumulate(self, update: Sequence[np.ndarray], num_examples: int) -> None:
-        """Fold in one client's update; raises :class:`InvalidUpdate` (and counts it) if it is malformed."""
-        reference = self._require_round()
-        try:
-            arrays = list(update) if isinstance(update, list | tuple) else None
-            if arrays is None or not all(isinstance(array, np.ndarray) for array in arrays):
-                raise InvalidUpdate(f"update must be a list of numpy arrays, got {type(update).__name__}")
-            count = check_update(arrays, num_examples, reference)
-        except InvalidUpdate:
-            self._rejected += 1
-            raise
-        self._accumulate(arrays, count)
-        self._accepted += 1
-        self._total_examples += count
+    def fit_config(self, base: FitConfig) -> FitConfig:
+        """The instructions every selected client gets; strategies add theirs."""
+        return base
 
-    def finish(self) -> list[np.ndarray]:
-        """The next global weights, with the reference's dtypes."""
-        reference = self._require_round()
-        if self._accepted == 0:
-            raise NothingToAggregate(f"no accepted update to aggregate ({self._rejected} rejected)")
-        return self._finish(reference)
+    def fit_correction(
+        self, state: StrategyState, client_state: Weights | None, like: Weights
+    ) -> Weights | None:
+        """What the client adds to each gradient (SCAFFOLD's ``c - c_i``); None for plain training."""
+        return None
 
-    # ----------------------------------------------------------------------- counters
+    def aggregate_fit(
+        self, context: RoundContext, results: Iterable[FitRes | Failure], failures: Sequence[Failure]
+    ) -> FitOutcome:
+        """Stream ``results`` into the next global weights and state.
+
+        ``failures`` are the selected clients without a usable update, known before streaming;
+        ``results`` may also yield a :class:`Failure` for an update found unreadable on the way.
+        Raises :class:`NothingToAggregate` when no update is accepted.
+        """
+        failures = list(failures)
+        accepted: list[int] = []
+        rejected: dict[int, str] = {}
+        self._context = context
+        self._begin(context)
+        for item in results:
+            if isinstance(item, Failure):
+                failures.append(item)
+                if item.rejected:
+                    rejected[item.client] = item.reason
+                continue
+            reason = _invalid(item, context.current)
+            if reason is not None:
+                rejected[item.client] = reason
+                failures.append(Failure(item.client, reason, rejected=True))
+                continue
+            self._accumulate(item)
+            accepted.append(item.client)
+        if not accepted:
+            raise NothingToAggregate(
+                f"round {context.round_number}: no accepted update ({len(failures)} failed or rejected)"
+            )
+        weights, state = self._finish(failures)
+        return FitOutcome(weights, state, accepted, rejected)
+
+    # ------------------------------------------------------------------ evaluation
+    def configure_evaluate(self, round_number: int, pool: ClientPool) -> list[EvaluateIns]:
+        """Which clients evaluate the new weights on their held-out data (Flower's default: all)."""
+        return [EvaluateIns(client) for client in pool.ids]
+
+    def aggregate_evaluate(
+        self, round_number: int, results: Iterable[EvaluateRes], failures: Sequence[Failure]
+    ) -> tuple[float | None, dict[str, float]]:
+        """Example-weighted mean loss (Flower's ``weighted_loss_avg``) and accuracy; None without results."""
+        examples = loss = accuracy = 0.0
+        for res in results:
+            examples += res.num_examples
+            loss += res.num_examples * res.loss
+            accuracy += res.num_examples * res.accuracy
+        if examples == 0:
+            return None, {}
+        return loss / examples, {"accuracy": accuracy / examples}
+
+    def evaluate(
+        self, round_number: int, weights: Weights, evaluate_fn: EvaluateFn | None
+    ) -> tuple[float, dict[str, float]] | None:
+        """Central evaluation of the new global weights (None without an evaluation function)."""
+        return None if evaluate_fn is None else evaluate_fn(round_number, weights)
+
+    # ------------------------------------------------------------------ for subclasses
     @property
-    def accepted(self) -> int:
-        return self._accepted
-
-    @property
-    def rejected(self) -> int:
-        return self._rejected
-
-    @property
-    def total_examples(self) -> int:
-        return self._total_examples
-
-    # ----------------------------------------------------------------------- for subclasses
-    @abstractmethod
-    def _begin(self, reference: list[np.ndarray]) -> None:
-        """Reset the running state for a round."""
+    def context(self) -> RoundContext:
+        if self._context is None:
+            raise RuntimeError(f"{type(self).__name__}: no round is being aggregated")
+        return self._context
 
     @abstractmethod
-    def _accumulate(self, update: list[np.ndarray], num_examples: int) -> None:
-        """Fold in an update that has already passed validation; must not keep a reference to it."""
+    def _begin(self, context: RoundContext) -> None:
+        """Reset the running aggregate for a round."""
 
     @abstractmethod
-    def _finish(self, reference: list[np.ndarray]) -> list[np.ndarray]:
-        """The aggregate, cast to the reference's dtypes."""
+    def _accumulate(self, result: FitRes) -> None:
+        """Fold in an update that passed validation; must not keep it unless the strategy buffers."""
 
-    def _require_round(self) -> list[np.ndarray]:
-        if self._reference is None:
-            raise RuntimeError(f"{type(self).__name__}: call begin() before accumulate() or finish()")
-        return self._reference
+    @abstractmethod
+    def _finish(self, failures: Sequence[Failure]) -> tuple[Weights | None, StrategyState]:
+        """The next global weights (reference dtypes) and the state to carry on."""
+
+
+def _invalid(result: FitRes, reference: Weights) -> str | None:
+    """Why an update cannot be aggregated, or None: the one gate every update passed when stored."""
+    weights = result.weights
+    if not isinstance(weights, list | tuple) or not all(isinstance(a, np.ndarray) for a in weights):
+        return f"update must be a list of numpy arrays, got {type(weights).__name__}"
+    try:
+        check_update(list(weights), result.num_examples, reference)
+    except InvalidUpdate as exc:
+        return str(exc)
+    return None

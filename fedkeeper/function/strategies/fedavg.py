@@ -2,28 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-from fedkeeper.function.strategies.base import Strategy
+from fedkeeper.function.strategies.base import RoundContext, Strategy, cast_like
+from fedkeeper.function.strategies.records import Failure, FitRes, Weights
+from fedkeeper.function.strategies.state import StrategyState
+from fedkeeper.function.strategies.streaming import WeightedSum
 
 
 class FedAvg(Strategy):
-    """Streaming weighted mean: a float64 running sum of ``weights * num_examples`` and the total count."""
+    """Streaming weighted mean (memory O(model)); the base of the FedAvg family.
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._sums: list[np.ndarray] = []
+    Subclasses that step a server optimizer override :meth:`_server_step`, which gets the mean.
+    """
 
-    def _begin(self, reference: list[np.ndarray]) -> None:
-        # float64 so that many float32 updates add up without losing precision.
-        self._sums = [np.zeros(array.shape, dtype=np.float64) for array in reference]
+    name = "fedavg"
 
-    def _accumulate(self, update: list[np.ndarray], num_examples: int) -> None:
-        for total, array in zip(self._sums, update, strict=True):
-            scaled = array.astype(np.float64)  # one layer-sized temporary at a time
-            scaled *= num_examples
-            total += scaled
+    def _begin(self, context: RoundContext) -> None:
+        self._mean = WeightedSum(context.current)
 
-    def _finish(self, reference: list[np.ndarray]) -> list[np.ndarray]:
-        count = float(self.total_examples)
-        return [(total / count).astype(ref.dtype) for total, ref in zip(self._sums, reference, strict=True)]
+    def _accumulate(self, result: FitRes) -> None:
+        self._mean.add(result.weights, result.num_examples)
+
+    def _finish(self, failures: Sequence[Failure]) -> tuple[Weights | None, StrategyState]:
+        return self._server_step(self._mean.mean(), failures)
+
+    def _server_step(
+        self, average: list[np.ndarray], failures: Sequence[Failure]
+    ) -> tuple[Weights | None, StrategyState]:
+        """The next weights from the float64 ``average`` of the round's updates."""
+        return cast_like(average, self.context.current), StrategyState()

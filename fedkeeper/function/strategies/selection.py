@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,3 +41,17 @@ def select_clients(
     if not 1 <= k <= len(ids):
         raise ValueError(f"cannot select {k} of {len(ids)} clients")
     return sorted(SELECTION_POLICIES[policy](ids, k, round_number, seed))
+
+
+@dataclass(frozen=True)
+class ClientPool:
+    """The session's clients and how a round samples them (what Flower's ``ClientManager`` answers)."""
+
+    ids: tuple[int, ...]
+    per_round: int
+    policy: str = "random"
+    seed: int = 0
+
+    def sample(self, round_number: int) -> list[int]:
+        """The clients of ``round_number``, sorted (see :func:`select_clients`)."""
+        return select_clients(self.ids, self.per_round, round_number, self.seed, self.policy)

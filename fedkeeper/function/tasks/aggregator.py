@@ -1,23 +1,38 @@
 """``fl_server_aggregator``: aggregate round r's updates into round r+1's global weights.
 
-Updates stream through the strategy one at a time (memory O(model)). An update with wrong
-shapes, dtypes or non-finite values is rejected, logged and marked, and counts as that
-client's failure; the rest are aggregated. Re-running for a finished round returns its metrics.
+The session's strategy owns the algorithm (``aggregate_fit``); this handler feeds it from the
+store: updates stream one at a time, failures (selected clients without an update, updates
+rejected when stored) are passed in, and the strategy's state comes from the store with the
+round and goes back with the next one. Writes go marks first, then state, then weights, so an
+aggregator that dies at any line is re-run to the same result; re-running for a finished round
+returns its metrics.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from typing import Any
 
-from fedkeeper.function.errors import InvalidUpdate, StoreError
+from fedkeeper.function.errors import StoreError
 from fedkeeper.function.learning.datasets import load_dataset
-from fedkeeper.function.learning.training import evaluate
-from fedkeeper.function.store.db import Store
+from fedkeeper.function.learning.evaluation import evaluate
+from fedkeeper.function.store.db import SessionStore, Store
 from fedkeeper.function.store.statuses import UpdateStatus
 from fedkeeper.function.store.updates import UnreadableUpdate
-from fedkeeper.function.strategies import make_strategy
+from fedkeeper.function.strategies import (
+    Failure,
+    FitConfig,
+    FitRes,
+    NothingToAggregate,
+    RoundContext,
+    Strategy,
+    StrategyState,
+    Weights,
+)
 from fedkeeper.function.tasks.common import SessionSettings, require
+
+NO_UPDATE = "no update before the round closed"
 
 
 def handle(params: dict[str, Any]) -> dict[str, Any]:
@@ -26,29 +41,15 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
     store = db.for_session(session_id)
     round_number = require(params, "round", int)
     clients = [int(c) for c in require(params, "clients", list)]
-    done = store.rounds.get(round_number).get("metrics")
-    if done is not None:
-        return dict(done)
+    doc = store.rounds.get(round_number)
+    if doc.get("metrics") is not None:
+        return dict(doc["metrics"])
 
     settings = SessionSettings.load(store)
+    strategy = settings.server.strategy.build()
     # An earlier attempt may have died after writing the weights: then only the metrics are missing.
     if not store.weights.has(round_number + 1):
-        strategy = make_strategy(settings.server.strategy)
-        strategy.begin(store.weights.get(round_number))
-        for item in store.updates.stream(round_number, clients):
-            if isinstance(item, UnreadableUpdate):
-                store.updates.mark(round_number, item.client, UpdateStatus.REJECTED, item.reason)
-                continue
-            try:
-                strategy.accumulate(item.weights, item.num_examples)
-            except InvalidUpdate as exc:
-                print(f"rejected update of client {item.client}: {exc}", file=sys.stderr)
-                store.updates.mark(round_number, item.client, UpdateStatus.REJECTED, str(exc))
-                continue
-            store.updates.mark(round_number, item.client, UpdateStatus.ACCEPTED, "")
-        if strategy.accepted == 0:
-            raise StoreError(f"round {round_number}: no valid update among clients {clients}")
-        store.weights.put(round_number + 1, strategy.finish())
+        _aggregate(store, strategy, settings, round_number, clients, doc)
 
     marks = store.updates.marks(round_number, clients)
     accepted = [m for m in marks if m.get("status") == UpdateStatus.ACCEPTED]
@@ -59,18 +60,90 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
     train_loss = sum(m["loss"] * m["num_examples"] for m in accepted) / max(examples, 1)
     train_accuracy = sum(m["accuracy"] * m["num_examples"] for m in accepted) / max(examples, 1)
 
-    dataset = load_dataset(settings.data)
     weights = store.weights.get(round_number + 1)
-    loss, accuracy = evaluate(weights, dataset.x_test, dataset.y_test, settings.model, dataset.num_classes)
+    dataset = load_dataset(settings.data)
+
+    def central(_: int, arrays: Weights) -> tuple[float, dict[str, float]]:
+        loss, accuracy = evaluate(arrays, dataset.x_test, dataset.y_test, settings.model, dataset.num_classes)
+        return loss, {"accuracy": accuracy}
+
+    loss, evaluated = strategy.evaluate(round_number, weights, central) or (float("nan"), {})
+    next_state = store.strategy.server(round_number + 1)
     metrics = {
         "round": round_number,
-        "accuracy": float(accuracy),
+        "accuracy": float(evaluated.get("accuracy", float("nan"))),
         "loss": float(loss),
         "train_loss": float(train_loss),
         "train_accuracy": float(train_accuracy),
         "accepted": [int(m["client"]) for m in accepted],
         "rejected": rejected,
         "examples": int(examples),
+        "strategy": strategy.name,
+        **(dict(next_state.metrics) if next_state is not None else {}),
     }
     store.rounds.finish(round_number, metrics)
     return metrics
+
+
+def _aggregate(
+    store: SessionStore,
+    strategy: Strategy,
+    settings: SessionSettings,
+    round_number: int,
+    clients: list[int],
+    doc: dict[str, Any],
+) -> None:
+    current = store.weights.get(round_number)
+    state = store.strategy.server(round_number)
+    if state is None:
+        if strategy.stateful and round_number > 0:
+            raise StoreError(f"session {store.id}: no {strategy.name} state stored for round {round_number}")
+        state = StrategyState()
+    selected = [int(c) for c in doc.get("selected", clients)]
+    marks = {int(m["client"]): m for m in store.updates.marks(round_number, clients)}
+    # Updates rejected when they were stored (or by an earlier attempt of this aggregation).
+    rejected = {
+        c: str(m.get("reason") or "rejected")
+        for c, m in marks.items()
+        if m.get("status") == UpdateStatus.REJECTED
+    }
+    failures = [Failure(c, NO_UPDATE) for c in selected if c not in marks]
+    failures += [Failure(c, reason, rejected=True) for c, reason in sorted(rejected.items())]
+    usable = [c for c in clients if c in marks and c not in rejected]
+    base = FitConfig.from_model(settings.model)
+    instructions = {int(c): FitConfig.from_json(f) for c, f in (doc.get("fit") or {}).items()}
+
+    def results() -> Iterator[FitRes | Failure]:
+        for item in store.updates.stream(round_number, usable):
+            if isinstance(item, UnreadableUpdate):
+                yield Failure(item.client, item.reason, rejected=True)
+                continue
+            yield FitRes(
+                item.client,
+                item.weights,
+                item.num_examples,
+                instructions.get(item.client, base),
+                loss=item.loss,
+                accuracy=item.accuracy,
+            )
+
+    context = RoundContext(
+        round_number=round_number,
+        current=current,
+        state=state,
+        clients=store.strategy.clients(round_number),
+        num_selected=len(selected),
+        num_clients=settings.total_clients,
+        seed=settings.server.seed,
+    )
+    try:
+        outcome = strategy.aggregate_fit(context, results(), failures)
+    except NothingToAggregate as exc:
+        raise StoreError(f"round {round_number}: no valid update among clients {clients} ({exc})") from None
+    for client, reason in outcome.rejected.items():
+        print(f"rejected update of client {client}: {reason}", file=sys.stderr)
+        store.updates.mark(round_number, client, UpdateStatus.REJECTED, reason)
+    for client in outcome.accepted:
+        store.updates.mark(round_number, client, UpdateStatus.ACCEPTED, "")
+    store.strategy.put_server(round_number + 1, outcome.state)
+    store.weights.put(round_number + 1, outcome.weights if outcome.weights is not None else current)

@@ -1,23 +1,41 @@
 """``fl_client``: one local training run.
 
 Direct mode (``{"session","round","client","attempt"}``, store bound at deploy time): reads the
-round's weights and the client's partition from the store and writes the update itself.
+round's weights, its instructions for this client and the client's partition from the store and
+writes the update itself.
 Inline mode (a :class:`~fedkeeper.function.tasks.contract.ClientJob`): everything arrives in the call and
 the update goes back in the reply; no database credentials needed.
+
+A warm worker keeps what it read (:class:`WarmInputs`), besides the compiled model
+(``learning.models``) and the loaded data set (``learning.datasets``): a warm activation costs its
+training plus three store round trips (is the update there? then storing it: a check and an insert).
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from fedkeeper.function.config import ModelParams, TrainingTestData
+from fedkeeper.function.errors import InvalidUpdate
 from fedkeeper.function.learning.datasets import load_dataset
 from fedkeeper.function.learning.training import LocalResult, train_local
 from fedkeeper.function.store import weights as wire
-from fedkeeper.function.store.db import Store
-from fedkeeper.function.tasks.common import SessionSettings, check_indices, require, store_update
+from fedkeeper.function.store.db import SessionStore, Store
+from fedkeeper.function.strategies import FitConfig
+from fedkeeper.function.tasks.common import (
+    SessionSettings,
+    check_indices,
+    correction,
+    fitted_model,
+    instructions,
+    require,
+    store_update,
+)
 from fedkeeper.function.tasks.contract import ClientReply
 from fedkeeper.function.tasks.entry import BadRequest
 
@@ -29,14 +47,31 @@ def train_partition(
     indices: np.ndarray,
     client: int,
     round_number: int,
+    *,
+    fit: FitConfig | None = None,
+    gradient_correction: wire.Weights | None = None,
 ) -> LocalResult:
+    """Train ``client``'s rows as the round's instructions ``fit`` say (default: ``model`` alone)."""
+    fit = fit or FitConfig.from_model(model)
     dataset = load_dataset(spec)
     rows = check_indices(np.asarray(indices, dtype=np.int64), len(dataset.y_train))
-    # Each (client, round) shuffles differently, yet a retried attempt repeats the same run.
-    seed = model.seed * 1_000_003 + round_number * 10_007 + client
+    seed = shuffle_seed(model, round_number, client)
     return train_local(
-        weights, dataset.x_train[rows], dataset.y_train[rows], model, dataset.num_classes, seed=seed
+        weights,
+        dataset.x_train[rows],
+        dataset.y_train[rows],
+        fitted_model(model, fit),
+        dataset.num_classes,
+        seed=seed,
+        proximal_mu=fit.proximal_mu,
+        correction=gradient_correction,
     )
+
+
+def shuffle_seed(model: ModelParams, round_number: int, client: int) -> int:
+    """The seed of a client's shuffling in a round: each (client, round) shuffles differently, yet a
+    retried attempt repeats the same run."""
+    return model.seed * 1_000_003 + round_number * 10_007 + client
 
 
 def _inline(params: dict[str, Any]) -> ClientReply:
@@ -46,11 +81,21 @@ def _inline(params: dict[str, Any]) -> ClientReply:
     try:
         spec = TrainingTestData.model_validate(data.get("dataset"))
         model = ModelParams.model_validate(require(params, "model", dict))
+        fit = FitConfig.from_json(params["fit"]) if "fit" in params else FitConfig.from_model(model)
     except ValueError as exc:
-        raise BadRequest(f"bad data or model settings: {str(exc).splitlines()[0]}") from None
+        raise BadRequest(f"bad data, model or fit settings: {str(exc).splitlines()[0]}") from None
     indices = require(data, "indices", list)
     weights = wire.from_b64(require(params, "weights", str))
-    result = train_partition(weights, spec, model, np.asarray(indices), client, round_number)
+    extra = None
+    if "correction" in params:
+        try:
+            extra = wire.from_b64(require(params, "correction", str))
+            wire.validate_like(extra, weights)
+        except InvalidUpdate as exc:
+            raise BadRequest(f"bad correction: {exc}") from None
+    result = train_partition(
+        weights, spec, model, np.asarray(indices), client, round_number, fit=fit, gradient_correction=extra
+    )
     wire.validate_like(result.weights, weights)
     return ClientReply(
         client=client,
@@ -60,6 +105,77 @@ def _inline(params: dict[str, Any]) -> ClientReply:
         loss=result.loss,
         accuracy=result.accuracy,
     )
+
+
+@dataclass
+class _SessionInputs:
+    settings: SessionSettings
+    weights: dict[int, wire.Weights] = field(default_factory=dict)  # the newest round read only
+    partitions: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+class WarmInputs:
+    """A session's settings, a round's global weights and the clients' partitions, kept per process.
+
+    Each is written once under a unique key and never changed, so a kept copy is exactly what the
+    store would return. Kept for the :data:`SESSIONS` most recently served sessions; the arrays are
+    read-only, so no activation can alter what the next one sees.
+    """
+
+    SESSIONS = 4
+
+    def __init__(self) -> None:
+        self._sessions: OrderedDict[tuple[str, str, str], _SessionInputs] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _session(self, session: SessionStore) -> _SessionInputs:
+        key = (session.store.url, session.store.db.name, session.id)
+        with self._lock:
+            kept = self._sessions.get(key)
+            if kept is not None:
+                self._sessions.move_to_end(key)
+                return kept
+        loaded = _SessionInputs(SessionSettings.load(session))
+        with self._lock:
+            kept = self._sessions.setdefault(key, loaded)
+            while len(self._sessions) > self.SESSIONS:
+                self._sessions.popitem(last=False)
+        return kept
+
+    def settings(self, session: SessionStore) -> SessionSettings:
+        return self._session(session).settings
+
+    def weights(self, session: SessionStore, round_number: int) -> wire.Weights:
+        kept = self._session(session)
+        weights = kept.weights.get(round_number)
+        if weights is None:
+            weights = _read_only(session.weights.get(round_number))
+            with self._lock:
+                kept.weights = {round_number: weights}
+        return weights
+
+    def partition(self, session: SessionStore, client: int) -> np.ndarray:
+        kept = self._session(session)
+        indices = kept.partitions.get(client)
+        if indices is None:
+            indices = _read_only([session.partitions.get(client)])[0]
+            with self._lock:
+                kept.partitions[client] = indices
+        return indices
+
+    def clear(self) -> None:
+        """Forget everything (tests; a cold worker)."""
+        with self._lock:
+            self._sessions.clear()
+
+
+def _read_only(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    for array in arrays:
+        array.setflags(write=False)
+    return arrays
+
+
+warm_inputs = WarmInputs()
 
 
 def _direct(params: dict[str, Any]) -> dict[str, Any]:
@@ -72,10 +188,20 @@ def _direct(params: dict[str, Any]) -> dict[str, Any]:
     summary: dict[str, Any] = {"client": client, "round": round_number}
     if store.updates.has(round_number, client):
         return {**summary, "stored": False, "reason": "an update for this round is already stored"}
-    settings = SessionSettings.load(store)
-    weights = store.weights.get(round_number)
-    partition = store.partitions.get(client)
-    result = train_partition(weights, settings.data, settings.model, partition, client, round_number)
+    settings = warm_inputs.settings(store)
+    weights = warm_inputs.weights(store, round_number)
+    partition = warm_inputs.partition(store, client)
+    fit = instructions(store, settings, round_number, client)
+    result = train_partition(
+        weights,
+        settings.data,
+        settings.model,
+        partition,
+        client,
+        round_number,
+        fit=fit,
+        gradient_correction=correction(store, settings, round_number, client, fit, weights),
+    )
     outcome = store_update(
         store,
         settings,

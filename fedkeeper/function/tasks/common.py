@@ -13,6 +13,7 @@ from fedkeeper.function.config import DataSampling, ModelParams, ServerConfig, T
 from fedkeeper.function.errors import InvalidUpdate
 from fedkeeper.function.store import weights as wire
 from fedkeeper.function.store.db import SessionStore
+from fedkeeper.function.strategies import FitConfig, StrategyState
 from fedkeeper.function.tasks import entry
 from fedkeeper.function.tasks.entry import BadRequest
 
@@ -47,6 +48,41 @@ class SessionSettings:
             server=ServerConfig.model_validate(scenario["server_config"]),
             total_clients=int(scenario["clients_info"]["total_num_clients"]),
         )
+
+
+def instructions(
+    session: SessionStore, settings: SessionSettings, round_number: int, client: int
+) -> FitConfig:
+    """What the keeper told ``client`` for the round (``model_params`` alone when it told nothing)."""
+    stored = session.rounds.instructions(round_number, client)
+    return FitConfig.from_model(settings.model) if stored is None else FitConfig.from_json(stored)
+
+
+def correction(
+    session: SessionStore,
+    settings: SessionSettings,
+    round_number: int,
+    client: int,
+    fit: FitConfig,
+    like: wire.Weights,
+) -> wire.Weights | None:
+    """The gradient correction the strategy gives ``client`` (SCAFFOLD's ``c - c_i``), from the store."""
+    if not fit.control_variates:
+        return None
+    server = session.strategy.server(round_number) or StrategyState()
+    own = session.strategy.client(client, round_number)
+    return settings.server.strategy.build().fit_correction(server, own, like)
+
+
+def fitted_model(model: ModelParams, fit: FitConfig) -> ModelParams:
+    """``model_params`` with the round's instructions for learning rate, epochs and batch size."""
+    return model.model_copy(
+        update={
+            "learning_rate": fit.learning_rate,
+            "local_epochs": fit.local_epochs,
+            "batch_size": fit.batch_size,
+        }
+    )
 
 
 def check_indices(indices: np.ndarray, size: int) -> np.ndarray:

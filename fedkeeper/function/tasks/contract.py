@@ -12,7 +12,7 @@ the invoker sends a :class:`ClientJob` and receives a :class:`ClientReply`. Weig
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 
 class DataRef(TypedDict):
@@ -26,8 +26,10 @@ class ClientJob(TypedDict):
     client: int
     attempt: int
     weights: str  # base64 .npz of the round's global weights
-    model: dict[str, Any]  # fedkeeper.function.config.ModelParams as JSON
+    model: dict[str, Any]  # fedkeeper.function.config.ModelParams as JSON, with the round's instructions
     data: DataRef
+    fit: NotRequired[dict[str, Any]]  # fedkeeper.function.strategies.FitConfig (default: from model)
+    correction: NotRequired[str]  # base64 .npz added to each gradient (SCAFFOLD's c - c_i)
 
 
 class ClientReply(TypedDict):

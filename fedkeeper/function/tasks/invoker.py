@@ -11,12 +11,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
+
 from fedkeeper.function.catalog import CLIENT_FUNCTION
 from fedkeeper.function.errors import PayloadTooLarge, ProviderError
 from fedkeeper.function.invoke.registry import client_from_binding
 from fedkeeper.function.store import weights as wire
-from fedkeeper.function.store.db import Store
-from fedkeeper.function.tasks.common import SessionSettings, require, store_update
+from fedkeeper.function.store.db import SessionStore, Store
+from fedkeeper.function.tasks.common import (
+    SessionSettings,
+    correction,
+    fitted_model,
+    instructions,
+    require,
+    store_update,
+)
 from fedkeeper.function.tasks.contract import ClientJob
 from fedkeeper.function.tasks.entry import BadRequest
 
@@ -40,18 +49,7 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
     settings = SessionSettings.load(store)
     weights = store.weights.get(round_number)
     indices = store.partitions.get(client)
-    job = ClientJob(
-        session=session_id,
-        round=round_number,
-        client=client,
-        attempt=attempt,
-        weights=wire.to_b64(weights),
-        model=settings.model.model_dump(mode="json"),
-        data={
-            "dataset": settings.data.model_dump(mode="json"),
-            "indices": indices.tolist(),
-        },
-    )
+    job = client_job(store, settings, round_number, client, attempt, weights, indices)
     provider = client_from_binding(targets[target_key])
     with provider:
         inline = len(json.dumps(job)) <= provider.capabilities.max_request_bytes
@@ -92,3 +90,34 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
         activation_id=record.activation_id,
     )
     return {**summary, **outcome}
+
+
+def client_job(
+    store: SessionStore,
+    settings: SessionSettings,
+    round_number: int,
+    client: int,
+    attempt: int,
+    weights: wire.Weights,
+    indices: np.ndarray,
+) -> ClientJob:
+    """Everything ``client`` needs for the round in one call: weights, data, the round's instructions
+    (in ``model`` for any trainer, in full in ``fit``) and the strategy's gradient correction."""
+    fit = instructions(store, settings, round_number, client)
+    job = ClientJob(
+        session=store.id,
+        round=round_number,
+        client=client,
+        attempt=attempt,
+        weights=wire.to_b64(weights),
+        model=fitted_model(settings.model, fit).model_dump(mode="json"),
+        data={
+            "dataset": settings.data.model_dump(mode="json"),
+            "indices": indices.tolist(),
+        },
+        fit=fit.to_json(),
+    )
+    extra = correction(store, settings, round_number, client, fit, weights)
+    if extra is not None:
+        job["correction"] = wire.to_b64(extra)
+    return job

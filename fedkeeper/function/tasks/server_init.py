@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fedkeeper.function.learning.architecture import initial_weights
 from fedkeeper.function.learning.datasets import load_dataset
-from fedkeeper.function.learning.models import initial_weights
 from fedkeeper.function.learning.partition import partition
 from fedkeeper.function.store.db import Store
 from fedkeeper.function.tasks.common import SessionSettings, require

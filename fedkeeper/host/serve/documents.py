@@ -161,7 +161,7 @@ class StatusReader:
                 "maxRounds": server_config.get("max_rounds"),
                 "targetAccuracy": server_config.get("target_accuracy"),
                 "clientsPerRound": server_config.get("num_clients_per_round"),
-                "strategy": server_config.get("strategy"),
+                "strategy": _strategy_name(server_config.get("strategy")),
                 "serverCluster": server_config.get("cluster"),
                 "dataset": (scenario.get("training_test_data") or {}).get("dataset"),
                 "model": (scenario.get("model_params") or {}).get("model"),
@@ -620,3 +620,8 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, str | int | float | bool) or value is None:
         return _number(value) if isinstance(value, float) else value
     return str(value)
+
+
+def _strategy_name(strategy: Any) -> str | None:
+    """``server_config.strategy`` is a name, or ``{name, <parameter>: ...}`` when it has parameters."""
+    return strategy.get("name") if isinstance(strategy, dict) else strategy
