@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from fedkeeper.function.config import ModelParams, TrainingTestData
-from fedkeeper.function.learning.datasets import load_dataset
 from fedkeeper.function.learning.architecture import initial_weights
+from fedkeeper.function.learning.datasets import load_dataset
 from fedkeeper.function.learning.models import CachedModel, cached_model
 from fedkeeper.function.learning.objective import Terms, objective_value, train_epochs
 
