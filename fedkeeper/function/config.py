@@ -146,7 +146,10 @@ class ServerConfig(_Model):
     strategy: StrategyConfig = StrategyConfig()
     # Reject an update whose L2 distance from the round's global weights is larger (None: no limit).
     max_update_norm: PositiveFloat | None = None
-    selection: Literal["random", "round_robin"] = "random"
+    # How a round's clients are picked (docs/selection.md); straggler_aware reads their history.
+    selection: Literal["random", "round_robin", "straggler_aware"] = "random"
+    # straggler_aware: every client is selected at least once in this many rounds (None: 2*ceil(N/k)).
+    rotation_rounds: PositiveInt | None = None
     seed: int = 0
     # Model-sized payloads (clients' updates, global weights) are kept for the last this many
     # aggregated rounds; "all" keeps every one (audits). See store/retention.py.
@@ -440,6 +443,7 @@ TRAINING_FIELDS: dict[str, tuple[str, ...] | None] = {  # section -> fields (Non
         "min_fit_fraction",
         "strategy",
         "selection",
+        "rotation_rounds",
         "seed",
     ),
     "clients_info": None,

@@ -62,6 +62,7 @@ class LedgerEntry:
     start_ms: int | None = None
     end_ms: int | None = None
     duration_ms: int | None = None
+    init_ms: int | None = None  # the platform's cold-start initialisation, where it reports one
 
     @property
     def key(self) -> dict[str, Any]:
@@ -86,6 +87,12 @@ class Ledger:
         self._col = session.store.collection("activations")
         self._session = session
         self.url = session.store.url  # named in the error when MongoDB is down
+
+    def new_entry(
+        self, round_number: int, function: str, client: int, attempt: int, platform: str, cluster: str
+    ) -> LedgerEntry:
+        """An attempt of this session, not yet submitted."""
+        return LedgerEntry(self._session.id, round_number, function, client, attempt, platform, cluster)
 
     def submit(self, entry: LedgerEntry) -> bool:
         """Record a new attempt; ``False`` when that attempt is already recorded."""
@@ -122,6 +129,7 @@ class Ledger:
                 duration_ms=(record.end_ms - record.start_ms)
                 if record.start_ms is not None and record.end_ms is not None
                 else None,
+                init_ms=record.init_ms,
             )
         result = self._col.update_one({**entry.key, "status": LedgerStatus.SUBMITTED}, {"$set": update})
         if result.modified_count:
@@ -133,6 +141,10 @@ class Ledger:
         """Attempts of the round still waiting for a record."""
         query = {"session": self._session.id, "round": round_number, "status": LedgerStatus.SUBMITTED}
         return [_entry(doc) for doc in self._col.find(query)]
+
+    def round_entries(self, round_number: int) -> list[LedgerEntry]:
+        """Every attempt of the round, in one query."""
+        return [_entry(doc) for doc in self._col.find({"session": self._session.id, "round": round_number})]
 
     def attempts(self, round_number: int, function: str, client: int) -> int:
         return self._col.count_documents(

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from fedkeeper.function.backoff import Backoff
 from fedkeeper.function.errors import FedkeeperError, Unavailable
+from fedkeeper.host.reporting import Reporter
 
 MIN_PROBE_S = 0.1  # even with no retry backoff, a probe of what is down is not a busy loop
 
@@ -128,3 +129,63 @@ class Outages:
             f"{outage.length_s:.0f} s, past outage_tolerance_s {self.tolerance_s:g} ({outage.error}); "
             f"once it is back: fedkeeper resume {session}",
         )
+
+
+class OutageWatch:
+    """Outages as the keeper lives with them: it says what it waits for, sleeps until the next
+    probe, and notes when something is back.
+
+    Parameters
+    ----------
+    outages
+        What is down (shared by the session's keeper and its round driver).
+    reporter
+        Where the waiting is told.
+    session
+        The session's id, named when an outage stops it.
+    spare
+        What the caller copes with itself (:meth:`Outages.check`): the client-only platforms.
+    sleep
+        Injected for tests; ``time.sleep`` otherwise.
+    """
+
+    def __init__(
+        self,
+        outages: Outages,
+        reporter: Reporter,
+        session: str,
+        spare: Collection[str],
+        sleep: Callable[[float], None],
+    ) -> None:
+        self.outages = outages
+        self.reporter = reporter
+        self.session = session
+        self.spare = spare
+        self.sleep = sleep
+
+    def check(self) -> None:
+        """Raise :class:`OutageTooLong` for an outage past the tolerance (the spared ones aside)."""
+        self.outages.check(self.session, spare=self.spare)
+
+    def waiting(self, outage: Outage) -> None:
+        """Say that the keeper waits for ``outage`` (raises past the tolerance)."""
+        self.check()
+        now = self.outages.clock()
+        self.reporter.event(
+            "waiting", what=outage.what, reason=outage.kind, down_s=round(now - outage.since, 1),
+            error=outage.error[:300],
+        )  # fmt: skip
+        self.reporter.say(self.outages.waiting(outage))
+
+    def wait(self, outage: Outage) -> None:
+        """Say what the keeper waits for, then sleep until the next probe."""
+        self.waiting(outage)
+        self.sleep(max(0.0, outage.next_probe - self.outages.clock()))
+
+    def back(self, *whats: str | None) -> None:
+        """Note that each of ``whats`` answered (an outage of it is over)."""
+        for what in whats:
+            down_s = self.outages.recovered(what) if what else None
+            if down_s is not None:
+                self.reporter.event("outage_over", what=what, down_s=round(down_s, 1))
+                self.reporter.say(f"{what} is back after {down_s:.0f} s")

@@ -119,6 +119,7 @@ class ActivationRecord:
     end_ms: int | None = None
     timeout: bool = False
     logs: list[str] = field(default_factory=list)
+    init_ms: int | None = None  # a cold start's initialisation; None when warm or not reported
 
     @property
     def ok(self) -> bool:

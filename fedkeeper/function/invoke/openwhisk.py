@@ -70,6 +70,7 @@ def to_record(body: Mapping[str, Any]) -> ActivationRecord:
     )
     annotations = {a.get("key"): a.get("value") for a in body.get("annotations") or [] if isinstance(a, dict)}
     result = response.get("result")
+    init_ms = annotations.get("initTime")  # OpenWhisk annotates it on cold starts only
     return ActivationRecord(
         activation_id=str(body["activationId"]),
         status=status,
@@ -78,6 +79,7 @@ def to_record(body: Mapping[str, Any]) -> ActivationRecord:
         end_ms=body.get("end"),
         timeout=bool(annotations.get("timeout", False)),
         logs=list(body.get("logs") or []),
+        init_ms=init_ms if isinstance(init_ms, int) else None,
     )
 
 

@@ -39,14 +39,19 @@ class Rounds(SessionBound):
         assert doc is not None  # upsert with AFTER always returns the document
         return [int(c) for c in doc["selected"]]
 
-    def close(self, round_number: int, included: Sequence[int]) -> list[int]:
-        """Freeze the set of updates the round aggregates (first close wins)."""
+    def close(
+        self, round_number: int, included: Sequence[int], failed: Sequence[int] = (), late: Sequence[int] = ()
+    ) -> list[int]:
+        """Freeze the set of updates the round aggregates, with who failed and who was late
+        (first close wins); the included clients."""
         self._col.update_one(
             {"session": self.session_id, "round": round_number, "status": RoundStatus.OPEN},
             {
                 "$set": {
                     "status": RoundStatus.CLOSED,
                     "included": sorted(int(c) for c in included),
+                    "failed": sorted(int(c) for c in failed),
+                    "late": sorted(int(c) for c in late),
                     "closed_at": utcnow(),
                 }
             },

@@ -30,7 +30,14 @@ from fedkeeper.function.strategies.records import (
 )
 from fedkeeper.function.strategies.registry import STRATEGIES, make_strategy, parameters, strategy_class
 from fedkeeper.function.strategies.scaffold import Scaffold
-from fedkeeper.function.strategies.selection import SELECTION_POLICIES, ClientPool, select_clients
+from fedkeeper.function.strategies.selection import (
+    SELECTION_POLICIES,
+    ClientPool,
+    ClientStats,
+    SelectionPolicy,
+    make_selection,
+    select_clients,
+)
 from fedkeeper.function.strategies.state import ClientStates, InMemoryClientStates, StrategyState
 
 __all__ = [
@@ -40,6 +47,7 @@ __all__ = [
     "BufferFull",
     "ClientPool",
     "ClientStates",
+    "ClientStats",
     "DPFedAvgFixed",
     "EvaluateFn",
     "EvaluateIns",
@@ -64,9 +72,11 @@ __all__ = [
     "NothingToAggregate",
     "RoundContext",
     "Scaffold",
+    "SelectionPolicy",
     "Strategy",
     "StrategyState",
     "Weights",
+    "make_selection",
     "make_strategy",
     "parameters",
     "select_clients",

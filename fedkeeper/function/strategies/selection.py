@@ -1,57 +1,252 @@
-"""Which clients train in a round: seeded random samples, or consecutive round-robin windows."""
+"""Which clients train in a round: ``random``, ``round_robin`` or ``straggler_aware``.
+
+``random`` and ``round_robin`` need nothing but the round number and the seed. ``straggler_aware``
+(in the spirit of FedLesScan, Elzohairy et al., 2022) also reads each client's history, folded
+once per round from the activation ledger into a :class:`ClientStats`: it prefers clients likely
+to finish before the round's deadline, while a rotation share of every round goes to the clients
+picked least recently, so every client (and its data partition) trains at least once in every
+``rotation_rounds`` consecutive rounds. See docs/selection.md for the heuristic and its bound.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, ClassVar
 
 import numpy as np
 
-
-def _random(ids: list[int], k: int, round_number: int, seed: int) -> list[int]:
-    rng = np.random.default_rng((seed % 2**64, round_number % 2**64))
-    return [ids[i] for i in rng.choice(len(ids), size=k, replace=False)]
+EWMA_ALPHA = 0.5  # weight of the newest duration: two rounds mostly forget a one-off slow run
+MIN_SPREAD_S = 0.1  # a duration's spread is never taken as smaller than this, nor 10 % of its mean
 
 
-def _round_robin(ids: list[int], k: int, round_number: int, seed: int) -> list[int]:
-    start = (round_number * k) % len(ids)
-    return [ids[(start + i) % len(ids)] for i in range(k)]
+@dataclass(frozen=True)
+class ClientStats:
+    """One client's history: what its attempts did, as running aggregates.
+
+    Attributes
+    ----------
+    successes, failures
+        Attempts that delivered; attempts that failed (outages are nobody's failure: not counted).
+    lates
+        Rounds that closed while the client's attempt was still running.
+    runs
+        Attempts whose run time the platform reported (the durations below average over them).
+    cold_starts
+        Runs the platform reported as cold starts.
+    mean_s, spread_s
+        EWMA of the warm run time and of its absolute deviation, seconds.
+    init_s
+        EWMA of a cold start's initialisation, seconds.
+    last_selected
+        The last round the client was selected for; -1 if never.
+    """
+
+    successes: int = 0
+    failures: int = 0
+    lates: int = 0
+    runs: int = 0
+    cold_starts: int = 0
+    mean_s: float = 0.0
+    spread_s: float = 0.0
+    init_s: float = 0.0
+    last_selected: int = -1
+
+    # ------------------------------------------------------------------ folding in
+    def ran(self, duration_s: float, init_s: float | None = None) -> ClientStats:
+        """Fold in a run the platform timed (``init_s``: its cold start's initialisation)."""
+        warm = max(duration_s - (init_s or 0.0), 0.0)
+        if self.runs == 0:
+            mean, spread = warm, 0.0
+        else:
+            mean = (1 - EWMA_ALPHA) * self.mean_s + EWMA_ALPHA * warm
+            spread = (1 - EWMA_ALPHA) * self.spread_s + EWMA_ALPHA * abs(warm - self.mean_s)
+        changes: dict[str, Any] = {"runs": self.runs + 1, "mean_s": mean, "spread_s": spread}
+        if init_s is not None:
+            cold = self.cold_starts
+            changes["cold_starts"] = cold + 1
+            changes["init_s"] = init_s if cold == 0 else (1 - EWMA_ALPHA) * self.init_s + EWMA_ALPHA * init_s
+        return replace(self, **changes)
+
+    # ------------------------------------------------------------------ predicting
+    def p_success(self) -> float:
+        """How likely an attempt delivers: successes over outcomes, with one of each assumed (Laplace)."""
+        return (self.successes + 1) / (self.successes + self.failures + self.lates + 2)
+
+    def expected_s(self) -> float:
+        """Expected run time: the warm mean plus the cold-start share of the initialisation."""
+        return self.mean_s + (self.cold_starts / self.runs) * self.init_s if self.runs else 0.0
+
+    def p_in_time(self, deadline_s: float) -> float:
+        """How likely a run ends within ``deadline_s``: a normal around :meth:`expected_s` (0.5 if never timed)."""
+        if self.runs == 0:
+            return 0.5
+        mean = self.expected_s()
+        spread = max(self.spread_s, 0.1 * mean, MIN_SPREAD_S)
+        return 0.5 * (1 + math.erf((deadline_s - mean) / (spread * math.sqrt(2))))
+
+    def p_finish(self, deadline_s: float) -> float:
+        """How likely the client delivers before the deadline: the straggler-aware score."""
+        return self.p_success() * self.p_in_time(deadline_s)
+
+    # ------------------------------------------------------------------ storing
+    def to_doc(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> ClientStats:
+        return cls(**{k: doc[k] for k in cls.__dataclass_fields__ if k in doc})
 
 
-SELECTION_POLICIES: dict[str, Callable[[list[int], int, int, int], list[int]]] = {
-    "random": _random,
-    "round_robin": _round_robin,
+NO_HISTORY = ClientStats()
+
+
+@dataclass(frozen=True)
+class SelectionPolicy(ABC):
+    """Picks a round's clients; the same inputs always give the same answer.
+
+    Parameters
+    ----------
+    seed
+        ``server_config.seed``: random choices and ties are drawn from ``(seed, round)``.
+    """
+
+    name: ClassVar[str]
+    uses_history: ClassVar[bool] = False  # whether :meth:`choose` reads ``history``
+    seed: int = 0
+
+    @abstractmethod
+    def choose(
+        self, ids: list[int], k: int, round_number: int, history: Mapping[int, ClientStats]
+    ) -> list[int]:
+        """``k`` distinct clients of ``ids`` (sorted, distinct, ``1 <= k <= len(ids)``)."""
+
+    def _rng(self, round_number: int) -> np.random.Generator:
+        return np.random.default_rng((self.seed % 2**64, round_number % 2**64))
+
+
+@dataclass(frozen=True)
+class RandomSelection(SelectionPolicy):
+    """A sample without replacement from a generator seeded by ``(seed, round)``."""
+
+    name: ClassVar[str] = "random"
+
+    def choose(
+        self, ids: list[int], k: int, round_number: int, history: Mapping[int, ClientStats]
+    ) -> list[int]:
+        return [ids[i] for i in self._rng(round_number).choice(len(ids), size=k, replace=False)]
+
+
+@dataclass(frozen=True)
+class RoundRobinSelection(SelectionPolicy):
+    """The next ``k`` clients after the previous round's window, wrapping around."""
+
+    name: ClassVar[str] = "round_robin"
+
+    def choose(
+        self, ids: list[int], k: int, round_number: int, history: Mapping[int, ClientStats]
+    ) -> list[int]:
+        start = (round_number * k) % len(ids)
+        return [ids[(start + i) % len(ids)] for i in range(k)]
+
+
+@dataclass(frozen=True)
+class StragglerAware(SelectionPolicy):
+    """Clients likely to finish before the deadline, with a rotation share so everyone takes part.
+
+    Each round, ``q = ceil(N / K)`` slots go to the clients selected least recently (never-selected
+    ones first), and the other ``k - q`` to the highest :meth:`ClientStats.p_finish` among the
+    rest (ties: shorter expected run, then a seeded draw). A client not picked in a round has at
+    least ``q`` fewer clients selected no more recently than it, so it is picked within ``K``
+    rounds of its last selection.
+
+    Parameters
+    ----------
+    deadline_s
+        ``server_config.round_deadline_s``: what "in time" means.
+    rotation_rounds
+        ``K``, the fairness bound; None for ``2 * ceil(N / k)``. Never below ``ceil(N / k)``, the
+        fewest rounds that can cover ``N`` clients ``k`` at a time.
+    """
+
+    name: ClassVar[str] = "straggler_aware"
+    uses_history: ClassVar[bool] = True
+    deadline_s: float = 300.0
+    rotation_rounds: int | None = None
+
+    def bound(self, n: int, k: int) -> int:
+        """``K``: every client is selected at least once in every ``K`` consecutive rounds."""
+        fewest = math.ceil(n / k)
+        return max(fewest, self.rotation_rounds or 2 * fewest)
+
+    def choose(
+        self, ids: list[int], k: int, round_number: int, history: Mapping[int, ClientStats]
+    ) -> list[int]:
+        draw = dict(zip(ids, self._rng(round_number).permutation(len(ids)).tolist(), strict=True))
+        stats = {c: history.get(c, NO_HISTORY) for c in ids}
+        rotation = min(k, math.ceil(len(ids) / self.bound(len(ids), k)))
+        by_age = sorted(ids, key=lambda c: (stats[c].last_selected, draw[c]))
+        chosen = by_age[:rotation]
+        rest = by_age[rotation:]
+        rest.sort(key=lambda c: (-stats[c].p_finish(self.deadline_s), stats[c].expected_s(), draw[c]))
+        return chosen + rest[: k - rotation]
+
+
+SELECTION_POLICIES: dict[str, type[SelectionPolicy]] = {
+    p.name: p for p in (RandomSelection, RoundRobinSelection, StragglerAware)
 }
 
 
+def make_selection(
+    name: str, seed: int = 0, deadline_s: float = 300.0, rotation_rounds: int | None = None
+) -> SelectionPolicy:
+    """The policy ``server_config.selection`` names; unknown names raise ``ValueError``."""
+    if name not in SELECTION_POLICIES:
+        raise ValueError(f"unknown selection policy {name!r}; known: {', '.join(SELECTION_POLICIES)}")
+    if name == StragglerAware.name:
+        return StragglerAware(seed, deadline_s, rotation_rounds)
+    return SELECTION_POLICIES[name](seed)
+
+
 def select_clients(
-    client_ids: Sequence[int], k: int, round_number: int, seed: int, policy: str = "random"
+    client_ids: Sequence[int],
+    k: int,
+    round_number: int,
+    seed: int,
+    policy: str | SelectionPolicy = "random",
+    history: Mapping[int, ClientStats] | None = None,
 ) -> list[int]:
     """``k`` distinct clients for ``round_number``, sorted; the same inputs always give the same answer.
 
-    ``random`` samples without replacement from a generator seeded by ``(seed, round_number)``;
-    ``round_robin`` takes the next ``k`` clients after the previous round's window, wrapping around.
-    The order of ``client_ids`` does not matter.
+    ``policy``: a :class:`SelectionPolicy` or its name (then built with ``seed`` and defaults).
+    ``history``: each client's :class:`ClientStats` (missing clients have none), for policies
+    that read it. The order of ``client_ids`` does not matter.
     """
-    if policy not in SELECTION_POLICIES:
-        raise ValueError(f"unknown selection policy {policy!r}; known: {', '.join(SELECTION_POLICIES)}")
+    chooser = make_selection(policy, seed) if isinstance(policy, str) else policy
     ids = sorted(int(i) for i in client_ids)
     if len(set(ids)) != len(ids):
         raise ValueError("client_ids contains duplicates")
     if not 1 <= k <= len(ids):
         raise ValueError(f"cannot select {k} of {len(ids)} clients")
-    return sorted(SELECTION_POLICIES[policy](ids, k, round_number, seed))
+    return sorted(chooser.choose(ids, k, round_number, history or {}))
 
 
 @dataclass(frozen=True)
 class ClientPool:
-    """The session's clients and how a round samples them (what Flower's ``ClientManager`` answers)."""
+    """The session's clients and how a round samples them (what Flower's ``ClientManager`` answers).
+
+    A strategy's ``configure_fit`` calls :meth:`sample`, so the configured selection policy (and,
+    for ``straggler_aware``, the clients' history read for this round) decides who trains.
+    """
 
     ids: tuple[int, ...]
     per_round: int
-    policy: str = "random"
+    policy: str | SelectionPolicy = "random"
     seed: int = 0
+    history: Mapping[int, ClientStats] = field(default_factory=dict)
 
     def sample(self, round_number: int) -> list[int]:
         """The clients of ``round_number``, sorted (see :func:`select_clients`)."""
-        return select_clients(self.ids, self.per_round, round_number, self.seed, self.policy)
+        return select_clients(self.ids, self.per_round, round_number, self.seed, self.policy, self.history)

@@ -1,0 +1,482 @@
+"""The round driver: one round's dispatch, polling, retries and closing.
+
+Given a round whose selection is stored, :meth:`RoundDriver.run` invokes every selected client
+(recording each attempt in the ledger first), polls the records in batches, re-invokes failures
+with bounded backed-off retries, and closes the round on completion, or on quorum once the
+deadline has passed. It returns a :class:`ClosedRound`: who is included, who failed, who was
+late. Everything it knows is in the store, so a round left open by a keeper that died is rebuilt
+from the store and driven on (:meth:`RoundDriver.restore`).
+
+Time comes from an injected clock and sleep function, and platforms are reached through the
+providers' interface only, so the driver's rules run the same against a fake clock and a fake
+provider (``tests/keeper/test_round_driver.py``) as against the fabric.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fedkeeper.function.backoff import Backoff
+from fedkeeper.function.catalog import CLIENT_FUNCTION, INVOKER_FUNCTION
+from fedkeeper.function.config import ServerConfig
+from fedkeeper.function.errors import STORE, FedkeeperError, PlatformUnavailable, ProviderError, Unavailable
+from fedkeeper.function.invoke.base import ActivationRecord
+from fedkeeper.function.store.db import SessionStore
+from fedkeeper.function.store.statuses import RoundStatus
+from fedkeeper.host.ledger import Ledger, LedgerEntry, LedgerStatus
+from fedkeeper.host.outages import OutageWatch
+from fedkeeper.host.plan import Plan
+from fedkeeper.host.providers.base import Provider
+from fedkeeper.host.reporting import Reporter
+
+RECORD_GRACE_S = 3.0  # a finished activation's record shows up just after its update
+MIN_POLL_S = 0.05
+
+
+class SessionFailed(FedkeeperError):
+    """The session cannot go on (quorum impossible, managing function failing past its retries)."""
+
+
+@dataclass(frozen=True)
+class ClosedRound:
+    """A round whose closing set is frozen in the store.
+
+    Attributes
+    ----------
+    included
+        The clients whose updates the round aggregates (frozen once, by the first close).
+    failed
+        Selected clients with no update and no attempt running at the close: out of retries,
+        given up to an outage, or waiting for a retry when the round closed on quorum.
+    late
+        Selected clients whose attempt was still running when the round closed (an update it
+        stores later is not counted).
+    retries
+        Attempts after a client's first, in this keeper's run of the round.
+    """
+
+    number: int
+    selected: tuple[int, ...]
+    included: tuple[int, ...]
+    failed: tuple[int, ...] = ()
+    late: tuple[int, ...] = ()
+    retries: int = 0
+
+    @classmethod
+    def of(cls, doc: dict[str, Any], retries: int = 0) -> ClosedRound:
+        """The closed round a ``rounds`` document holds (rounds closed before ``failed`` and
+        ``late`` were stored count every selected client left out as failed)."""
+        selected = tuple(int(c) for c in doc["selected"])
+        included = tuple(int(c) for c in doc["included"])
+        late = tuple(int(c) for c in doc.get("late", ()))
+        left_out = [c for c in selected if c not in included and c not in late]
+        failed = tuple(int(c) for c in doc.get("failed", left_out))
+        return cls(int(doc["round"]), selected, included, failed, late, retries)
+
+
+@dataclass
+class RoundState:
+    """The driver's view of one open round (rebuilt from the store on resume)."""
+
+    number: int
+    selected: list[int]
+    started: float  # driver clock
+    done: set[int] = field(default_factory=set)
+    pending: dict[int, LedgerEntry] = field(default_factory=dict)
+    sent: dict[int, float] = field(default_factory=dict)  # driver clock of each pending attempt
+    retry_at: dict[int, float] = field(default_factory=dict)
+    attempts: dict[int, int] = field(default_factory=dict)  # the last attempt number (ledger key)
+    charged: dict[int, int] = field(default_factory=dict)  # attempts that count against max_retries
+    given_up: set[int] = field(default_factory=set)
+    late: set[int] = field(default_factory=set)
+    retries: int = 0
+
+
+class RoundDriver:
+    """Drives one session's rounds from open to closed.
+
+    Parameters
+    ----------
+    server
+        ``server_config``: quorum (``min_fit_fraction``), deadline, retries, time-outs, polling.
+    plan
+        Which cluster and function each client's attempt invokes.
+    session
+        The store, bound to the session.
+    ledger
+        The session's activation ledger.
+    providers
+        Every configured cluster, keyed by ``(platform, cluster)``.
+    watch
+        The session's outages: what is down, and waiting for it aloud.
+    retry
+        The backoff between a client's attempts.
+    clock, sleep
+        Monotonic time and waiting; injected so tests run rounds on a fake clock.
+    budget_since
+        Client attempts before this (wall time) do not count against their retries.
+    """
+
+    def __init__(
+        self,
+        server: ServerConfig,
+        plan: Plan,
+        session: SessionStore,
+        ledger: Ledger,
+        providers: Mapping[tuple[str, str], Provider],
+        watch: OutageWatch,
+        retry: Backoff,
+        clock: Callable[[], float],
+        sleep: Callable[[float], None],
+        budget_since: datetime | None = None,
+    ) -> None:
+        self.server = server
+        self.plan = plan
+        self.session = session
+        self.ledger = ledger
+        self.providers = providers
+        self.watch = watch
+        self.outages = watch.outages
+        self.retry = retry
+        self.clock = clock
+        self.sleep = sleep
+        self.budget_since = budget_since
+        self.client_only = plan.client_only()
+
+    @property
+    def reporter(self) -> Reporter:
+        return self.watch.reporter
+
+    # ------------------------------------------------------------------ the round
+    def run(self, round_number: int) -> ClosedRound:
+        """Drive the stored round ``round_number`` until it closes; a closed one is read back.
+
+        Raises :class:`SessionFailed` when too few clients can deliver for the quorum, and
+        :class:`~fedkeeper.host.outages.OutageTooLong` when an outage lasts past the tolerance.
+        """
+        rounds = self.session.rounds
+        doc = rounds.get(round_number)
+        if doc["status"] == RoundStatus.OPEN:
+            state = self.restore(doc)
+            self.reporter.event("round_opened", round=round_number, selected=state.selected)
+            self._drive(state)
+            included = set(state.done)
+            late = state.late - included
+            rounds.close(
+                round_number, sorted(included), sorted(set(state.selected) - included - late), sorted(late)
+            )
+            doc = rounds.get(round_number)  # the first close wins
+            closed = ClosedRound.of(doc, retries=state.retries)
+            self.reporter.event(
+                "round_closed", round=round_number, included=list(closed.included),
+                failed=list(closed.failed), late=list(closed.late),
+            )  # fmt: skip
+            return closed
+        return ClosedRound.of(doc)
+
+    def restore(self, doc: dict[str, Any]) -> RoundState:
+        """An open round's state from the store: stored updates, activations still open, budgets."""
+        round_number, selected = int(doc["round"]), [int(c) for c in doc["selected"]]
+        now, wall = self.clock(), datetime.now(UTC)
+        age = (wall - doc["started_at"]).total_seconds()  # the original start keeps its deadline
+        state = RoundState(round_number, selected, started=now - max(age, 0.0))
+        state.done = self.session.updates.clients(round_number) & set(selected)
+        for entry in self.ledger.open_entries(round_number):
+            if entry.client in selected and entry.function in (CLIENT_FUNCTION, INVOKER_FUNCTION):
+                state.pending[entry.client] = entry
+                state.sent[entry.client] = now - max((wall - entry.submitted_at).total_seconds(), 0.0)
+        for client in selected:
+            function = self.plan.invoked(client)[1]
+            state.attempts[client] = self.ledger.attempts(round_number, function, client)
+            state.charged[client] = self.ledger.charged_attempts(
+                round_number, function, client, self.budget_since
+            )
+            if client not in state.done and client not in state.pending:
+                state.retry_at[client] = now
+        return state
+
+    def _drive(self, state: RoundState) -> None:
+        """Dispatch, poll and retry until the round may close."""
+        quorum = math.ceil(self.server.min_fit_fraction * len(state.selected))
+        deadline = state.started + self.server.round_deadline_s
+        # Poll fast right after something changed, then back off to poll_interval_s: short
+        # activations are seen soon after they end, long ones cost few requests.
+        interval, last_seen = MIN_POLL_S, (-1, -1, -1)
+        while True:
+            self.watch.check()
+            now = self.clock()
+            for client, due in sorted(state.retry_at.items()):
+                if due <= now:
+                    # The client's own platform: a target down behind the invoker is waited for too.
+                    provider = self._client_provider(client)
+                    if not self._reachable(provider):  # one probe at a time while it is down
+                        state.retry_at[client] = self.outages.next_probe(provider.where)
+                        continue
+                    del state.retry_at[client]
+                    if client not in state.done:
+                        self._dispatch(state, client)
+            self._give_up_on_outages(state, quorum)
+            self._poll(state)
+            self.reporter.progress(
+                state.number,
+                len(state.selected),
+                len(state.done),
+                len(state.given_up),
+                state.retries,
+                self.clock() - state.started,
+            )
+            if state.done >= set(state.selected):
+                return self._close_open_entries(state)
+            if len(state.done) >= quorum and self.clock() >= deadline:
+                self._note(
+                    f"round {state.number}: deadline passed with quorum ({len(state.done)}/{quorum}); closing"
+                )
+                return self._close_open_entries(state)
+            if not (set(state.pending) - state.done) and not state.retry_at:
+                if len(state.done) >= quorum:
+                    return self._close_open_entries(state)
+                raise SessionFailed(
+                    f"round {state.number}: only {len(state.done)} of {len(state.selected)} clients delivered an "
+                    f"update after {self.server.max_retries} retries each; quorum is {quorum}; "
+                    f"once the cause is fixed: fedkeeper resume {self.session.id}"
+                )
+            seen = (len(state.done), len(state.pending), len(state.retry_at))
+            interval = MIN_POLL_S if seen != last_seen else min(interval * 1.5, self.server.poll_interval_s)
+            last_seen = seen
+            self.sleep(interval)
+
+    def _reachable(self, provider: Provider) -> bool:
+        """False while ``provider``'s platform is down: not yet due for a probe, or its probe failed.
+
+        A platform with a cheap probe (:meth:`Provider.probe`) is probed here; any other is
+        probed by the next attempt itself.
+        """
+        where = provider.where
+        if not self.outages.is_down(where):
+            return True
+        if not self.outages.may_probe(where):
+            return False
+        try:
+            answered = provider.probe(CLIENT_FUNCTION)
+        except PlatformUnavailable as exc:
+            self.watch.waiting(self.outages.failed(exc))
+            return False
+        except ProviderError:
+            answered = True  # it answered; the attempt will say what is wrong
+        if answered:
+            self.watch.back(where)
+        return True
+
+    def _give_up_on_outages(self, state: RoundState, quorum: int) -> None:
+        """Past the tolerance, clients waiting for a client-only platform seen down in this round
+        are given up; the round closes by the quorum rule, or the session stops if it cannot."""
+        for outage in self.outages.too_long():
+            if outage.what not in self.client_only or outage.last_seen < state.started:
+                continue  # others stop the session in check(); one not seen this round gets a probe
+            waiting = [c for c in state.retry_at if self._client_provider(c).where == outage.what]
+            for client in waiting:
+                del state.retry_at[client]
+                state.given_up.add(client)
+                self._note(
+                    f"round {state.number}: client {client} given up: {outage.what} down "
+                    f"{outage.length_s:.0f} s, past outage_tolerance_s"
+                )
+            if len(set(state.selected) - state.given_up) < quorum:
+                raise self.outages.stop(outage, self.session.id)
+
+    def _close_open_entries(self, state: RoundState) -> None:
+        """Settle what is still open when the round closes: a short last poll, then by the store.
+
+        A record appears just after its action returns, so a finished client's record gets a
+        moment to show up before it is booked as lost. A client still running is late.
+        """
+        grace_until = self.clock() + RECORD_GRACE_S
+        while state.pending:
+            self._poll(state)
+            if not any(c in state.done for c in state.pending) or self.clock() >= grace_until:
+                break
+            self.sleep(min(self.server.poll_interval_s, 0.2))
+        for entry in state.pending.values():
+            if entry.client in state.done:
+                self.ledger.settle(
+                    entry, LedgerStatus.RECORD_LOST, error="update stored, activation record not seen"
+                )
+            else:
+                state.late.add(entry.client)
+                self.ledger.settle(
+                    entry, LedgerStatus.TIMED_OUT, error="round closed before this activation finished"
+                )
+        state.pending.clear()
+
+    # ------------------------------------------------------------------ attempts
+    def _client_provider(self, client: int) -> Provider:
+        """The platform ``client`` runs on (behind the invoker or not)."""
+        return self.providers[self.plan.placements[client].key]
+
+    def _dispatch(self, state: RoundState, client: int) -> None:
+        charged = state.charged.get(client, 0)
+        if charged > self.server.max_retries:
+            state.given_up.add(client)
+            self._note(f"round {state.number}: client {client} gave no update after {charged} attempts")
+            return
+        attempt = state.attempts.get(client, 0) + 1
+        state.attempts[client] = attempt
+        state.charged[client] = charged + 1  # refunded if an outage stops or loses this attempt
+        if charged > 0:
+            state.retries += 1
+        key, function = self.plan.invoked(client)
+        provider = self.providers[key]
+        params: dict[str, Any] = {
+            "session": self.session.id,
+            "round": state.number,
+            "client": client,
+            "attempt": attempt,
+        }
+        entry = self.ledger.new_entry(
+            state.number, function, client, attempt, provider.platform, provider.cluster
+        )
+        if function == INVOKER_FUNCTION:
+            entry.target = self.plan.placements[client].target
+            params.update(target=entry.target, timeout_s=self.plan.limits[CLIENT_FUNCTION].timeout)
+        if not self.ledger.submit(entry):  # this attempt number was used by a keeper that died
+            state.attempts[client] = self.ledger.attempts(state.number, function, client)
+            state.charged[client] = charged
+            state.retry_at[client] = self.clock()
+            return
+        try:
+            activation_id = provider.invoke_async(function, params)
+        except PlatformUnavailable as exc:
+            self.ledger.settle(entry, LedgerStatus.UNAVAILABLE, error=str(exc))
+            self._outage_retry(state, client, exc)
+            return
+        except ProviderError as exc:
+            self.ledger.settle(entry, LedgerStatus.NOT_STARTED, error=str(exc))
+            self._schedule_retry(state, client, str(exc))
+            return
+        self.watch.back(provider.where)
+        self.ledger.set_activation_id(entry, activation_id)
+        state.pending[client] = entry
+        state.sent[client] = self.clock()
+        self.reporter.event(
+            "dispatched", round=state.number, client=client, attempt=attempt, function=function,
+            cluster=f"{provider.platform}/{provider.cluster}", activation_id=activation_id,
+        )  # fmt: skip
+
+    def _poll(self, state: RoundState) -> None:
+        """Fetch the records of every open activation, one batch per provider and function.
+
+        Then read which updates are stored, once: an update can be stored before its record is
+        visible (or its record may be lost), so the client counts as done from the store; its
+        entry stays open until its record comes or the round closes.
+        """
+        groups: dict[tuple[str, str, str], list[LedgerEntry]] = defaultdict(list)
+        records: dict[str, ActivationRecord] = {}
+        for client, entry in list(state.pending.items()):
+            if entry.activation_id is None:  # submitted by a keeper that died (or lost the store) first
+                state.pending.pop(client)
+                self.ledger.settle(entry, LedgerStatus.UNAVAILABLE, error="keeper stopped before invoking")
+                self._refund(state, client)  # not the client's failure
+                self._schedule_retry(state, client, "never invoked")
+                continue
+            groups[(entry.platform, entry.cluster, entry.function)].append(entry)
+        for (platform, cluster, function), entries in groups.items():
+            provider = self.providers[(platform, cluster)]
+            if not self.outages.may_probe(provider.where):
+                continue
+            since = min(int(e.submitted_at.timestamp() * 1000) for e in entries) - 60_000
+            try:
+                records.update(
+                    provider.fetch(function, [e.activation_id for e in entries if e.activation_id], since)
+                )
+            except PlatformUnavailable as exc:
+                self.watch.waiting(self.outages.failed(exc))
+                continue
+            except ProviderError as exc:
+                self._note(f"polling {platform}/{cluster} failed: {exc}")
+                continue
+            self.watch.back(provider.where)
+        state.done |= self.session.updates.clients(state.number) & set(state.selected)
+        for entries in groups.values():
+            for entry in entries:
+                record = records.get(entry.activation_id or "")
+                where = f"{entry.platform}/{entry.cluster}"
+                age = self.clock() - state.sent.get(entry.client, state.started)
+                if record is not None and record.status.done:
+                    state.pending.pop(entry.client)
+                    self._settle(state, entry, record)
+                elif self.outages.is_down(where):
+                    continue  # its record may come once the platform is back: no time-out meanwhile
+                elif age > self.server.activation_timeout_s:
+                    state.pending.pop(entry.client)
+                    if entry.client in state.done:
+                        self.ledger.settle(
+                            entry, LedgerStatus.RECORD_LOST, error="update stored, activation record not seen"
+                        )
+                        continue
+                    if self.outages.overlapped(where, entry.submitted_at):  # lost in the outage
+                        error = f"no record after {age:.0f}s; {where} was down meanwhile"
+                        self.ledger.settle(entry, LedgerStatus.UNAVAILABLE, error=error)
+                        self._refund(state, entry.client)
+                        state.retry_at[entry.client] = self.clock()
+                        continue
+                    self.ledger.settle(entry, LedgerStatus.TIMED_OUT, error=f"no record after {age:.0f}s")
+                    self._schedule_retry(state, entry.client, "timed out")
+
+    def _settle(self, state: RoundState, entry: LedgerEntry, record: ActivationRecord) -> None:
+        """Book a finished activation; it counts only if its update is in the store (``state.done``)."""
+        if entry.client in state.done:  # a failure here after an update was stored needs no retry
+            self.ledger.settle(entry, LedgerStatus.of(record), record, record.error)
+            if record.ok:
+                self.watch.back(entry.target, STORE)
+                self.reporter.event(
+                    "update_stored",
+                    round=state.number,
+                    client=entry.client,
+                    activation_id=entry.activation_id,
+                )
+            return
+        where = entry.target or f"{entry.platform}/{entry.cluster}"
+        outage = Unavailable.in_result(record.result, where) if not record.ok else None
+        if outage is not None:  # the client could not reach the store (or its target platform)
+            self.ledger.settle(entry, LedgerStatus.UNAVAILABLE, record, record.error)
+            self._outage_retry(state, entry.client, outage)
+            return
+        error = record.error or "activation succeeded but stored no update"
+        status = LedgerStatus.of(record) if not record.ok else LedgerStatus.APPLICATION_ERROR
+        self.ledger.settle(entry, status, record, error)
+        self._schedule_retry(state, entry.client, error)
+
+    def _refund(self, state: RoundState, client: int) -> None:
+        """An outage stopped or lost this attempt: it does not count against the client's retries."""
+        state.charged[client] = max(0, state.charged.get(client, 1) - 1)
+
+    def _outage_retry(self, state: RoundState, client: int, error: Unavailable) -> None:
+        """Retry ``client`` when ``error.what`` is next probed, at no cost to its retries."""
+        self._refund(state, client)
+        outage = self.outages.failed(error)
+        state.retry_at[client] = outage.next_probe
+        self.watch.waiting(outage)
+
+    def _schedule_retry(self, state: RoundState, client: int, reason: str) -> None:
+        attempt = state.attempts.get(client, 1)
+        delay = self.retry.delay(max(state.charged.get(client, 1), 1))
+        state.retry_at[client] = self.clock() + delay
+        self.reporter.event(
+            "activation_failed", round=state.number, client=client, attempt=attempt, reason=reason,
+            retry_in_s=delay,
+        )  # fmt: skip
+        if not self.reporter.tty:
+            self.reporter.say(
+                f"  round {state.number}: client {client} attempt {attempt} failed ({reason[:120]}); "
+                f"retry in {delay:.1f}s"
+            )
+
+    # ------------------------------------------------------------------ helpers
+    def _note(self, message: str) -> None:
+        self.reporter.event("note", message=message)
+        self.reporter.say(message)

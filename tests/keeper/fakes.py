@@ -1,0 +1,159 @@
+"""A fake clock and a test double of the provider interface, for the round driver's rules.
+
+:class:`ScriptedProvider` answers ``invoke_async`` and ``fetch`` as a platform would, from a
+script of what each client's attempts do (how long they run, whether they fail, whether their
+record is lost), on the fake clock. An attempt that succeeds writes its update to the real store
+when its time is up, as ``fl_client`` does; ``invoke_sync`` stands in for the managing functions'
+bookkeeping (no training), so a whole :class:`~fedkeeper.host.keeper.Keeper` session can run on it. The fabric itself is covered by the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fedkeeper.function.catalog import AGGREGATOR_FUNCTION, SERVER_INIT_FUNCTION
+from fedkeeper.function.catalog import platform as catalog_platform
+from fedkeeper.function.errors import PlatformUnavailable, ProviderError
+from fedkeeper.function.invoke.base import ActivationRecord, ActivationStatus, Capabilities
+from fedkeeper.function.store.db import SessionStore, Store
+from fedkeeper.host.providers.base import FunctionSpec, Provider
+
+WEIGHTS = [np.zeros((2, 2), dtype=np.float32)]
+
+
+class FakeClock:
+    """Monotonic time that moves only when someone sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.0)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one attempt does: runs ``duration_s``, then succeeds (storing an update) or fails."""
+
+    duration_s: float = 1.0
+    ok: bool = True
+    lost_record: bool = False  # the update is stored, the platform never shows the record
+    init_ms: int | None = None  # a cold start's initialisation
+
+
+@dataclass
+class _Running:
+    session: SessionStore
+    round: int
+    client: int
+    attempt: int
+    started: float
+    script: Attempt
+    finished: bool = False
+
+
+@dataclass
+class ScriptedProvider(Provider):
+    """A platform whose activations follow ``script[client][attempt - 1]`` (the last entry repeats).
+
+    ``down_until``: invokes and fetches raise :class:`PlatformUnavailable` before this clock time.
+    """
+
+    platform: ClassVar[str] = "openwhisk"
+    capabilities: ClassVar[Capabilities] = catalog_platform("openwhisk").capabilities
+
+    clock: FakeClock
+    store: Store
+    script: Mapping[int, list[Attempt]] = field(default_factory=dict)
+    down_until: float = 0.0
+    invoked: list[tuple[int, int]] = field(default_factory=list)  # (client, attempt), in order
+    running: dict[str, _Running] = field(default_factory=dict)
+    _ids: Any = field(default_factory=lambda: itertools.count(1))
+
+    def __post_init__(self) -> None:
+        super().__init__("local", None)
+
+    # ------------------------------------------------------------------ the provider interface
+    def invoke_async(self, name: str, params: Mapping[str, Any]) -> str:
+        self._answer()
+        client, attempt = int(params["client"]), int(params["attempt"])
+        steps = self.script.get(client, [Attempt()])
+        activation_id = f"a{next(self._ids)}"
+        self.running[activation_id] = _Running(
+            self.store.for_session(str(params["session"])),
+            int(params["round"]),
+            client,
+            attempt,
+            self.clock(),
+            steps[min(attempt, len(steps)) - 1],
+        )
+        self.invoked.append((client, attempt))
+        return activation_id
+
+    def fetch(self, name: str, activation_ids: Collection[str], since_ms: int) -> dict[str, ActivationRecord]:
+        self._answer()
+        self.finish_due()
+        records = {}
+        for activation_id in activation_ids:
+            run = self.running.get(activation_id)
+            if run is None or not run.finished or run.script.lost_record:
+                continue
+            start_ms = int(run.started * 1000)
+            status = ActivationStatus.SUCCESS if run.script.ok else ActivationStatus.APPLICATION_ERROR
+            records[activation_id] = ActivationRecord(
+                activation_id,
+                status,
+                result={"ok": True} if run.script.ok else {"error": "ValueError: scripted failure"},
+                start_ms=start_ms,
+                end_ms=start_ms + int(run.script.duration_s * 1000),
+                init_ms=run.script.init_ms,
+            )
+        return records
+
+    def invoke_sync(self, name: str, params: Mapping[str, Any], timeout_s: float) -> ActivationRecord:
+        """The managing functions, as far as the keeper sees them: init marks the session
+        initialised; the aggregator finishes the round with a fixed accuracy."""
+        self._answer()
+        session = self.store.for_session(str(params["session"]))
+        if name == SERVER_INIT_FUNCTION:
+            session.weights.put(0, WEIGHTS)
+            session.record.mark_initialised()
+            result: dict[str, Any] = {}
+        elif name == AGGREGATOR_FUNCTION:
+            round_number, included = int(params["round"]), [int(c) for c in params["clients"]]
+            result = {"round": round_number, "accuracy": 0.5, "loss": 1.0, "accepted": included}
+            session.rounds.finish(round_number, result)
+        else:
+            raise ProviderError(f"{name} is invoked asynchronously")
+        now_ms = int(self.clock() * 1000)
+        return ActivationRecord(f"a{next(self._ids)}", ActivationStatus.SUCCESS, result, now_ms, now_ms)
+
+    def deploy(self, spec: FunctionSpec) -> None:
+        raise ProviderError("nothing is deployed to a scripted provider")
+
+    def remove(self, name: str) -> bool:
+        return False
+
+    # ------------------------------------------------------------------ the script
+    def finish_due(self) -> None:
+        """Finish every activation whose time is up; a successful one stores its update."""
+        for activation_id, run in self.running.items():
+            if run.finished or self.clock() < run.started + run.script.duration_s:
+                continue
+            run.finished = True
+            if run.script.ok:
+                run.session.updates.put(
+                    run.round, run.client, WEIGHTS, 10, 0.5, 0.5, activation_id, run.attempt
+                )
+
+    def _answer(self) -> None:
+        if self.clock() < self.down_until:
+            raise PlatformUnavailable("openwhisk/local", "connection refused (scripted outage)")

@@ -1,0 +1,218 @@
+"""The round driver's rules on a fake clock: quorum, deadline, retries, late updates, resume.
+
+The store and the ledger are real (the embedded MongoDB); the platform is
+:class:`~tests.keeper.fakes.ScriptedProvider`, and time moves only when the driver sleeps.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedkeeper.function.backoff import retry_policy
+from fedkeeper.function.config import parse_config
+from fedkeeper.function.store.db import SessionStore, Store
+from fedkeeper.host.ledger import Ledger, LedgerStatus
+from fedkeeper.host.outages import Outages, OutageWatch
+from fedkeeper.host.plan import Plan
+from fedkeeper.host.reporting import Reporter
+from fedkeeper.host.rounds import ClosedRound, RoundDriver, SessionFailed
+from tests.keeper.fakes import Attempt, FakeClock, ScriptedProvider
+
+CLIENTS = 4
+DEADLINE_S = 10.0
+
+
+def _server(**changes: Any) -> dict[str, Any]:
+    return {
+        "cluster": "local",
+        "num_clients_per_round": CLIENTS,
+        "round_deadline_s": DEADLINE_S,
+        "activation_timeout_s": 60.0,
+        "max_retries": 2,
+        "retry_backoff_s": 0.5,
+        "poll_interval_s": 0.5,
+        "outage_tolerance_s": 30.0,
+        **changes,
+    }
+
+
+@dataclass
+class Rig:
+    """One session's round driver over a scripted platform, and what it is made of."""
+
+    clock: FakeClock
+    session: SessionStore
+    provider: ScriptedProvider
+    plan: Plan
+    server: Any
+    reporter: Reporter
+
+    def driver(self) -> RoundDriver:
+        """A new driver, as a keeper that starts (or resumes) makes one."""
+        outages = Outages(
+            self.server.outage_tolerance_s, retry_policy(self.server.retry_backoff_s), self.clock
+        )
+        watch = OutageWatch(
+            outages, self.reporter, self.session.id, self.plan.client_only(), self.clock.sleep
+        )
+        return RoundDriver(
+            self.server, self.plan, self.session, Ledger(self.session),
+            {("openwhisk", "local"): self.provider}, watch, retry_policy(self.server.retry_backoff_s),
+            self.clock, self.clock.sleep,
+        )  # fmt: skip
+
+    def run(self, round_number: int = 0) -> ClosedRound:
+        self.session.rounds.open(round_number, list(range(CLIENTS)))
+        return self.driver().run(round_number)
+
+    def statuses(self, client: int) -> list[LedgerStatus]:
+        entries = [e for e in Ledger(self.session).entries() if e.client == client]
+        return [e.status for e in sorted(entries, key=lambda e: e.attempt)]
+
+
+@pytest.fixture
+def rig(mongo_url: str, mongo_db_name: str, tmp_path: Path) -> Iterator[Any]:
+    """Build a rig from a script and ``server_config`` changes; the database is dropped after."""
+    store = Store(mongo_url, mongo_db_name)
+    store.ensure_indexes()
+    reporters: list[Reporter] = []
+
+    def make(script: dict[int, list[Attempt]] | None = None, **server: Any) -> Rig:
+        config = parse_config(
+            {
+                "providers": {"openwhisk": {"local": {"local": True}}},
+                "scenarios": {
+                    "federated_learning": {
+                        "server_config": _server(**server),
+                        "clients_info": {"total_num_clients": CLIENTS, "ow_clients_count": CLIENTS},
+                        "functions": {"fl_client": {"timeout": 50}},
+                    }
+                },
+            }
+        )
+        session = store.for_session("s-driver")
+        session.record.create({})
+        clock = FakeClock()
+        reporter = Reporter(tmp_path / "logs", session.id, stream=io.StringIO())
+        reporters.append(reporter)
+        provider = ScriptedProvider(clock, store, script or {})
+        return Rig(clock, session, provider, Plan.build(config), config.fl.server_config, reporter)
+
+    yield make
+    for reporter in reporters:
+        reporter.close()
+    store.db.client.drop_database(mongo_db_name)
+
+
+def test_a_round_closes_as_soon_as_every_selected_client_has_delivered(rig: Any) -> None:
+    r = rig({c: [Attempt(duration_s=1.0 + c)] for c in range(CLIENTS)})
+    started = r.clock()
+    closed = r.run()
+    assert closed.included == (0, 1, 2, 3) and closed.failed == () and closed.late == ()
+    assert r.clock() - started < DEADLINE_S  # it did not wait for the deadline
+    assert r.provider.invoked == [(c, 1) for c in range(CLIENTS)]
+    assert r.session.rounds.get(0)["included"] == [0, 1, 2, 3]
+
+
+def test_past_the_deadline_with_quorum_the_round_closes_and_stragglers_are_late(rig: Any) -> None:
+    r = rig({2: [Attempt(duration_s=100)], 3: [Attempt(duration_s=100)]}, min_fit_fraction=0.5)
+    started = r.clock()
+    closed = r.run()
+    assert closed.included == (0, 1) and closed.late == (2, 3) and closed.failed == ()
+    assert DEADLINE_S <= r.clock() - started < DEADLINE_S + 1
+    assert r.statuses(2) == [LedgerStatus.TIMED_OUT]
+
+
+def test_without_quorum_the_round_waits_past_the_deadline_for_a_slow_client(rig: Any) -> None:
+    r = rig({3: [Attempt(duration_s=40)]}, min_fit_fraction=1.0)
+    started = r.clock()
+    closed = r.run()
+    assert closed.included == (0, 1, 2, 3)
+    assert r.clock() - started >= 40
+
+
+def test_a_late_update_stored_after_the_close_is_not_counted(rig: Any) -> None:
+    r = rig({3: [Attempt(duration_s=30)]}, min_fit_fraction=0.75)
+    closed = r.run()
+    assert closed.late == (3,)
+    r.clock.sleep(30)
+    r.provider.finish_due()  # the straggler finishes and writes its update
+    assert 3 in r.session.updates.clients(0)
+    assert r.driver().run(0).included == (0, 1, 2)  # the closing set stays frozen
+    assert r.session.rounds.get(0)["included"] == [0, 1, 2]
+
+
+def test_a_failed_attempt_is_retried_with_a_new_attempt_number_and_counts_once(rig: Any) -> None:
+    r = rig({1: [Attempt(ok=False), Attempt(ok=False), Attempt()]})
+    closed = r.run()
+    assert closed.included == (0, 1, 2, 3) and closed.retries == 2
+    assert [a for c, a in r.provider.invoked if c == 1] == [1, 2, 3]
+    assert r.statuses(1) == [
+        LedgerStatus.APPLICATION_ERROR,
+        LedgerStatus.APPLICATION_ERROR,
+        LedgerStatus.SUCCESS,
+    ]
+
+
+def test_a_client_out_of_retries_fails_and_the_round_closes_on_quorum(rig: Any) -> None:
+    r = rig({1: [Attempt(ok=False)]}, min_fit_fraction=0.75, max_retries=1)
+    closed = r.run()
+    assert closed.included == (0, 2, 3) and closed.failed == (1,)
+    assert [a for c, a in r.provider.invoked if c == 1] == [1, 2]
+
+
+def test_when_the_quorum_cannot_be_reached_the_session_fails_with_how_to_resume(rig: Any) -> None:
+    r = rig({1: [Attempt(ok=False)], 2: [Attempt(ok=False)]}, min_fit_fraction=0.75, max_retries=0)
+    with pytest.raises(SessionFailed, match=r"only 2 of 4 clients delivered.*fedkeeper resume s-driver"):
+        r.run()
+
+
+def test_an_update_whose_record_is_lost_counts_and_its_entry_is_booked_record_lost(rig: Any) -> None:
+    r = rig({0: [Attempt(lost_record=True)]})
+    closed = r.run()
+    assert closed.included == (0, 1, 2, 3)
+    assert r.statuses(0) == [LedgerStatus.RECORD_LOST]
+    assert r.provider.invoked.count((0, 1)) == 1  # no second attempt for a delivered update
+
+
+def test_a_platform_outage_costs_no_retry_and_the_round_goes_on_once_it_is_back(rig: Any) -> None:
+    r = rig(max_retries=0)
+    r.provider.down_until = r.clock() + 5
+    closed = r.run()
+    assert closed.included == (0, 1, 2, 3)
+    assert {s for c in range(CLIENTS) for s in r.statuses(c)} == {
+        LedgerStatus.UNAVAILABLE,
+        LedgerStatus.SUCCESS,
+    }
+
+
+class KeeperDied(Exception):
+    """Raised by the fake sleep to stop a driver mid-round, as a killed keeper stops."""
+
+
+def test_a_resumed_driver_adopts_running_attempts_and_invokes_nobody_twice(rig: Any) -> None:
+    r = rig({c: [Attempt(duration_s=5.0 * (c + 1))] for c in range(CLIENTS)})
+    r.session.rounds.open(0, list(range(CLIENTS)))
+    dies_at = r.clock() + 7  # client 0 has delivered, the others are running
+
+    def sleep_then_die(seconds: float) -> None:
+        r.clock.sleep(seconds)
+        if r.clock() >= dies_at:
+            raise KeeperDied
+
+    first = r.driver()
+    first.sleep = sleep_then_die
+    with pytest.raises(KeeperDied):
+        first.run(0)
+    assert r.session.rounds.get(0)["status"] == "open"
+
+    closed = r.driver().run(0)
+    assert closed.included == (0, 1, 2, 3)
+    assert sorted(r.provider.invoked) == [(c, 1) for c in range(CLIENTS)]  # each invoked exactly once
+    assert all(r.statuses(c) == [LedgerStatus.SUCCESS] for c in range(CLIENTS))
