@@ -7,7 +7,7 @@
 # cached under a key hashed from the app, the shared client, the tarball and the toolchain: when
 # nothing changed this script only compares the key.
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
+here=$(cd "$(dirname "$0")" && pwd -P)
 edge=$(dirname "$here")
 root=$(dirname "$edge")
 build=$edge/build
@@ -20,7 +20,7 @@ if [ -z "$tarball" ]; then
   for t in "$root"/../shared/zephyr/zephyr-*-qemu_x86.tar.gz; do tarball=$t; done
 fi
 [ -n "$tarball" ] && [ -f "$tarball" ] ||
-  fail "the Zephyr tree is missing: expected ../shared/zephyr/zephyr-*-qemu_x86.tar.gz beside the repository ($(cd "$root/.." && pwd)/shared/zephyr/), or set ZEPHYR_TARBALL"
+  fail "the Zephyr tree is missing: expected ../shared/zephyr/zephyr-*-qemu_x86.tar.gz beside the repository ($(cd "$root/.." && pwd -P)/shared/zephyr/), or set ZEPHYR_TARBALL"
 cross=${CROSS_COMPILE:-/usr/bin/i686-linux-gnu-}
 python=${ZEPHYR_PYTHON:-$root/.venv-zephyr/bin/python}
 for tool in cmake ninja dtc "${cross}gcc"; do

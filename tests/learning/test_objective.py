@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from fedkeeper.function.config import ModelParams, TrainingTestData
+from fedkeeper.function.learning.architecture import initial_weights
 from fedkeeper.function.learning.datasets import load_dataset
-from fedkeeper.function.learning.models import CachedModel, cached_model, initial_weights
+from fedkeeper.function.learning.models import CachedModel, cached_model
 from fedkeeper.function.learning.objective import Terms, objective_value, train_epochs
 
 PARAMS = ModelParams(
@@ -47,8 +48,7 @@ def _flower_fedprox_loss(
 
 def _entry(weights: list[np.ndarray]) -> CachedModel:
     entry = cached_model(PARAMS, 64, 10)
-    entry.model.set_weights(weights)
-    entry.reset_optimizer()
+    entry.load(weights)
     return entry
 
 
