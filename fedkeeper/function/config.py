@@ -48,6 +48,7 @@ from fedkeeper.function.settings import (  # noqa: F401 - the config's models, i
     Secret,
     _Model,
 )
+from fedkeeper.function.store.codecs import Codec, CodecName
 from fedkeeper.function.strategies.base import Strategy
 from fedkeeper.function.strategies.registry import make_strategy, strategy_class
 
@@ -125,6 +126,32 @@ class StrategyConfig(_Model):
         return make_strategy(self.name, self.params)
 
 
+class Compression(_Model):
+    """``server_config.compression``: a codec name (``int8``) or ``{codec: topk, fraction: 0.1}``.
+
+    How clients' updates are stored (``store/codecs.py``); ``fraction`` is top-k's share of each
+    array, and only top-k takes it.
+    """
+
+    codec: CodecName = "none"
+    fraction: Annotated[float, Field(gt=0, le=1)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, data: Any) -> Any:
+        return {"codec": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _fraction_for_topk(self) -> Compression:
+        if self.fraction is not None and self.codec != "topk":
+            raise ValueError(f"fraction applies to codec topk only, not {self.codec}")
+        return self
+
+    def build(self) -> Codec:
+        fraction = 1.0 if self.codec != "topk" else (0.1 if self.fraction is None else self.fraction)
+        return Codec(self.codec, fraction)
+
+
 class ServerConfig(_Model):
     """How the keeper drives rounds."""
 
@@ -154,6 +181,8 @@ class ServerConfig(_Model):
     # Model-sized payloads (clients' updates, global weights) are kept for the last this many
     # aggregated rounds; "all" keeps every one (audits). See store/retention.py.
     keep_updates: PositiveInt | Literal["all"] = 2
+    # How clients' updates are compressed between the client and the store (store/codecs.py).
+    compression: Compression = Compression()
 
     @field_validator("keep_updates", mode="before")
     @classmethod
