@@ -126,11 +126,14 @@ class StrategyConfig(_Model):
         return make_strategy(self.name, self.params)
 
 
+TOPK_FRACTION = 0.1  # top-k's default share of each array
+
+
 class Compression(_Model):
     """``server_config.compression``: a codec name (``int8``) or ``{codec: topk, fraction: 0.1}``.
 
     How clients' updates are stored (``store/codecs.py``); ``fraction`` is top-k's share of each
-    array, and only top-k takes it.
+    array (default :data:`TOPK_FRACTION`), and only top-k takes it.
     """
 
     codec: CodecName = "none"
@@ -139,7 +142,10 @@ class Compression(_Model):
     @model_validator(mode="before")
     @classmethod
     def _shape(cls, data: Any) -> Any:
-        return {"codec": data} if isinstance(data, str) else data
+        data = {"codec": data} if isinstance(data, str) else data
+        if isinstance(data, dict) and data.get("codec") == "topk" and data.get("fraction") is None:
+            data = {**data, "fraction": TOPK_FRACTION}  # one spelling of the default, one fingerprint
+        return data
 
     @model_validator(mode="after")
     def _fraction_for_topk(self) -> Compression:
@@ -147,9 +153,12 @@ class Compression(_Model):
             raise ValueError(f"fraction applies to codec topk only, not {self.codec}")
         return self
 
+    @model_serializer
+    def _dump(self) -> str | dict[str, Any]:
+        return self.codec if self.fraction is None else {"codec": self.codec, "fraction": self.fraction}
+
     def build(self) -> Codec:
-        fraction = 1.0 if self.codec != "topk" else (0.1 if self.fraction is None else self.fraction)
-        return Codec(self.codec, fraction)
+        return Codec(self.codec, 1.0 if self.fraction is None else self.fraction)
 
 
 class ServerConfig(_Model):
@@ -474,12 +483,18 @@ TRAINING_FIELDS: dict[str, tuple[str, ...] | None] = {  # section -> fields (Non
         "selection",
         "rotation_rounds",
         "seed",
+        "compression",
     ),
     "clients_info": None,
     "data_sampling": None,
     "training_test_data": ("dataset", "test_fraction", "seed"),
     "model_params": None,
 }
+
+
+# Training fields added after sessions were stored, with the value those sessions trained with:
+# a stored scenario or fingerprint without one reads as this.
+ADDED_LATER: dict[str, Any] = {"server_config.compression": "none"}
 
 
 def training_fingerprint(scenario: dict[str, Any]) -> dict[str, Any]:
@@ -491,7 +506,8 @@ def training_fingerprint(scenario: dict[str, Any]) -> dict[str, Any]:
     for section, names in TRAINING_FIELDS.items():
         values = scenario.get(section) or {}
         for name in names if names is not None else sorted(values):
-            flat[f"{section}.{name}"] = values.get(name)
+            key = f"{section}.{name}"
+            flat[key] = values.get(name, ADDED_LATER.get(key))
     return flat
 
 
@@ -503,8 +519,9 @@ def fingerprint_json(fingerprint: dict[str, Any]) -> str:
 def fingerprint_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
     """The first field that differs, as ``field: was X, now Y``; None when they match."""
     for key in sorted(stored.keys() | current.keys()):
-        if stored.get(key) != current.get(key):
-            return f"{key}: was {stored.get(key)!r}, now {current.get(key)!r}"
+        was, now = stored.get(key, ADDED_LATER.get(key)), current.get(key, ADDED_LATER.get(key))
+        if was != now:
+            return f"{key}: was {was!r}, now {now!r}"
     return None
 
 

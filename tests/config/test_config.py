@@ -147,6 +147,7 @@ def test_bad_compression_is_one_line_naming_the_field(value: Any, expected: str)
     ("value", "codec", "fraction"),
     [
         ("int8", "int8", 1.0),
+        ("topk", "topk", 0.1),
         ({"codec": "topk"}, "topk", 0.1),
         ({"codec": "topk", "fraction": 0.05}, "topk", 0.05),
     ],
@@ -154,8 +155,12 @@ def test_bad_compression_is_one_line_naming_the_field(value: Any, expected: str)
 def test_compression_is_a_codec_name_or_a_mapping(value: Any, codec: str, fraction: float) -> None:
     data = sample()
     data["scenarios"]["federated_learning"]["server_config"]["compression"] = value
-    built = parse_config(data).fl.server_config.compression.build()
+    fl = parse_config(data).fl
+    built = fl.server_config.compression.build()
     assert (built.name, built.fraction) == (codec, fraction)
+    # one fingerprint per codec however it is spelled, so a resume compares what trains
+    spelled = {"codec": codec, "fraction": fraction} if codec == "topk" else codec
+    assert fl.fingerprint()["server_config.compression"] == spelled
 
 
 def test_invalid_yaml_names_line_and_column(tmp_path: Path) -> None:
