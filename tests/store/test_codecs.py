@@ -13,6 +13,7 @@ from fedkeeper.function.store import weights as wire
 from fedkeeper.function.store.codecs import Codec, compress, decompress
 from fedkeeper.function.store.db import SessionStore, Store
 from fedkeeper.function.store.updates import StoredUpdate, UnreadableUpdate
+from fedkeeper.host.serve.changes import Changes
 
 FLOAT16, INT8, TOPK = Codec("float16"), Codec("int8"), Codec("topk", 0.1)
 
@@ -301,3 +302,12 @@ def test_malformed_stored_payload_streams_as_unreadable_with_its_reason(store: S
     assert (
         got.reason == "topk payload a2 (indices) of array 0: not strictly increasing (repeated or unsorted)"
     )
+
+
+def test_removing_a_session_deletes_its_residuals_held_in_gridfs(store: SessionStore) -> None:
+    store.store.blobs.inline_limit = 0  # every payload goes to GridFS, as a large model's would
+    reference = _model()
+    store.updates.put(0, 1, _update(reference), 10, 0.5, 0.8, codec=TOPK, reference=reference)
+    assert store.store.db["blobs.files"].count_documents({}) == 2  # the payload and the residual
+    Changes(store.store).remove_session("s1", force=True)
+    assert store.store.db["blobs.files"].count_documents({}) == 0
