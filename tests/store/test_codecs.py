@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 
@@ -11,21 +9,11 @@ from fedkeeper.function.errors import InvalidUpdate
 from fedkeeper.function.store import codecs
 from fedkeeper.function.store import weights as wire
 from fedkeeper.function.store.codecs import Codec, compress, decompress
-from fedkeeper.function.store.db import SessionStore, Store
+from fedkeeper.function.store.db import SessionStore
 from fedkeeper.function.store.updates import StoredUpdate, UnreadableUpdate
 from fedkeeper.host.serve.changes import Changes
 
 FLOAT16, INT8, TOPK = Codec("float16"), Codec("int8"), Codec("topk", 0.1)
-
-
-@pytest.fixture
-def store(mongo_url: str, mongo_db_name: str) -> Iterator[SessionStore]:
-    s = Store(mongo_url, mongo_db_name)
-    s.ensure_indexes()
-    session = s.for_session("s1")
-    session.record.create({"config_digest": "x", "scenario": {}})
-    yield session
-    s.db.client.drop_database(mongo_db_name)
 
 
 def _model(seed: int = 0) -> list[np.ndarray]:
@@ -109,6 +97,19 @@ def test_topk_residual_is_what_was_not_sent_and_is_sent_later() -> None:
     np.testing.assert_allclose(decompress(second.arrays, reference, codec)[0], np.eye(10)[1] * 4)
     assert second.residual is not None
     np.testing.assert_allclose(second.residual[0].sum(), delta[2:].sum(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("codec", [FLOAT16, INT8, TOPK], ids=lambda c: c.name)
+def test_an_empty_array_and_a_single_value_round_trip(codec: Codec) -> None:
+    reference = [np.zeros((0, 3), np.float32), np.ones(1, np.float32), np.zeros(30, np.float32)]
+    update = [
+        np.zeros((0, 3), np.float32),
+        np.full(1, 1.5, np.float32),
+        np.linspace(0, 1, 30, dtype=np.float32),
+    ]
+    decoded = decompress(compress(update, reference, codec).arrays, reference, codec)
+    assert [d.shape for d in decoded] == [(0, 3), (1,), (30,)]
+    np.testing.assert_allclose(decoded[1], [1.5], rtol=1e-3)
 
 
 def test_a_delta_past_float16_range_does_not_fit_the_codec() -> None:

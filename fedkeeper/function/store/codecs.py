@@ -82,8 +82,8 @@ class Encoded:
 
 
 def kept(fraction: float, size: int) -> int:
-    """How many of an array's ``size`` entries top-k keeps: at least one."""
-    return max(1, min(size, math.ceil(fraction * size - 1e-9)))
+    """How many of an array's ``size`` entries top-k keeps: at least one of a non-empty array."""
+    return min(size, max(1, math.ceil(fraction * size - 1e-9)))  # 0.3 * 10 is 3.0000000000000004
 
 
 def _flat_delta(weights: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -138,7 +138,7 @@ def compress(
     left: Weights = []
     for i, acc in enumerate(deltas):
         k = kept(codec.fraction, acc.size)
-        chosen = np.sort(np.argpartition(-np.abs(acc), k - 1)[:k])
+        chosen = np.sort(np.argpartition(-np.abs(acc), k - 1)[:k]) if k else np.zeros(0, np.int64)
         sent = _half(acc[chosen], f"topk payload, array {i}")
         rest = acc.copy()
         rest[chosen] -= sent.astype(np.float64)  # float16's rounding is fed back too
