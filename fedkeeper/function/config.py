@@ -48,6 +48,7 @@ from fedkeeper.function.settings import (  # noqa: F401 - the config's models, i
     Secret,
     _Model,
 )
+from fedkeeper.function.store.codecs import Codec, CodecName
 from fedkeeper.function.strategies.base import Strategy
 from fedkeeper.function.strategies.registry import make_strategy, strategy_class
 
@@ -125,6 +126,41 @@ class StrategyConfig(_Model):
         return make_strategy(self.name, self.params)
 
 
+TOPK_FRACTION = 0.1  # top-k's default share of each array
+
+
+class Compression(_Model):
+    """``server_config.compression``: a codec name (``int8``) or ``{codec: topk, fraction: 0.1}``.
+
+    How clients' updates are stored (``store/codecs.py``); ``fraction`` is top-k's share of each
+    array (default :data:`TOPK_FRACTION`), and only top-k takes it.
+    """
+
+    codec: CodecName = "none"
+    fraction: Annotated[float, Field(gt=0, le=1)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, data: Any) -> Any:
+        data = {"codec": data} if isinstance(data, str) else data
+        if isinstance(data, dict) and data.get("codec") == "topk" and data.get("fraction") is None:
+            data = {**data, "fraction": TOPK_FRACTION}  # one spelling of the default, one fingerprint
+        return data
+
+    @model_validator(mode="after")
+    def _fraction_for_topk(self) -> Compression:
+        if self.fraction is not None and self.codec != "topk":
+            raise ValueError(f"fraction applies to codec topk only, not {self.codec}")
+        return self
+
+    @model_serializer
+    def _dump(self) -> str | dict[str, Any]:
+        return self.codec if self.fraction is None else {"codec": self.codec, "fraction": self.fraction}
+
+    def build(self) -> Codec:
+        return Codec(self.codec, 1.0 if self.fraction is None else self.fraction)
+
+
 class ServerConfig(_Model):
     """How the keeper drives rounds."""
 
@@ -154,6 +190,8 @@ class ServerConfig(_Model):
     # Model-sized payloads (clients' updates, global weights) are kept for the last this many
     # aggregated rounds; "all" keeps every one (audits). See store/retention.py.
     keep_updates: PositiveInt | Literal["all"] = 2
+    # How clients' updates are compressed between the client and the store (store/codecs.py).
+    compression: Compression = Compression()
 
     @field_validator("keep_updates", mode="before")
     @classmethod
@@ -445,12 +483,18 @@ TRAINING_FIELDS: dict[str, tuple[str, ...] | None] = {  # section -> fields (Non
         "selection",
         "rotation_rounds",
         "seed",
+        "compression",
     ),
     "clients_info": None,
     "data_sampling": None,
     "training_test_data": ("dataset", "test_fraction", "seed"),
     "model_params": None,
 }
+
+
+# Training fields added after sessions were stored, with the value those sessions trained with:
+# a stored scenario or fingerprint without one reads as this.
+ADDED_LATER: dict[str, Any] = {"server_config.compression": "none"}
 
 
 def training_fingerprint(scenario: dict[str, Any]) -> dict[str, Any]:
@@ -462,7 +506,8 @@ def training_fingerprint(scenario: dict[str, Any]) -> dict[str, Any]:
     for section, names in TRAINING_FIELDS.items():
         values = scenario.get(section) or {}
         for name in names if names is not None else sorted(values):
-            flat[f"{section}.{name}"] = values.get(name)
+            key = f"{section}.{name}"
+            flat[key] = values.get(name, ADDED_LATER.get(key))
     return flat
 
 
@@ -474,8 +519,9 @@ def fingerprint_json(fingerprint: dict[str, Any]) -> str:
 def fingerprint_difference(stored: dict[str, Any], current: dict[str, Any]) -> str | None:
     """The first field that differs, as ``field: was X, now Y``; None when they match."""
     for key in sorted(stored.keys() | current.keys()):
-        if stored.get(key) != current.get(key):
-            return f"{key}: was {stored.get(key)!r}, now {current.get(key)!r}"
+        was, now = stored.get(key, ADDED_LATER.get(key)), current.get(key, ADDED_LATER.get(key))
+        if was != now:
+            return f"{key}: was {was!r}, now {now!r}"
     return None
 
 

@@ -32,6 +32,7 @@ ROUND_FIELDS = [
     "rejected",
     "retries",
     "failed_clients",
+    "update_bytes",
     "duration_s",
 ]
 ACTIVATION_FIELDS = [
@@ -147,6 +148,7 @@ class Reporter:
                         "rejected": len(m.get("rejected", {})),
                         "retries": m.get("retries", 0),
                         "failed_clients": m.get("failed_clients", 0),
+                        "update_bytes": m.get("update_bytes", ""),
                         "duration_s": f"{m.get('duration_s', 0.0):.3f}",
                     }
                 )

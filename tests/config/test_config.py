@@ -123,6 +123,46 @@ def test_keeper_timeout_must_outlast_the_invoker_when_clients_go_through_it(
     assert str(info.value) == f"c.yaml: scenarios.federated_learning: {expected}"
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("zip", "compression.codec: Input should be 'none', 'float16', 'int8' or 'topk' (got 'zip')"),
+        ({"codec": "int8", "fraction": 0.1}, "compression: fraction applies to codec topk only, not int8"),
+        ({"codec": "topk", "fraction": 0}, "compression.fraction: Input should be greater than 0 (got 0)"),
+        (
+            {"codec": "topk", "fraction": 1.5},
+            "compression.fraction: Input should be less than or equal to 1 (got 1.5)",
+        ),
+    ],
+)
+def test_bad_compression_is_one_line_naming_the_field(value: Any, expected: str) -> None:
+    data = sample()
+    data["scenarios"]["federated_learning"]["server_config"]["compression"] = value
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, "c.yaml")
+    assert str(info.value) == f"c.yaml: scenarios.federated_learning.server_config.{expected}"
+
+
+@pytest.mark.parametrize(
+    ("value", "codec", "fraction"),
+    [
+        ("int8", "int8", 1.0),
+        ("topk", "topk", 0.1),
+        ({"codec": "topk"}, "topk", 0.1),
+        ({"codec": "topk", "fraction": 0.05}, "topk", 0.05),
+    ],
+)
+def test_compression_is_a_codec_name_or_a_mapping(value: Any, codec: str, fraction: float) -> None:
+    data = sample()
+    data["scenarios"]["federated_learning"]["server_config"]["compression"] = value
+    fl = parse_config(data).fl
+    built = fl.server_config.compression.build()
+    assert (built.name, built.fraction) == (codec, fraction)
+    # one fingerprint per codec however it is spelled, so a resume compares what trains
+    spelled = {"codec": codec, "fraction": fraction} if codec == "topk" else codec
+    assert fl.fingerprint()["server_config.compression"] == spelled
+
+
 def test_invalid_yaml_names_line_and_column(tmp_path: Path) -> None:
     file = tmp_path / "broken.yaml"
     file.write_text("providers:\n  openwhisk: [unclosed\n")

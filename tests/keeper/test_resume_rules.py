@@ -137,6 +137,29 @@ def test_resume_refuses_a_changed_model_and_names_the_field(
     assert store.for_session(session).record.get()["phase"] == "Failed"  # nothing was started
 
 
+def test_resume_refuses_a_changed_codec_and_names_it(failed: tuple[Store, str, dict[str, Any]]) -> None:
+    store, session, data = failed
+    changed = copy.deepcopy(data)
+    changed["scenarios"]["federated_learning"]["server_config"]["compression"] = {"codec": "topk"}
+
+    with pytest.raises(
+        SessionFailed,
+        match=r"server_config\.compression: was 'none', now \{'codec': 'topk', 'fraction': 0\.1\}",
+    ):
+        _keeper(changed, store).resume(session)
+
+
+def test_a_session_stored_before_codecs_resumes_as_none(failed: tuple[Store, str, dict[str, Any]]) -> None:
+    store, session, data = failed
+    _last_round_aggregated(store, session)
+    fields = json.loads(store.for_session(session).record.get()["training_fingerprint"])
+    del fields["server_config.compression"]
+    store.db.sessions.update_one({"_id": session}, {"$set": {"training_fingerprint": json.dumps(fields)}})
+
+    assert _keeper(data, store).resume(session) == session
+    assert store.for_session(session).record.get()["phase"] == "Succeeded"
+
+
 def test_the_stored_fingerprint_names_training_fields_and_holds_no_credential(
     failed: tuple[Store, str, dict[str, Any]],
 ) -> None:

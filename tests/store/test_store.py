@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 
@@ -15,16 +13,6 @@ from fedkeeper.function.store.statuses import Phase
 from fedkeeper.function.store.updates import StoredUpdate
 from fedkeeper.host.ledger import SERVER, Ledger, LedgerEntry, LedgerStatus
 from fedkeeper.host.store.embedded import EmbeddedMongo
-
-
-@pytest.fixture
-def store(mongo_url: str, mongo_db_name: str) -> Iterator[SessionStore]:
-    s = Store(mongo_url, mongo_db_name)
-    s.ensure_indexes()
-    session = s.for_session("s1")
-    session.record.create({"config_digest": "x", "scenario": {}})
-    yield session
-    s.db.client.drop_database(mongo_db_name)
 
 
 def _weights(rng: np.random.Generator, scale: int = 1) -> list[np.ndarray]:

@@ -36,6 +36,8 @@ INDEXES: dict[str, list[IndexModel]] = {
     "weights": [IndexModel([("session", ASCENDING), ("round", ASCENDING)], unique=True)],
     "updates": [
         IndexModel([("session", ASCENDING), ("round", ASCENDING), ("client", ASCENDING)], unique=True),
+        # a client's latest top-k residual (round <)
+        IndexModel([("session", ASCENDING), ("client", ASCENDING), ("round", ASCENDING)]),
     ],
     "partitions": [IndexModel([("session", ASCENDING), ("client", ASCENDING)], unique=True)],
     # strategy state: exact (round) and latest-at-or-before (round <=) look-ups

@@ -1,4 +1,11 @@
-"""Clients' updates: at most one per ``(session, round, client)``, however often a client runs."""
+"""Clients' updates: at most one per ``(session, round, client)``, however often a client runs.
+
+An update is stored with the session's codec (``store/codecs.py``): its document records the codec
+(``codec``) and the payload's size (``payload_bytes``). Top-k's residual (what the client has not
+sent yet) is written in the same document (``residual``), so a retried or revived client can never
+lose a residual or feed one back twice; a client's older residuals are dropped once a newer one is
+stored, and retention never prunes them (a client's latest residual may be many rounds old).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pymongo import ASCENDING
+from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import DuplicateKeyError
 
 from fedkeeper.function.errors import InvalidUpdate
+from fedkeeper.function.store import codecs
 from fedkeeper.function.store import weights as wire
 from fedkeeper.function.store.mongo import SessionBound, store_errors, utcnow
 from fedkeeper.function.store.statuses import UpdateStatus
@@ -49,22 +57,42 @@ class Updates(SessionBound):
         accuracy: float,
         activation_id: str | None = None,
         attempt: int | None = None,
+        *,
+        codec: codecs.Codec = codecs.NONE,
+        reference: Sequence[np.ndarray] | None = None,
     ) -> bool:
-        """Store a client's update; ``False`` (and nothing written) when one is already there."""
+        """Store a client's update, encoded with ``codec`` against ``reference`` (the round's global
+        weights); ``False`` (and nothing written) when one is already there.
+
+        Raises :class:`InvalidUpdate` when the update does not fit the codec.
+        """
         if num_examples <= 0:
             raise InvalidUpdate(f"client {client}: num_examples must be positive, got {num_examples}")
         if self.has(round_number, client):
             return False
+        if codec.on_delta and reference is None:
+            raise ValueError(f"codec {codec.name} encodes against the round's weights: pass reference")
+        residual = self.residual(round_number, client, weights) if codec.feedback else None
+        encoded = codecs.compress(weights, reference or [], codec, residual)
         key = {"session": self.session_id, "round": round_number, "client": client}
         ref = self._blobs.put(
-            wire.encode(weights), session=self.session_id, round=round_number, client=client
+            wire.encode(encoded.arrays), session=self.session_id, round=round_number, client=client
         )
+        kept = None
+        if encoded.residual is not None:
+            kept = self._blobs.put(wire.encode(encoded.residual), **key, residual=True)
         try:
             self._col.insert_one(
                 {
                     **key,
                     "blob": ref,
-                    "checksum": wire.checksum(weights),
+                    "checksum": wire.checksum(encoded.arrays),
+                    "codec": codec.tag(),
+                    "payload_bytes": int(ref["size"]),
+                    "residual": kept,
+                    "residual_checksum": None
+                    if encoded.residual is None
+                    else wire.checksum(encoded.residual),
                     "num_examples": int(num_examples),
                     "loss": float(loss),
                     "accuracy": float(accuracy),
@@ -76,8 +104,50 @@ class Updates(SessionBound):
             )
         except DuplicateKeyError:
             self._blobs.delete(ref)
+            if kept is not None:
+                self._blobs.delete(kept)
             return False
+        if kept is not None:
+            self._drop_residuals(client, before=round_number)
         return True
+
+    def residual(self, round_number: int, client: int, like: Sequence[np.ndarray]) -> wire.Weights | None:
+        """What ``client``'s latest update before ``round_number`` left unsent (None: nothing yet).
+
+        Raises :class:`InvalidUpdate` when it no longer fits the model (``like``) or fails its checksum.
+        """
+        doc = self._col.find_one(
+            {
+                "session": self.session_id,
+                "client": client,
+                "round": {"$lt": round_number},
+                "residual": {"$ne": None},
+            },
+            {"residual": 1, "residual_checksum": 1, "round": 1},
+            sort=[("round", DESCENDING)],
+        )
+        if doc is None:
+            return None
+        arrays = wire.decode(self._blobs.get(doc["residual"]))
+        if wire.checksum(arrays) != doc["residual_checksum"]:
+            raise InvalidUpdate(f"client {client}: residual of round {doc['round']} fails its checksum")
+        try:
+            wire.validate_like(arrays, [np.asarray(a) for a in like])
+        except InvalidUpdate as exc:
+            raise InvalidUpdate(f"client {client}: residual of round {doc['round']}: {exc}") from None
+        return arrays
+
+    def _drop_residuals(self, client: int, before: int) -> None:
+        """Delete ``client``'s residuals older than round ``before`` (the newest one supersedes them)."""
+        old = {
+            "session": self.session_id,
+            "client": client,
+            "round": {"$lt": before},
+            "residual": {"$ne": None},
+        }
+        for doc in self._col.find(old, {"residual": 1}):
+            self._blobs.delete(doc["residual"])
+            self._col.update_one({"_id": doc["_id"]}, {"$set": {"residual": None}})
 
     def reject(
         self,
@@ -121,8 +191,18 @@ class Updates(SessionBound):
         cursor = self._col.find({"session": self.session_id, "round": round_number}, {"client": 1})
         return {int(doc["client"]) for doc in cursor}
 
-    def stream(self, round_number: int, clients: Sequence[int]) -> Iterator[StoredUpdate | UnreadableUpdate]:
-        """Updates one at a time (the aggregator streams them); a corrupt one yields why."""
+    def stream(
+        self,
+        round_number: int,
+        clients: Sequence[int],
+        *,
+        codec: codecs.Codec = codecs.NONE,
+        reference: Sequence[np.ndarray] | None = None,
+    ) -> Iterator[StoredUpdate | UnreadableUpdate]:
+        """Updates one at a time, decoded with the session's ``codec`` against ``reference`` (the
+        round's global weights); a corrupt or malformed one yields why."""
+        if codec.on_delta and reference is None:
+            raise ValueError(f"codec {codec.name} decodes against the round's weights: pass reference")
         cursor = self._col.find(
             {"session": self.session_id, "round": round_number, "client": {"$in": list(clients)}},
             batch_size=1,
@@ -132,9 +212,11 @@ class Updates(SessionBound):
                 yield UnreadableUpdate(int(doc["client"]), str(doc.get("reason") or "no weights stored"))
                 continue
             try:
-                weights = wire.decode(self._blobs.get(doc["blob"]))
-                if wire.checksum(weights) != doc["checksum"]:
+                codecs.check_tag(doc.get("codec"), codec)
+                payload = wire.decode(self._blobs.get(doc["blob"]))
+                if wire.checksum(payload) != doc["checksum"]:
                     raise InvalidUpdate(f"client {doc['client']}: update fails its checksum")
+                weights = codecs.decompress(payload, reference or [], codec)
             except InvalidUpdate as exc:
                 yield UnreadableUpdate(int(doc["client"]), str(exc))
                 continue
@@ -146,7 +228,7 @@ class Updates(SessionBound):
         """Each update's bookkeeping (status, examples, local metrics), without its weights."""
         cursor = self._col.find(
             {"session": self.session_id, "round": round_number, "client": {"$in": list(clients)}},
-            {"blob": 0},
+            {"blob": 0, "residual": 0},
         ).sort("client", ASCENDING)
         return list(cursor)
 

@@ -78,6 +78,8 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
         "accepted": [int(m["client"]) for m in accepted],
         "rejected": rejected,
         "examples": int(examples),
+        # what the round's clients stored, as encoded by the session's codec
+        "update_bytes": sum(int(m.get("payload_bytes") or 0) for m in marks),
         "strategy": strategy.name,
         **(dict(next_state.metrics) if next_state is not None else {}),
     }
@@ -114,7 +116,8 @@ def _aggregate(
     instructions = {int(c): FitConfig.from_json(f) for c, f in (doc.get("fit") or {}).items()}
 
     def results() -> Iterator[FitRes | Failure]:
-        for item in store.updates.stream(round_number, usable):
+        codec = settings.server.compression.build()
+        for item in store.updates.stream(round_number, usable, codec=codec, reference=current):
             if isinstance(item, UnreadableUpdate):
                 yield Failure(item.client, item.reason, rejected=True)
                 continue

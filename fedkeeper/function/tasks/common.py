@@ -119,7 +119,8 @@ def store_update(
     The one gate every route passes: a client writing its own update and the invoker writing a
     target's reply (``weights`` as arrays or base64 ``.npz``). An update that fails
     :func:`~fedkeeper.function.store.weights.check_update` is kept as ``rejected``: the client did answer,
-    a retry would answer the same, and the round reports it among its rejected updates.
+    a retry would answer the same, and the round reports it among its rejected updates. An update
+    that passes is stored with the session's codec (``server_config.compression``).
     """
     activation_id = activation_id or entry.activation_id.get()
     try:
@@ -135,20 +136,22 @@ def store_update(
             max_norm=settings.server.max_update_norm,
         )
         loss_value, accuracy_value = _metric(loss, "loss"), _metric(accuracy, "accuracy")
-    except InvalidUpdate as exc:
+        stored = session.updates.put(
+            round_number,
+            client,
+            weights,
+            count,
+            loss_value,
+            accuracy_value,
+            activation_id=activation_id,
+            attempt=attempt,
+            codec=settings.server.compression.build(),
+            reference=reference,
+        )
+    except InvalidUpdate as exc:  # failed its checks, or does not fit the session's codec
         print(f"rejected update of client {client}: {exc}", file=sys.stderr)
         stored = session.updates.reject(
             round_number, client, str(exc), activation_id=activation_id, attempt=attempt
         )
         return {"stored": stored, "rejected": str(exc)}
-    stored = session.updates.put(
-        round_number,
-        client,
-        weights,
-        count,
-        loss_value,
-        accuracy_value,
-        activation_id=activation_id,
-        attempt=attempt,
-    )
     return {"stored": stored, "num_examples": count, "loss": loss_value, "accuracy": accuracy_value}

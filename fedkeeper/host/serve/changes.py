@@ -43,6 +43,11 @@ class Changes:
         for name in BLOB_COLLECTIONS:  # weights past the inline limit live in GridFS
             for held in db[name].find({"session": session_id, "blob.gridfs": {"$exists": True}}, {"blob": 1}):
                 self.store.blobs.delete(held["blob"])
+        # top-k residuals, beside their updates
+        for held in db.updates.find(
+            {"session": session_id, "residual.gridfs": {"$exists": True}}, {"residual": 1}
+        ):
+            self.store.blobs.delete(held["residual"])
         removed = {
             name: db[name].delete_many({"session": session_id}).deleted_count for name in SESSION_COLLECTIONS
         }
