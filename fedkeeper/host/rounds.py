@@ -15,7 +15,7 @@ provider (``tests/keeper/test_round_driver.py``) as against the fabric.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,7 +24,14 @@ from typing import Any
 from fedkeeper.function.backoff import Backoff
 from fedkeeper.function.catalog import CLIENT_FUNCTION, INVOKER_FUNCTION
 from fedkeeper.function.config import ServerConfig
-from fedkeeper.function.errors import STORE, FedkeeperError, PlatformUnavailable, ProviderError, Unavailable
+from fedkeeper.function.errors import (
+    STORE,
+    FedkeeperError,
+    PlatformUnavailable,
+    ProviderError,
+    Throttled,
+    Unavailable,
+)
 from fedkeeper.function.invoke.base import ActivationRecord
 from fedkeeper.function.store.db import SessionStore
 from fedkeeper.function.store.statuses import RoundStatus
@@ -147,6 +154,11 @@ class RoundDriver:
         self.sleep = sleep
         self.budget_since = budget_since
         self.client_only = plan.client_only()
+        # Backpressure: a platform's 429 ends the invoke at once, and its number of attempts in
+        # flight then is the most this driver keeps there (until the driver is made again).
+        self.windows: dict[tuple[str, str], int] = {}
+        for provider in providers.values():
+            provider.retry_throttled = False
 
     @property
     def reporter(self) -> Reporter:
@@ -190,11 +202,10 @@ class RoundDriver:
             if entry.client in selected and entry.function in (CLIENT_FUNCTION, INVOKER_FUNCTION):
                 state.pending[entry.client] = entry
                 state.sent[entry.client] = now - max((wall - entry.submitted_at).total_seconds(), 0.0)
+        budgets = self.ledger.budgets(round_number, self.budget_since)
         for client in selected:
-            function = self.plan.invoked(client)[1]
-            state.attempts[client] = self.ledger.attempts(round_number, function, client)
-            state.charged[client] = self.ledger.charged_attempts(
-                round_number, function, client, self.budget_since
+            state.attempts[client], state.charged[client] = budgets.get(
+                (self.plan.invoked(client)[1], client), (0, 0)
             )
             if client not in state.done and client not in state.pending:
                 state.retry_at[client] = now
@@ -210,8 +221,10 @@ class RoundDriver:
         while True:
             self.watch.check()
             now = self.clock()
+            in_flight = Counter((e.platform, e.cluster) for e in state.pending.values())
             for client, due in sorted(state.retry_at.items()):
-                if due <= now:
+                key = self.plan.invoked(client)[0]
+                if due <= now and in_flight[key] < self.windows.get(key, math.inf):
                     # The client's own platform: a target down behind the invoker is waited for too.
                     provider = self._client_provider(client)
                     if not self._reachable(provider):  # one probe at a time while it is down
@@ -220,6 +233,7 @@ class RoundDriver:
                     del state.retry_at[client]
                     if client not in state.done:
                         self._dispatch(state, client)
+                        in_flight[key] += client in state.pending
             self._give_up_on_outages(state, quorum)
             self._poll(state)
             self.reporter.progress(
@@ -350,6 +364,13 @@ class RoundDriver:
             return
         try:
             activation_id = provider.invoke_async(function, params)
+        except Throttled:  # nothing started: wait for room, as neither a failure nor an outage
+            self.ledger.withdraw(entry)
+            state.attempts[client], state.charged[client] = attempt - 1, charged
+            self.windows[key] = max(1, sum((e.platform, e.cluster) == key for e in state.pending.values()))
+            state.retry_at[client] = self.clock()
+            self.reporter.event("throttled", round=state.number, client=client, window=self.windows[key])
+            return
         except PlatformUnavailable as exc:
             self.ledger.settle(entry, LedgerStatus.UNAVAILABLE, error=str(exc))
             self._outage_retry(state, client, exc)

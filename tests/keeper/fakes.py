@@ -18,7 +18,7 @@ import numpy as np
 
 from fedkeeper.function.catalog import AGGREGATOR_FUNCTION, SERVER_INIT_FUNCTION
 from fedkeeper.function.catalog import platform as catalog_platform
-from fedkeeper.function.errors import PlatformUnavailable, ProviderError
+from fedkeeper.function.errors import PlatformUnavailable, ProviderError, Throttled
 from fedkeeper.function.invoke.base import ActivationRecord, ActivationStatus, Capabilities
 from fedkeeper.function.store.db import SessionStore, Store
 from fedkeeper.host.providers.base import FunctionSpec, Provider
@@ -65,6 +65,7 @@ class ScriptedProvider(Provider):
     """A platform whose activations follow ``script[client][attempt - 1]`` (the last entry repeats).
 
     ``down_until``: invokes and fetches raise :class:`PlatformUnavailable` before this clock time.
+    ``concurrency``: an invoke while this many activations run raises :class:`Throttled` (429).
     """
 
     platform: ClassVar[str] = "openwhisk"
@@ -77,6 +78,8 @@ class ScriptedProvider(Provider):
     pending_once: set[str] = field(
         default_factory=set
     )  # managing functions whose next call outlives its wait
+    concurrency: int | None = None
+    throttled: int = 0  # invokes refused for the concurrency limit
     invoked: list[tuple[int, int]] = field(default_factory=list)  # (client, attempt), in order
     running: dict[str, _Running] = field(default_factory=dict)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
@@ -87,6 +90,11 @@ class ScriptedProvider(Provider):
     # ------------------------------------------------------------------ the provider interface
     def invoke_async(self, name: str, params: Mapping[str, Any]) -> str:
         self._answer()
+        if self.concurrency is not None:
+            self.finish_due()
+            if sum(not r.finished for r in self.running.values()) >= self.concurrency:
+                self.throttled += 1
+                raise Throttled("openwhisk/local", "HTTP 429: too many concurrent requests (scripted)")
         client, attempt = int(params["client"]), int(params["attempt"])
         steps = self.script.get(client, [Attempt()])
         activation_id = f"a{next(self._ids)}"
