@@ -8,17 +8,18 @@ crash the ledger tells which activations may still be running.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pymongo import ASCENDING
+from pymongo import ASCENDING, UpdateOne
 from pymongo.errors import DuplicateKeyError
 
 from fedkeeper.function.invoke.base import ActivationRecord, ActivationStatus
 from fedkeeper.function.store.db import SessionStore
-from fedkeeper.function.store.mongo import store_errors, utcnow
+from fedkeeper.function.store.mongo import store_errors, translated_errors, utcnow
 
 SERVER = -1  # ``client`` value of entries for the managing functions
 
@@ -79,12 +80,17 @@ class LedgerEntry:
         return self.status != LedgerStatus.SUBMITTED
 
 
+# a settlement not yet written: the entry, its status and error, and the fields to set
+_Outcome = tuple[LedgerEntry, LedgerStatus, str | None, dict[str, Any]]
+
+
 @store_errors
 class Ledger:
     """One session's activation ledger, in the ``activations`` collection."""
 
     def __init__(self, session: SessionStore) -> None:
         self._col = session.store.collection("activations")
+        self._queue: list[_Outcome] | None = None  # settlements held back by batched()
         self._session = session
         self.url = session.store.url  # named in the error when MongoDB is down
 
@@ -138,11 +144,45 @@ class Ledger:
                 else None,
                 init_ms=record.init_ms,
             )
-        result = self._col.update_one({**entry.key, "status": LedgerStatus.SUBMITTED}, {"$set": update})
-        if result.modified_count:
-            entry.status, entry.error = status, error
-            ok = status == LedgerStatus.SUCCESS
-            self._session.record.count(active=-1, succeeded=int(ok), failed=int(not ok))
+        if self._queue is not None:
+            self._queue.append((entry, status, error, update))
+        else:
+            self._write_outcomes([(entry, status, error, update)])
+
+    @contextmanager
+    def batched(self) -> Iterator[None]:
+        """Within, :meth:`settle` queues its writes; they go out at the end as one bulk write per
+        outcome kind and one counter update: a poll that settles a thousand records costs a few
+        round trips, not 2,000."""
+        if self._queue is not None:  # within an outer batch: it writes them
+            yield
+            return
+        self._queue = []
+        try:
+            yield
+        finally:
+            queue, self._queue = self._queue, None
+            with translated_errors(self.url):
+                self._write_outcomes(queue)
+
+    def _write_outcomes(self, outcomes: list[_Outcome]) -> None:
+        modified = {True: 0, False: 0}  # succeeded, failed
+        for ok in modified:
+            group = [o for o in outcomes if (o[1] == LedgerStatus.SUCCESS) == ok]
+            if not group:
+                continue
+            writes = [
+                UpdateOne({**entry.key, "status": LedgerStatus.SUBMITTED}, {"$set": update})
+                for entry, _, _, update in group
+            ]
+            modified[ok] = self._col.bulk_write(writes, ordered=False).modified_count
+            if modified[ok] == len(group):  # else another keeper settled some first: which, unknown
+                for entry, status, error, _ in group:
+                    entry.status, entry.error = status, error
+        if modified[True] or modified[False]:
+            self._session.record.count(
+                active=-(modified[True] + modified[False]), succeeded=modified[True], failed=modified[False]
+            )
 
     def open_entries(self, round_number: int) -> list[LedgerEntry]:
         """Attempts of the round still waiting for a record."""

@@ -315,16 +315,17 @@ class RoundDriver:
             if not any(c in state.done for c in state.pending) or self.clock() >= grace_until:
                 break
             self.sleep(min(self.server.poll_interval_s, 0.2))
-        for entry in state.pending.values():
-            if entry.client in state.done:
-                self.ledger.settle(
-                    entry, LedgerStatus.RECORD_LOST, error="update stored, activation record not seen"
-                )
-            else:
-                state.late.add(entry.client)
-                self.ledger.settle(
-                    entry, LedgerStatus.TIMED_OUT, error="round closed before this activation finished"
-                )
+        with self.ledger.batched():
+            for entry in state.pending.values():
+                if entry.client in state.done:
+                    self.ledger.settle(
+                        entry, LedgerStatus.RECORD_LOST, error="update stored, activation record not seen"
+                    )
+                else:
+                    state.late.add(entry.client)
+                    self.ledger.settle(
+                        entry, LedgerStatus.TIMED_OUT, error="round closed before this activation finished"
+                    )
         state.pending.clear()
 
     # ------------------------------------------------------------------ attempts
@@ -422,6 +423,16 @@ class RoundDriver:
                 continue
             self.watch.back(provider.where)
         state.done |= self.session.updates.clients(state.number) & set(state.selected)
+        with self.ledger.batched():
+            self._settle_polled(state, groups, records)
+
+    def _settle_polled(
+        self,
+        state: RoundState,
+        groups: dict[tuple[str, str, str], list[LedgerEntry]],
+        records: dict[str, ActivationRecord],
+    ) -> None:
+        """Settle the polled entries whose records came, and time out those waited for too long."""
         for entries in groups.values():
             for entry in entries:
                 record = records.get(entry.activation_id or "")
