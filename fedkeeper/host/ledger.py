@@ -7,7 +7,7 @@ crash the ledger tells which activations may still be running.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -91,6 +91,7 @@ class Ledger:
     def __init__(self, session: SessionStore) -> None:
         self._col = session.store.collection("activations")
         self._queue: list[_Outcome] | None = None  # settlements held back by batched()
+        self._active = 0  # the change of the session's "active" counter held back by batched()
         self._session = session
         self.url = session.store.url  # named in the error when MongoDB is down
 
@@ -107,7 +108,7 @@ class Ledger:
         except DuplicateKeyError:
             return False
         if entry.status == LedgerStatus.SUBMITTED:
-            self._session.record.count(active=1)
+            self._count_active(1)
         return True
 
     def withdraw(self, entry: LedgerEntry) -> None:
@@ -115,7 +116,7 @@ class Ledger:
         concurrency limit): it is no attempt, and its number is used again."""
         result = self._col.delete_one({**entry.key, "status": LedgerStatus.SUBMITTED})
         if result.deleted_count:
-            self._session.record.count(active=-1)
+            self._count_active(-1)
 
     def set_activation_id(self, entry: LedgerEntry, activation_id: str) -> None:
         """Record the platform's id of a submitted attempt once the platform has accepted it."""
@@ -151,9 +152,10 @@ class Ledger:
 
     @contextmanager
     def batched(self) -> Iterator[None]:
-        """Within, :meth:`settle` queues its writes; they go out at the end as one bulk write per
-        outcome kind and one counter update: a poll that settles a thousand records costs a few
-        round trips, not 2,000."""
+        """Within, :meth:`settle` queues its writes and the session's counters are held back;
+        they go out at the end as one bulk write per outcome kind and one counter update: a poll
+        that settles a thousand records costs a few round trips, not 2,000. Entries themselves
+        (:meth:`submit`, :meth:`set_activation_id`) are written at once: a crash must find them."""
         if self._queue is not None:  # within an outer batch: it writes them
             yield
             return
@@ -164,6 +166,12 @@ class Ledger:
             queue, self._queue = self._queue, None
             with translated_errors(self.url):
                 self._write_outcomes(queue)
+
+    def _count_active(self, delta: int) -> None:
+        if self._queue is not None:
+            self._active += delta
+        else:
+            self._session.record.count(active=delta)
 
     def _write_outcomes(self, outcomes: list[_Outcome]) -> None:
         modified = {True: 0, False: 0}  # succeeded, failed
@@ -179,10 +187,9 @@ class Ledger:
             if modified[ok] == len(group):  # else another keeper settled some first: which, unknown
                 for entry, status, error, _ in group:
                     entry.status, entry.error = status, error
-        if modified[True] or modified[False]:
-            self._session.record.count(
-                active=-(modified[True] + modified[False]), succeeded=modified[True], failed=modified[False]
-            )
+        active, self._active = self._active - modified[True] - modified[False], 0
+        if active or modified[True] or modified[False]:
+            self._session.record.count(active=active, succeeded=modified[True], failed=modified[False])
 
     def open_entries(self, round_number: int) -> list[LedgerEntry]:
         """Attempts of the round still waiting for a record."""
@@ -198,19 +205,22 @@ class Ledger:
             {"session": self._session.id, "round": round_number, "function": function, "client": client}
         )
 
-    def budgets(self, round_number: int, since: datetime | None) -> dict[tuple[str, int], tuple[int, int]]:
-        """``(function, client)`` -> (attempts, attempts that count against the retry
-        budget: not lost to an outage, made after ``since``) of every client of
-        the round, from one query (a round of a thousand clients is one round trip, not 2,000)."""
-        if since is not None:  # MongoDB keeps milliseconds; compare as the query would
+    def budgets(
+        self, round_number: int, functions: Collection[str], since: datetime | None
+    ) -> dict[tuple[str, int], tuple[int, int]]:
+        """``(function, client)`` -> (attempts, attempts that count against the retry budget: not
+        lost to an outage, made after ``since``) of the round's ``functions``, from one query (a
+        round of a thousand clients is one round trip, not 2,000)."""
+        if since is not None:  # MongoDB keeps milliseconds; compare as a query would
             since = since.replace(microsecond=since.microsecond // 1000 * 1000)
+        query = {"session": self._session.id, "round": round_number, "function": {"$in": list(functions)}}
         counts: dict[tuple[str, int], tuple[int, int]] = {}
-        for entry in self.round_entries(round_number):
-            attempts, charged = counts.get((entry.function, entry.client), (0, 0))
-            counted = entry.status != LedgerStatus.UNAVAILABLE and (
-                since is None or entry.submitted_at >= since
+        for doc in self._col.find(query, {"function": 1, "client": 1, "status": 1, "submitted_at": 1}):
+            attempts, charged = counts.get((doc["function"], doc["client"]), (0, 0))
+            counted = doc["status"] != LedgerStatus.UNAVAILABLE and (
+                since is None or doc["submitted_at"] >= since
             )
-            counts[(entry.function, entry.client)] = (attempts + 1, charged + int(counted))
+            counts[(doc["function"], doc["client"])] = (attempts + 1, charged + int(counted))
         return counts
 
     def entries(self) -> Iterator[LedgerEntry]:

@@ -202,7 +202,8 @@ class RoundDriver:
             if entry.client in selected and entry.function in (CLIENT_FUNCTION, INVOKER_FUNCTION):
                 state.pending[entry.client] = entry
                 state.sent[entry.client] = now - max((wall - entry.submitted_at).total_seconds(), 0.0)
-        budgets = self.ledger.budgets(round_number, self.budget_since)
+        functions = {self.plan.invoked(c)[1] for c in selected}
+        budgets = self.ledger.budgets(round_number, functions, self.budget_since)
         for client in selected:
             state.attempts[client], state.charged[client] = budgets.get(
                 (self.plan.invoked(client)[1], client), (0, 0)
@@ -222,18 +223,8 @@ class RoundDriver:
             self.watch.check()
             now = self.clock()
             in_flight = Counter((e.platform, e.cluster) for e in state.pending.values())
-            for client, due in sorted(state.retry_at.items()):
-                key = self.plan.invoked(client)[0]
-                if due <= now and in_flight[key] < self.windows.get(key, math.inf):
-                    # The client's own platform: a target down behind the invoker is waited for too.
-                    provider = self._client_provider(client)
-                    if not self._reachable(provider):  # one probe at a time while it is down
-                        state.retry_at[client] = self.outages.next_probe(provider.where)
-                        continue
-                    del state.retry_at[client]
-                    if client not in state.done:
-                        self._dispatch(state, client)
-                        in_flight[key] += client in state.pending
+            with self.ledger.batched():
+                self._dispatch_due(state, now, in_flight)
             self._give_up_on_outages(state, quorum)
             self._poll(state)
             self.reporter.progress(
@@ -263,6 +254,21 @@ class RoundDriver:
             interval = MIN_POLL_S if seen != last_seen else min(interval * 1.5, self.server.poll_interval_s)
             last_seen = seen
             self.sleep(interval)
+
+    def _dispatch_due(self, state: RoundState, now: float, in_flight: Counter[tuple[str, str]]) -> None:
+        """Invoke every client due by ``now``, as far as each cluster's window has room."""
+        for client, due in sorted(state.retry_at.items()):
+            key = self.plan.invoked(client)[0]
+            if due <= now and in_flight[key] < self.windows.get(key, math.inf):
+                # The client's own platform: a target down behind the invoker is waited for too.
+                provider = self._client_provider(client)
+                if not self._reachable(provider):  # one probe at a time while it is down
+                    state.retry_at[client] = self.outages.next_probe(provider.where)
+                    continue
+                del state.retry_at[client]
+                if client not in state.done:
+                    self._dispatch(state, client)
+                    in_flight[key] += client in state.pending
 
     def _reachable(self, provider: Provider) -> bool:
         """False while ``provider``'s platform is down: not yet due for a probe, or its probe failed.
