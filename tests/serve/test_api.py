@@ -190,6 +190,7 @@ def test_removing_a_session_needs_the_token_and_a_running_one_needs_force(
         "rounds": 2,
         "weights": 0,
         "updates": 0,
+        "evaluations": 0,
         "partitions": 4,
         "activations": 9,
         "sessions": 1,
