@@ -33,10 +33,15 @@ ROUND_FIELDS = [
     "retries",
     "failed_clients",
     "duration_s",
+    "federated_loss",
+    "federated_accuracy",
+    "evaluated_clients",
+    "failed_evaluations",
 ]
 ACTIVATION_FIELDS = [
     "round",
     "function",
+    "task",
     "client",
     "attempt",
     "platform",
@@ -51,6 +56,11 @@ ACTIVATION_FIELDS = [
     "duration_ms",
     "error",
 ]
+
+
+def _figure(value: float | None) -> str:
+    """A metric as rounds.csv writes it: empty when there is none (a round without evaluation)."""
+    return "" if value is None else f"{value:.6f}"
 
 
 def _iso_ms(ms: int | None) -> str:
@@ -148,6 +158,10 @@ class Reporter:
                         "retries": m.get("retries", 0),
                         "failed_clients": m.get("failed_clients", 0),
                         "duration_s": f"{m.get('duration_s', 0.0):.3f}",
+                        "federated_loss": _figure(m.get("federated_loss")),
+                        "federated_accuracy": _figure(m.get("federated_accuracy")),
+                        "evaluated_clients": m.get("evaluated_clients", ""),
+                        "failed_evaluations": m.get("failed_evaluations", ""),
                     }
                 )
         self._plot(rows)
@@ -161,6 +175,7 @@ class Reporter:
                     {
                         "round": e.round,
                         "function": e.function,
+                        "task": e.task.value,
                         "client": "" if e.client < 0 else e.client,
                         "attempt": e.attempt,
                         "platform": e.platform,
