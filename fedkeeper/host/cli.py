@@ -172,6 +172,8 @@ def status(session: str | None, config_path: Path, as_json: bool) -> None:
         for r in handle.rounds.all():
             m = r.get("metrics") or {}
             acc = f"accuracy {m['accuracy']:.4f}" if m else r["status"]
+            if m.get("federated_accuracy") is not None:
+                acc += f", federated accuracy {m['federated_accuracy']:.4f}"
             click.echo(f"  round {r['round']}: {acc}, selected {r['selected']}")
 
 

@@ -69,6 +69,18 @@ class Rig:
             self.clock, self.clock.sleep,
         )  # fmt: skip
 
+    def dying_driver(self, dies_at: float) -> RoundDriver:
+        """A driver whose keeper dies (:class:`KeeperDied`) once it has slept past ``dies_at``."""
+        driver = self.driver()
+
+        def sleep_then_die(seconds: float) -> None:
+            self.clock.sleep(seconds)
+            if self.clock() >= dies_at:
+                raise KeeperDied
+
+        driver.sleep = sleep_then_die
+        return driver
+
     def run(self, round_number: int = 0) -> ClosedRound:
         self.session.rounds.open(round_number, list(range(CLIENTS)))
         return self.driver().run(round_number)
@@ -207,17 +219,8 @@ class KeeperDied(Exception):
 def test_a_resumed_driver_adopts_running_attempts_and_invokes_nobody_twice(rig: Any) -> None:
     r = rig({c: [Attempt(duration_s=5.0 * (c + 1))] for c in range(CLIENTS)})
     r.session.rounds.open(0, list(range(CLIENTS)))
-    dies_at = r.clock() + 7  # client 0 has delivered, the others are running
-
-    def sleep_then_die(seconds: float) -> None:
-        r.clock.sleep(seconds)
-        if r.clock() >= dies_at:
-            raise KeeperDied
-
-    first = r.driver()
-    first.sleep = sleep_then_die
-    with pytest.raises(KeeperDied):
-        first.run(0)
+    with pytest.raises(KeeperDied):  # at 7 s client 0 has delivered, the others are running
+        r.dying_driver(r.clock() + 7).run(0)
     assert r.session.rounds.get(0)["status"] == "open"
 
     closed = r.driver().run(0)
@@ -286,17 +289,8 @@ def test_a_resumed_driver_adopts_running_evaluations_and_invokes_nobody_twice(ri
     r.provider.evaluate_script = {c: [Attempt(duration_s=5.0 * (c + 1))] for c in range(CLIENTS)}
     r.run()
     r.session.rounds.open_evaluate(0, [0, 1, 2])
-    dies_at = r.clock() + 7
-
-    def sleep_then_die(seconds: float) -> None:
-        r.clock.sleep(seconds)
-        if r.clock() >= dies_at:
-            raise KeeperDied
-
-    first = r.driver()
-    first.sleep = sleep_then_die
     with pytest.raises(KeeperDied):
-        first.evaluate(0)
+        r.dying_driver(r.clock() + 7).evaluate(0)
     assert r.session.rounds.phase(0, Task.EVALUATE)["status"] == "open"
     closed = r.driver().evaluate(0)
     assert closed.included == (0, 1, 2)
