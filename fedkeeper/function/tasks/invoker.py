@@ -150,6 +150,11 @@ def _evaluate(
             raise ProviderError(f"client {client} on {summary['target']} succeeded but stored no evaluation")
         return {**summary, "stored": True}
     reply = record.result or {}
+    if "weights" in reply:  # a client deployed before evaluation ignores the task and trains
+        raise ProviderError(
+            f"client {client} on {summary['target']} trained instead of evaluating: its fl_client predates "
+            "federated evaluation; redeploy it"
+        )
     outcome = store_evaluation(
         store,
         round_number,
