@@ -506,6 +506,7 @@ def _session_summary(doc: dict[str, Any], latest: dict[str, Any]) -> dict[str, A
         "aggregations": latest.get("aggregations", 0),
         "accuracy": latest.get("accuracy"),
         "loss": latest.get("loss"),
+        "federatedAccuracy": latest.get("federated_accuracy"),
         "active": int(counters.get("active", 0)),
         "succeeded": int(counters.get("succeeded", 0)),
         "failed": int(counters.get("failed", 0)),

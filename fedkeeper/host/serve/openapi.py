@@ -79,6 +79,9 @@ SCHEMAS: dict[str, Any] = {
             "aggregations": COUNT,
             "accuracy": NUMBER,
             "loss": NUMBER,
+            "federatedAccuracy": _nullable(
+                "number", description="the latest aggregated round's; null until it is evaluated"
+            ),
             "active": {"type": "integer"},
             "succeeded": COUNT,
             "failed": COUNT,
