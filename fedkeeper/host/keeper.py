@@ -400,7 +400,7 @@ class Keeper:
         rounds = self.session.rounds
         if "evaluate" not in rounds.get(round_number):
             evaluators = self.plan.evaluators()
-            pool = ClientPool(evaluators, max(len(evaluators), 1), seed=self.server.seed)
+            pool = ClientPool(evaluators, len(evaluators), seed=self.server.seed)
             chosen = strategy.configure_evaluate(round_number, pool)
             if not chosen:
                 return {}
