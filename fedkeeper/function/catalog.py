@@ -84,7 +84,7 @@ PLATFORMS: tuple[Platform, ...] = (
     Platform("openwhisk", "OpenWhisk", OpenWhiskCluster, "openwhisk", "OpenWhiskClient", "OpenWhiskProvider", ("-o", "--openwhisk"), "ow_clients_count", Capabilities(async_invoke=True, store_access=True, max_request_bytes=1 * MB, max_result_bytes=5 * MB, max_duration_s=300)),
     Platform("google", "Google Cloud Functions", GoogleCluster, "gcf", "GcfClient", "GcfProvider", ("-g", "--gcf"), "gcf_clients_count", Capabilities(async_invoke=False, store_access=True, max_request_bytes=32 * MB, max_result_bytes=32 * MB, max_duration_s=3600, memory_mb=(128, 32768))),
     Platform("aws", "AWS Lambda", AwsCluster, "aws_lambda", "LambdaClient", "LambdaProvider", ("-l", "--lambda"), "aws_clients_count", Capabilities(async_invoke=False, store_access=True, max_request_bytes=6 * MB, max_result_bytes=6 * MB, max_duration_s=900, memory_mb=(128, 10240))),
-    Platform("edge", "edge fleet", EdgeCluster, "edge", "EdgeClient", "EdgeProvider", ("-e", "--edge"), "edge_clients_count", Capabilities(async_invoke=False, store_access=False, max_request_bytes=EDGE_MAX_REQUEST_BYTES, max_result_bytes=EDGE_MAX_REQUEST_BYTES, max_duration_s=int(EDGE_MAX_JOB_TIMEOUT_S), custom_objective=False)),
+    Platform("edge", "edge fleet", EdgeCluster, "edge", "EdgeClient", "EdgeProvider", ("-e", "--edge"), "edge_clients_count", Capabilities(async_invoke=False, store_access=False, max_request_bytes=EDGE_MAX_REQUEST_BYTES, max_result_bytes=EDGE_MAX_REQUEST_BYTES, max_duration_s=int(EDGE_MAX_JOB_TIMEOUT_S), custom_objective=False, evaluate=False)),
     Platform("hosts", "SSH hosts", HostsCluster, "hosts", "HostsClient", "HostsProvider", ("-H", "--hosts"), "hosts_clients_count", Capabilities(async_invoke=False, store_access=False, max_request_bytes=64 * MB, max_result_bytes=64 * MB, max_duration_s=3600)),
 )
 # fmt: on
@@ -96,6 +96,8 @@ DIRECT_CLIENT_NEEDS = Needs(async_invoke=True, store_access=True)
 # The managing functions: the keeper tracks the invoker's activations (async), and all three read
 # and write the store.
 MANAGING_NEEDS = Needs(async_invoke=True, store_access=True)
+# A client takes part in federated evaluation only where its platform runs an evaluate activation.
+EVALUATE_NEEDS = Needs(evaluate=True)
 
 
 def platform(name: str) -> Platform:

@@ -2,7 +2,8 @@
 
 Each round: the configured selection policy picks clients, the :class:`~fedkeeper.host.rounds.RoundDriver`
 invokes, polls, retries and closes the round, the aggregator makes the next global weights, the
-clients' history is folded in, and the session advances in MongoDB *before* the next round starts.
+clients' history is folded in, the strategy's federated evaluation (if it chooses any client) runs
+through the same driver, and the session advances in MongoDB *before* the next round starts.
 All state is in the store, so :meth:`Keeper.resume` can continue after the keeper process dies at
 any line.
 
@@ -26,17 +27,28 @@ from fedkeeper.function.config import Config, fingerprint_difference, fingerprin
 from fedkeeper.function.errors import STORE, PlatformUnavailable, ProviderError, StoreUnavailable, Unavailable
 from fedkeeper.function.store.db import SessionStore, Store
 from fedkeeper.function.store.retention import prune
-from fedkeeper.function.store.statuses import Phase
-from fedkeeper.function.strategies import ClientPool, FitConfig, SelectionPolicy, make_selection
+from fedkeeper.function.store.statuses import Phase, Task
+from fedkeeper.function.strategies import (
+    ClientPool,
+    EvaluateRes,
+    Failure,
+    FitConfig,
+    SelectionPolicy,
+    Strategy,
+    make_selection,
+)
 from fedkeeper.host.history import ClientHistory, History, fold
 from fedkeeper.host.ledger import SERVER, Ledger, LedgerStatus
 from fedkeeper.host.outages import Outages, OutageTooLong, OutageWatch
 from fedkeeper.host.plan import Key, Plan
 from fedkeeper.host.providers.base import Provider
 from fedkeeper.host.reporting import Reporter, Stopwatch
-from fedkeeper.host.rounds import RoundDriver, SessionFailed
+from fedkeeper.host.rounds import ClosedRound, RoundDriver, SessionFailed
 
 __all__ = ["Keeper", "SessionFailed", "new_session_id"]
+
+NO_EVALUATION = "no evaluation before the evaluation closed"
+LATE_EVALUATION = "evaluation still running when the evaluation closed"
 
 
 def new_session_id() -> str:
@@ -176,6 +188,9 @@ class Keeper:
             f"{len(self.plan.placements)} clients, {self.server.num_clients_per_round} per round, "
             f"up to {self.server.max_rounds} rounds, target accuracy {self.server.target_accuracy}"
         )
+        if self.server.strategy.build().fraction_evaluate > 0:
+            for where, why in self.plan.cannot_evaluate().items():
+                reporter.say(f"federated evaluation leaves out the clients on {where}: {why}")
         try:
             while True:
                 try:
@@ -318,7 +333,8 @@ class Keeper:
 
     # ------------------------------------------------------------------ one round
     def _run_round(self, driver: RoundDriver, round_number: int) -> dict[str, Any]:
-        """Select (once), drive the round to its close, fold it into the clients' history, aggregate."""
+        """Select (once), drive the round to its close, fold it into the clients' history, aggregate,
+        evaluate."""
         assert self._history is not None
         rounds = self.session.rounds
         history = self._history.read() if self.selection.uses_history else History()
@@ -331,10 +347,9 @@ class Keeper:
         )
         # The strategy picks the clients through the selection policy and tells each what to do;
         # the round keeps both for them (a resumed keeper gets the stored ones back).
-        fit = self.server.strategy.build().configure_fit(
-            round_number, pool, FitConfig.from_model(self.fl.model_params)
-        )
-        selected = rounds.open(
+        strategy = self.server.strategy.build()
+        fit = strategy.configure_fit(round_number, pool, FitConfig.from_model(self.fl.model_params))
+        rounds.open(
             round_number,
             [ins.client for ins in fit],
             {ins.client: ins.config.to_json() for ins in fit},
@@ -342,11 +357,18 @@ class Keeper:
         watch = Stopwatch()
         closed = driver.run(round_number)
         if self.selection.uses_history and history.folded < round_number:
-            entries = self.ledger.round_entries(round_number)
+            entries = [e for e in self.ledger.round_entries(round_number) if e.task is Task.FIT]
             self._history.write(fold(history, closed, entries, self.server.round_deadline_s))
         doc = rounds.get(round_number)
-        if doc.get("metrics"):  # aggregated before a resumed keeper got here
-            return dict(doc["metrics"])
+        # Aggregated before a resumed keeper got here: only the evaluation may be left.
+        metrics = dict(doc["metrics"]) if doc.get("metrics") else self._aggregate(round_number, closed, watch)
+        if "federated_loss" not in metrics:
+            metrics.update(self._evaluate(driver, strategy, round_number))
+        return metrics
+
+    def _aggregate(self, round_number: int, closed: ClosedRound, watch: Stopwatch) -> dict[str, Any]:
+        """The aggregator makes the next global weights and the round's metrics; old payloads go."""
+        rounds = self.session.rounds
         metrics = self._call_server(
             AGGREGATOR_FUNCTION,
             round_number,
@@ -361,8 +383,52 @@ class Keeper:
         self.reporter.event("round_aggregated", **metrics)
         self.reporter.say(
             f"round {round_number + 1}/{self.server.max_rounds}: accuracy {metrics['accuracy']:.4f} "
-            f"loss {metrics['loss']:.4f} · {len(metrics.get('accepted', []))}/{len(selected)} updates"
+            f"loss {metrics['loss']:.4f} · {len(metrics.get('accepted', []))}/{len(closed.selected)} updates"
             f" · {closed.retries} retries · {watch.elapsed:.1f}s"
+        )
+        return metrics
+
+    def _evaluate(self, driver: RoundDriver, strategy: Strategy, round_number: int) -> dict[str, Any]:
+        """Federated evaluation of the round's new weights, as Flower runs it after ``aggregate_fit``.
+
+        The strategy's ``configure_evaluate`` picks among the clients that can evaluate (once: the
+        round keeps the choice), the driver runs their evaluate activations, and ``aggregate_evaluate``
+        gets the stored evaluations (one per client, however often it ran) and the failures. The
+        round's metrics get ``federated_loss``/``federated_accuracy`` (None without results);
+        nothing when the strategy evaluates no client (``fraction_evaluate`` 0).
+        """
+        rounds = self.session.rounds
+        if "evaluate" not in rounds.get(round_number):
+            evaluators = self.plan.evaluators()
+            pool = ClientPool(evaluators, len(evaluators), seed=self.server.seed)
+            chosen = strategy.configure_evaluate(round_number, pool)
+            if not chosen:
+                return {}
+            rounds.open_evaluate(round_number, [ins.client for ins in chosen])
+        watch = Stopwatch()
+        closed = driver.evaluate(round_number)
+        results = [
+            EvaluateRes(int(d["client"]), int(d["num_examples"]), float(d["loss"]), float(d["accuracy"]))
+            for d in self.session.evaluations.results(round_number, closed.included)
+        ]
+        failures = [Failure(c, NO_EVALUATION) for c in closed.failed]
+        failures += [Failure(c, LATE_EVALUATION) for c in closed.late]
+        loss, aggregated = strategy.aggregate_evaluate(round_number, results, failures)
+        metrics = {
+            "federated_loss": loss,
+            "federated_accuracy": aggregated.get("accuracy"),
+            "evaluated_clients": len(results),
+            "failed_evaluations": len(failures),
+        }
+        rounds.add_metrics(round_number, metrics)
+        self.reporter.event("round_evaluated", round=round_number, **metrics)
+        summary = (
+            f"federated accuracy {metrics['federated_accuracy']:.4f} loss {loss:.4f}" if loss is not None
+            else "no federated evaluation result"
+        )  # fmt: skip
+        self.reporter.say(
+            f"round {round_number + 1}/{self.server.max_rounds}: {summary} · "
+            f"{len(results)}/{len(closed.selected)} evaluations · {closed.retries} retries · {watch.elapsed:.1f}s"
         )
         return metrics
 

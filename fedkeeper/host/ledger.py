@@ -3,6 +3,10 @@
 One document per ``(session, round, function, client, attempt)``. The keeper writes an entry
 *before* it trusts an activation to exist and settles it once its record arrives, so after a
 crash the ledger tells which activations may still be running.
+
+A client's fit and evaluate activations of one round share the function and the numbering of
+attempts (an evaluation's attempts follow the fit's), so the key stays unique; ``task`` tells them
+apart, and entries from before it was stored are fit.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pymongo.errors import DuplicateKeyError
 from fedkeeper.function.invoke.base import ActivationRecord, ActivationStatus
 from fedkeeper.function.store.db import SessionStore
 from fedkeeper.function.store.mongo import store_errors, utcnow
+from fedkeeper.function.store.statuses import Task
 
 SERVER = -1  # ``client`` value of entries for the managing functions
 
@@ -63,6 +68,7 @@ class LedgerEntry:
     end_ms: int | None = None
     duration_ms: int | None = None
     init_ms: int | None = None  # the platform's cold-start initialisation, where it reports one
+    task: Task = Task.FIT  # what a client's activation does (managing functions: fit)
 
     @property
     def key(self) -> dict[str, Any]:
@@ -89,10 +95,19 @@ class Ledger:
         self.url = session.store.url  # named in the error when MongoDB is down
 
     def new_entry(
-        self, round_number: int, function: str, client: int, attempt: int, platform: str, cluster: str
+        self,
+        round_number: int,
+        function: str,
+        client: int,
+        attempt: int,
+        platform: str,
+        cluster: str,
+        task: Task = Task.FIT,
     ) -> LedgerEntry:
         """An attempt of this session, not yet submitted."""
-        return LedgerEntry(self._session.id, round_number, function, client, attempt, platform, cluster)
+        return LedgerEntry(
+            self._session.id, round_number, function, client, attempt, platform, cluster, task=task
+        )
 
     def submit(self, entry: LedgerEntry) -> bool:
         """Record a new attempt; ``False`` when that attempt is already recorded."""
@@ -137,28 +152,33 @@ class Ledger:
             ok = status == LedgerStatus.SUCCESS
             self._session.record.count(active=-1, succeeded=int(ok), failed=int(not ok))
 
-    def open_entries(self, round_number: int) -> list[LedgerEntry]:
-        """Attempts of the round still waiting for a record."""
+    def open_entries(self, round_number: int, task: Task = Task.FIT) -> list[LedgerEntry]:
+        """Attempts of the round's ``task`` still waiting for a record."""
         query = {"session": self._session.id, "round": round_number, "status": LedgerStatus.SUBMITTED}
-        return [_entry(doc) for doc in self._col.find(query)]
+        return [_entry(doc) for doc in self._col.find({**query, **_task(task)})]
 
     def round_entries(self, round_number: int) -> list[LedgerEntry]:
         """Every attempt of the round, in one query."""
         return [_entry(doc) for doc in self._col.find({"session": self._session.id, "round": round_number})]
 
     def attempts(self, round_number: int, function: str, client: int) -> int:
+        """The last attempt number used (fit and evaluate attempts are numbered together)."""
         return self._col.count_documents(
             {"session": self._session.id, "round": round_number, "function": function, "client": client}
         )
 
-    def charged_attempts(self, round_number: int, function: str, client: int, since: datetime | None) -> int:
-        """Attempts that count against the retry budget: not lost to an outage, made after ``since``."""
+    def charged_attempts(
+        self, round_number: int, function: str, client: int, since: datetime | None, task: Task = Task.FIT
+    ) -> int:
+        """Attempts of ``task`` that count against the retry budget: not lost to an outage, made
+        after ``since``."""
         query: dict[str, Any] = {
             "session": self._session.id,
             "round": round_number,
             "function": function,
             "client": client,
             "status": {"$ne": LedgerStatus.UNAVAILABLE},
+            **_task(task),
         }
         if since is not None:
             query["submitted_at"] = {"$gte": since}
@@ -172,8 +192,14 @@ class Ledger:
             yield _entry(doc)
 
 
+def _task(task: Task) -> dict[str, Any]:
+    """The query of ``task``'s entries (fit: also those stored before ``task`` was)."""
+    return {"task": task.value} if task is not Task.FIT else {"task": {"$ne": Task.EVALUATE.value}}
+
+
 def _entry(doc: dict[str, Any]) -> LedgerEntry:
     fields = LedgerEntry.__dataclass_fields__
     entry = LedgerEntry(**{k: v for k, v in doc.items() if k in fields})
     entry.status = LedgerStatus(entry.status)
+    entry.task = Task(entry.task)
     return entry

@@ -34,10 +34,15 @@ ROUND_FIELDS = [
     "failed_clients",
     "update_bytes",
     "duration_s",
+    "federated_loss",
+    "federated_accuracy",
+    "evaluated_clients",
+    "failed_evaluations",
 ]
 ACTIVATION_FIELDS = [
     "round",
     "function",
+    "task",
     "client",
     "attempt",
     "platform",
@@ -52,6 +57,11 @@ ACTIVATION_FIELDS = [
     "duration_ms",
     "error",
 ]
+
+
+def _figure(value: float | None) -> str:
+    """A metric as rounds.csv writes it: empty when there is none (a round without evaluation)."""
+    return "" if value is None else f"{value:.6f}"
 
 
 def _iso_ms(ms: int | None) -> str:
@@ -150,6 +160,10 @@ class Reporter:
                         "failed_clients": m.get("failed_clients", 0),
                         "update_bytes": m.get("update_bytes", ""),
                         "duration_s": f"{m.get('duration_s', 0.0):.3f}",
+                        "federated_loss": _figure(m.get("federated_loss")),
+                        "federated_accuracy": _figure(m.get("federated_accuracy")),
+                        "evaluated_clients": m.get("evaluated_clients", ""),
+                        "failed_evaluations": m.get("failed_evaluations", ""),
                     }
                 )
         self._plot(rows)
@@ -163,6 +177,7 @@ class Reporter:
                     {
                         "round": e.round,
                         "function": e.function,
+                        "task": e.task.value,
                         "client": "" if e.client < 0 else e.client,
                         "attempt": e.attempt,
                         "platform": e.platform,

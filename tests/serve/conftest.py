@@ -110,6 +110,13 @@ def record_session(store: Store, config: Config, session: str) -> None:
                "accepted": [0, 1, 2, 3], "rejected": {}}  # fmt: skip
     bound.rounds.finish(0, metrics)
     bound.rounds.add_metrics(0, {"retries": 1, "failed_clients": 0, "duration_s": 12.5})
+    evaluated = {
+        "federated_loss": 1.3,
+        "federated_accuracy": 0.48,
+        "evaluated_clients": 2,
+        "failed_evaluations": 1,
+    }
+    bound.rounds.add_metrics(0, evaluated)
     bound.record.advance_round(1)
     bound.rounds.open(1, [0, 1, 2, 3])
     r.activation(1, "fl_client", 1, ms=1800)

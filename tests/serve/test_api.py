@@ -45,6 +45,7 @@ def test_a_sessions_status_has_sednas_shape_with_rounds_aggregations_and_nodes_s
     # Sedna's counters: activations still running, succeeded and failed (one timed out)
     assert (status["active"], status["succeeded"], status["failed"]) == (1, 7, 1)
     assert (status["currentRound"], status["aggregations"], status["accuracy"]) == (1, 1, 0.5)
+    assert status["federatedAccuracy"] == 0.48
     assert status["startTime"] and status["completionTime"] is None and status["retries"] == 1
     (condition,) = status["conditions"]
     assert (condition["type"], condition["status"], condition["reason"]) == (
@@ -106,6 +107,14 @@ def test_sessions_and_rounds_list_what_the_store_holds(served: Served, descripti
         (1, "open", None, None),
     ]
     assert rounds[0]["durationSeconds"] == 12.5 and rounds[0]["updates"] == 4
+    assert [
+        (r["federatedAccuracy"], r["federatedLoss"], r["evaluatedClients"], r["failedEvaluations"])
+        for r in rounds
+    ] == [
+        (0.48, 1.3, 2, 1),
+        (None, None, None, None),
+    ]
+    assert [s["federatedAccuracy"] for s in sessions] == [0.48]
 
 
 def test_activations_come_in_pages_that_add_up_to_the_ledger_in_its_order(
@@ -190,6 +199,7 @@ def test_removing_a_session_needs_the_token_and_a_running_one_needs_force(
         "rounds": 2,
         "weights": 0,
         "updates": 0,
+        "evaluations": 0,
         "partitions": 4,
         "activations": 9,
         "sessions": 1,

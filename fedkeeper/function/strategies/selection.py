@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+EVALUATE_STREAM = 1  # federated evaluation's draws: apart from random selection's for the same round
 EWMA_ALPHA = 0.5  # weight of the newest duration: two rounds mostly forget a one-off slow run
 MIN_SPREAD_S = 0.1  # a duration's spread is never taken as smaller than this, nor 10 % of its mean
 
@@ -250,3 +251,10 @@ class ClientPool:
     def sample(self, round_number: int) -> list[int]:
         """The clients of ``round_number``, sorted (see :func:`select_clients`)."""
         return select_clients(self.ids, self.per_round, round_number, self.seed, self.policy, self.history)
+
+    def sample_evaluate(self, round_number: int, k: int) -> list[int]:
+        """``k`` clients drawn at random for federated evaluation, sorted; a draw of its own, apart
+        from who trains (as Flower samples evaluation apart from fit)."""
+        rng = np.random.default_rng((self.seed % 2**64, round_number % 2**64, EVALUATE_STREAM))
+        ids = sorted(self.ids)
+        return sorted(ids[i] for i in rng.choice(len(ids), size=k, replace=False))
