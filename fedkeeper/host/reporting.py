@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
 from fedkeeper.function.redaction import redact
+from fedkeeper.host.costs import LINKS
 from fedkeeper.host.ledger import LedgerEntry
 
 ROUND_FIELDS = [
@@ -34,6 +35,9 @@ ROUND_FIELDS = [
     "failed_clients",
     "update_bytes",
     "duration_s",
+    "cost",
+    "cumulative_cost",
+    *(f"bytes_{link}" for link in LINKS),
 ]
 ACTIVATION_FIELDS = [
     "round",
@@ -52,6 +56,11 @@ ACTIVATION_FIELDS = [
     "duration_ms",
     "error",
 ]
+
+
+def _amount(value: float | None) -> str:
+    """A cost in full (list prices are millionths of a dollar); empty when not priced."""
+    return "" if value is None else f"{value:.10f}"
 
 
 def _iso_ms(ms: int | None) -> str:
@@ -150,6 +159,9 @@ class Reporter:
                         "failed_clients": m.get("failed_clients", 0),
                         "update_bytes": m.get("update_bytes", ""),
                         "duration_s": f"{m.get('duration_s', 0.0):.3f}",
+                        "cost": _amount(m.get("cost")),
+                        "cumulative_cost": _amount(m.get("cumulative_cost")),
+                        **{f"bytes_{link}": (m.get("bytes") or {}).get(link, "") for link in LINKS},
                     }
                 )
         self._plot(rows)
