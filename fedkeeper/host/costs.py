@@ -21,7 +21,10 @@ from typing import Any
 
 from fedkeeper.function.catalog import AGGREGATOR_FUNCTION, CLIENT_FUNCTION, INVOKER_FUNCTION
 from fedkeeper.function.prices import GB, Prices
+from fedkeeper.function.strategies import ClientRate
 from fedkeeper.host.ledger import LedgerEntry, LedgerStatus
+from fedkeeper.host.placement import Route
+from fedkeeper.host.plan import Plan
 
 CLIENT_TO_STORE = "client_to_store"  # each stored update
 STORE_TO_CLIENT = "store_to_client"  # the global weights, once per client attempt
@@ -105,3 +108,21 @@ def round_cost(
         if platform is not None:
             move(CLIENT_TO_STORE, size, platform)
     return RoundCost(compute, transfer, moved)
+
+
+def client_rates(
+    plan: Plan, prices_of: Callable[[str], Prices], weights_bytes: int, update_bytes: int
+) -> dict[int, ClientRate]:
+    """What an attempt of each client costs, as :func:`round_cost` would price it: its run per
+    second and its invocation(s) and bytes (the weights down, an update of ``update_bytes`` up)."""
+    server = prices_of(plan.server[0])
+    rates = {}
+    for p in plan.placements:
+        own = prices_of(p.platform)
+        per_second = plan.limits[CLIENT_FUNCTION].memory / 1024 * own.gb_second
+        per_run = own.invocation + (weights_bytes + update_bytes) / GB * own.gb_transferred
+        if p.route is Route.VIA_INVOKER:  # the invoker runs as long, on the server's platform
+            per_second += plan.limits[INVOKER_FUNCTION].memory / 1024 * server.gb_second
+            per_run += server.invocation
+        rates[p.client] = ClientRate(per_second, per_run)
+    return rates

@@ -17,6 +17,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,8 +29,8 @@ from fedkeeper.function.prices import CURRENCY
 from fedkeeper.function.store.db import SessionStore, Store
 from fedkeeper.function.store.retention import prune
 from fedkeeper.function.store.statuses import Phase
-from fedkeeper.function.strategies import ClientPool, FitConfig, SelectionPolicy, make_selection
-from fedkeeper.host.costs import round_cost
+from fedkeeper.function.strategies import ClientPool, FitConfig, MinCost, SelectionPolicy, make_selection
+from fedkeeper.host.costs import client_rates, round_cost
 from fedkeeper.host.history import ClientHistory, History, fold
 from fedkeeper.host.ledger import SERVER, Ledger, LedgerEntry, LedgerStatus
 from fedkeeper.host.outages import Outages, OutageTooLong, OutageWatch
@@ -85,8 +86,10 @@ class Keeper:
         self._ledger: Ledger | None = None
         self._watch: OutageWatch | None = None
         self._history: ClientHistory | None = None
+        # objective min_cost_to_target picks the clients itself (config.py refuses a selection with it)
+        policy = MinCost.name if self.server.objective == "min_cost_to_target" else self.server.selection
         self.selection: SelectionPolicy = make_selection(
-            self.server.selection, self.server.seed, self.server.round_deadline_s, self.server.rotation_rounds
+            policy, self.server.seed, self.server.round_deadline_s, self.server.rotation_rounds
         )
         # One policy for server_config.retry_backoff_s: client retries, managing-function
         # retries and outage probes.
@@ -333,7 +336,7 @@ class Keeper:
         pool = ClientPool(
             tuple(p.client for p in self.plan.placements),
             self.server.num_clients_per_round,
-            self.selection,
+            self._priced(self.selection, round_number),
             self.server.seed,
             history.clients,
         )
@@ -368,6 +371,21 @@ class Keeper:
             f" · cost {metrics['cost']:.6f} (total {metrics['cumulative_cost']:.6f}) {CURRENCY}"
         )
         return metrics
+
+    def _priced(self, policy: SelectionPolicy, round_number: int) -> SelectionPolicy:
+        """``policy`` with each client's rate, if it reads them: the prices, and the bytes the
+        previous round moved per client (none before the first)."""
+        if not isinstance(policy, MinCost):
+            return policy
+        last = self.session.rounds.get(round_number - 1).get("metrics") or {} if round_number else {}
+        uploads = list((last.get("update_bytes_by_client") or {}).values())
+        rates = client_rates(
+            self.plan,
+            self.server.prices_of,
+            int(last.get("weights_bytes") or 0),
+            int(sum(uploads) / len(uploads)) if uploads else 0,
+        )
+        return replace(policy, rates=rates)
 
     def _aggregate(self, round_number: int, closed: ClosedRound, watch: Stopwatch) -> dict[str, Any]:
         """The aggregator's metrics of the closed round, with the keeper's own; then old payloads go."""

@@ -13,17 +13,20 @@ from fedkeeper.function.config import parse_config
 from fedkeeper.function.invoke.base import ActivationRecord, ActivationStatus
 from fedkeeper.function.prices import GB, Prices
 from fedkeeper.function.store.db import Store
+from fedkeeper.function.strategies import ClientRate
 from fedkeeper.host.costs import (
     AGGREGATOR_TO_STORE,
     CLIENT_TO_STORE,
     STORE_TO_AGGREGATOR,
     STORE_TO_CLIENT,
+    client_rates,
     round_cost,
 )
 from fedkeeper.host.keeper import Keeper
 from fedkeeper.host.ledger import Ledger, LedgerStatus
 from fedkeeper.host.plan import Plan
 from tests.keeper.fakes import Attempt, FakeClock, ScriptedProvider
+from tests.keeper.test_plan import _config as three_platforms
 
 PRICES = {
     "openwhisk": Prices(gb_second=0.5, invocation=0.01, gb_transferred=2.0),
@@ -98,7 +101,8 @@ def test_a_rounds_cost_is_gb_seconds_invocations_and_bytes_at_each_platforms_pri
     assert cost.total == pytest.approx(compute + transfer)
 
 
-def _keeper(store: Store, tmp_path: Path, **server: Any) -> Keeper:
+def _keeper(store: Store, tmp_path: Path, clients: int = 2, slow_from: int = 2, **server: Any) -> Keeper:
+    """Clients below ``slow_from`` run 2 s, the others 20 s."""
     config = parse_config(
         {
             "logs_dir": str(tmp_path / "logs"),
@@ -112,14 +116,15 @@ def _keeper(store: Store, tmp_path: Path, **server: Any) -> Keeper:
                         "activation_timeout_s": 60,
                         **server,
                     },
-                    "clients_info": {"total_num_clients": 2, "ow_clients_count": 2},
+                    "clients_info": {"total_num_clients": clients, "ow_clients_count": clients},
                     "functions": {"fl_client": {"timeout": 50, "memory": 1024}},
                 }
             },
         }
     )
     clock, plan = FakeClock(), Plan.build(config)
-    provider = ScriptedProvider(clock, store, {c: [Attempt(duration_s=2.0)] for c in range(2)})
+    script = {c: [Attempt(duration_s=2.0 if c < slow_from else 20.0)] for c in range(clients)}
+    provider = ScriptedProvider(clock, store, script)
     return Keeper(config, plan, store, {plan.server: provider}, clock, clock.sleep)
 
 
@@ -144,7 +149,49 @@ def test_a_session_stops_with_budget_exhausted_once_its_cost_reaches_max_cost(
 def test_without_prices_a_local_session_costs_nothing_and_runs_to_max_rounds(
     store: Store, tmp_path: Path
 ) -> None:
-    session_id = _keeper(store, tmp_path, max_rounds=2, max_cost=0.000001).start()
+    session_id = _keeper(store, tmp_path, max_rounds=2, max_cost=0.000001).start()  # openwhisk is free
     doc = store.for_session(session_id).record.get()
     assert doc["conditions"][-1]["reason"] == "MaxRoundsReached"
     assert doc["cost"]["total"] == 0.0
+
+
+def test_min_cost_to_target_spends_less_than_random_and_every_partition_still_trains(
+    store: Store, tmp_path: Path
+) -> None:
+    # 6 clients, 2 a round, each at least once in 6 rounds (one rotation slot); two are fast, so cheap.
+    common: dict[str, Any] = {
+        "max_rounds": 12,
+        "rotation_rounds": 6,
+        "prices": {"openwhisk": {"gb_second": 1}},
+    }
+    sessions = {
+        objective: store.for_session(
+            _keeper(store, tmp_path, clients=6, objective=objective, **common).start()
+        )
+        for objective in ("none", "min_cost_to_target")
+    }
+    spent = {objective: s.record.get()["cost"]["total"] for objective, s in sessions.items()}
+    assert spent["min_cost_to_target"] < spent["none"], spent
+    picks = [set(doc["selected"]) for doc in sessions["min_cost_to_target"].rounds.all()]
+    # Once every client has been timed (one rotation window), each round's scored slot is a fast one.
+    assert all(chosen & {0, 1} for chosen in picks[6:]), picks
+    for start in range(len(picks) - 6 + 1):
+        assert set().union(*picks[start : start + 6]) == set(range(6)), start
+
+
+def test_a_clients_rate_is_its_platforms_price_plus_the_invokers_where_one_calls_it() -> None:
+    data = three_platforms()
+    data["scenarios"]["federated_learning"]["server_config"]["prices"] = {
+        "openwhisk": {"gb_second": 1, "invocation": 0.5}
+    }
+    config = parse_config(data)
+    plan, prices = Plan.build(config), config.fl.server_config.prices_of
+    rates = client_rates(plan, prices, weights_bytes=GB // 2, update_bytes=GB // 4)
+    ow, gcf = prices("openwhisk"), prices("google")
+    invoker = plan.limits[INVOKER_FUNCTION].memory / 1024 * ow.gb_second
+    assert rates[0] == ClientRate(
+        per_second=2.0, per_run=0.5
+    )  # fl_client: 2048 MB, OpenWhisk moves bytes for free
+    assert rates[2].per_second == pytest.approx(2.0 * gcf.gb_second + invoker)
+    assert rates[2].per_run == pytest.approx(gcf.invocation + 0.75 * gcf.gb_transferred + ow.invocation)
+    assert rates[3] == ClientRate(per_second=invoker, per_run=0.5)  # the edge fleet is free
