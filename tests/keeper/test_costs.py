@@ -25,7 +25,7 @@ from fedkeeper.host.costs import (
 from fedkeeper.host.keeper import Keeper
 from fedkeeper.host.ledger import Ledger, LedgerStatus
 from fedkeeper.host.plan import Plan
-from tests.keeper.fakes import Attempt, FakeClock, ScriptedProvider
+from tests.keeper.fakes import scripted_keeper
 from tests.keeper.test_plan import _config as three_platforms
 
 PRICES = {
@@ -102,30 +102,12 @@ def test_a_rounds_cost_is_gb_seconds_invocations_and_bytes_at_each_platforms_pri
 
 
 def _keeper(store: Store, tmp_path: Path, clients: int = 2, slow_from: int = 2, **server: Any) -> Keeper:
-    """Clients below ``slow_from`` run 2 s, the others 20 s."""
-    config = parse_config(
-        {
-            "logs_dir": str(tmp_path / "logs"),
-            "providers": {"openwhisk": {"local": {"local": True}}},
-            "scenarios": {
-                "federated_learning": {
-                    "server_config": {
-                        "cluster": "local",
-                        "max_rounds": 10,
-                        "num_clients_per_round": 2,
-                        "activation_timeout_s": 60,
-                        **server,
-                    },
-                    "clients_info": {"total_num_clients": clients, "ow_clients_count": clients},
-                    "functions": {"fl_client": {"timeout": 50, "memory": 1024}},
-                }
-            },
-        }
+    """Clients below ``slow_from`` run 2 s, the others 20 s; ``fl_client`` has 1 GB."""
+    durations = [2.0 if c < slow_from else 20.0 for c in range(clients)]
+    server = {"max_rounds": 10, "num_clients_per_round": 2, **server}
+    return scripted_keeper(
+        store, tmp_path / "logs", durations, server, {"fl_client": {"timeout": 50, "memory": 1024}}
     )
-    clock, plan = FakeClock(), Plan.build(config)
-    script = {c: [Attempt(duration_s=2.0 if c < slow_from else 20.0)] for c in range(clients)}
-    provider = ScriptedProvider(clock, store, script)
-    return Keeper(config, plan, store, {plan.server: provider}, clock, clock.sleep)
 
 
 def test_a_session_stops_with_budget_exhausted_once_its_cost_reaches_max_cost(
