@@ -578,6 +578,9 @@ def _round(doc: dict[str, Any]) -> dict[str, Any]:
         "retries": metrics.get("retries"),
         "failedClients": metrics.get("failed_clients"),
         "durationSeconds": _number(metrics.get("duration_s")),
+        "cost": _number(metrics.get("cost")),
+        "cumulativeCost": _number(metrics.get("cumulative_cost")),
+        "bytes": {str(k): int(v) for k, v in metrics["bytes"].items()} if metrics.get("bytes") else None,
     }
 
 

@@ -142,6 +142,13 @@ SCHEMAS: dict[str, Any] = {
             "retries": _nullable("integer", minimum=0),
             "failedClients": _nullable("integer", minimum=0),
             "durationSeconds": NUMBER,
+            "cost": NUMBER,
+            "cumulativeCost": NUMBER,
+            "bytes": {
+                "type": ["object", "null"],
+                "description": "bytes moved per link (client_to_store, ...); null until the round is priced",
+                "additionalProperties": {"type": "integer", "minimum": 0},
+            },
         }
     ),
     "Activation": _object(
