@@ -177,3 +177,19 @@ def test_a_clients_rate_is_its_platforms_price_plus_the_invokers_where_one_calls
     assert rates[2].per_second == pytest.approx(2.0 * gcf.gb_second + invoker)
     assert rates[2].per_run == pytest.approx(gcf.invocation + 0.75 * gcf.gb_transferred + ow.invocation)
     assert rates[3] == ClientRate(per_second=invoker, per_run=0.5)  # the edge fleet is free
+
+
+def test_a_keeper_resumed_after_the_last_aggregation_prices_no_round_twice(
+    store: Store, tmp_path: Path
+) -> None:
+    prices = {"openwhisk": {"gb_second": 1, "invocation": 0.5}}
+    session_id = _keeper(store, tmp_path, max_rounds=2, prices=prices).start()
+    session = store.for_session(session_id)
+    before = session.record.get()["cost"]
+    # What a keeper that died right after aggregating the last round leaves: the round not advanced.
+    store.db.sessions.update_one({"_id": session_id}, {"$set": {"round": 1, "phase": "Running"}})
+    resumed = _keeper(store, tmp_path, max_rounds=2, prices=prices)
+    assert resumed.resume(session_id) == session_id
+    assert session.record.get()["cost"] == before
+    assert [r["metrics"]["cost"] for r in session.rounds.all()] == pytest.approx([6.0, 5.5])
+    assert resumed.providers[resumed.plan.server].invoked == []  # type: ignore[attr-defined]
