@@ -377,7 +377,7 @@ class Keeper:
         previous round moved per client (none before the first)."""
         if not isinstance(policy, MinCost):
             return policy
-        last = self.session.rounds.get(round_number - 1).get("metrics") or {} if round_number else {}
+        last = (self.session.rounds.get(round_number - 1).get("metrics") or {}) if round_number else {}
         uploads = list((last.get("update_bytes_by_client") or {}).values())
         rates = client_rates(
             self.plan,
