@@ -18,6 +18,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +26,7 @@ from fedkeeper.function.backoff import retry_policy
 from fedkeeper.function.catalog import AGGREGATOR_FUNCTION, SERVER_INIT_FUNCTION
 from fedkeeper.function.config import Config, fingerprint_difference, fingerprint_json, training_fingerprint
 from fedkeeper.function.errors import STORE, PlatformUnavailable, ProviderError, StoreUnavailable, Unavailable
+from fedkeeper.function.prices import CURRENCY
 from fedkeeper.function.store.db import SessionStore, Store
 from fedkeeper.function.store.retention import prune
 from fedkeeper.function.store.statuses import Phase, Task
@@ -33,12 +35,14 @@ from fedkeeper.function.strategies import (
     EvaluateRes,
     Failure,
     FitConfig,
+    MinCost,
     SelectionPolicy,
     Strategy,
     make_selection,
 )
+from fedkeeper.host.costs import client_rates, round_cost
 from fedkeeper.host.history import ClientHistory, History, fold
-from fedkeeper.host.ledger import SERVER, Ledger, LedgerStatus
+from fedkeeper.host.ledger import SERVER, Ledger, LedgerEntry, LedgerStatus
 from fedkeeper.host.outages import Outages, OutageTooLong, OutageWatch
 from fedkeeper.host.plan import Key, Plan
 from fedkeeper.host.providers.base import Provider
@@ -95,8 +99,10 @@ class Keeper:
         self._ledger: Ledger | None = None
         self._watch: OutageWatch | None = None
         self._history: ClientHistory | None = None
+        # objective min_cost_to_target picks the clients itself (config.py refuses a selection with it)
+        policy = MinCost.name if self.server.objective == "min_cost_to_target" else self.server.selection
         self.selection: SelectionPolicy = make_selection(
-            self.server.selection, self.server.seed, self.server.round_deadline_s, self.server.rotation_rounds
+            policy, self.server.seed, self.server.round_deadline_s, self.server.rotation_rounds
         )
         # One policy for server_config.retry_backoff_s: client retries, managing-function
         # retries and outage probes.
@@ -259,6 +265,12 @@ class Keeper:
                 f"accuracy {metrics['accuracy']:.4f} reached the target {self.server.target_accuracy} "
                 f"after {round_number + 1} rounds"
             )
+        spent, budget = float(metrics.get("cumulative_cost", 0.0)), self.server.max_cost
+        if budget is not None and spent >= budget:
+            return "BudgetExhausted", (
+                f"cost {spent:.6f} {CURRENCY} reached max_cost {budget} after {round_number + 1} rounds, "
+                f"accuracy {metrics['accuracy']:.4f}"
+            )
         if round_number + 1 >= self.server.max_rounds:
             return (
                 "MaxRoundsReached",
@@ -341,7 +353,7 @@ class Keeper:
         pool = ClientPool(
             tuple(p.client for p in self.plan.placements),
             self.server.num_clients_per_round,
-            self.selection,
+            self._priced(self.selection, round_number),
             self.server.seed,
             history.clients,
         )
@@ -356,36 +368,78 @@ class Keeper:
         )
         watch = Stopwatch()
         closed = driver.run(round_number)
-        if self.selection.uses_history and history.folded < round_number:
-            entries = [e for e in self.ledger.round_entries(round_number) if e.task is Task.FIT]
-            self._history.write(fold(history, closed, entries, self.server.round_deadline_s))
         doc = rounds.get(round_number)
-        # Aggregated before a resumed keeper got here: only the evaluation may be left.
-        metrics = dict(doc["metrics"]) if doc.get("metrics") else self._aggregate(round_number, closed, watch)
+        resumed = bool(doc.get("metrics"))  # aggregated before a resumed keeper got here
+        metrics = dict(doc["metrics"]) if resumed else self._aggregate(round_number, closed, watch)
         if "federated_loss" not in metrics:
             metrics.update(self._evaluate(driver, strategy, round_number))
+        # One read of the round's ledger (the aggregator's and the evaluations' attempts included)
+        # serves the clients' history (training attempts only) and the round's cost.
+        entries = self.ledger.round_entries(round_number)
+        if self.selection.uses_history and history.folded < round_number:
+            fits = [e for e in entries if e.task is Task.FIT]
+            self._history.write(fold(history, closed, fits, self.server.round_deadline_s))
+        metrics = self._account(round_number, metrics, entries)
+        if resumed:
+            return metrics
+        self.reporter.event("round_aggregated", **metrics)
+        self.reporter.say(
+            f"round {round_number + 1}/{self.server.max_rounds}: accuracy {metrics['accuracy']:.4f} "
+            f"loss {metrics['loss']:.4f} · {len(metrics.get('accepted', []))}/{len(closed.selected)} updates"
+            f" · {closed.retries} retries · {watch.elapsed:.1f}s"
+            f" · cost {metrics['cost']:.6f} (total {metrics['cumulative_cost']:.6f}) {CURRENCY}"
+        )
         return metrics
 
+    def _priced(self, policy: SelectionPolicy, round_number: int) -> SelectionPolicy:
+        """``policy`` with each client's rate, if it reads them: the prices, and the bytes the
+        previous round moved per client (none before the first)."""
+        if not isinstance(policy, MinCost):
+            return policy
+        last = (self.session.rounds.get(round_number - 1).get("metrics") or {}) if round_number else {}
+        uploads = list((last.get("update_bytes_by_client") or {}).values())
+        rates = client_rates(
+            self.plan,
+            self.server.prices_of,
+            int(last.get("weights_bytes") or 0),
+            int(sum(uploads) / len(uploads)) if uploads else 0,
+        )
+        return replace(policy, rates=rates)
+
     def _aggregate(self, round_number: int, closed: ClosedRound, watch: Stopwatch) -> dict[str, Any]:
-        """The aggregator makes the next global weights and the round's metrics; old payloads go."""
-        rounds = self.session.rounds
+        """The aggregator's metrics of the closed round, with the keeper's own; then old payloads go."""
         metrics = self._call_server(
             AGGREGATOR_FUNCTION,
             round_number,
             {"session": self.session_id, "round": round_number, "clients": list(closed.included)},
         )
         extra = {"retries": closed.retries, "failed_clients": len(closed.failed), "duration_s": watch.elapsed}
-        rounds.add_metrics(round_number, extra)
+        self.session.rounds.add_metrics(round_number, extra)
         pruned = prune(self.session, round_number, self.server.keep_updates)
         if pruned.updates or pruned.weights:
             self.reporter.event("pruned", round=round_number, updates=pruned.updates, weights=pruned.weights)
-        metrics.update(extra)
-        self.reporter.event("round_aggregated", **metrics)
-        self.reporter.say(
-            f"round {round_number + 1}/{self.server.max_rounds}: accuracy {metrics['accuracy']:.4f} "
-            f"loss {metrics['loss']:.4f} · {len(metrics.get('accepted', []))}/{len(closed.selected)} updates"
-            f" · {closed.retries} retries · {watch.elapsed:.1f}s"
-        )
+        return {**metrics, **extra}
+
+    def _account(
+        self, round_number: int, metrics: dict[str, Any], entries: list[LedgerEntry]
+    ) -> dict[str, Any]:
+        """Price the aggregated round once (its ledger entries and bytes) and bring the session's
+        total up to date; the figures join the round's metrics."""
+        rounds = self.session.rounds
+        if "cost" not in metrics:
+            cost = round_cost(
+                entries,
+                metrics,
+                self.server.prices_of,
+                lambda function: self.plan.limits[function].memory,
+            )
+            metrics.update(cost.to_doc())
+            rounds.add_metrics(round_number, cost.to_doc())
+        # The sum over every priced round, so a keeper resumed between these writes repeats none.
+        total = rounds.metric_sum("cost")
+        rounds.add_metrics(round_number, {"cumulative_cost": total})
+        self.session.record.set_cost(total, float(metrics["cost"]), CURRENCY)
+        metrics["cumulative_cost"] = total
         return metrics
 
     def _evaluate(self, driver: RoundDriver, strategy: Strategy, round_number: int) -> dict[str, Any]:

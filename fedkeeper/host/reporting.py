@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
 from fedkeeper.function.redaction import redact
+from fedkeeper.host.costs import LINKS
 from fedkeeper.host.ledger import LedgerEntry
 
 ROUND_FIELDS = [
@@ -38,6 +39,9 @@ ROUND_FIELDS = [
     "federated_accuracy",
     "evaluated_clients",
     "failed_evaluations",
+    "cost",
+    "cumulative_cost",
+    *(f"bytes_{link}" for link in LINKS),
 ]
 ACTIVATION_FIELDS = [
     "round",
@@ -62,6 +66,11 @@ ACTIVATION_FIELDS = [
 def _figure(value: float | None) -> str:
     """A metric as rounds.csv writes it: empty when there is none (a round without evaluation)."""
     return "" if value is None else f"{value:.6f}"
+
+
+def _amount(value: float | None) -> str:
+    """A cost in full (list prices are millionths of a dollar); empty when not priced."""
+    return "" if value is None else f"{value:.10f}"
 
 
 def _iso_ms(ms: int | None) -> str:
@@ -164,6 +173,9 @@ class Reporter:
                         "federated_accuracy": _figure(m.get("federated_accuracy")),
                         "evaluated_clients": m.get("evaluated_clients", ""),
                         "failed_evaluations": m.get("failed_evaluations", ""),
+                        "cost": _amount(m.get("cost")),
+                        "cumulative_cost": _amount(m.get("cumulative_cost")),
+                        **{f"bytes_{link}": (m.get("bytes") or {}).get(link, "") for link in LINKS},
                     }
                 )
         self._plot(rows)

@@ -13,16 +13,20 @@ from __future__ import annotations
 import itertools
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from fedkeeper.function.catalog import AGGREGATOR_FUNCTION, SERVER_INIT_FUNCTION
 from fedkeeper.function.catalog import platform as catalog_platform
+from fedkeeper.function.config import parse_config
 from fedkeeper.function.errors import PlatformUnavailable, ProviderError
 from fedkeeper.function.invoke.base import ActivationRecord, ActivationStatus, Capabilities
 from fedkeeper.function.store.db import SessionStore, Store
 from fedkeeper.function.store.statuses import Task
+from fedkeeper.host.keeper import Keeper
+from fedkeeper.host.plan import Plan
 from fedkeeper.host.providers.base import FunctionSpec, Provider
 
 WEIGHTS = [np.zeros((2, 2), dtype=np.float32)]
@@ -188,3 +192,32 @@ class ScriptedProvider(Provider):
     def _answer(self) -> None:
         if self.clock() < self.down_until:
             raise PlatformUnavailable("openwhisk/local", "connection refused (scripted outage)")
+
+
+def scripted_keeper(
+    store: Store,
+    logs_dir: Path,
+    durations_s: list[float],
+    server: Mapping[str, Any],
+    functions: Mapping[str, Any] | None = None,
+) -> Keeper:
+    """A keeper on the fake clock of one local OpenWhisk cluster whose client ``c`` always runs
+    ``durations_s[c]``; ``server`` and ``functions`` add to its ``server_config`` and ``functions``."""
+    clients = len(durations_s)
+    config = parse_config(
+        {
+            "logs_dir": str(logs_dir),
+            "providers": {"openwhisk": {"local": {"local": True}}},
+            "scenarios": {
+                "federated_learning": {
+                    "server_config": {"cluster": "local", "activation_timeout_s": 60, **server},
+                    "clients_info": {"total_num_clients": clients, "ow_clients_count": clients},
+                    "functions": {"fl_client": {"timeout": 50}, **(functions or {})},
+                }
+            },
+        }
+    )
+    clock, plan = FakeClock(), Plan.build(config)
+    script = {c: [Attempt(duration_s=d)] for c, d in enumerate(durations_s)}
+    provider = ScriptedProvider(clock, store, script)
+    return Keeper(config, plan, store, {plan.server: provider}, clock, clock.sleep)

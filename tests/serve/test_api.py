@@ -73,7 +73,7 @@ def test_a_sessions_status_has_sednas_shape_with_rounds_aggregations_and_nodes_s
         ("success", 1, "openwhisk/local"),
         ("timed out", 1, "openwhisk/local"),
     }
-    assert status["cost"] is None  # nothing records costs yet
+    assert status["cost"] is None  # this fixture's session was never priced by a keeper
 
 
 def test_status_json_prints_the_same_document_as_the_api(served: Served) -> None:
@@ -115,6 +115,12 @@ def test_sessions_and_rounds_list_what_the_store_holds(served: Served, descripti
         (None, None, None, None),
     ]
     assert [s["federatedAccuracy"] for s in sessions] == [0.48]
+    assert (rounds[0]["cost"], rounds[0]["cumulativeCost"], rounds[0]["bytes"]["client_to_store"]) == (
+        0.25,
+        0.25,
+        4096,
+    )
+    assert (rounds[1]["cost"], rounds[1]["bytes"]) == (None, None)  # not aggregated, not priced
 
 
 def test_activations_come_in_pages_that_add_up_to_the_ledger_in_its_order(

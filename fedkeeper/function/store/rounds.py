@@ -124,5 +124,17 @@ class Rounds(SessionBound):
             raise StoreError(f"session {self.session_id}: round {round_number} was never opened")
         return dict(doc)
 
+    def metric_sum(self, name: str) -> float:
+        """The sum of a numeric metric over the session's rounds (those without it count 0)."""
+        found = list(
+            self._col.aggregate(
+                [
+                    {"$match": {"session": self.session_id}},
+                    {"$group": {"_id": None, "sum": {"$sum": f"$metrics.{name}"}}},
+                ]
+            )
+        )
+        return float(found[0]["sum"]) if found else 0.0
+
     def all(self) -> list[dict[str, Any]]:
         return list(self._col.find({"session": self.session_id}).sort("round", ASCENDING))

@@ -587,6 +587,9 @@ def _round(doc: dict[str, Any]) -> dict[str, Any]:
         "federatedLoss": _number(metrics.get("federated_loss")),
         "evaluatedClients": metrics.get("evaluated_clients"),
         "failedEvaluations": metrics.get("failed_evaluations"),
+        "cost": _number(metrics.get("cost")),
+        "cumulativeCost": _number(metrics.get("cumulative_cost")),
+        "bytes": {str(k): int(v) for k, v in metrics["bytes"].items()} if metrics.get("bytes") else None,
     }
 
 

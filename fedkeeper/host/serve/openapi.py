@@ -156,6 +156,13 @@ SCHEMAS: dict[str, Any] = {
             ),
             "evaluatedClients": _nullable("integer", minimum=0),
             "failedEvaluations": _nullable("integer", minimum=0),
+            "cost": NUMBER,
+            "cumulativeCost": NUMBER,
+            "bytes": {
+                "type": ["object", "null"],
+                "description": "bytes moved per link (client_to_store, ...); null until the round is priced",
+                "additionalProperties": {"type": "integer", "minimum": 0},
+            },
         }
     ),
     "Activation": _object(
