@@ -198,6 +198,27 @@ def test_fedkeeper_check_names_what_each_cluster_lacks_and_where_its_clients_go(
     )
 
 
+def test_fedkeeper_check_says_which_clusters_clients_are_left_out_of_federated_evaluation(
+    tmp_path: Path,
+) -> None:
+    data = _config()
+    data["providers"]["edge"] = {"fleet": {}}
+    data["scenarios"]["federated_learning"]["clients_info"] = {
+        "total_num_clients": 3,
+        "ow_clients_count": 2,
+        "edge_clients_count": 1,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(cli, ["check", "-c", str(path)])
+    assert result.exit_code == 0, result.output
+    (edge,) = [line for line in result.output.splitlines() if line.startswith("edge/fleet")]
+    assert edge.endswith(
+        "; left out of federated evaluation (fixed trainer: trains only, no federated evaluation)"
+    )
+    assert "federated evaluation" not in result.output.replace(edge, "")
+
+
 def test_fedkeeper_check_fails_on_a_function_outside_its_cluster_limits(tmp_path: Path) -> None:
     data = _config()
     data["scenarios"]["federated_learning"]["functions"] = {"fl_client": {"memory": 64}}

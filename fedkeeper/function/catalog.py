@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from fedkeeper.function.errors import ConfigError
 from fedkeeper.function.invoke.base import MB, Capabilities, Needs
+from fedkeeper.function.prices import FREE, GCF_GEN1, LAMBDA_X86, Prices
 from fedkeeper.function.settings import (
     AwsCluster,
     EdgeCluster,
@@ -56,6 +57,8 @@ class Platform:
         The ``clients_info`` field counting its clients.
     capabilities
         What it can do and its limits.
+    prices
+        Its default price table (``server_config.prices.<name>`` overrides it).
     """
 
     name: str
@@ -67,6 +70,7 @@ class Platform:
     flags: tuple[str, str]
     count_key: str
     capabilities: Capabilities
+    prices: Prices = FREE
 
     @property
     def client_path(self) -> str:
@@ -79,12 +83,13 @@ class Platform:
 # 3600 s; event-driven ones stop at 540 s), Lambda (6 MB synchronous payloads, 900 s), and the edge
 # gateway's own job limits; SSH hosts take a job of any size the invoker holds (64 MB here) for up to an
 # hour (a Raspberry Pi trains slowly). Lambda's Event invocations exist, but their outcome cannot be fetched.
+# Prices: GCF 1st gen and Lambda x86 list prices (function/prices.py); self-hosted platforms are free.
 # fmt: off
 PLATFORMS: tuple[Platform, ...] = (
     Platform("openwhisk", "OpenWhisk", OpenWhiskCluster, "openwhisk", "OpenWhiskClient", "OpenWhiskProvider", ("-o", "--openwhisk"), "ow_clients_count", Capabilities(async_invoke=True, store_access=True, max_request_bytes=1 * MB, max_result_bytes=5 * MB, max_duration_s=300)),
-    Platform("google", "Google Cloud Functions", GoogleCluster, "gcf", "GcfClient", "GcfProvider", ("-g", "--gcf"), "gcf_clients_count", Capabilities(async_invoke=False, store_access=True, max_request_bytes=32 * MB, max_result_bytes=32 * MB, max_duration_s=3600, memory_mb=(128, 32768))),
-    Platform("aws", "AWS Lambda", AwsCluster, "aws_lambda", "LambdaClient", "LambdaProvider", ("-l", "--lambda"), "aws_clients_count", Capabilities(async_invoke=False, store_access=True, max_request_bytes=6 * MB, max_result_bytes=6 * MB, max_duration_s=900, memory_mb=(128, 10240))),
-    Platform("edge", "edge fleet", EdgeCluster, "edge", "EdgeClient", "EdgeProvider", ("-e", "--edge"), "edge_clients_count", Capabilities(async_invoke=False, store_access=False, max_request_bytes=EDGE_MAX_REQUEST_BYTES, max_result_bytes=EDGE_MAX_REQUEST_BYTES, max_duration_s=int(EDGE_MAX_JOB_TIMEOUT_S), custom_objective=False)),
+    Platform("google", "Google Cloud Functions", GoogleCluster, "gcf", "GcfClient", "GcfProvider", ("-g", "--gcf"), "gcf_clients_count", Capabilities(async_invoke=False, store_access=True, max_request_bytes=32 * MB, max_result_bytes=32 * MB, max_duration_s=3600, memory_mb=(128, 32768)), GCF_GEN1),
+    Platform("aws", "AWS Lambda", AwsCluster, "aws_lambda", "LambdaClient", "LambdaProvider", ("-l", "--lambda"), "aws_clients_count", Capabilities(async_invoke=False, store_access=True, max_request_bytes=6 * MB, max_result_bytes=6 * MB, max_duration_s=900, memory_mb=(128, 10240)), LAMBDA_X86),
+    Platform("edge", "edge fleet", EdgeCluster, "edge", "EdgeClient", "EdgeProvider", ("-e", "--edge"), "edge_clients_count", Capabilities(async_invoke=False, store_access=False, max_request_bytes=EDGE_MAX_REQUEST_BYTES, max_result_bytes=EDGE_MAX_REQUEST_BYTES, max_duration_s=int(EDGE_MAX_JOB_TIMEOUT_S), custom_objective=False, evaluate=False)),
     Platform("hosts", "SSH hosts", HostsCluster, "hosts", "HostsClient", "HostsProvider", ("-H", "--hosts"), "hosts_clients_count", Capabilities(async_invoke=False, store_access=False, max_request_bytes=64 * MB, max_result_bytes=64 * MB, max_duration_s=3600)),
 )
 # fmt: on
@@ -96,6 +101,8 @@ DIRECT_CLIENT_NEEDS = Needs(async_invoke=True, store_access=True)
 # The managing functions: the keeper tracks the invoker's activations (async), and all three read
 # and write the store.
 MANAGING_NEEDS = Needs(async_invoke=True, store_access=True)
+# A client takes part in federated evaluation only where its platform runs an evaluate activation.
+EVALUATE_NEEDS = Needs(evaluate=True)
 
 
 def platform(name: str) -> Platform:

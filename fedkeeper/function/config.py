@@ -31,8 +31,10 @@ from fedkeeper.function.catalog import (
     TRAINING_FUNCTIONS,
     Platform,
 )
+from fedkeeper.function.catalog import platform as catalog_platform
 from fedkeeper.function.errors import ConfigError
 from fedkeeper.function.invoke.base import Needs, unsupported
+from fedkeeper.function.prices import Prices
 from fedkeeper.function.redaction import redact
 from fedkeeper.function.settings import (  # noqa: F401 - the config's models, importable from here
     GUEST_AUTH,
@@ -192,6 +194,42 @@ class ServerConfig(_Model):
     keep_updates: PositiveInt | Literal["all"] = 2
     # How clients' updates are compressed between the client and the store (store/codecs.py).
     compression: Compression = Compression()
+    # Each platform's prices: the catalog's defaults, with the figures given here replaced.
+    prices: dict[str, Prices] = Field(default_factory=dict)
+    # Stop with BudgetExhausted once the session's cost reaches this (None: no budget).
+    max_cost: PositiveFloat | None = None
+    # min_cost_to_target: each round's clients are the cheapest expected, with a rotation share
+    # (docs/selection.md); it replaces the selection policy.
+    objective: Literal["none", "min_cost_to_target"] = "none"
+
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _over_defaults(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        merged = {}
+        for name, given in value.items():
+            try:
+                default = catalog_platform(name).prices
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+            if not isinstance(given, dict):
+                raise ValueError(f"{name}: must be a mapping of gb_second, invocation, gb_transferred")
+            merged[name] = {**default.model_dump(), **given}
+        return merged
+
+    @model_validator(mode="after")
+    def _objective_selects(self) -> ServerConfig:
+        if self.objective == "min_cost_to_target" and "selection" in self.model_fields_set:
+            raise ValueError(
+                f"selection {self.selection!r}: objective min_cost_to_target chooses the clients itself; "
+                "drop one of them"
+            )
+        return self
+
+    def prices_of(self, platform: str) -> Prices:
+        """``platform``'s price table: the catalog's, or what ``prices`` says of it."""
+        return self.prices.get(platform) or catalog_platform(platform).prices
 
     @field_validator("keep_updates", mode="before")
     @classmethod
@@ -484,6 +522,8 @@ TRAINING_FIELDS: dict[str, tuple[str, ...] | None] = {  # section -> fields (Non
         "rotation_rounds",
         "seed",
         "compression",
+        "max_cost",
+        "objective",
     ),
     "clients_info": None,
     "data_sampling": None,
@@ -494,7 +534,11 @@ TRAINING_FIELDS: dict[str, tuple[str, ...] | None] = {  # section -> fields (Non
 
 # Training fields added after sessions were stored, with the value those sessions trained with:
 # a stored scenario or fingerprint without one reads as this.
-ADDED_LATER: dict[str, Any] = {"server_config.compression": "none"}
+ADDED_LATER: dict[str, Any] = {
+    "server_config.compression": "none",
+    "server_config.max_cost": None,
+    "server_config.objective": "none",
+}
 
 
 def training_fingerprint(scenario: dict[str, Any]) -> dict[str, Any]:

@@ -86,3 +86,7 @@ class StoreUnavailable(Unavailable, StoreError):
 
 class InvalidUpdate(FedkeeperError):
     """A client update has wrong shapes, dtypes or non-finite values."""
+
+
+class InvalidEvaluation(FedkeeperError):
+    """A client's evaluation has a bad example count or non-finite loss or accuracy."""

@@ -172,6 +172,8 @@ def status(session: str | None, config_path: Path, as_json: bool) -> None:
         for r in handle.rounds.all():
             m = r.get("metrics") or {}
             acc = f"accuracy {m['accuracy']:.4f}" if m else r["status"]
+            if m.get("federated_accuracy") is not None:
+                acc += f", federated accuracy {m['federated_accuracy']:.4f}"
             click.echo(f"  round {r['round']}: {acc}, selected {r['selected']}")
 
 
@@ -338,6 +340,7 @@ def capability_report(config: Config) -> tuple[list[str], int]:
     plan = Plan.build(config) if config.scenarios.federated_learning else None
     counts = plan.clients_per_cluster() if plan else {}
     routes = {p.key: p.route for p in plan.placements} if plan else {}
+    cannot_evaluate = plan.cannot_evaluate() if plan else {}
     lines: list[str] = []
     problems = 0
     for platform in CATALOG:
@@ -356,6 +359,8 @@ def capability_report(config: Config) -> tuple[list[str], int]:
                 line += f"; {count} client(s) run {CLIENT_FUNCTION} directly"
             elif plan:
                 line += "; hosts no clients"
+            if count and where in cannot_evaluate:
+                line += f"; left out of federated evaluation ({cannot_evaluate[where]})"
             lines.append(line)
             for deployed in plan.on(key) if plan else []:
                 reasons = unsupported(caps, deployed.spec.needs)

@@ -2,7 +2,8 @@
 
 Each round: the configured selection policy picks clients, the :class:`~fedkeeper.host.rounds.RoundDriver`
 invokes, polls, retries and closes the round, the aggregator makes the next global weights, the
-clients' history is folded in, and the session advances in MongoDB *before* the next round starts.
+clients' history is folded in, the strategy's federated evaluation (if it chooses any client) runs
+through the same driver, and the session advances in MongoDB *before* the next round starts.
 All state is in the store, so :meth:`Keeper.resume` can continue after the keeper process dies at
 any line.
 
@@ -17,6 +18,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,19 +26,33 @@ from fedkeeper.function.backoff import retry_policy
 from fedkeeper.function.catalog import AGGREGATOR_FUNCTION, SERVER_INIT_FUNCTION
 from fedkeeper.function.config import Config, fingerprint_difference, fingerprint_json, training_fingerprint
 from fedkeeper.function.errors import STORE, PlatformUnavailable, ProviderError, StoreUnavailable, Unavailable
+from fedkeeper.function.prices import CURRENCY
 from fedkeeper.function.store.db import SessionStore, Store
 from fedkeeper.function.store.retention import prune
-from fedkeeper.function.store.statuses import Phase
-from fedkeeper.function.strategies import ClientPool, FitConfig, SelectionPolicy, make_selection
+from fedkeeper.function.store.statuses import Phase, Task
+from fedkeeper.function.strategies import (
+    ClientPool,
+    EvaluateRes,
+    Failure,
+    FitConfig,
+    MinCost,
+    SelectionPolicy,
+    Strategy,
+    make_selection,
+)
+from fedkeeper.host.costs import client_rates, round_cost
 from fedkeeper.host.history import ClientHistory, History, fold
-from fedkeeper.host.ledger import SERVER, Ledger, LedgerStatus
+from fedkeeper.host.ledger import SERVER, Ledger, LedgerEntry, LedgerStatus
 from fedkeeper.host.outages import Outages, OutageTooLong, OutageWatch
 from fedkeeper.host.plan import Key, Plan
 from fedkeeper.host.providers.base import Provider
 from fedkeeper.host.reporting import Reporter, Stopwatch
-from fedkeeper.host.rounds import RoundDriver, SessionFailed
+from fedkeeper.host.rounds import ClosedRound, RoundDriver, SessionFailed
 
 __all__ = ["Keeper", "SessionFailed", "new_session_id"]
+
+NO_EVALUATION = "no evaluation before the evaluation closed"
+LATE_EVALUATION = "evaluation still running when the evaluation closed"
 
 
 def new_session_id() -> str:
@@ -83,8 +99,10 @@ class Keeper:
         self._ledger: Ledger | None = None
         self._watch: OutageWatch | None = None
         self._history: ClientHistory | None = None
+        # objective min_cost_to_target picks the clients itself (config.py refuses a selection with it)
+        policy = MinCost.name if self.server.objective == "min_cost_to_target" else self.server.selection
         self.selection: SelectionPolicy = make_selection(
-            self.server.selection, self.server.seed, self.server.round_deadline_s, self.server.rotation_rounds
+            policy, self.server.seed, self.server.round_deadline_s, self.server.rotation_rounds
         )
         # One policy for server_config.retry_backoff_s: client retries, managing-function
         # retries and outage probes.
@@ -176,6 +194,9 @@ class Keeper:
             f"{len(self.plan.placements)} clients, {self.server.num_clients_per_round} per round, "
             f"up to {self.server.max_rounds} rounds, target accuracy {self.server.target_accuracy}"
         )
+        if self.server.strategy.build().fraction_evaluate > 0:
+            for where, why in self.plan.cannot_evaluate().items():
+                reporter.say(f"federated evaluation leaves out the clients on {where}: {why}")
         try:
             while True:
                 try:
@@ -243,6 +264,12 @@ class Keeper:
             return "TargetAccuracyReached", (
                 f"accuracy {metrics['accuracy']:.4f} reached the target {self.server.target_accuracy} "
                 f"after {round_number + 1} rounds"
+            )
+        spent, budget = float(metrics.get("cumulative_cost", 0.0)), self.server.max_cost
+        if budget is not None and spent >= budget:
+            return "BudgetExhausted", (
+                f"cost {spent:.6f} {CURRENCY} reached max_cost {budget} after {round_number + 1} rounds, "
+                f"accuracy {metrics['accuracy']:.4f}"
             )
         if round_number + 1 >= self.server.max_rounds:
             return (
@@ -318,51 +345,144 @@ class Keeper:
 
     # ------------------------------------------------------------------ one round
     def _run_round(self, driver: RoundDriver, round_number: int) -> dict[str, Any]:
-        """Select (once), drive the round to its close, fold it into the clients' history, aggregate."""
+        """Select (once), drive the round to its close, fold it into the clients' history, aggregate,
+        evaluate."""
         assert self._history is not None
         rounds = self.session.rounds
         history = self._history.read() if self.selection.uses_history else History()
         pool = ClientPool(
             tuple(p.client for p in self.plan.placements),
             self.server.num_clients_per_round,
-            self.selection,
+            self._priced(self.selection, round_number),
             self.server.seed,
             history.clients,
         )
         # The strategy picks the clients through the selection policy and tells each what to do;
         # the round keeps both for them (a resumed keeper gets the stored ones back).
-        fit = self.server.strategy.build().configure_fit(
-            round_number, pool, FitConfig.from_model(self.fl.model_params)
-        )
-        selected = rounds.open(
+        strategy = self.server.strategy.build()
+        fit = strategy.configure_fit(round_number, pool, FitConfig.from_model(self.fl.model_params))
+        rounds.open(
             round_number,
             [ins.client for ins in fit],
             {ins.client: ins.config.to_json() for ins in fit},
         )
         watch = Stopwatch()
         closed = driver.run(round_number)
-        if self.selection.uses_history and history.folded < round_number:
-            entries = self.ledger.round_entries(round_number)
-            self._history.write(fold(history, closed, entries, self.server.round_deadline_s))
         doc = rounds.get(round_number)
-        if doc.get("metrics"):  # aggregated before a resumed keeper got here
-            return dict(doc["metrics"])
+        resumed = bool(doc.get("metrics"))  # aggregated before a resumed keeper got here
+        metrics = dict(doc["metrics"]) if resumed else self._aggregate(round_number, closed, watch)
+        if "federated_loss" not in metrics:
+            metrics.update(self._evaluate(driver, strategy, round_number))
+        # One read of the round's ledger (the aggregator's and the evaluations' attempts included)
+        # serves the clients' history (training attempts only) and the round's cost.
+        entries = self.ledger.round_entries(round_number)
+        if self.selection.uses_history and history.folded < round_number:
+            fits = [e for e in entries if e.task is Task.FIT]
+            self._history.write(fold(history, closed, fits, self.server.round_deadline_s))
+        metrics = self._account(round_number, metrics, entries)
+        if resumed:
+            return metrics
+        self.reporter.event("round_aggregated", **metrics)
+        self.reporter.say(
+            f"round {round_number + 1}/{self.server.max_rounds}: accuracy {metrics['accuracy']:.4f} "
+            f"loss {metrics['loss']:.4f} · {len(metrics.get('accepted', []))}/{len(closed.selected)} updates"
+            f" · {closed.retries} retries · {watch.elapsed:.1f}s"
+            f" · cost {metrics['cost']:.6f} (total {metrics['cumulative_cost']:.6f}) {CURRENCY}"
+        )
+        return metrics
+
+    def _priced(self, policy: SelectionPolicy, round_number: int) -> SelectionPolicy:
+        """``policy`` with each client's rate, if it reads them: the prices, and the bytes the
+        previous round moved per client (none before the first)."""
+        if not isinstance(policy, MinCost):
+            return policy
+        last = (self.session.rounds.get(round_number - 1).get("metrics") or {}) if round_number else {}
+        uploads = list((last.get("update_bytes_by_client") or {}).values())
+        rates = client_rates(
+            self.plan,
+            self.server.prices_of,
+            int(last.get("weights_bytes") or 0),
+            int(sum(uploads) / len(uploads)) if uploads else 0,
+        )
+        return replace(policy, rates=rates)
+
+    def _aggregate(self, round_number: int, closed: ClosedRound, watch: Stopwatch) -> dict[str, Any]:
+        """The aggregator's metrics of the closed round, with the keeper's own; then old payloads go."""
         metrics = self._call_server(
             AGGREGATOR_FUNCTION,
             round_number,
             {"session": self.session_id, "round": round_number, "clients": list(closed.included)},
         )
         extra = {"retries": closed.retries, "failed_clients": len(closed.failed), "duration_s": watch.elapsed}
-        rounds.add_metrics(round_number, extra)
+        self.session.rounds.add_metrics(round_number, extra)
         pruned = prune(self.session, round_number, self.server.keep_updates)
         if pruned.updates or pruned.weights:
             self.reporter.event("pruned", round=round_number, updates=pruned.updates, weights=pruned.weights)
-        metrics.update(extra)
-        self.reporter.event("round_aggregated", **metrics)
+        return {**metrics, **extra}
+
+    def _account(
+        self, round_number: int, metrics: dict[str, Any], entries: list[LedgerEntry]
+    ) -> dict[str, Any]:
+        """Price the aggregated round once (its ledger entries and bytes) and bring the session's
+        total up to date; the figures join the round's metrics."""
+        rounds = self.session.rounds
+        if "cost" not in metrics:
+            cost = round_cost(
+                entries,
+                metrics,
+                self.server.prices_of,
+                lambda function: self.plan.limits[function].memory,
+            )
+            metrics.update(cost.to_doc())
+            rounds.add_metrics(round_number, cost.to_doc())
+        # The sum over every priced round, so a keeper resumed between these writes repeats none.
+        total = rounds.metric_sum("cost")
+        rounds.add_metrics(round_number, {"cumulative_cost": total})
+        self.session.record.set_cost(total, float(metrics["cost"]), CURRENCY)
+        metrics["cumulative_cost"] = total
+        return metrics
+
+    def _evaluate(self, driver: RoundDriver, strategy: Strategy, round_number: int) -> dict[str, Any]:
+        """Federated evaluation of the round's new weights, as Flower runs it after ``aggregate_fit``.
+
+        The strategy's ``configure_evaluate`` picks among the clients that can evaluate (once: the
+        round keeps the choice), the driver runs their evaluate activations, and ``aggregate_evaluate``
+        gets the stored evaluations (one per client, however often it ran) and the failures. The
+        round's metrics get ``federated_loss``/``federated_accuracy`` (None without results);
+        nothing when the strategy evaluates no client (``fraction_evaluate`` 0).
+        """
+        rounds = self.session.rounds
+        if "evaluate" not in rounds.get(round_number):
+            evaluators = self.plan.evaluators()
+            pool = ClientPool(evaluators, len(evaluators), seed=self.server.seed)
+            chosen = strategy.configure_evaluate(round_number, pool)
+            if not chosen:
+                return {}
+            rounds.open_evaluate(round_number, [ins.client for ins in chosen])
+        watch = Stopwatch()
+        closed = driver.evaluate(round_number)
+        results = [
+            EvaluateRes(int(d["client"]), int(d["num_examples"]), float(d["loss"]), float(d["accuracy"]))
+            for d in self.session.evaluations.results(round_number, closed.included)
+        ]
+        failures = [Failure(c, NO_EVALUATION) for c in closed.failed]
+        failures += [Failure(c, LATE_EVALUATION) for c in closed.late]
+        loss, aggregated = strategy.aggregate_evaluate(round_number, results, failures)
+        metrics = {
+            "federated_loss": loss,
+            "federated_accuracy": aggregated.get("accuracy"),
+            "evaluated_clients": len(results),
+            "failed_evaluations": len(failures),
+        }
+        rounds.add_metrics(round_number, metrics)
+        self.reporter.event("round_evaluated", round=round_number, **metrics)
+        summary = (
+            f"federated accuracy {metrics['federated_accuracy']:.4f} loss {loss:.4f}" if loss is not None
+            else "no federated evaluation result"
+        )  # fmt: skip
         self.reporter.say(
-            f"round {round_number + 1}/{self.server.max_rounds}: accuracy {metrics['accuracy']:.4f} "
-            f"loss {metrics['loss']:.4f} · {len(metrics.get('accepted', []))}/{len(selected)} updates"
-            f" · {closed.retries} retries · {watch.elapsed:.1f}s"
+            f"round {round_number + 1}/{self.server.max_rounds}: {summary} · "
+            f"{len(results)}/{len(closed.selected)} evaluations · {closed.retries} retries · {watch.elapsed:.1f}s"
         )
         return metrics
 

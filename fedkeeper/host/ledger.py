@@ -3,6 +3,10 @@
 One document per ``(session, round, function, client, attempt)``. The keeper writes an entry
 *before* it trusts an activation to exist and settles it once its record arrives, so after a
 crash the ledger tells which activations may still be running.
+
+A client's fit and evaluate activations of one round share the function and the numbering of
+attempts (an evaluation's attempts follow the fit's), so the key stays unique; ``task`` tells them
+apart, and entries from before it was stored are fit.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pymongo.errors import DuplicateKeyError
 from fedkeeper.function.invoke.base import ActivationRecord, ActivationStatus
 from fedkeeper.function.store.db import SessionStore
 from fedkeeper.function.store.mongo import store_errors, translated_errors, utcnow
+from fedkeeper.function.store.statuses import Task
 
 SERVER = -1  # ``client`` value of entries for the managing functions
 
@@ -64,6 +69,7 @@ class LedgerEntry:
     end_ms: int | None = None
     duration_ms: int | None = None
     init_ms: int | None = None  # the platform's cold-start initialisation, where it reports one
+    task: Task = Task.FIT  # what a client's activation does (managing functions: fit)
 
     @property
     def key(self) -> dict[str, Any]:
@@ -96,10 +102,19 @@ class Ledger:
         self.url = session.store.url  # named in the error when MongoDB is down
 
     def new_entry(
-        self, round_number: int, function: str, client: int, attempt: int, platform: str, cluster: str
+        self,
+        round_number: int,
+        function: str,
+        client: int,
+        attempt: int,
+        platform: str,
+        cluster: str,
+        task: Task = Task.FIT,
     ) -> LedgerEntry:
         """An attempt of this session, not yet submitted."""
-        return LedgerEntry(self._session.id, round_number, function, client, attempt, platform, cluster)
+        return LedgerEntry(
+            self._session.id, round_number, function, client, attempt, platform, cluster, task=task
+        )
 
     def submit(self, entry: LedgerEntry) -> bool:
         """Record a new attempt; ``False`` when that attempt is already recorded."""
@@ -191,34 +206,39 @@ class Ledger:
         if active or modified[True] or modified[False]:
             self._session.record.count(active=active, succeeded=modified[True], failed=modified[False])
 
-    def open_entries(self, round_number: int) -> list[LedgerEntry]:
-        """Attempts of the round still waiting for a record."""
+    def open_entries(self, round_number: int, task: Task = Task.FIT) -> list[LedgerEntry]:
+        """Attempts of the round's ``task`` still waiting for a record."""
         query = {"session": self._session.id, "round": round_number, "status": LedgerStatus.SUBMITTED}
-        return [_entry(doc) for doc in self._col.find(query)]
+        return [_entry(doc) for doc in self._col.find({**query, **_task(task)})]
 
     def round_entries(self, round_number: int) -> list[LedgerEntry]:
         """Every attempt of the round, in one query."""
         return [_entry(doc) for doc in self._col.find({"session": self._session.id, "round": round_number})]
 
     def attempts(self, round_number: int, function: str, client: int) -> int:
+        """The last attempt number used (fit and evaluate attempts are numbered together)."""
         return self._col.count_documents(
             {"session": self._session.id, "round": round_number, "function": function, "client": client}
         )
 
     def budgets(
-        self, round_number: int, functions: Collection[str], since: datetime | None
+        self, round_number: int, functions: Collection[str], since: datetime | None, task: Task = Task.FIT
     ) -> dict[tuple[str, int], tuple[int, int]]:
-        """``(function, client)`` -> (attempts, attempts that count against the retry budget: not
-        lost to an outage, made after ``since``) of the round's ``functions``, from one query (a
-        round of a thousand clients is one round trip, not 2,000)."""
+        """``(function, client)`` -> (:meth:`attempts`, attempts of ``task`` that count against the
+        retry budget: not lost to an outage, made after ``since``) of the round's ``functions``,
+        from one query (a round of a thousand clients is one round trip, not 2,000)."""
         if since is not None:  # MongoDB keeps milliseconds; compare as a query would
             since = since.replace(microsecond=since.microsecond // 1000 * 1000)
         query = {"session": self._session.id, "round": round_number, "function": {"$in": list(functions)}}
         counts: dict[tuple[str, int], tuple[int, int]] = {}
-        for doc in self._col.find(query, {"function": 1, "client": 1, "status": 1, "submitted_at": 1}):
+        fields = {"function": 1, "client": 1, "status": 1, "submitted_at": 1, "task": 1}
+        for doc in self._col.find(query, fields):
             attempts, charged = counts.get((doc["function"], doc["client"]), (0, 0))
-            counted = doc["status"] != LedgerStatus.UNAVAILABLE and (
-                since is None or doc["submitted_at"] >= since
+            of_task = (doc.get("task") == Task.EVALUATE) == (task is Task.EVALUATE)  # as _task() selects
+            counted = (
+                of_task
+                and doc["status"] != LedgerStatus.UNAVAILABLE
+                and (since is None or doc["submitted_at"] >= since)
             )
             counts[(doc["function"], doc["client"])] = (attempts + 1, charged + int(counted))
         return counts
@@ -231,8 +251,14 @@ class Ledger:
             yield _entry(doc)
 
 
+def _task(task: Task) -> dict[str, Any]:
+    """The query of ``task``'s entries (fit: also those stored before ``task`` was)."""
+    return {"task": task.value} if task is not Task.FIT else {"task": {"$ne": Task.EVALUATE.value}}
+
+
 def _entry(doc: dict[str, Any]) -> LedgerEntry:
     fields = LedgerEntry.__dataclass_fields__
     entry = LedgerEntry(**{k: v for k, v in doc.items() if k in fields})
     entry.status = LedgerStatus(entry.status)
+    entry.task = Task(entry.task)
     return entry

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from fedkeeper.function.catalog import CLIENT_FUNCTION, INVOKER_FUNCTION, MANAGING_FUNCTIONS
+from fedkeeper.function.catalog import CLIENT_FUNCTION, EVALUATE_NEEDS, INVOKER_FUNCTION, MANAGING_FUNCTIONS
 from fedkeeper.function.catalog import platform as catalog_platform
 from fedkeeper.function.config import FUNCTION_NAMES, Config
+from fedkeeper.function.invoke.base import unsupported
 from fedkeeper.function.settings import FunctionSettings
 from fedkeeper.host.packaging import function_dir
 from fedkeeper.host.placement import Placement, Route, place_clients
@@ -133,6 +134,20 @@ class Plan:
         if placement.route is Route.DIRECT:
             return placement.key, CLIENT_FUNCTION
         return self.server, INVOKER_FUNCTION
+
+    def cannot_evaluate(self) -> dict[str, str]:
+        """``platform/cluster`` -> why its clients cannot take part in federated evaluation, for
+        each client-hosting cluster whose platform cannot (the one capability check)."""
+        reasons = {
+            key: unsupported(catalog_platform(key[0]).capabilities, EVALUATE_NEEDS)
+            for key in self.clients_per_cluster()
+        }
+        return {f"{p}/{c}": "; ".join(why) for (p, c), why in reasons.items() if why}
+
+    def evaluators(self) -> tuple[int, ...]:
+        """The clients that can evaluate: federated evaluation's pool."""
+        cannot = self.cannot_evaluate()
+        return tuple(p.client for p in self.placements if p.target not in cannot)
 
     def client_only(self) -> set[str]:
         """``platform/cluster`` of every cluster that hosts clients but not the managing functions."""

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
 from fedkeeper.function.redaction import redact
+from fedkeeper.host.costs import LINKS
 from fedkeeper.host.ledger import LedgerEntry
 
 ROUND_FIELDS = [
@@ -34,10 +35,18 @@ ROUND_FIELDS = [
     "failed_clients",
     "update_bytes",
     "duration_s",
+    "federated_loss",
+    "federated_accuracy",
+    "evaluated_clients",
+    "failed_evaluations",
+    "cost",
+    "cumulative_cost",
+    *(f"bytes_{link}" for link in LINKS),
 ]
 ACTIVATION_FIELDS = [
     "round",
     "function",
+    "task",
     "client",
     "attempt",
     "platform",
@@ -52,6 +61,16 @@ ACTIVATION_FIELDS = [
     "duration_ms",
     "error",
 ]
+
+
+def _figure(value: float | None) -> str:
+    """A metric as rounds.csv writes it: empty when there is none (a round without evaluation)."""
+    return "" if value is None else f"{value:.6f}"
+
+
+def _amount(value: float | None) -> str:
+    """A cost in full (list prices are millionths of a dollar); empty when not priced."""
+    return "" if value is None else f"{value:.10f}"
 
 
 def _iso_ms(ms: int | None) -> str:
@@ -150,6 +169,13 @@ class Reporter:
                         "failed_clients": m.get("failed_clients", 0),
                         "update_bytes": m.get("update_bytes", ""),
                         "duration_s": f"{m.get('duration_s', 0.0):.3f}",
+                        "federated_loss": _figure(m.get("federated_loss")),
+                        "federated_accuracy": _figure(m.get("federated_accuracy")),
+                        "evaluated_clients": m.get("evaluated_clients", ""),
+                        "failed_evaluations": m.get("failed_evaluations", ""),
+                        "cost": _amount(m.get("cost")),
+                        "cumulative_cost": _amount(m.get("cumulative_cost")),
+                        **{f"bytes_{link}": (m.get("bytes") or {}).get(link, "") for link in LINKS},
                     }
                 )
         self._plot(rows)
@@ -163,6 +189,7 @@ class Reporter:
                     {
                         "round": e.round,
                         "function": e.function,
+                        "task": e.task.value,
                         "client": "" if e.client < 0 else e.client,
                         "attempt": e.attempt,
                         "platform": e.platform,

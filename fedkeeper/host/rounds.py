@@ -7,6 +7,10 @@ deadline has passed. It returns a :class:`ClosedRound`: who is included, who fai
 late. Everything it knows is in the store, so a round left open by a keeper that died is rebuilt
 from the store and driven on (:meth:`RoundDriver.restore`).
 
+:meth:`RoundDriver.evaluate` drives a round's federated evaluation the same way (the same
+ledger, retries, outages and deadline), with evaluate activations of the same functions and the
+stored evaluations as what counts; it has no quorum: failed evaluations are passed on as failures.
+
 Time comes from an injected clock and sleep function, and platforms are reached through the
 providers' interface only, so the driver's rules run the same against a fake clock and a fake
 provider (``tests/keeper/test_round_driver.py``) as against the fabric.
@@ -34,7 +38,7 @@ from fedkeeper.function.errors import (
 )
 from fedkeeper.function.invoke.base import ActivationRecord
 from fedkeeper.function.store.db import SessionStore
-from fedkeeper.function.store.statuses import RoundStatus
+from fedkeeper.function.store.statuses import RoundStatus, Task
 from fedkeeper.host.ledger import Ledger, LedgerEntry, LedgerStatus
 from fedkeeper.host.outages import OutageWatch
 from fedkeeper.host.plan import Plan
@@ -93,6 +97,7 @@ class RoundState:
     number: int
     selected: list[int]
     started: float  # driver clock
+    task: Task = Task.FIT
     done: set[int] = field(default_factory=set)
     pending: dict[int, LedgerEntry] = field(default_factory=dict)
     sent: dict[int, float] = field(default_factory=dict)  # driver clock of each pending attempt
@@ -171,39 +176,51 @@ class RoundDriver:
         Raises :class:`SessionFailed` when too few clients can deliver for the quorum, and
         :class:`~fedkeeper.host.outages.OutageTooLong` when an outage lasts past the tolerance.
         """
-        rounds = self.session.rounds
-        doc = rounds.get(round_number)
-        if doc["status"] == RoundStatus.OPEN:
-            state = self.restore(doc)
-            self.reporter.event("round_opened", round=round_number, selected=state.selected)
-            self._drive(state)
-            included = set(state.done)
-            late = state.late - included
-            rounds.close(
-                round_number, sorted(included), sorted(set(state.selected) - included - late), sorted(late)
-            )
-            doc = rounds.get(round_number)  # the first close wins
-            closed = ClosedRound.of(doc, retries=state.retries)
-            self.reporter.event(
-                "round_closed", round=round_number, included=list(closed.included),
-                failed=list(closed.failed), late=list(closed.late),
-            )  # fmt: skip
-            return closed
-        return ClosedRound.of(doc)
+        return self._run(round_number, Task.FIT)
 
-    def restore(self, doc: dict[str, Any]) -> RoundState:
-        """An open round's state from the store: stored updates, activations still open, budgets."""
+    def evaluate(self, round_number: int) -> ClosedRound:
+        """Drive round ``round_number``'s stored evaluation phase until it closes (read back if closed).
+
+        ``included`` are the clients whose evaluation is stored. It closes when every selected
+        client delivered, or at the deadline, or when the rest are out of retries; never on a quorum.
+        """
+        return self._run(round_number, Task.EVALUATE)
+
+    def _run(self, round_number: int, task: Task) -> ClosedRound:
+        rounds = self.session.rounds
+        doc = rounds.phase(round_number, task)
+        if doc["status"] != RoundStatus.OPEN:
+            return ClosedRound.of(doc)
+        state = self.restore(doc, task)
+        prefix = "round" if task is Task.FIT else "evaluation"
+        self.reporter.event(f"{prefix}_opened", round=round_number, selected=state.selected)
+        self._drive(state)
+        included = set(state.done)
+        late = state.late - included
+        failed = set(state.selected) - included - late
+        rounds.close(round_number, sorted(included), sorted(failed), sorted(late), task)
+        doc = rounds.phase(round_number, task)  # the first close wins
+        closed = ClosedRound.of(doc, retries=state.retries)
+        self.reporter.event(
+            f"{prefix}_closed", round=round_number, included=list(closed.included),
+            failed=list(closed.failed), late=list(closed.late),
+        )  # fmt: skip
+        return closed
+
+    def restore(self, doc: dict[str, Any], task: Task = Task.FIT) -> RoundState:
+        """An open round's (or evaluation's) state from the store: stored results, activations
+        still open, budgets."""
         round_number, selected = int(doc["round"]), [int(c) for c in doc["selected"]]
         now, wall = self.clock(), datetime.now(UTC)
         age = (wall - doc["started_at"]).total_seconds()  # the original start keeps its deadline
-        state = RoundState(round_number, selected, started=now - max(age, 0.0))
-        state.done = self.session.updates.clients(round_number) & set(selected)
-        for entry in self.ledger.open_entries(round_number):
+        state = RoundState(round_number, selected, started=now - max(age, 0.0), task=task)
+        state.done = self._delivered(state)
+        for entry in self.ledger.open_entries(round_number, task):
             if entry.client in selected and entry.function in (CLIENT_FUNCTION, INVOKER_FUNCTION):
                 state.pending[entry.client] = entry
                 state.sent[entry.client] = now - max((wall - entry.submitted_at).total_seconds(), 0.0)
         functions = {self.plan.invoked(c)[1] for c in selected}
-        budgets = self.ledger.budgets(round_number, functions, self.budget_since)
+        budgets = self.ledger.budgets(round_number, functions, self.budget_since, task)
         for client in selected:
             state.attempts[client], state.charged[client] = budgets.get(
                 (self.plan.invoked(client)[1], client), (0, 0)
@@ -212,9 +229,16 @@ class RoundDriver:
                 state.retry_at[client] = now
         return state
 
+    def _delivered(self, state: RoundState) -> set[int]:
+        """Selected clients whose result (update, or evaluation) is stored."""
+        results = self.session.updates if state.task is Task.FIT else self.session.evaluations
+        return results.clients(state.number) & set(state.selected)
+
     def _drive(self, state: RoundState) -> None:
         """Dispatch, poll and retry until the round may close."""
-        quorum = math.ceil(self.server.min_fit_fraction * len(state.selected))
+        # An evaluation has no quorum: what failed is passed to aggregate_evaluate as failures.
+        fraction = self.server.min_fit_fraction if state.task is Task.FIT else 0.0
+        quorum = math.ceil(fraction * len(state.selected))
         deadline = state.started + self.server.round_deadline_s
         # Poll fast right after something changed, then back off to poll_interval_s: short
         # activations are seen soon after they end, long ones cost few requests.
@@ -325,7 +349,9 @@ class RoundDriver:
             for entry in state.pending.values():
                 if entry.client in state.done:
                     self.ledger.settle(
-                        entry, LedgerStatus.RECORD_LOST, error="update stored, activation record not seen"
+                        entry,
+                        LedgerStatus.RECORD_LOST,
+                        error=f"{_result(state)} stored, activation record not seen",
                     )
                 else:
                     state.late.add(entry.client)
@@ -343,7 +369,9 @@ class RoundDriver:
         charged = state.charged.get(client, 0)
         if charged > self.server.max_retries:
             state.given_up.add(client)
-            self._note(f"round {state.number}: client {client} gave no update after {charged} attempts")
+            self._note(
+                f"round {state.number}: client {client} gave no {_result(state)} after {charged} attempts"
+            )
             return
         attempt = state.attempts.get(client, 0) + 1
         state.attempts[client] = attempt
@@ -358,8 +386,10 @@ class RoundDriver:
             "client": client,
             "attempt": attempt,
         }
+        if state.task is not Task.FIT:  # a fit call stays what it always was
+            params["task"] = state.task.value
         entry = self.ledger.new_entry(
-            state.number, function, client, attempt, provider.platform, provider.cluster
+            state.number, function, client, attempt, provider.platform, provider.cluster, state.task
         )
         if function == INVOKER_FUNCTION:
             entry.target = self.plan.placements[client].target
@@ -392,15 +422,16 @@ class RoundDriver:
         state.sent[client] = self.clock()
         self.reporter.event(
             "dispatched", round=state.number, client=client, attempt=attempt, function=function,
-            cluster=f"{provider.platform}/{provider.cluster}", activation_id=activation_id,
+            task=state.task.value, cluster=f"{provider.platform}/{provider.cluster}",
+            activation_id=activation_id,
         )  # fmt: skip
 
     def _poll(self, state: RoundState) -> None:
         """Fetch the records of every open activation, one batch per provider and function.
 
-        Then read which updates are stored, once: an update can be stored before its record is
-        visible (or its record may be lost), so the client counts as done from the store; its
-        entry stays open until its record comes or the round closes.
+        Then read which results (updates, or evaluations) are stored, once: one can be stored
+        before its record is visible (or its record may be lost), so the client counts as done
+        from the store; its entry stays open until its record comes or the round closes.
         """
         groups: dict[tuple[str, str, str], list[LedgerEntry]] = defaultdict(list)
         records: dict[str, ActivationRecord] = {}
@@ -428,7 +459,7 @@ class RoundDriver:
                 self._note(f"polling {platform}/{cluster} failed: {exc}")
                 continue
             self.watch.back(provider.where)
-        state.done |= self.session.updates.clients(state.number) & set(state.selected)
+        state.done |= self._delivered(state)
         with self.ledger.batched():
             self._settle_polled(state, groups, records)
 
@@ -453,8 +484,9 @@ class RoundDriver:
                     state.pending.pop(entry.client)
                     if entry.client in state.done:
                         self.ledger.settle(
-                            entry, LedgerStatus.RECORD_LOST, error="update stored, activation record not seen"
-                        )
+                            entry, LedgerStatus.RECORD_LOST,
+                            error=f"{_result(state)} stored, activation record not seen",
+                        )  # fmt: skip
                         continue
                     if self.outages.overlapped(where, entry.submitted_at):  # lost in the outage
                         error = f"no record after {age:.0f}s; {where} was down meanwhile"
@@ -466,13 +498,13 @@ class RoundDriver:
                     self._schedule_retry(state, entry.client, "timed out")
 
     def _settle(self, state: RoundState, entry: LedgerEntry, record: ActivationRecord) -> None:
-        """Book a finished activation; it counts only if its update is in the store (``state.done``)."""
+        """Book a finished activation; it counts only if its result is in the store (``state.done``)."""
         if entry.client in state.done:  # a failure here after an update was stored needs no retry
             self.ledger.settle(entry, LedgerStatus.of(record), record, record.error)
             if record.ok:
                 self.watch.back(entry.target, STORE)
                 self.reporter.event(
-                    "update_stored",
+                    f"{_result(state)}_stored",
                     round=state.number,
                     client=entry.client,
                     activation_id=entry.activation_id,
@@ -484,7 +516,7 @@ class RoundDriver:
             self.ledger.settle(entry, LedgerStatus.UNAVAILABLE, record, record.error)
             self._outage_retry(state, entry.client, outage)
             return
-        error = record.error or "activation succeeded but stored no update"
+        error = record.error or f"activation succeeded but stored no {_result(state)}"
         status = LedgerStatus.of(record) if not record.ok else LedgerStatus.APPLICATION_ERROR
         self.ledger.settle(entry, status, record, error)
         self._schedule_retry(state, entry.client, error)
@@ -505,12 +537,13 @@ class RoundDriver:
         delay = self.retry.delay(max(state.charged.get(client, 1), 1))
         state.retry_at[client] = self.clock() + delay
         self.reporter.event(
-            "activation_failed", round=state.number, client=client, attempt=attempt, reason=reason,
-            retry_in_s=delay,
+            "activation_failed", round=state.number, client=client, attempt=attempt, task=state.task.value,
+            reason=reason, retry_in_s=delay,
         )  # fmt: skip
         if not self.reporter.tty:
+            doing = "" if state.task is Task.FIT else f" {state.task.value}"
             self.reporter.say(
-                f"  round {state.number}: client {client} attempt {attempt} failed ({reason[:120]}); "
+                f"  round {state.number}: client {client}{doing} attempt {attempt} failed ({reason[:120]}); "
                 f"retry in {delay:.1f}s"
             )
 
@@ -518,3 +551,8 @@ class RoundDriver:
     def _note(self, message: str) -> None:
         self.reporter.event("note", message=message)
         self.reporter.say(message)
+
+
+def _result(state: RoundState) -> str:
+    """What a client of ``state`` delivers, in messages."""
+    return "update" if state.task is Task.FIT else "evaluation"

@@ -85,6 +85,10 @@ def test_aggregator_decodes_compressed_updates_and_rejects_a_malformed_one_with_
     docs = {d["client"]: d for d in db.db.updates.find({"session": "s1", "round": 0})}
     assert docs[1]["status"] == "rejected" and docs[1]["reason"].startswith(reason)
     assert metrics["update_bytes"] == docs[0]["payload_bytes"] + docs[1]["payload_bytes"]
+    # per client, and the weights every client read (what the keeper prices: host/costs.py)
+    assert metrics["update_bytes_by_client"] == {str(c): docs[c]["payload_bytes"] for c in (0, 1)}
+    weights_doc = db.db.weights.find_one({"session": "s1", "round": 0})
+    assert weights_doc is not None and metrics["weights_bytes"] == weights_doc["blob"]["size"] > 0
     # FedAvg of the one accepted update is that update, decoded against round 0's weights.
     codec = Compression.model_validate(compression).build()
     (decoded,) = session.updates.stream(0, [0], codec=codec, reference=session.weights.get(0))

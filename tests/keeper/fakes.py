@@ -3,8 +3,9 @@
 :class:`ScriptedProvider` answers ``invoke_async`` and ``fetch`` as a platform would, from a
 script of what each client's attempts do (how long they run, whether they fail, whether their
 record is lost), on the fake clock. An attempt that succeeds writes its update to the real store
-when its time is up, as ``fl_client`` does; ``invoke_sync`` stands in for the managing functions'
-bookkeeping (no training), so a whole :class:`~fedkeeper.host.keeper.Keeper` session can run on it. The fabric itself is covered by the end-to-end tests.
+when its time is up, as ``fl_client`` does, and an evaluate activation its evaluation
+(:func:`evaluation_of`); ``invoke_sync`` stands in for the managing functions' bookkeeping (no
+training), so a whole :class:`~fedkeeper.host.keeper.Keeper` session can run on it. The fabric itself is covered by the end-to-end tests.
 """
 
 from __future__ import annotations
@@ -12,18 +13,28 @@ from __future__ import annotations
 import itertools
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from fedkeeper.function.catalog import AGGREGATOR_FUNCTION, SERVER_INIT_FUNCTION
 from fedkeeper.function.catalog import platform as catalog_platform
+from fedkeeper.function.config import parse_config
 from fedkeeper.function.errors import PlatformUnavailable, ProviderError, Throttled
 from fedkeeper.function.invoke.base import ActivationRecord, ActivationStatus, Capabilities
 from fedkeeper.function.store.db import SessionStore, Store
+from fedkeeper.function.store.statuses import Task
+from fedkeeper.host.keeper import Keeper
+from fedkeeper.host.plan import Plan
 from fedkeeper.host.providers.base import FunctionSpec, Provider
 
 WEIGHTS = [np.zeros((2, 2), dtype=np.float32)]
+
+
+def evaluation_of(client: int) -> tuple[int, float, float]:
+    """``(num_examples, loss, accuracy)`` a scripted client's evaluation stores: each client its own."""
+    return 10 * (client + 1), 0.1 * (client + 1), 0.5 + 0.05 * client
 
 
 class FakeClock:
@@ -57,6 +68,7 @@ class _Running:
     attempt: int
     started: float
     script: Attempt
+    task: Task = Task.FIT
     finished: bool = False
 
 
@@ -64,7 +76,9 @@ class _Running:
 class ScriptedProvider(Provider):
     """A platform whose activations follow ``script[client][attempt - 1]`` (the last entry repeats).
 
-    ``down_until``: invokes and fetches raise :class:`PlatformUnavailable` before this clock time.
+    Evaluate activations follow ``evaluate_script[client]`` by the client's evaluate calls so far
+    (their attempt numbers follow the fit's). ``down_until``: invokes and fetches raise
+    :class:`PlatformUnavailable` before this clock time.
     ``concurrency``: an invoke while this many activations run raises :class:`Throttled` (429).
     """
 
@@ -74,6 +88,7 @@ class ScriptedProvider(Provider):
     clock: FakeClock
     store: Store
     script: Mapping[int, list[Attempt]] = field(default_factory=dict)
+    evaluate_script: Mapping[int, list[Attempt]] = field(default_factory=dict)
     down_until: float = 0.0
     pending_once: set[str] = field(
         default_factory=set
@@ -81,6 +96,7 @@ class ScriptedProvider(Provider):
     concurrency: int | None = None
     throttled: int = 0  # invokes refused for the concurrency limit
     invoked: list[tuple[int, int]] = field(default_factory=list)  # (client, attempt), in order
+    evaluated: list[tuple[int, int]] = field(default_factory=list)  # evaluate calls: (client, attempt)
     running: dict[str, _Running] = field(default_factory=dict)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
 
@@ -96,7 +112,15 @@ class ScriptedProvider(Provider):
                 self.throttled += 1
                 raise Throttled("openwhisk/local", "HTTP 429: too many concurrent requests (scripted)")
         client, attempt = int(params["client"]), int(params["attempt"])
-        steps = self.script.get(client, [Attempt()])
+        task = Task(params.get("task", Task.FIT.value))
+        if task is Task.EVALUATE:
+            steps = self.evaluate_script.get(client, [Attempt()])
+            step = steps[min(sum(c == client for c, _ in self.evaluated), len(steps) - 1)]
+            self.evaluated.append((client, attempt))
+        else:
+            steps = self.script.get(client, [Attempt()])
+            step = steps[min(attempt, len(steps)) - 1]
+            self.invoked.append((client, attempt))
         activation_id = f"a{next(self._ids)}"
         self.running[activation_id] = _Running(
             self.store.for_session(str(params["session"])),
@@ -104,9 +128,9 @@ class ScriptedProvider(Provider):
             client,
             attempt,
             self.clock(),
-            steps[min(attempt, len(steps)) - 1],
+            step,
+            task,
         )
-        self.invoked.append((client, attempt))
         return activation_id
 
     def fetch(self, name: str, activation_ids: Collection[str], since_ms: int) -> dict[str, ActivationRecord]:
@@ -158,12 +182,17 @@ class ScriptedProvider(Provider):
 
     # ------------------------------------------------------------------ the script
     def finish_due(self) -> None:
-        """Finish every activation whose time is up; a successful one stores its update."""
+        """Finish every activation whose time is up; a successful one stores its update (evaluation)."""
         for activation_id, run in self.running.items():
             if run.finished or self.clock() < run.started + run.script.duration_s:
                 continue
             run.finished = True
-            if run.script.ok:
+            if run.script.ok and run.task is Task.EVALUATE:
+                examples, loss, accuracy = evaluation_of(run.client)
+                run.session.evaluations.put(
+                    run.round, run.client, examples, loss, accuracy, activation_id, run.attempt
+                )
+            elif run.script.ok:
                 run.session.updates.put(
                     run.round, run.client, WEIGHTS, 10, 0.5, 0.5, activation_id, run.attempt
                 )
@@ -171,3 +200,32 @@ class ScriptedProvider(Provider):
     def _answer(self) -> None:
         if self.clock() < self.down_until:
             raise PlatformUnavailable("openwhisk/local", "connection refused (scripted outage)")
+
+
+def scripted_keeper(
+    store: Store,
+    logs_dir: Path,
+    durations_s: list[float],
+    server: Mapping[str, Any],
+    functions: Mapping[str, Any] | None = None,
+) -> Keeper:
+    """A keeper on the fake clock of one local OpenWhisk cluster whose client ``c`` always runs
+    ``durations_s[c]``; ``server`` and ``functions`` add to its ``server_config`` and ``functions``."""
+    clients = len(durations_s)
+    config = parse_config(
+        {
+            "logs_dir": str(logs_dir),
+            "providers": {"openwhisk": {"local": {"local": True}}},
+            "scenarios": {
+                "federated_learning": {
+                    "server_config": {"cluster": "local", "activation_timeout_s": 60, **server},
+                    "clients_info": {"total_num_clients": clients, "ow_clients_count": clients},
+                    "functions": {"fl_client": {"timeout": 50}, **(functions or {})},
+                }
+            },
+        }
+    )
+    clock, plan = FakeClock(), Plan.build(config)
+    script = {c: [Attempt(duration_s=d)] for c, d in enumerate(durations_s)}
+    provider = ScriptedProvider(clock, store, script)
+    return Keeper(config, plan, store, {plan.server: provider}, clock, clock.sleep)

@@ -17,15 +17,13 @@ import pymongo
 import pytest
 from pymongo import monitoring
 
-from fedkeeper.function.config import parse_config
 from fedkeeper.function.store.blobs import BlobStore
 from fedkeeper.function.store.db import Store
 from fedkeeper.host.history import ClientHistory, History, fold
 from fedkeeper.host.keeper import Keeper
 from fedkeeper.host.ledger import Ledger
-from fedkeeper.host.plan import Plan
 from fedkeeper.host.rounds import ClosedRound
-from tests.keeper.fakes import Attempt, FakeClock, ScriptedProvider
+from tests.keeper.fakes import scripted_keeper
 
 DEADLINE_S = 10.0
 FAST = 2  # clients 0 and 1 finish in 1 s; the others take 30 s, past the deadline
@@ -79,34 +77,18 @@ def _keeper(
     rotation_rounds: int | None = None,
 ) -> Keeper:
     """A keeper whose clients 0..FAST-1 finish in 1 s and the others in 30 s, past the deadline."""
-    config = parse_config(
-        {
-            "logs_dir": str(tmp_path / "logs"),
-            "providers": {"openwhisk": {"local": {"local": True}}},
-            "scenarios": {
-                "federated_learning": {
-                    "server_config": {
-                        "cluster": "local",
-                        "max_rounds": rounds,
-                        "num_clients_per_round": PER_ROUND,
-                        "min_fit_fraction": 0.5,
-                        "round_deadline_s": DEADLINE_S,
-                        "activation_timeout_s": 60,
-                        "retry_backoff_s": 0.5,
-                        "selection": selection,
-                        "rotation_rounds": rotation_rounds,
-                    },
-                    "clients_info": {"total_num_clients": clients, "ow_clients_count": clients},
-                    "functions": {"fl_client": {"timeout": 50}},
-                }
-            },
-        }
+    server = {
+        "max_rounds": rounds,
+        "num_clients_per_round": PER_ROUND,
+        "min_fit_fraction": 0.5,
+        "round_deadline_s": DEADLINE_S,
+        "retry_backoff_s": 0.5,
+        "selection": selection,
+        "rotation_rounds": rotation_rounds,
+    }
+    return scripted_keeper(
+        store, tmp_path / "logs", [1.0 if c < FAST else 30.0 for c in range(clients)], server
     )
-    clock = FakeClock()
-    plan = Plan.build(config)
-    script = {c: [Attempt(duration_s=1.0 if c < FAST else 30.0)] for c in range(clients)}
-    provider = ScriptedProvider(clock, store, script)
-    return Keeper(config, plan, store, {plan.server: provider}, clock, clock.sleep)
 
 
 def test_straggler_aware_prefers_fast_clients_and_still_rotates_every_client_in(

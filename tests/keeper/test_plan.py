@@ -72,3 +72,9 @@ def test_each_functions_limits_come_from_its_settings_once() -> None:
     assert {
         (d.spec.memory_mb, d.spec.timeout_s) for d in plan.deployments if d.spec.name == CLIENT_FUNCTION
     } == {(2048, 170)}
+
+
+def test_federated_evaluation_leaves_out_clients_whose_platform_cannot_evaluate_with_the_reason() -> None:
+    plan = Plan.build(parse_config(_config()))
+    assert plan.evaluators() == (0, 1, 2)  # OpenWhisk and GCF clients; not the edge devices
+    assert plan.cannot_evaluate() == {"edge/fleet": "fixed trainer: trains only, no federated evaluation"}

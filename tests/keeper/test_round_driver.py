@@ -1,4 +1,5 @@
-"""The round driver's rules on a fake clock: quorum, deadline, retries, late updates, resume.
+"""The round driver's rules on a fake clock: quorum, deadline, retries, late updates, resume, and
+the same machinery driving a round's federated evaluation.
 
 The store and the ledger are real (the embedded MongoDB); the platform is
 :class:`~tests.keeper.fakes.ScriptedProvider`, and time moves only when the driver sleeps.
@@ -17,6 +18,7 @@ import pytest
 from fedkeeper.function.backoff import retry_policy
 from fedkeeper.function.config import parse_config
 from fedkeeper.function.store.db import SessionStore, Store
+from fedkeeper.function.store.statuses import Task
 from fedkeeper.host.ledger import Ledger, LedgerStatus
 from fedkeeper.host.outages import Outages, OutageWatch
 from fedkeeper.host.plan import Plan
@@ -67,12 +69,30 @@ class Rig:
             self.clock, self.clock.sleep,
         )  # fmt: skip
 
+    def dying_driver(self, dies_at: float) -> RoundDriver:
+        """A driver whose keeper dies (:class:`KeeperDied`) once it has slept past ``dies_at``."""
+        driver = self.driver()
+
+        def sleep_then_die(seconds: float) -> None:
+            self.clock.sleep(seconds)
+            if self.clock() >= dies_at:
+                raise KeeperDied
+
+        driver.sleep = sleep_then_die
+        return driver
+
     def run(self, round_number: int = 0) -> ClosedRound:
         self.session.rounds.open(round_number, list(range(CLIENTS)))
         return self.driver().run(round_number)
 
-    def statuses(self, client: int) -> list[LedgerStatus]:
-        entries = [e for e in Ledger(self.session).entries() if e.client == client]
+    def evaluate(self, clients: list[int], round_number: int = 0) -> ClosedRound:
+        """Train round ``round_number`` with every client, then drive ``clients``' evaluation of it."""
+        self.run(round_number)
+        self.session.rounds.open_evaluate(round_number, clients)
+        return self.driver().evaluate(round_number)
+
+    def statuses(self, client: int, task: Task = Task.FIT) -> list[LedgerStatus]:
+        entries = [e for e in Ledger(self.session).entries() if e.client == client and e.task is task]
         return [e.status for e in sorted(entries, key=lambda e: e.attempt)]
 
 
@@ -209,20 +229,79 @@ class KeeperDied(Exception):
 def test_a_resumed_driver_adopts_running_attempts_and_invokes_nobody_twice(rig: Any) -> None:
     r = rig({c: [Attempt(duration_s=5.0 * (c + 1))] for c in range(CLIENTS)})
     r.session.rounds.open(0, list(range(CLIENTS)))
-    dies_at = r.clock() + 7  # client 0 has delivered, the others are running
-
-    def sleep_then_die(seconds: float) -> None:
-        r.clock.sleep(seconds)
-        if r.clock() >= dies_at:
-            raise KeeperDied
-
-    first = r.driver()
-    first.sleep = sleep_then_die
-    with pytest.raises(KeeperDied):
-        first.run(0)
+    with pytest.raises(KeeperDied):  # at 7 s client 0 has delivered, the others are running
+        r.dying_driver(r.clock() + 7).run(0)
     assert r.session.rounds.get(0)["status"] == "open"
 
     closed = r.driver().run(0)
     assert closed.included == (0, 1, 2, 3)
     assert sorted(r.provider.invoked) == [(c, 1) for c in range(CLIENTS)]  # each invoked exactly once
     assert all(r.statuses(c) == [LedgerStatus.SUCCESS] for c in range(CLIENTS))
+
+
+# ---------------------------------------------------------------------- federated evaluation
+def test_an_evaluation_invokes_the_chosen_clients_with_the_evaluate_task_and_closes_on_their_results(
+    rig: Any,
+) -> None:
+    r = rig()
+    closed = r.evaluate([1, 3])
+    assert closed.selected == closed.included == (1, 3) and closed.failed == closed.late == ()
+    assert r.provider.evaluated == [
+        (1, 2),
+        (3, 2),
+    ]  # attempt numbers follow the fit's: the ledger key stays unique
+    assert r.session.evaluations.clients(0) == {1, 3}
+    assert r.statuses(1, Task.EVALUATE) == [LedgerStatus.SUCCESS] and r.statuses(1) == [LedgerStatus.SUCCESS]
+    phase = r.session.rounds.phase(0, Task.EVALUATE)
+    assert phase["status"] == "closed" and phase["included"] == [1, 3]
+    assert r.session.rounds.get(0)["included"] == [0, 1, 2, 3]  # the fit's closing set is untouched
+    assert r.driver().evaluate(0) == ClosedRound.of(phase)  # a closed evaluation is read back, nobody invoked
+    assert len(r.provider.evaluated) == 2
+
+
+def test_a_failed_evaluation_is_retried_then_passed_on_as_a_failure_without_failing_the_session(
+    rig: Any,
+) -> None:
+    r = rig(max_retries=1)
+    r.provider.evaluate_script = {2: [Attempt(ok=False)]}
+    closed = r.evaluate([0, 2])  # no quorum: the evaluation closes whatever fails
+    assert closed.included == (0,) and closed.failed == (2,)
+    assert r.statuses(2, Task.EVALUATE) == [LedgerStatus.APPLICATION_ERROR] * 2  # first try and one retry
+    assert r.session.rounds.phase(0, Task.EVALUATE)["failed"] == [2]
+
+
+def test_a_slow_evaluation_closes_at_the_deadline_with_the_client_late(rig: Any) -> None:
+    r = rig()
+    r.provider.evaluate_script = {3: [Attempt(duration_s=40)]}
+    started = r.clock()
+    r.run()
+    r.session.rounds.open_evaluate(0, [0, 3])
+    closed = r.driver().evaluate(0)
+    assert closed.included == (0,) and closed.late == (3,)
+    assert r.clock() - started < 40
+
+
+def test_a_revived_evaluation_whose_first_attempt_also_delivers_counts_once(rig: Any) -> None:
+    r = rig(round_deadline_s=200.0)
+    # The first attempt runs past activation_timeout_s, so the driver revives the evaluation.
+    r.provider.evaluate_script = {2: [Attempt(duration_s=70), Attempt(duration_s=1)]}
+    closed = r.evaluate([2])
+    assert closed.included == (2,)
+    assert r.statuses(2, Task.EVALUATE) == [LedgerStatus.TIMED_OUT, LedgerStatus.SUCCESS]
+    r.clock.sleep(30)
+    r.provider.finish_due()  # the timed-out first attempt delivers too, late
+    assert [d["client"] for d in r.session.evaluations.results(0, [2])] == [2]  # one evaluation per client
+    assert r.session.evaluations.results(0, [2])[0]["attempt"] == 3  # the revived one's (fit was attempt 1)
+
+
+def test_a_resumed_driver_adopts_running_evaluations_and_invokes_nobody_twice(rig: Any) -> None:
+    r = rig()
+    r.provider.evaluate_script = {c: [Attempt(duration_s=5.0 * (c + 1))] for c in range(CLIENTS)}
+    r.run()
+    r.session.rounds.open_evaluate(0, [0, 1, 2])
+    with pytest.raises(KeeperDied):
+        r.dying_driver(r.clock() + 7).evaluate(0)
+    assert r.session.rounds.phase(0, Task.EVALUATE)["status"] == "open"
+    closed = r.driver().evaluate(0)
+    assert closed.included == (0, 1, 2)
+    assert sorted(r.provider.evaluated) == [(0, 2), (1, 2), (2, 2)]  # each evaluated exactly once

@@ -109,7 +109,24 @@ def record_session(store: Store, config: Config, session: str) -> None:
     metrics = {"accuracy": 0.5, "loss": 1.25, "train_loss": 1.5, "train_accuracy": 0.45,
                "accepted": [0, 1, 2, 3], "rejected": {}}  # fmt: skip
     bound.rounds.finish(0, metrics)
-    bound.rounds.add_metrics(0, {"retries": 1, "failed_clients": 0, "duration_s": 12.5})
+    bound.rounds.add_metrics(
+        0,
+        {
+            "retries": 1,
+            "failed_clients": 0,
+            "duration_s": 12.5,
+            "cost": 0.25,
+            "cumulative_cost": 0.25,
+            "bytes": {"client_to_store": 4096, "store_to_client": 8192},
+        },
+    )
+    evaluated = {
+        "federated_loss": 1.3,
+        "federated_accuracy": 0.48,
+        "evaluated_clients": 2,
+        "failed_evaluations": 1,
+    }
+    bound.rounds.add_metrics(0, evaluated)
     bound.record.advance_round(1)
     bound.rounds.open(1, [0, 1, 2, 3])
     r.activation(1, "fl_client", 1, ms=1800)

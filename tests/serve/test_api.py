@@ -45,6 +45,7 @@ def test_a_sessions_status_has_sednas_shape_with_rounds_aggregations_and_nodes_s
     # Sedna's counters: activations still running, succeeded and failed (one timed out)
     assert (status["active"], status["succeeded"], status["failed"]) == (1, 7, 1)
     assert (status["currentRound"], status["aggregations"], status["accuracy"]) == (1, 1, 0.5)
+    assert status["federatedAccuracy"] == 0.48
     assert status["startTime"] and status["completionTime"] is None and status["retries"] == 1
     (condition,) = status["conditions"]
     assert (condition["type"], condition["status"], condition["reason"]) == (
@@ -72,7 +73,7 @@ def test_a_sessions_status_has_sednas_shape_with_rounds_aggregations_and_nodes_s
         ("success", 1, "openwhisk/local"),
         ("timed out", 1, "openwhisk/local"),
     }
-    assert status["cost"] is None  # nothing records costs yet
+    assert status["cost"] is None  # this fixture's session was never priced by a keeper
 
 
 def test_status_json_prints_the_same_document_as_the_api(served: Served) -> None:
@@ -106,6 +107,20 @@ def test_sessions_and_rounds_list_what_the_store_holds(served: Served, descripti
         (1, "open", None, None),
     ]
     assert rounds[0]["durationSeconds"] == 12.5 and rounds[0]["updates"] == 4
+    assert [
+        (r["federatedAccuracy"], r["federatedLoss"], r["evaluatedClients"], r["failedEvaluations"])
+        for r in rounds
+    ] == [
+        (0.48, 1.3, 2, 1),
+        (None, None, None, None),
+    ]
+    assert [s["federatedAccuracy"] for s in sessions] == [0.48]
+    assert (rounds[0]["cost"], rounds[0]["cumulativeCost"], rounds[0]["bytes"]["client_to_store"]) == (
+        0.25,
+        0.25,
+        4096,
+    )
+    assert (rounds[1]["cost"], rounds[1]["bytes"]) == (None, None)  # not aggregated, not priced
 
 
 def test_activations_come_in_pages_that_add_up_to_the_ledger_in_its_order(
@@ -190,6 +205,7 @@ def test_removing_a_session_needs_the_token_and_a_running_one_needs_force(
         "rounds": 2,
         "weights": 0,
         "updates": 0,
+        "evaluations": 0,
         "partitions": 4,
         "activations": 9,
         "sessions": 1,

@@ -36,6 +36,7 @@ def test_metrics_count_rounds_accuracy_activations_retries_and_durations(served:
     assert value(samples, "fedkeeper_rounds_aggregated_total", session=s) == 1
     assert value(samples, "fedkeeper_session_accuracy", session=s) == 0.5
     assert value(samples, "fedkeeper_session_loss", session=s) == 1.25
+    assert value(samples, "fedkeeper_session_federated_accuracy", session=s) == 0.48
     assert value(samples, "fedkeeper_round_retries_total", session=s) == 1
     ow = {"session": s, "platform": "openwhisk", "cluster": "local"}
     gcf = {"session": s, "platform": "google", "cluster": "gcf", "function": "fl_invoker_weights_update"}

@@ -134,6 +134,7 @@ def test_every_keeper_query_is_served_by_an_index(store: SessionStore) -> None:
     queries = {
         "activations": {"session": "s1", "round": 0, "status": "submitted"},
         "updates": {"session": "s1", "round": 0},
+        "evaluations": {"session": "s1", "round": 0},
         "rounds": {"session": "s1", "round": 0},
         "weights": {"session": "s1", "round": 0},
         "partitions": {"session": "s1", "client": 0},

@@ -223,7 +223,25 @@ def test_configure_fit_samples_the_pool_and_sends_each_strategys_instructions() 
     }
     prox = make_strategy("fedprox", {"proximal_mu": 0.01}).configure_fit(3, pool, BASE)
     assert {(ins.config.proximal_mu, ins.config.learning_rate) for ins in prox} == {(0.01, 0.05)}
-    assert [ins.client for ins in make_strategy("fedavg").configure_evaluate(3, pool)] == list(range(10, 20))
+    assert make_strategy("fedavg").configure_evaluate(3, pool) == []  # off unless asked
+    everyone = make_strategy("fedavg", {"fraction_evaluate": 1.0}).configure_evaluate(3, pool)
+    assert [ins.client for ins in everyone] == list(range(10, 20))
+
+
+def test_configure_evaluate_draws_a_seeded_sample_of_its_own_capped_at_the_pool() -> None:
+    pool = ClientPool(tuple(range(10, 20)), 4, "random", seed=9)
+    half = make_strategy("fedavg", {"fraction_evaluate": 0.5})
+    chosen = [ins.client for ins in half.configure_evaluate(3, pool)]
+    assert len(chosen) == 5 and set(chosen) <= set(pool.ids) and chosen == sorted(chosen)
+    assert [
+        ins.client for ins in half.configure_evaluate(3, pool)
+    ] == chosen  # the same inputs, the same draw
+    assert any(
+        [ins.client for ins in half.configure_evaluate(r, pool)] != chosen for r in range(4, 10)
+    )  # each round draws anew
+    few = ClientPool((3,), 1, "random", seed=9)
+    assert [ins.client for ins in half.configure_evaluate(0, few)] == [3]  # min_evaluate_clients 2, one can
+    assert half.configure_evaluate(0, ClientPool((), 1)) == []
 
 
 def test_fit_instructions_round_trip_as_json_and_refuse_bad_fields() -> None:

@@ -1,5 +1,6 @@
 """Client selection: deterministic per (seed, round), distinct, covering every client; straggler_aware
-prefers clients likely to finish in time and still selects each within its rotation bound."""
+prefers clients likely to finish in time, min_cost_to_target cheap ones, and both still select each
+within their rotation bound."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import pytest
 from fedkeeper.function.strategies import (
     SELECTION_POLICIES,
     ClientPool,
+    ClientRate,
     ClientStats,
     FitConfig,
+    MinCost,
     make_selection,
     make_strategy,
     select_clients,
@@ -127,3 +130,24 @@ def test_a_strategys_configure_fit_selects_through_the_pools_policy_and_history(
     chosen = [ins.client for ins in fit]
     assert chosen == select_clients(ids, 4, 1, 4, policy, history)
     assert sum(c % 2 == 0 for c in chosen) >= 3  # the scored slots went to fast clients
+
+
+def test_min_cost_prefers_cheap_clients_and_still_selects_every_client_within_its_bound() -> None:
+    ids, k = list(range(10)), 3
+    # Even clients' updates cost a tenth of odd ones'; every client has run once for 2 s.
+    rates = {c: ClientRate(per_second=0.1 if c % 2 == 0 else 1.0, per_run=0.01) for c in ids}
+    policy = MinCost(seed=5, rotation_rounds=10, rates=rates)  # one rotation slot of three
+    bound = policy.bound(len(ids), k)
+    last = dict.fromkeys(ids, -1)
+    picks = []
+    for round_number in range(30):
+        history = {c: replace(ClientStats().ran(2.0), last_selected=last[c]) for c in ids}
+        chosen = select_clients(ids, k, round_number, 5, policy, history)
+        picks.append(set(chosen))
+        last.update(dict.fromkeys(chosen, round_number))
+    for start in range(len(picks) - bound + 1):
+        assert set().union(*picks[start : start + bound]) == set(ids), start
+    cheap = sum(len([c for c in p if c % 2 == 0]) for p in picks)
+    assert cheap > 0.6 * sum(len(p) for p in picks)
+    stats = ClientStats().ran(2.0)
+    assert policy.expected_cost(0, stats) == pytest.approx((0.1 * 2.0 + 0.01) / stats.p_success())

@@ -204,3 +204,25 @@ def test_federated_evaluation_weights_losses_by_examples_as_flower_does() -> Non
     )
     assert theirs is not None and loss == pytest.approx(theirs, rel=1e-12)
     assert metrics["accuracy"] == pytest.approx(sum(n * a for n, _, a in rows) / sum(n for n, _, _ in rows))
+
+
+@pytest.mark.parametrize(
+    ("fraction", "minimum", "available"),
+    [(0.5, 2, 10), (0.1, 2, 10), (0.3, 1, 7), (1.0, 2, 5), (0.25, 3, 20)],
+)
+def test_federated_evaluation_samples_as_many_clients_as_flower(
+    fraction: float, minimum: int, available: int
+) -> None:
+    theirs, _ = flower.FedAvg(
+        fraction_evaluate=fraction, min_evaluate_clients=minimum
+    ).num_evaluation_clients(available)
+    strategy = ours.make_strategy("fedavg", {"fraction_evaluate": fraction, "min_evaluate_clients": minimum})
+    mine = strategy.configure_evaluate(0, ours.ClientPool(tuple(range(available)), 1))
+    assert len(mine) == theirs
+
+
+def test_no_federated_evaluation_at_fraction_evaluate_zero_as_in_flower() -> None:
+    manager = _manager([Proxy(str(i)) for i in range(CLIENTS)])
+    parameters = ndarrays_to_parameters([np.zeros(2)])
+    assert flower.FedAvg(fraction_evaluate=0.0).configure_evaluate(1, parameters, manager) == []
+    assert ours.make_strategy("fedavg").configure_evaluate(0, ours.ClientPool(tuple(range(CLIENTS)), 1)) == []

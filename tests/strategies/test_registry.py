@@ -13,6 +13,7 @@ import pytest
 from fedkeeper.function.config import parse_config, training_fingerprint
 from fedkeeper.function.errors import ConfigError
 from fedkeeper.function.strategies import STRATEGIES, parameters
+from fedkeeper.function.strategies.registry import EVALUATE_PARAMETERS
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 BASE: dict[str, Any] = {
@@ -64,16 +65,43 @@ def test_a_mapping_names_the_strategy_and_its_parameters_and_round_trips() -> No
     )
 
 
+def test_every_strategy_takes_federated_evaluation_parameters_off_by_default() -> None:
+    default = parse_config(
+        _config({"name": "fedadam", "eta": 0.01}), "c.yaml"
+    ).fl.server_config.strategy.build()
+    assert (default.fraction_evaluate, default.min_evaluate_clients) == (0.0, 2)
+    data = _config({"name": "fedadam", "eta": 0.01, "fraction_evaluate": 0.5, "min_evaluate_clients": 3})
+    strategy = parse_config(data, "c.yaml").fl.server_config.strategy.build()
+    assert (strategy.fraction_evaluate, strategy.min_evaluate_clients) == (0.5, 3)
+    assert strategy.eta == 0.01  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize(
     ("strategy", "message"),
     [
         ("fedsgd", "strategy: unknown strategy 'fedsgd'; known: " + ", ".join(STRATEGIES)),
         (
             {"name": "fedadam", "etaa": 1},
-            "fedadam: unknown parameter(s) 'etaa'; valid: eta, eta_l, beta_1, beta_2, tau",
+            "fedadam: unknown parameter(s) 'etaa'; valid: eta, eta_l, beta_1, beta_2, tau, "
+            "fraction_evaluate, min_evaluate_clients",
         ),
-        ({"name": "fedavg", "eta": 1}, "fedavg: takes no parameters (got 'eta')"),
-        ({"name": "fedprox"}, "fedprox: missing parameter(s) proximal_mu; valid: proximal_mu"),
+        (
+            {"name": "fedavg", "eta": 1},
+            "fedavg: unknown parameter(s) 'eta'; valid: fraction_evaluate, min_evaluate_clients",
+        ),
+        (
+            {"name": "fedprox"},
+            "fedprox: missing parameter(s) proximal_mu; valid: proximal_mu, fraction_evaluate, min_evaluate_clients",
+        ),
+        (
+            {"name": "fedavg", "fraction_evaluate": 1.5},
+            "fedavg: fraction_evaluate must be in [0, 1] (got 1.5)",
+        ),
+        ({"name": "fedavg", "min_evaluate_clients": 0}, "fedavg: min_evaluate_clients must be >= 1 (got 0)"),
+        (
+            {"name": "fedavg", "min_evaluate_clients": 1.5},
+            "fedavg: min_evaluate_clients must be int (got 1.5)",
+        ),
         ({"name": "krum", "num_malicious_clients": 1.5}, "krum: num_malicious_clients must be int (got 1.5)"),
         ({"name": "fedadam", "eta": "fast"}, "fedadam: eta must be float (got 'fast')"),
         ({"name": "fedadam", "beta_1": 1.0}, "fedadam: beta_1 must be in [0, 1) (got 1.0)"),
@@ -115,7 +143,10 @@ def test_readme_documents_every_strategy_and_its_parameters() -> None:
     for name in STRATEGIES:
         assert name in rows, f"README's strategy table lacks {name}"
         for parameter in parameters(name):
-            assert f"`{parameter}`" in rows[name], f"README: {name} lacks parameter {parameter}"
+            if parameter not in EVALUATE_PARAMETERS:  # every strategy's: documented once, below the table
+                assert f"`{parameter}`" in rows[name], f"README: {name} lacks parameter {parameter}"
+    for parameter in EVALUATE_PARAMETERS:
+        assert f"`{parameter}`" in text, f"README lacks federated evaluation's {parameter}"
 
 
 def test_strategies_are_numpy_only() -> None:

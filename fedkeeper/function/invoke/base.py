@@ -42,6 +42,9 @@ class Capabilities:
     custom_objective
         Its clients run fedkeeper's own trainer, which takes a strategy's terms into the local
         objective (FedProx's proximal term, SCAFFOLD's gradient correction).
+    evaluate
+        Its clients can run an evaluate activation (federated evaluation on held-out data), not
+        only train.
     """
 
     async_invoke: bool
@@ -51,6 +54,7 @@ class Capabilities:
     max_duration_s: int
     memory_mb: tuple[int, int] | None = None
     custom_objective: bool = True
+    evaluate: bool = True
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class Needs:
     memory_mb: int | None = None
     request_bytes: int | None = None
     custom_objective: bool = False
+    evaluate: bool = False
 
 
 def unsupported(capabilities: Capabilities, needs: Needs) -> list[str]:
@@ -91,6 +96,8 @@ def unsupported(capabilities: Capabilities, needs: Needs) -> list[str]:
         )
     if needs.custom_objective and not capabilities.custom_objective:
         reasons.append("fixed trainer: no proximal term or gradient correction")
+    if needs.evaluate and not capabilities.evaluate:
+        reasons.append("fixed trainer: trains only, no federated evaluation")
     return reasons
 
 

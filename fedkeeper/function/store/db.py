@@ -18,6 +18,7 @@ from pymongo.database import Database
 
 from fedkeeper.function.errors import StoreError
 from fedkeeper.function.store.blobs import BlobStore
+from fedkeeper.function.store.evaluations import Evaluations
 from fedkeeper.function.store.global_weights import GlobalWeights
 from fedkeeper.function.store.mongo import shared_client, store_errors
 from fedkeeper.function.store.partitions import Partitions
@@ -38,6 +39,9 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("session", ASCENDING), ("round", ASCENDING), ("client", ASCENDING)], unique=True),
         # a client's latest top-k residual (round <)
         IndexModel([("session", ASCENDING), ("client", ASCENDING), ("round", ASCENDING)]),
+    ],
+    "evaluations": [
+        IndexModel([("session", ASCENDING), ("round", ASCENDING), ("client", ASCENDING)], unique=True),
     ],
     "partitions": [IndexModel([("session", ASCENDING), ("client", ASCENDING)], unique=True)],
     # strategy state: exact (round) and latest-at-or-before (round <=) look-ups
@@ -106,7 +110,7 @@ class Store:
 
 class SessionStore:
     """One session's state, by concern: ``record`` (its document), ``weights``, ``updates``,
-    ``partitions``, ``rounds`` and ``strategy``. Nothing here takes a session id."""
+    ``evaluations``, ``partitions``, ``rounds`` and ``strategy``. Nothing here takes a session id."""
 
     def __init__(self, store: Store, session_id: str) -> None:
         self.id = session_id
@@ -115,6 +119,7 @@ class SessionStore:
         self.record = SessionRecord(*parts)
         self.weights = GlobalWeights(*parts)
         self.updates = Updates(*parts)
+        self.evaluations = Evaluations(*parts)
         self.partitions = Partitions(*parts)
         self.rounds = Rounds(*parts)
         self.strategy = StrategyStates(*parts)

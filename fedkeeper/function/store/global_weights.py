@@ -49,6 +49,11 @@ class GlobalWeights(SessionBound):
             raise StoreError(f"session {self.session_id}: round {round_number} weights fail their checksum")
         return weights
 
+    def payload_bytes(self, round_number: int) -> int | None:
+        """The stored size of a round's weights: what each reader of them moves (None: not stored)."""
+        doc = self._col.find_one({"session": self.session_id, "round": round_number}, {"blob.size": 1})
+        return int(doc["blob"]["size"]) if doc is not None else None
+
     def has(self, round_number: int) -> bool:
         key = {"session": self.session_id, "round": round_number}
         return self._col.find_one(key, {"_id": 1}) is not None

@@ -1,4 +1,8 @@
-"""A session's rounds: the selection (written once), the closing set (frozen once), the metrics."""
+"""A session's rounds: the selection (written once), the closing set (frozen once), the metrics.
+
+Federated evaluation of a round's new weights is a second phase of the same document, under
+``evaluate``: its own selection, status and closing set, written and frozen the same way.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ from pymongo import ASCENDING, ReturnDocument
 
 from fedkeeper.function.errors import StoreError
 from fedkeeper.function.store.mongo import SessionBound, store_errors, utcnow
-from fedkeeper.function.store.statuses import RoundStatus
+from fedkeeper.function.store.statuses import RoundStatus, Task
+
+EVALUATE = "evaluate"  # the field holding a round's evaluation phase
 
 
 @store_errors
@@ -39,24 +45,57 @@ class Rounds(SessionBound):
         assert doc is not None  # upsert with AFTER always returns the document
         return [int(c) for c in doc["selected"]]
 
-    def close(
-        self, round_number: int, included: Sequence[int], failed: Sequence[int] = (), late: Sequence[int] = ()
-    ) -> list[int]:
-        """Freeze the set of updates the round aggregates, with who failed and who was late
-        (first close wins); the included clients."""
+    def open_evaluate(self, round_number: int, selected: Sequence[int]) -> list[int]:
+        """Record which clients evaluate the round's new weights, once; a resumed keeper gets the
+        original selection back."""
         self._col.update_one(
-            {"session": self.session_id, "round": round_number, "status": RoundStatus.OPEN},
+            {"session": self.session_id, "round": round_number, EVALUATE: {"$exists": False}},
             {
                 "$set": {
-                    "status": RoundStatus.CLOSED,
-                    "included": sorted(int(c) for c in included),
-                    "failed": sorted(int(c) for c in failed),
-                    "late": sorted(int(c) for c in late),
-                    "closed_at": utcnow(),
+                    EVALUATE: {
+                        "selected": [int(c) for c in selected],
+                        "status": RoundStatus.OPEN,
+                        "started_at": utcnow(),
+                    }
                 }
             },
         )
-        return [int(c) for c in self.get(round_number)["included"]]
+        return [int(c) for c in self.phase(round_number, Task.EVALUATE)["selected"]]
+
+    def phase(self, round_number: int, task: Task) -> dict[str, Any]:
+        """The round's document for ``task``: the round itself (fit), or its evaluation phase with
+        the round's number."""
+        doc = self.get(round_number)
+        if task is Task.FIT:
+            return doc
+        if EVALUATE not in doc:
+            raise StoreError(f"session {self.session_id}: round {round_number}'s evaluation was never opened")
+        return {"round": round_number, **doc[EVALUATE]}
+
+    def close(
+        self,
+        round_number: int,
+        included: Sequence[int],
+        failed: Sequence[int] = (),
+        late: Sequence[int] = (),
+        task: Task = Task.FIT,
+    ) -> list[int]:
+        """Freeze the set of updates the round aggregates (or of evaluations, for ``EVALUATE``),
+        with who failed and who was late (first close wins); the included clients."""
+        at = "" if task is Task.FIT else f"{EVALUATE}."
+        self._col.update_one(
+            {"session": self.session_id, "round": round_number, f"{at}status": RoundStatus.OPEN},
+            {
+                "$set": {
+                    f"{at}status": RoundStatus.CLOSED,
+                    f"{at}included": sorted(int(c) for c in included),
+                    f"{at}failed": sorted(int(c) for c in failed),
+                    f"{at}late": sorted(int(c) for c in late),
+                    f"{at}closed_at": utcnow(),
+                }
+            },
+        )
+        return [int(c) for c in self.phase(round_number, task)["included"]]
 
     def finish(self, round_number: int, metrics: dict[str, Any]) -> None:
         self._col.update_one(
@@ -84,6 +123,18 @@ class Rounds(SessionBound):
         if doc is None:
             raise StoreError(f"session {self.session_id}: round {round_number} was never opened")
         return dict(doc)
+
+    def metric_sum(self, name: str) -> float:
+        """The sum of a numeric metric over the session's rounds (those without it count 0)."""
+        found = list(
+            self._col.aggregate(
+                [
+                    {"$match": {"session": self.session_id}},
+                    {"$group": {"_id": None, "sum": {"$sum": f"$metrics.{name}"}}},
+                ]
+            )
+        )
+        return float(found[0]["sum"]) if found else 0.0
 
     def all(self) -> list[dict[str, Any]]:
         return list(self._col.find({"session": self.session_id}).sort("round", ASCENDING))

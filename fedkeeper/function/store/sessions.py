@@ -56,6 +56,11 @@ class SessionRecord(SessionBound):
         }
         self._col.update_one({"_id": self.session_id}, {"$set": update, "$push": {"conditions": condition}})
 
+    def set_cost(self, total: float, last_round: float, currency: str) -> None:
+        """The session's cost so far and its latest round's, as the status shows them."""
+        cost = {"total": total, "round": last_round, "currency": currency}
+        self._col.update_one({"_id": self.session_id}, {"$set": {"cost": cost}})
+
     def restart_budgets(self) -> datetime:
         """Give every client a fresh retry budget from now (a ``Failed`` session being resumed)."""
         now = utcnow()

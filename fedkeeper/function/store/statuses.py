@@ -1,4 +1,5 @@
-"""The states a session, a round and an update go through, as stored (values are MongoDB's)."""
+"""The states a session, a round and an update go through, and what a client activation does, as
+stored (values are MongoDB's)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,11 @@ class UpdateStatus(StrEnum):
     RECEIVED = "received"
     ACCEPTED = "accepted"
     REJECTED = "rejected"  # failed its checks when written or when aggregated; no weights count
+
+
+class Task(StrEnum):
+    """What an activation of ``fl_client`` does: train (``FIT``) or evaluate the new global
+    weights on its held-out data (``EVALUATE``, federated evaluation)."""
+
+    FIT = "fit"
+    EVALUATE = "evaluate"

@@ -2,8 +2,9 @@
 
 ``configure_fit`` (in the keeper, when a round opens) picks the clients and tells each what to
 do; ``aggregate_fit`` (in ``fl_server_aggregator``) turns the round's updates into the next
-global weights; ``configure_evaluate``/``aggregate_evaluate`` are federated evaluation on the
-clients' held-out data; ``evaluate`` is the central one. Strategies are numpy only.
+global weights; ``configure_evaluate``/``aggregate_evaluate`` (in the keeper, after the round is
+aggregated) are federated evaluation of the new weights on the clients' held-out data;
+``evaluate`` is the central one. Strategies are numpy only.
 
 Updates stream: ``aggregate_fit`` sees each one once, validates it before any state changes (a
 rejected update leaves the aggregate exactly as it was) and folds it in. Strategies of the FedAvg
@@ -16,12 +17,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Self
 
 import numpy as np
 
 from fedkeeper.function.errors import FedkeeperError, InvalidUpdate
 from fedkeeper.function.store.weights import check_update
+from fedkeeper.function.strategies.checks import at_least_one, fraction
 from fedkeeper.function.strategies.records import (
     EvaluateIns,
     EvaluateRes,
@@ -93,8 +95,23 @@ class Strategy(ABC):
     # Its algebra assumes plain SGD steps on the client (model_params.optimizer: sgd).
     sgd_only: ClassVar[bool] = False
 
+    # Federated evaluation, Flower's parameters (set by :meth:`evaluating`). Off by default, unlike
+    # Flower's fraction_evaluate 1.0: on FaaS every evaluation is a paid activation.
+    fraction_evaluate: float = 0.0
+    min_evaluate_clients: int = 2
+
     def __init__(self) -> None:
         self._context: RoundContext | None = None
+
+    def evaluating(self, fraction_evaluate: float = 0.0, min_evaluate_clients: int = 2) -> Self:
+        """Set federated evaluation's parameters, which every strategy takes besides its own.
+
+        ``fraction_evaluate``: the share of the clients that can evaluate which does so after
+        each round (0: none); ``min_evaluate_clients``: at least this many (as many as can, if fewer).
+        """
+        self.fraction_evaluate = fraction("fraction_evaluate", fraction_evaluate)
+        self.min_evaluate_clients = at_least_one("min_evaluate_clients", min_evaluate_clients)
+        return self
 
     # ------------------------------------------------------------------ fit
     def configure_fit(self, round_number: int, pool: ClientPool, base: FitConfig) -> list[FitIns]:
@@ -148,8 +165,18 @@ class Strategy(ABC):
 
     # ------------------------------------------------------------------ evaluation
     def configure_evaluate(self, round_number: int, pool: ClientPool) -> list[EvaluateIns]:
-        """Which clients evaluate the new weights on their held-out data (Flower's default: all)."""
-        return [EvaluateIns(client) for client in pool.ids]
+        """Which clients evaluate round ``round_number``'s new weights on their held-out data.
+
+        As Flower's: none when ``fraction_evaluate`` is 0, else ``max(int(n * fraction_evaluate),
+        min_evaluate_clients)`` of the ``n`` clients in ``pool`` drawn at random (seeded by the
+        round); capped at ``n``, where Flower would wait for more clients to connect.
+        """
+        if self.fraction_evaluate == 0.0 or not pool.ids:
+            return []
+        wanted = max(int(len(pool.ids) * self.fraction_evaluate), self.min_evaluate_clients)
+        return [
+            EvaluateIns(client) for client in pool.sample_evaluate(round_number, min(wanted, len(pool.ids)))
+        ]
 
     def aggregate_evaluate(
         self, round_number: int, results: Iterable[EvaluateRes], failures: Sequence[Failure]

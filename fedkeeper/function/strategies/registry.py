@@ -1,7 +1,9 @@
 """Strategies by the name ``server_config.strategy`` uses: the only list of names.
 
-A strategy's parameters are its constructor's keyword arguments, with Flower's names; they are
-read from the signature, so adding a strategy is its class and one entry here.
+A strategy's parameters are its constructor's keyword arguments, with Flower's names, and
+federated evaluation's (:meth:`Strategy.evaluating`: ``fraction_evaluate``,
+``min_evaluate_clients``), which every strategy takes; they are read from the signatures, so
+adding a strategy is its class and one entry here.
 """
 
 from __future__ import annotations
@@ -52,10 +54,17 @@ def strategy_class(name: str) -> type[Strategy]:
         raise ConfigError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}") from None
 
 
+def _keywords(function: Any) -> dict[str, inspect.Parameter]:
+    return {key: p for key, p in inspect.signature(function).parameters.items() if key != "self"}
+
+
+EVALUATE_PARAMETERS = _keywords(Strategy.evaluating)
+
+
 def parameters(name: str) -> dict[str, inspect.Parameter]:
-    """``name``'s parameters (constructor keywords) in declaration order, with their defaults."""
-    signature = inspect.signature(strategy_class(name).__init__)
-    return {key: p for key, p in signature.parameters.items() if key != "self"}
+    """``name``'s parameters in declaration order, with their defaults: its constructor's keywords,
+    then federated evaluation's."""
+    return {**_keywords(strategy_class(name).__init__), **EVALUATE_PARAMETERS}
 
 
 def make_strategy(name: str, params: Mapping[str, Any] | None = None) -> Strategy:
@@ -65,18 +74,18 @@ def make_strategy(name: str, params: Mapping[str, Any] | None = None) -> Strateg
     valid = parameters(name)
     listed = ", ".join(valid)
     unknown = sorted(set(params) - set(valid))
-    if unknown and not valid:
-        raise ConfigError(f"{name}: takes no parameters (got {', '.join(map(repr, unknown))})")
     if unknown:
         raise ConfigError(f"{name}: unknown parameter(s) {', '.join(map(repr, unknown))}; valid: {listed}")
     missing = [key for key, p in valid.items() if p.default is inspect.Parameter.empty and key not in params]
     if missing:
         raise ConfigError(f"{name}: missing parameter(s) {', '.join(missing)}; valid: {listed}")
-    hints = typing.get_type_hints(cls.__init__)
+    hints = {**typing.get_type_hints(cls.__init__), **typing.get_type_hints(Strategy.evaluating)}
     for key, value in params.items():
         _check_type(name, key, value, hints[key])
+    own = {k: v for k, v in params.items() if k not in EVALUATE_PARAMETERS}
+    evaluation = {k: v for k, v in params.items() if k in EVALUATE_PARAMETERS}
     try:
-        return cls(**params)
+        return cls(**own).evaluating(**evaluation)
     except ValueError as exc:
         raise ConfigError(f"{name}: {exc}") from None
 

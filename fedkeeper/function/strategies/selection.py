@@ -1,11 +1,13 @@
-"""Which clients train in a round: ``random``, ``round_robin`` or ``straggler_aware``.
+"""Which clients train in a round: ``random``, ``round_robin``, ``straggler_aware`` or ``min_cost_to_target``.
 
 ``random`` and ``round_robin`` need nothing but the round number and the seed. ``straggler_aware``
 (in the spirit of FedLesScan, Elzohairy et al., 2022) also reads each client's history, folded
 once per round from the activation ledger into a :class:`ClientStats`: it prefers clients likely
 to finish before the round's deadline, while a rotation share of every round goes to the clients
 picked least recently, so every client (and its data partition) trains at least once in every
-``rotation_rounds`` consecutive rounds. See docs/selection.md for the heuristic and its bound.
+``rotation_rounds`` consecutive rounds. ``min_cost_to_target`` (``server_config.objective``) keeps
+the same rotation and prefers the clients whose updates are cheapest (:class:`ClientRate`). See
+docs/selection.md for the heuristics and their bound.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+EVALUATE_STREAM = 1  # federated evaluation's draws: apart from random selection's for the same round
 EWMA_ALPHA = 0.5  # weight of the newest duration: two rounds mostly forget a one-off slow run
 MIN_SPREAD_S = 0.1  # a duration's spread is never taken as smaller than this, nor 10 % of its mean
 
@@ -153,33 +156,32 @@ class RoundRobinSelection(SelectionPolicy):
 
 
 @dataclass(frozen=True)
-class StragglerAware(SelectionPolicy):
-    """Clients likely to finish before the deadline, with a rotation share so everyone takes part.
+class Rotating(SelectionPolicy):
+    """A rotation share of every round for the clients picked least recently; the rest by :meth:`rank`.
 
     Each round, ``q = ceil(N / K)`` slots go to the clients selected least recently (never-selected
-    ones first), and the other ``k - q`` to the highest :meth:`ClientStats.p_finish` among the
-    rest (ties: shorter expected run, then a seeded draw). A client not picked in a round has at
-    least ``q`` fewer clients selected no more recently than it, so it is picked within ``K``
-    rounds of its last selection.
+    ones first), and the other ``k - q`` to the best-ranked among the rest (ties: a seeded draw). A
+    client not picked in a round has at least ``q`` fewer clients selected no more recently than
+    it, so it is picked within ``K`` rounds of its last selection: every data partition trains.
 
     Parameters
     ----------
-    deadline_s
-        ``server_config.round_deadline_s``: what "in time" means.
     rotation_rounds
         ``K``, the fairness bound; None for ``2 * ceil(N / k)``. Never below ``ceil(N / k)``, the
         fewest rounds that can cover ``N`` clients ``k`` at a time.
     """
 
-    name: ClassVar[str] = "straggler_aware"
     uses_history: ClassVar[bool] = True
-    deadline_s: float = 300.0
     rotation_rounds: int | None = None
 
     def bound(self, n: int, k: int) -> int:
         """``K``: every client is selected at least once in every ``K`` consecutive rounds."""
         fewest = math.ceil(n / k)
         return max(fewest, self.rotation_rounds or 2 * fewest)
+
+    @abstractmethod
+    def rank(self, client: int, stats: ClientStats) -> tuple[float, ...]:
+        """A client's sort key outside the rotation share: smaller is picked first."""
 
     def choose(
         self, ids: list[int], k: int, round_number: int, history: Mapping[int, ClientStats]
@@ -190,12 +192,66 @@ class StragglerAware(SelectionPolicy):
         by_age = sorted(ids, key=lambda c: (stats[c].last_selected, draw[c]))
         chosen = by_age[:rotation]
         rest = by_age[rotation:]
-        rest.sort(key=lambda c: (-stats[c].p_finish(self.deadline_s), stats[c].expected_s(), draw[c]))
+        rest.sort(key=lambda c: (*self.rank(c, stats[c]), draw[c]))
         return chosen + rest[: k - rotation]
 
 
+@dataclass(frozen=True)
+class StragglerAware(Rotating):
+    """Clients likely to finish before the deadline, with a rotation share so everyone takes part.
+
+    Outside the rotation share, the highest :meth:`ClientStats.p_finish` first (ties: shorter
+    expected run, then a seeded draw).
+
+    Parameters
+    ----------
+    deadline_s
+        ``server_config.round_deadline_s``: what "in time" means.
+    """
+
+    name: ClassVar[str] = "straggler_aware"
+    deadline_s: float = 300.0
+
+    def rank(self, client: int, stats: ClientStats) -> tuple[float, ...]:
+        return (-stats.p_finish(self.deadline_s), stats.expected_s())
+
+
+@dataclass(frozen=True)
+class ClientRate:
+    """What one attempt of a client costs: ``per_second`` of its run, plus ``per_run`` (invocations
+    and the bytes it moves), at its platform's prices."""
+
+    per_second: float = 0.0
+    per_run: float = 0.0
+
+
+@dataclass(frozen=True)
+class MinCost(Rotating):
+    """``objective: min_cost_to_target``: the cheapest expected updates, with a rotation share.
+
+    Outside the rotation share, the lowest expected cost of a delivered update first:
+    ``(per_second * expected_s + per_run) / p_success`` (ties: shorter expected run, then a seeded
+    draw). The rotation share keeps every partition (and so every label it holds) in training.
+
+    Parameters
+    ----------
+    rates
+        Each client's :class:`ClientRate` (a client without one costs nothing).
+    """
+
+    name: ClassVar[str] = "min_cost_to_target"
+    rates: Mapping[int, ClientRate] = field(default_factory=dict)
+
+    def expected_cost(self, client: int, stats: ClientStats) -> float:
+        rate = self.rates.get(client, ClientRate())
+        return (rate.per_second * stats.expected_s() + rate.per_run) / stats.p_success()
+
+    def rank(self, client: int, stats: ClientStats) -> tuple[float, ...]:
+        return (self.expected_cost(client, stats), stats.expected_s())
+
+
 SELECTION_POLICIES: dict[str, type[SelectionPolicy]] = {
-    p.name: p for p in (RandomSelection, RoundRobinSelection, StragglerAware)
+    p.name: p for p in (RandomSelection, RoundRobinSelection, StragglerAware, MinCost)
 }
 
 
@@ -206,7 +262,9 @@ def make_selection(
     if name not in SELECTION_POLICIES:
         raise ValueError(f"unknown selection policy {name!r}; known: {', '.join(SELECTION_POLICIES)}")
     if name == StragglerAware.name:
-        return StragglerAware(seed, deadline_s, rotation_rounds)
+        return StragglerAware(seed, rotation_rounds=rotation_rounds, deadline_s=deadline_s)
+    if name == MinCost.name:  # its rates are the keeper's, given round by round
+        return MinCost(seed, rotation_rounds=rotation_rounds)
     return SELECTION_POLICIES[name](seed)
 
 
@@ -250,3 +308,10 @@ class ClientPool:
     def sample(self, round_number: int) -> list[int]:
         """The clients of ``round_number``, sorted (see :func:`select_clients`)."""
         return select_clients(self.ids, self.per_round, round_number, self.seed, self.policy, self.history)
+
+    def sample_evaluate(self, round_number: int, k: int) -> list[int]:
+        """``k`` clients drawn at random for federated evaluation, sorted; a draw of its own, apart
+        from who trains (as Flower samples evaluation apart from fit)."""
+        rng = np.random.default_rng((self.seed % 2**64, round_number % 2**64, EVALUATE_STREAM))
+        ids = sorted(self.ids)
+        return sorted(ids[i] for i in rng.choice(len(ids), size=k, replace=False))

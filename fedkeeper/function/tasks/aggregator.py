@@ -80,6 +80,9 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
         "examples": int(examples),
         # what the round's clients stored, as encoded by the session's codec
         "update_bytes": sum(int(m.get("payload_bytes") or 0) for m in marks),
+        "update_bytes_by_client": {str(m["client"]): int(m.get("payload_bytes") or 0) for m in marks},
+        # the round's global weights, which every client attempt and the aggregator read
+        "weights_bytes": store.weights.payload_bytes(round_number) or 0,
         "strategy": strategy.name,
         **(dict(next_state.metrics) if next_state is not None else {}),
     }

@@ -1,10 +1,14 @@
-"""``fl_client``: one local training run.
+"""``fl_client``: one local training run, or one federated evaluation (``"task": "evaluate"``).
 
 Direct mode (``{"session","round","client","attempt"}``, store bound at deploy time): reads the
 round's weights, its instructions for this client and the client's partition from the store and
 writes the update itself.
 Inline mode (a :class:`~fedkeeper.function.tasks.contract.ClientJob`): everything arrives in the call and
 the update goes back in the reply; no database credentials needed.
+An evaluation evaluates round ``r``'s new global weights (round ``r + 1``'s) on the client's rows
+of the test split (:func:`~fedkeeper.function.tasks.common.held_out`), in numpy, and stores (direct)
+or returns (inline, an :class:`~fedkeeper.function.tasks.contract.EvaluateReply`) its loss,
+accuracy and example count.
 
 A warm worker keeps what it read (:class:`WarmInputs`), besides the compiled model
 (``learning.models``) and the loaded data set (``learning.datasets``): a warm activation costs its
@@ -23,20 +27,25 @@ import numpy as np
 from fedkeeper.function.config import ModelParams, TrainingTestData
 from fedkeeper.function.errors import InvalidUpdate
 from fedkeeper.function.learning.datasets import load_dataset
+from fedkeeper.function.learning.evaluation import evaluate
 from fedkeeper.function.learning.training import LocalResult, train_local
 from fedkeeper.function.store import weights as wire
 from fedkeeper.function.store.db import SessionStore, Store
+from fedkeeper.function.store.statuses import Task
 from fedkeeper.function.strategies import FitConfig
 from fedkeeper.function.tasks.common import (
     SessionSettings,
     check_indices,
     correction,
     fitted_model,
+    held_out,
     instructions,
     require,
+    store_evaluation,
     store_update,
+    task_of,
 )
-from fedkeeper.function.tasks.contract import ClientReply
+from fedkeeper.function.tasks.contract import ClientReply, EvaluateReply
 from fedkeeper.function.tasks.entry import BadRequest
 
 
@@ -66,6 +75,16 @@ def train_partition(
         proximal_mu=fit.proximal_mu,
         correction=gradient_correction,
     )
+
+
+def evaluate_held_out(
+    weights: wire.Weights, spec: TrainingTestData, model: ModelParams, indices: np.ndarray
+) -> tuple[int, float, float]:
+    """``(num_examples, loss, accuracy)`` of ``weights`` on the test split's rows ``indices``."""
+    dataset = load_dataset(spec)
+    rows = check_indices(np.asarray(indices, dtype=np.int64), len(dataset.y_test))
+    loss, accuracy = evaluate(weights, dataset.x_test[rows], dataset.y_test[rows], model, dataset.num_classes)
+    return len(rows), loss, accuracy
 
 
 def shuffle_seed(model: ModelParams, round_number: int, client: int) -> int:
@@ -104,6 +123,24 @@ def _inline(params: dict[str, Any]) -> ClientReply:
         num_examples=result.num_examples,
         loss=result.loss,
         accuracy=result.accuracy,
+    )
+
+
+def _inline_evaluate(params: dict[str, Any]) -> EvaluateReply:
+    client = require(params, "client", int)
+    round_number = require(params, "round", int)
+    data = require(params, "data", dict)
+    try:
+        spec = TrainingTestData.model_validate(data.get("dataset"))
+        model = ModelParams.model_validate(require(params, "model", dict))
+    except ValueError as exc:
+        raise BadRequest(f"bad data or model settings: {str(exc).splitlines()[0]}") from None
+    indices = np.asarray(require(data, "indices", list))
+    num_examples, loss, accuracy = evaluate_held_out(
+        wire.from_b64(require(params, "weights", str)), spec, model, indices
+    )
+    return EvaluateReply(
+        client=client, round=round_number, num_examples=num_examples, loss=loss, accuracy=accuracy
     )
 
 
@@ -178,13 +215,15 @@ def _read_only(arrays: list[np.ndarray]) -> list[np.ndarray]:
 warm_inputs = WarmInputs()
 
 
-def _direct(params: dict[str, Any]) -> dict[str, Any]:
+def _direct(params: dict[str, Any], task: Task) -> dict[str, Any]:
     db = Store.from_bound(params)
     session_id = require(params, "session", str)
     store = db.for_session(session_id)
     round_number = require(params, "round", int)
     client = require(params, "client", int)
     attempt = require(params, "attempt", int)
+    if task is Task.EVALUATE:
+        return _direct_evaluate(store, round_number, client, attempt)
     summary: dict[str, Any] = {"client": client, "round": round_number}
     if store.updates.has(round_number, client):
         return {**summary, "stored": False, "reason": "an update for this round is already stored"}
@@ -218,7 +257,31 @@ def _direct(params: dict[str, Any]) -> dict[str, Any]:
     return {**summary, **outcome}
 
 
+def _direct_evaluate(store: SessionStore, round_number: int, client: int, attempt: int) -> dict[str, Any]:
+    summary: dict[str, Any] = {"client": client, "round": round_number, "task": Task.EVALUATE.value}
+    if store.evaluations.has(round_number, client):
+        return {**summary, "stored": False, "reason": "an evaluation of this round is already stored"}
+    settings = warm_inputs.settings(store)
+    if not 0 <= client < settings.total_clients:
+        raise BadRequest(f"client {client} is not one of the session's {settings.total_clients} clients")
+    weights = warm_inputs.weights(store, round_number + 1)  # what the round aggregated
+    indices = held_out(settings.data, settings.sampling, settings.total_clients)[client]
+    num_examples, loss, accuracy = evaluate_held_out(weights, settings.data, settings.model, indices)
+    outcome = store_evaluation(
+        store,
+        round_number,
+        client,
+        held_out_size=len(indices),
+        num_examples=num_examples,
+        loss=loss,
+        accuracy=accuracy,
+        attempt=attempt,
+    )
+    return {**summary, **outcome}
+
+
 def handle(params: dict[str, Any]) -> dict[str, Any]:
+    task = task_of(params)
     if "weights" in params:
-        return dict(_inline(params))
-    return _direct(params)
+        return dict(_inline_evaluate(params) if task is Task.EVALUATE else _inline(params))
+    return _direct(params, task)

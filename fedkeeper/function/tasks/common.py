@@ -1,18 +1,23 @@
-"""What the four functions share: parsing their parameters, the session's settings, the update gate."""
+"""What the four functions share: parsing their parameters, the session's settings, the update and
+evaluation gates, the clients' held-out data."""
 
 from __future__ import annotations
 
 import math
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from fedkeeper.function.config import DataSampling, ModelParams, ServerConfig, TrainingTestData
-from fedkeeper.function.errors import InvalidUpdate
+from fedkeeper.function.errors import ConfigError, InvalidEvaluation, InvalidUpdate
+from fedkeeper.function.learning.datasets import load_dataset
+from fedkeeper.function.learning.partition import partition
 from fedkeeper.function.store import weights as wire
 from fedkeeper.function.store.db import SessionStore
+from fedkeeper.function.store.statuses import Task
 from fedkeeper.function.strategies import FitConfig, StrategyState
 from fedkeeper.function.tasks import entry
 from fedkeeper.function.tasks.entry import BadRequest
@@ -48,6 +53,44 @@ class SessionSettings:
             server=ServerConfig.model_validate(scenario["server_config"]),
             total_clients=int(scenario["clients_info"]["total_num_clients"]),
         )
+
+
+def task_of(params: dict[str, Any]) -> Task:
+    """What a client call asks: ``task`` (fit when absent, as every call before evaluation was)."""
+    value = params.get("task", Task.FIT.value)
+    if value not in {t.value for t in Task}:
+        raise BadRequest(f"parameter 'task' must be one of {', '.join(t.value for t in Task)}, got {value!r}")
+    return Task(value)
+
+
+_held_out: dict[tuple[TrainingTestData, DataSampling, int], list[np.ndarray]] = {}
+_held_out_lock = threading.Lock()
+
+
+def held_out(data: TrainingTestData, sampling: DataSampling, total_clients: int) -> list[np.ndarray]:
+    """Each client's rows of the data set's test split: its held-out data for federated evaluation.
+
+    The test split is partitioned as the training set is (same method, same seed), so a client
+    evaluates on data distributed like its own, and training is unchanged. Kept per process, as
+    the data set is. A test split too small for the partitioning is a :class:`ConfigError`.
+    """
+    key = (data, sampling, total_clients)
+    with _held_out_lock:
+        cached = _held_out.get(key)
+    if cached is not None:
+        return cached
+    labels = load_dataset(data).y_test
+    try:
+        parts = partition(labels, total_clients, sampling)
+    except ValueError as exc:
+        raise ConfigError(
+            f"federated evaluation: the test split's {len(labels)} examples cannot be shared among "
+            f"{total_clients} clients as data_sampling says ({exc}); set fraction_evaluate: 0"
+        ) from None
+    for part in parts:
+        part.setflags(write=False)
+    with _held_out_lock:
+        return _held_out.setdefault(key, parts)
 
 
 def instructions(
@@ -155,3 +198,44 @@ def store_update(
         )
         return {"stored": stored, "rejected": str(exc)}
     return {"stored": stored, "num_examples": count, "loss": loss_value, "accuracy": accuracy_value}
+
+
+def store_evaluation(
+    session: SessionStore,
+    round_number: int,
+    client: int,
+    *,
+    held_out_size: int,
+    num_examples: Any,
+    loss: Any,
+    accuracy: Any,
+    attempt: int,
+    activation_id: str | None = None,
+) -> dict[str, Any]:
+    """Check a client's evaluation and store it (once per round and client): the one gate of both
+    routes. A bad one raises :class:`InvalidEvaluation`, a failed attempt the keeper retries."""
+    activation_id = activation_id or entry.activation_id.get()
+    if (
+        isinstance(num_examples, bool)
+        or not isinstance(num_examples, int)
+        or not 0 < num_examples <= held_out_size
+    ):
+        raise InvalidEvaluation(
+            f"client {client}: num_examples must be an integer in 1..{held_out_size}, got {str(num_examples)[:40]!r}"
+        )
+    try:
+        loss_value, accuracy_value = _metric(loss, "loss"), _metric(accuracy, "accuracy")
+    except InvalidUpdate as exc:
+        raise InvalidEvaluation(f"client {client}: {exc}") from None
+    if not 0 <= accuracy_value <= 1:
+        raise InvalidEvaluation(f"client {client}: accuracy must be in [0, 1], got {accuracy_value!r}")
+    stored = session.evaluations.put(
+        round_number,
+        client,
+        num_examples,
+        loss_value,
+        accuracy_value,
+        activation_id=activation_id,
+        attempt=attempt,
+    )
+    return {"stored": stored, "num_examples": num_examples, "loss": loss_value, "accuracy": accuracy_value}

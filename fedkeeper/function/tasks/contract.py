@@ -8,6 +8,11 @@ round's global weights and its partition from the store and writes its update th
 Inline mode (platforms without store access, reached through ``fl_invoker_weights_update``):
 the invoker sends a :class:`ClientJob` and receives a :class:`ClientReply`. Weights are base64
 ``.npz`` (:func:`fedkeeper.function.store.weights.to_b64`), never pickles.
+
+Federated evaluation is the same call with ``"task": "evaluate"``
+(:class:`~fedkeeper.function.store.statuses.Task`): direct, the keys; inline, an
+:class:`EvaluateJob` answered by an :class:`EvaluateReply`. A call without ``task`` trains, so a
+fit call is what it always was.
 """
 
 from __future__ import annotations
@@ -30,6 +35,25 @@ class ClientJob(TypedDict):
     data: DataRef
     fit: NotRequired[dict[str, Any]]  # fedkeeper.function.strategies.FitConfig (default: from model)
     correction: NotRequired[str]  # base64 .npz added to each gradient (SCAFFOLD's c - c_i)
+
+
+class EvaluateJob(TypedDict):
+    session: str
+    round: int  # the round whose new global weights are evaluated
+    client: int
+    attempt: int
+    task: str  # "evaluate"
+    weights: str  # base64 .npz of the round's new global weights
+    model: dict[str, Any]  # fedkeeper.function.config.ModelParams as JSON
+    data: DataRef  # indices: the client's rows of the test set (its held-out data)
+
+
+class EvaluateReply(TypedDict):
+    client: int
+    round: int
+    num_examples: int
+    loss: float
+    accuracy: float
 
 
 class ClientReply(TypedDict):

@@ -1,5 +1,9 @@
 """``fl_server_init``: a session's round-0 global weights and the clients' data partitions.
 
+With federated evaluation on, it also partitions the test split once (the clients' held-out
+data, :func:`~fedkeeper.function.tasks.common.held_out`), so a test split too small for it fails
+the session here, in one line, rather than every evaluation.
+
 The session is marked initialised only after both are written, so an init that dies half-way is
 run again (each write is idempotent) rather than taken as done.
 """
@@ -12,7 +16,7 @@ from fedkeeper.function.learning.architecture import initial_weights
 from fedkeeper.function.learning.datasets import load_dataset
 from fedkeeper.function.learning.partition import partition
 from fedkeeper.function.store.db import Store
-from fedkeeper.function.tasks.common import SessionSettings, require
+from fedkeeper.function.tasks.common import SessionSettings, held_out, require
 
 
 def handle(params: dict[str, Any]) -> dict[str, Any]:
@@ -24,6 +28,8 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
     weights = initial_weights(settings.model, dataset.num_features, dataset.num_classes)
     created = store.weights.put(0, weights)
     parts = partition(dataset.y_train, settings.total_clients, settings.sampling)
+    if settings.server.strategy.build().fraction_evaluate > 0:
+        held_out(settings.data, settings.sampling, settings.total_clients)
     store.partitions.put(parts)
     store.record.mark_initialised()
     sizes = store.partitions.sizes()

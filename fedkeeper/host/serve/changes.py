@@ -7,7 +7,7 @@ from fedkeeper.function.store.db import Store, store_errors
 from fedkeeper.function.store.statuses import Phase
 from fedkeeper.host.serve.documents import NoSuchSession
 
-SESSION_COLLECTIONS = ("rounds", "weights", "updates", "partitions", "activations")
+SESSION_COLLECTIONS = ("rounds", "weights", "updates", "evaluations", "partitions", "activations")
 BLOB_COLLECTIONS = ("weights", "updates")
 ACTIVE_PHASES = (Phase.PENDING.value, Phase.RUNNING.value)
 

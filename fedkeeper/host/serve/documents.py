@@ -179,6 +179,7 @@ class StatusReader:
                 "aggregations": latest.get("aggregations", 0),
                 "accuracy": latest.get("accuracy"),
                 "loss": latest.get("loss"),
+                "federatedAccuracy": latest.get("federated_accuracy"),
                 "retries": sum(g["retries"] for g in by_where),
                 "lastActivityTime": iso(last_activity),
                 "nodes": nodes,
@@ -336,7 +337,8 @@ class StatusReader:
             raise NoSuchSession(f"no session {session_id!r} in database {self.db.name}")
 
     def _latest_metrics(self, session_ids: list[str]) -> dict[str, dict[str, float | int | None]]:
-        """Each session's rounds aggregated, and the latest one's accuracy and loss (one query)."""
+        """Each session's rounds aggregated, and the latest one's accuracy, loss and federated
+        accuracy (one query)."""
         if not session_ids:
             return {}
         pipeline: list[dict[str, Any]] = [
@@ -348,6 +350,7 @@ class StatusReader:
                     "aggregations": {"$sum": 1},
                     "accuracy": {"$last": "$metrics.accuracy"},
                     "loss": {"$last": "$metrics.loss"},
+                    "federated_accuracy": {"$last": "$metrics.federated_accuracy"},
                 }
             },
         ]
@@ -356,6 +359,7 @@ class StatusReader:
                 "aggregations": int(g["aggregations"]),
                 "accuracy": _number(g["accuracy"]),
                 "loss": _number(g["loss"]),
+                "federated_accuracy": _number(g["federated_accuracy"]),
             }
             for g in self.db.rounds.aggregate(pipeline)
         }
@@ -502,6 +506,7 @@ def _session_summary(doc: dict[str, Any], latest: dict[str, Any]) -> dict[str, A
         "aggregations": latest.get("aggregations", 0),
         "accuracy": latest.get("accuracy"),
         "loss": latest.get("loss"),
+        "federatedAccuracy": latest.get("federated_accuracy"),
         "active": int(counters.get("active", 0)),
         "succeeded": int(counters.get("succeeded", 0)),
         "failed": int(counters.get("failed", 0)),
@@ -578,6 +583,13 @@ def _round(doc: dict[str, Any]) -> dict[str, Any]:
         "retries": metrics.get("retries"),
         "failedClients": metrics.get("failed_clients"),
         "durationSeconds": _number(metrics.get("duration_s")),
+        "federatedAccuracy": _number(metrics.get("federated_accuracy")),
+        "federatedLoss": _number(metrics.get("federated_loss")),
+        "evaluatedClients": metrics.get("evaluated_clients"),
+        "failedEvaluations": metrics.get("failed_evaluations"),
+        "cost": _number(metrics.get("cost")),
+        "cumulativeCost": _number(metrics.get("cumulative_cost")),
+        "bytes": {str(k): int(v) for k, v in metrics["bytes"].items()} if metrics.get("bytes") else None,
     }
 
 
@@ -587,6 +599,7 @@ def _activation(doc: dict[str, Any]) -> dict[str, Any]:
     return {
         "round": doc.get("round"),
         "function": doc.get("function"),
+        "task": doc.get("task", "fit"),
         "client": None if client is None or client < 0 else client,
         "attempt": doc.get("attempt"),
         "platform": doc.get("platform"),

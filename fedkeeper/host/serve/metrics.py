@@ -160,6 +160,11 @@ def _sessions(t: Telemetry) -> Iterator[Metric]:
     loss = GaugeMetricFamily(
         "fedkeeper_session_loss", "Test loss after the latest aggregated round", labels=["session"]
     )
+    federated = GaugeMetricFamily(
+        "fedkeeper_session_federated_accuracy",
+        "Federated evaluation's accuracy after the latest aggregated round (once it is evaluated)",
+        labels=["session"],
+    )
     retries = CounterMetricFamily(
         "fedkeeper_round_retries",
         "Client retries in aggregated rounds (the keeper's count)",
@@ -181,13 +186,15 @@ def _sessions(t: Telemetry) -> Iterator[Metric]:
             accuracy.add_metric([name], s["accuracy"])
         if s["loss"] is not None:
             loss.add_metric([name], s["loss"])
+        if s["federatedAccuracy"] is not None:
+            federated.add_metric([name], s["federatedAccuracy"])
         totals = t.round_totals.get(name, {})
         retries.add_metric([name], totals.get("retries", 0))
         failed.add_metric([name], totals.get("failed_clients", 0))
         amount = _cost(s.get("cost"))
         if amount is not None:
             cost.add_metric([name, amount[1]], amount[0])
-    yield from (phase, current, rounds, accuracy, loss, retries, failed, cost)
+    yield from (phase, current, rounds, accuracy, loss, federated, retries, failed, cost)
 
 
 def _activations(t: Telemetry) -> Iterator[Metric]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedkeeper.function.store.statuses import Phase, RoundStatus
+from fedkeeper.function.store.statuses import Phase, RoundStatus, Task
 from fedkeeper.host.serve.documents import API_VERSION, KIND, MAX_PAGE_SIZE, PAGE_SIZE
 from fedkeeper.host.serve.sources import QUERIES
 
@@ -79,6 +79,9 @@ SCHEMAS: dict[str, Any] = {
             "aggregations": COUNT,
             "accuracy": NUMBER,
             "loss": NUMBER,
+            "federatedAccuracy": _nullable(
+                "number", description="the latest aggregated round's; null until it is evaluated"
+            ),
             "active": {"type": "integer"},
             "succeeded": COUNT,
             "failed": COUNT,
@@ -115,6 +118,9 @@ SCHEMAS: dict[str, Any] = {
                     "aggregations": {**COUNT, "description": "rounds aggregated"},
                     "accuracy": NUMBER,
                     "loss": NUMBER,
+                    "federatedAccuracy": _nullable(
+                        "number", description="the latest aggregated round's; null until it is evaluated"
+                    ),
                     "retries": COUNT,
                     "lastActivityTime": TIME,
                     "nodes": {"type": "array", "items": _ref("Node")},
@@ -142,12 +148,28 @@ SCHEMAS: dict[str, Any] = {
             "retries": _nullable("integer", minimum=0),
             "failedClients": _nullable("integer", minimum=0),
             "durationSeconds": NUMBER,
+            "federatedAccuracy": _nullable(
+                "number", description="federated evaluation: example-weighted mean of the clients' accuracy"
+            ),
+            "federatedLoss": _nullable(
+                "number", description="federated evaluation: Flower's weighted_loss_avg"
+            ),
+            "evaluatedClients": _nullable("integer", minimum=0),
+            "failedEvaluations": _nullable("integer", minimum=0),
+            "cost": NUMBER,
+            "cumulativeCost": NUMBER,
+            "bytes": {
+                "type": ["object", "null"],
+                "description": "bytes moved per link (client_to_store, ...); null until the round is priced",
+                "additionalProperties": {"type": "integer", "minimum": 0},
+            },
         }
     ),
     "Activation": _object(
         {
             "round": COUNT,
             "function": {"type": "string"},
+            "task": {"type": "string", "enum": [t.value for t in Task]},
             "client": _nullable("integer", minimum=0, description="null for the managing functions"),
             "attempt": {"type": "integer", "minimum": 1},
             "platform": {"type": "string"},
