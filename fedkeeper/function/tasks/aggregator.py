@@ -113,20 +113,6 @@ def _aggregate(
     base = FitConfig.from_model(settings.model)
     instructions = {int(c): FitConfig.from_json(f) for c, f in (doc.get("fit") or {}).items()}
 
-    def results() -> Iterator[FitRes | Failure]:
-        for item in store.updates.stream(round_number, usable):
-            if isinstance(item, UnreadableUpdate):
-                yield Failure(item.client, item.reason, rejected=True)
-                continue
-            yield FitRes(
-                item.client,
-                item.weights,
-                item.num_examples,
-                instructions.get(item.client, base),
-                loss=item.loss,
-                accuracy=item.accuracy,
-            )
-
     context = RoundContext(
         round_number=round_number,
         current=current,
@@ -137,7 +123,8 @@ def _aggregate(
         seed=settings.server.seed,
     )
     try:
-        outcome = strategy.aggregate_fit(context, results(), failures)
+        results = fit_results(store, round_number, usable, instructions, base)
+        outcome = strategy.aggregate_fit(context, results, failures)
     except NothingToAggregate as exc:
         raise StoreError(f"round {round_number}: no valid update among clients {clients} ({exc})") from None
     for client, reason in outcome.rejected.items():
@@ -147,3 +134,25 @@ def _aggregate(
         store.updates.mark(round_number, client, UpdateStatus.ACCEPTED, "")
     store.strategy.put_server(round_number + 1, outcome.state)
     store.weights.put(round_number + 1, outcome.weights if outcome.weights is not None else current)
+
+
+def fit_results(
+    store: SessionStore,
+    round_number: int,
+    clients: list[int],
+    instructions: dict[int, FitConfig],
+    base: FitConfig,
+) -> Iterator[FitRes | Failure]:
+    """The round's stored updates of ``clients``, one at a time, as the strategy reads them."""
+    for item in store.updates.stream(round_number, clients):
+        if isinstance(item, UnreadableUpdate):
+            yield Failure(item.client, item.reason, rejected=True)
+            continue
+        yield FitRes(
+            item.client,
+            item.weights,
+            item.num_examples,
+            instructions.get(item.client, base),
+            loss=item.loss,
+            accuracy=item.accuracy,
+        )
