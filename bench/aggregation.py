@@ -34,10 +34,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pymongo
 
 SESSION = "bench-aggregation"
 ROUND = 0
@@ -114,7 +117,6 @@ def run_fedkeeper(url: str, database: str, clients: list[int], fold: bool) -> Ca
 
 def run_raw(url: str, database: str, clients: list[int]) -> Callable[[], int]:
     import gridfs
-    import pymongo
 
     db = pymongo.MongoClient(url)[database]
     db.command("ping")
@@ -208,6 +210,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs per side, alternating; medians")
     parser.add_argument("--mongo-url", help="a running MongoDB (default: an embedded server)")
     parser.add_argument("--database", default="fedkeeper_bench_aggregation")
+    parser.add_argument(
+        "--store-dir", help="keep the embedded server's data here; reuse it if it holds the updates"
+    )
     parser.add_argument("--numpy-distinct", type=int, default=8, help="updates numpy holds in memory")
     parser.add_argument("--child", choices=SIDES, dest="side", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -224,35 +229,40 @@ def main() -> None:
     print(
         f"model: {params:,} float32 parameters in {len(shapes)} arrays ({model_mb:.1f} MB), "
         f"{args.updates} updates ({args.updates * model_mb:.0f} MB); {platform.python_version()}, "
-        f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
+        f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
+        flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="fk-bench-agg-") as work:
         if args.mongo_url:
-            from contextlib import nullcontext
-
-            server: object = nullcontext()
+            server: Any = nullcontext()
             url = args.mongo_url
         else:
             from fedkeeper.host.store.embedded import EmbeddedMongo
 
             # On disk: the in-memory engine's cache (256 MB) cannot hold the updates.
-            server = EmbeddedMongo(Path(work) / "data", state_dir=Path(work) / "state").start()
+            data = Path(args.store_dir) if args.store_dir else Path(work) / "data"
+            server = EmbeddedMongo(data, state_dir=Path(work) / "state").start()
             url = server.url
         print(f"store: {'MongoDB at --mongo-url' if args.mongo_url else 'embedded secantusd-py (on disk)'}")
         try:
-            import pymongo
-
-            pymongo.MongoClient(url).drop_database(args.database)
-            wrote = write_updates(url, args.database, shapes, args.updates)
-            print(f"wrote {args.updates} updates through Updates.put in {wrote:.1f} s")
+            db = pymongo.MongoClient(url)[args.database]
+            written = {"params": params, "updates": args.updates}
+            if db.bench.find_one(written) is None:
+                db.client.drop_database(args.database)
+                wrote = write_updates(url, args.database, shapes, args.updates)
+                db.bench.insert_one(written)
+                print(f"wrote {args.updates} updates through Updates.put in {wrote:.1f} s", flush=True)
+            else:
+                print(f"updates already stored in {args.store_dir}", flush=True)
             runs: dict[str, list[Run]] = {side: [] for side in SIDES}
             for _ in range(args.repeat):
                 for side in SIDES:
                     runs[side].append(measure(args, side, url))
-            pymongo.MongoClient(url).drop_database(args.database)
+            if args.mongo_url:
+                db.client.drop_database(args.database)
         finally:
             if not args.mongo_url:
-                server.stop()  # type: ignore[attr-defined]
+                server.stop()
     report(runs, args.updates * params * 4, params * 4)
 
 

@@ -28,10 +28,24 @@ class BlobStore:
         file_id = self._fs.put(data, metadata=metadata)
         return {"gridfs": file_id, "size": len(data)}
 
-    def get(self, ref: dict[str, Any]) -> bytes:
+    def get(self, ref: dict[str, Any]) -> bytearray:
+        """The payload in one buffer, filled chunk by chunk (GridFS' ``read()`` would join the
+        chunks into a second copy of a model-sized payload)."""
         if "inline" in ref:
-            return bytes(ref["inline"])
-        return bytes(self._fs.get(ObjectId(ref["gridfs"])).read())
+            return bytearray(ref["inline"])
+        stored = self._fs.get(ObjectId(ref["gridfs"]))
+        buffer = bytearray(stored.length)
+        view = memoryview(buffer)
+        filled = 0
+        while filled < stored.length:
+            chunk = stored.readchunk()
+            if not chunk:
+                break
+            view[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+        if filled != stored.length:
+            raise gridfs.errors.CorruptGridFile(f"blob {ref['gridfs']}: {filled} of {stored.length} bytes")
+        return buffer
 
     def delete(self, ref: dict[str, Any]) -> None:
         if "gridfs" in ref:
