@@ -58,7 +58,7 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
                 f"shard must be an integer in [0, {shards}) (aggregation_shards), got {shard!r}"
             )
         if not store.weights.has(round_number + 1) and not store.shards.has(round_number, shard):
-            _aggregate_shard(store, strategy, settings, round_number, clients, doc, shard)
+            _aggregate(store, strategy, settings, round_number, clients, doc, shard)
         return {"round": round_number, "shard": shard}
     # An earlier attempt may have died after writing the weights: then only the metrics are missing.
     if not store.weights.has(round_number + 1):
@@ -108,29 +108,19 @@ def _aggregate(
     round_number: int,
     clients: list[int],
     doc: dict[str, Any],
+    shard: int | None = None,
 ) -> None:
+    """The round's next weights and state; with ``shard``, only that shard's slice (stored apart)."""
     context, results, failures = _round(store, strategy, settings, round_number, clients, doc)
-    outcome = _fit(strategy, context, results, failures, clients)
-    weights = outcome.weights if outcome.weights is not None else context.current
-    _write(store, round_number, outcome.accepted, outcome.rejected, outcome.state, weights)
-
-
-def _aggregate_shard(
-    store: SessionStore,
-    strategy: Strategy,
-    settings: SessionSettings,
-    round_number: int,
-    clients: list[int],
-    doc: dict[str, Any],
-    shard: int,
-) -> None:
-    """Aggregate shard ``shard``'s range of arrays and store its slice (nothing else is written)."""
-    context, results, failures = _round(store, strategy, settings, round_number, clients, doc)
+    if shard is None:
+        outcome = _fit(strategy, context, results, failures, clients)
+        weights = outcome.weights if outcome.weights is not None else context.current
+        _write(store, round_number, outcome.accepted, outcome.rejected, outcome.state, weights)
+        return
     sizes = [int(array.size) for array in context.current]
     start, stop = array_ranges(sizes, settings.server.aggregation_shards)[shard]
     sliced = shard_context(context, start, stop)
-    ranged = shard_results(results, context.current, start, stop)
-    outcome = _fit(strategy, sliced, ranged, failures, clients)
+    outcome = _fit(strategy, sliced, shard_results(results, context.current, start, stop), failures, clients)
     weights = outcome.weights if outcome.weights is not None else sliced.current
     store.shards.put(
         round_number, shard, ShardResult(weights, outcome.state, outcome.accepted, outcome.rejected)
