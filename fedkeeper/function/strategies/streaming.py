@@ -29,8 +29,11 @@ class WeightedSum:
         self.total += weight
 
     def mean(self) -> list[np.ndarray]:
-        """The weighted mean, float64."""
-        return [total / self.total for total in self.sums]
+        """The weighted mean, float64, divided in place: the sums become the mean (no second
+        model-sized float64 copy), so call it once, at the end."""
+        for total in self.sums:
+            total /= self.total
+        return self.sums
 
 
 def as_float64(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
