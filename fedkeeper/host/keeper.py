@@ -18,6 +18,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -42,7 +43,7 @@ from fedkeeper.function.strategies import (
 )
 from fedkeeper.host.costs import client_rates, round_cost
 from fedkeeper.host.history import ClientHistory, History, fold
-from fedkeeper.host.ledger import SERVER, Ledger, LedgerEntry, LedgerStatus
+from fedkeeper.host.ledger import SERVER, Ledger, LedgerEntry, LedgerStatus, aggregation_shard
 from fedkeeper.host.outages import Outages, OutageTooLong, OutageWatch
 from fedkeeper.host.plan import Key, Plan
 from fedkeeper.host.providers.base import Provider
@@ -287,17 +288,19 @@ class Keeper:
         self.reporter.write_activations(list(self.ledger.entries()))
 
     # ------------------------------------------------------------------ managing functions
-    def _call_server(self, function: str, round_number: int, params: dict[str, Any]) -> dict[str, Any]:
+    def _call_server(
+        self, function: str, round_number: int, params: dict[str, Any], client: int = SERVER
+    ) -> dict[str, Any]:
         """Invoke a managing function and wait, retrying failures with backoff and waiting out
-        outages (which cost no retry); every attempt is in the ledger."""
+        outages (which cost no retry); every attempt is in the ledger, under ``client``."""
         timeout_s = float(self.plan.limits[function].timeout) + 30
         provider = self.server_provider
-        attempt = self.ledger.attempts(round_number, function, SERVER)
+        attempt = self.ledger.attempts(round_number, function, client)
         failures = 0
         while True:
             attempt += 1
             entry = self.ledger.new_entry(
-                round_number, function, SERVER, attempt, provider.platform, provider.cluster
+                round_number, function, client, attempt, provider.platform, provider.cluster
             )
             self.ledger.submit(entry)
             try:
@@ -408,11 +411,9 @@ class Keeper:
 
     def _aggregate(self, round_number: int, closed: ClosedRound, watch: Stopwatch) -> dict[str, Any]:
         """The aggregator's metrics of the closed round, with the keeper's own; then old payloads go."""
-        metrics = self._call_server(
-            AGGREGATOR_FUNCTION,
-            round_number,
-            {"session": self.session_id, "round": round_number, "clients": list(closed.included)},
-        )
+        params = {"session": self.session_id, "round": round_number, "clients": list(closed.included)}
+        self._aggregate_shards(round_number, params)
+        metrics = self._call_server(AGGREGATOR_FUNCTION, round_number, params)
         extra = {"retries": closed.retries, "failed_clients": len(closed.failed), "duration_s": watch.elapsed}
         self.session.rounds.add_metrics(round_number, extra)
         pruned = prune(self.session, round_number, self.server.keep_updates)
@@ -485,6 +486,26 @@ class Keeper:
             f"{len(results)}/{len(closed.selected)} evaluations · {closed.retries} retries · {watch.elapsed:.1f}s"
         )
         return metrics
+
+    def _aggregate_shards(self, round_number: int, params: dict[str, Any]) -> None:
+        """With ``aggregation_shards: M > 1``, M aggregator activations at once, one per range of
+        arrays, each retried on its own; the aggregator called after them joins their results."""
+        shards = self.server.aggregation_shards
+        if shards == 1:
+            return
+        with ThreadPoolExecutor(max_workers=shards, thread_name_prefix="aggregation-shard") as pool:
+            calls = [
+                pool.submit(
+                    self._call_server,
+                    AGGREGATOR_FUNCTION,
+                    round_number,
+                    {**params, "shard": shard},
+                    aggregation_shard(shard),
+                )
+                for shard in range(shards)
+            ]
+            for call in calls:
+                call.result()
 
     def _note(self, message: str) -> None:
         self.reporter.event("note", message=message)

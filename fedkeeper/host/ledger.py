@@ -28,6 +28,11 @@ from fedkeeper.function.store.statuses import Task
 SERVER = -1  # ``client`` value of entries for the managing functions
 
 
+def aggregation_shard(shard: int) -> int:
+    """``client`` value of the entries of aggregation shard ``shard`` (-2, -3, ...)."""
+    return SERVER - 1 - shard
+
+
 class LedgerStatus(StrEnum):
     """An attempt's outcome: the platform's (:class:`ActivationStatus`) or the keeper's own."""
 

@@ -91,7 +91,8 @@ class ScriptedProvider(Provider):
     down_until: float = 0.0
     pending_once: set[str] = field(
         default_factory=set
-    )  # managing functions whose next call outlives its wait
+    )  # managing functions ("fl_server_aggregator shard 1" for a shard) whose next call outlives its wait
+    managing: list[str] = field(default_factory=list)  # the managing calls, in order
     invoked: list[tuple[int, int]] = field(default_factory=list)  # (client, attempt), in order
     evaluated: list[tuple[int, int]] = field(default_factory=list)  # evaluate calls: (client, attempt)
     running: dict[str, _Running] = field(default_factory=dict)
@@ -149,14 +150,18 @@ class ScriptedProvider(Provider):
         """The managing functions, as far as the keeper sees them: init marks the session
         initialised; the aggregator finishes the round with a fixed accuracy."""
         self._answer()
-        if name in self.pending_once:
-            self.pending_once.discard(name)
+        call = name if "shard" not in params else f"{name} shard {params['shard']}"
+        self.managing.append(call)
+        if call in self.pending_once:
+            self.pending_once.discard(call)
             return ActivationRecord(f"a{next(self._ids)}", ActivationStatus.PENDING)
         session = self.store.for_session(str(params["session"]))
-        if name == SERVER_INIT_FUNCTION:
+        if name == AGGREGATOR_FUNCTION and "shard" in params:  # a shard stores its slice, no more
+            result: dict[str, Any] = {"round": int(params["round"]), "shard": int(params["shard"])}
+        elif name == SERVER_INIT_FUNCTION:
             session.weights.put(0, WEIGHTS)
             session.record.mark_initialised()
-            result: dict[str, Any] = {}
+            result = {}
         elif name == AGGREGATOR_FUNCTION:
             round_number, included = int(params["round"]), [int(c) for c in params["clients"]]
             result = {"round": round_number, "accuracy": 0.5, "loss": 1.0, "accepted": included}

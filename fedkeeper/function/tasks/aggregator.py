@@ -14,15 +14,18 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from fedkeeper.function.errors import StoreError
+from fedkeeper.function.errors import ConfigError, StoreError
 from fedkeeper.function.learning.datasets import load_dataset
 from fedkeeper.function.learning.evaluation import evaluate
+from fedkeeper.function.store.codecs import NONE, Codec
 from fedkeeper.function.store.db import SessionStore, Store
+from fedkeeper.function.store.shards import ShardResult
 from fedkeeper.function.store.statuses import UpdateStatus
 from fedkeeper.function.store.updates import UnreadableUpdate
 from fedkeeper.function.strategies import (
     Failure,
     FitConfig,
+    FitOutcome,
     FitRes,
     NothingToAggregate,
     RoundContext,
@@ -30,6 +33,7 @@ from fedkeeper.function.strategies import (
     StrategyState,
     Weights,
 )
+from fedkeeper.function.strategies.sharding import array_ranges, join_states, shard_context, shard_results
 from fedkeeper.function.tasks.common import SessionSettings, require
 
 NO_UPDATE = "no update before the round closed"
@@ -47,9 +51,22 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
 
     settings = SessionSettings.load(store)
     strategy = settings.server.strategy.build()
+    shards = settings.server.aggregation_shards
+    shard = params.get("shard")
+    if shard is not None:
+        if isinstance(shard, bool) or not isinstance(shard, int) or not 0 <= shard < shards:
+            raise ConfigError(
+                f"shard must be an integer in [0, {shards}) (aggregation_shards), got {shard!r}"
+            )
+        if not store.weights.has(round_number + 1) and not store.shards.has(round_number, shard):
+            _aggregate(store, strategy, settings, round_number, clients, doc, shard)
+        return {"round": round_number, "shard": shard}
     # An earlier attempt may have died after writing the weights: then only the metrics are missing.
     if not store.weights.has(round_number + 1):
-        _aggregate(store, strategy, settings, round_number, clients, doc)
+        if shards > 1:
+            _assemble(store, round_number, shards)
+        else:
+            _aggregate(store, strategy, settings, round_number, clients, doc)
 
     marks = store.updates.marks(round_number, clients)
     accepted = [m for m in marks if m.get("status") == UpdateStatus.ACCEPTED]
@@ -97,7 +114,47 @@ def _aggregate(
     round_number: int,
     clients: list[int],
     doc: dict[str, Any],
+    shard: int | None = None,
 ) -> None:
+    """The round's next weights and state; with ``shard``, only that shard's slice (stored apart)."""
+    context, results, failures = _round(store, strategy, settings, round_number, clients, doc)
+    if shard is None:
+        outcome = _fit(strategy, context, results, failures, clients)
+        weights = outcome.weights if outcome.weights is not None else context.current
+        _write(store, round_number, outcome.accepted, outcome.rejected, outcome.state, weights)
+        return
+    sizes = [int(array.size) for array in context.current]
+    start, stop = array_ranges(sizes, settings.server.aggregation_shards)[shard]
+    sliced = shard_context(context, start, stop)
+    outcome = _fit(strategy, sliced, shard_results(results, context.current, start, stop), failures, clients)
+    weights = outcome.weights if outcome.weights is not None else sliced.current
+    store.shards.put(
+        round_number, shard, ShardResult(weights, outcome.state, outcome.accepted, outcome.rejected)
+    )
+
+
+def _assemble(store: SessionStore, round_number: int, shards: int) -> None:
+    """Join the shards' slices into the round's weights and state; the shards must agree on the updates."""
+    parts = [store.shards.get(round_number, shard) for shard in range(shards)]
+    first = parts[0]
+    for shard, part in enumerate(parts[1:], start=1):
+        if part.accepted != first.accepted or part.rejected != first.rejected:
+            raise StoreError(f"round {round_number}: shard {shard} judged the updates unlike shard 0")
+    weights = [array for part in parts for array in part.weights]
+    state = join_states([part.state for part in parts])
+    _write(store, round_number, first.accepted, first.rejected, state, weights)
+    store.shards.delete(round_number)
+
+
+def _round(
+    store: SessionStore,
+    strategy: Strategy,
+    settings: SessionSettings,
+    round_number: int,
+    clients: list[int],
+    doc: dict[str, Any],
+) -> tuple[RoundContext, Iterator[FitRes | Failure], list[Failure]]:
+    """The round as the strategy sees it: its context, its stored updates (a stream) and its failures."""
     current = store.weights.get(round_number)
     state = store.strategy.server(round_number)
     if state is None:
@@ -117,22 +174,6 @@ def _aggregate(
     usable = [c for c in clients if c in marks and c not in rejected]
     base = FitConfig.from_model(settings.model)
     instructions = {int(c): FitConfig.from_json(f) for c, f in (doc.get("fit") or {}).items()}
-
-    def results() -> Iterator[FitRes | Failure]:
-        codec = settings.server.compression.build()
-        for item in store.updates.stream(round_number, usable, codec=codec, reference=current):
-            if isinstance(item, UnreadableUpdate):
-                yield Failure(item.client, item.reason, rejected=True)
-                continue
-            yield FitRes(
-                item.client,
-                item.weights,
-                item.num_examples,
-                instructions.get(item.client, base),
-                loss=item.loss,
-                accuracy=item.accuracy,
-            )
-
     context = RoundContext(
         round_number=round_number,
         current=current,
@@ -142,14 +183,65 @@ def _aggregate(
         num_clients=settings.total_clients,
         seed=settings.server.seed,
     )
+    codec = settings.server.compression.build()
+    results = fit_results(store, round_number, usable, instructions, base, codec=codec, reference=current)
+    return context, results, failures
+
+
+def _fit(
+    strategy: Strategy,
+    context: RoundContext,
+    results: Iterator[FitRes | Failure],
+    failures: list[Failure],
+    clients: list[int],
+) -> FitOutcome:
     try:
-        outcome = strategy.aggregate_fit(context, results(), failures)
+        return strategy.aggregate_fit(context, results, failures)
     except NothingToAggregate as exc:
-        raise StoreError(f"round {round_number}: no valid update among clients {clients} ({exc})") from None
-    for client, reason in outcome.rejected.items():
+        raise StoreError(
+            f"round {context.round_number}: no valid update among clients {clients} ({exc})"
+        ) from None
+
+
+def _write(
+    store: SessionStore,
+    round_number: int,
+    accepted: list[int],
+    rejected: dict[int, str],
+    state: StrategyState,
+    weights: Weights,
+) -> None:
+    """Marks first, then state, then weights: an aggregator that dies at any line is re-run to the same result."""
+    for client, reason in rejected.items():
         print(f"rejected update of client {client}: {reason}", file=sys.stderr)
         store.updates.mark(round_number, client, UpdateStatus.REJECTED, reason)
-    for client in outcome.accepted:
+    for client in accepted:
         store.updates.mark(round_number, client, UpdateStatus.ACCEPTED, "")
-    store.strategy.put_server(round_number + 1, outcome.state)
-    store.weights.put(round_number + 1, outcome.weights if outcome.weights is not None else current)
+    store.strategy.put_server(round_number + 1, state)
+    store.weights.put(round_number + 1, weights)
+
+
+def fit_results(
+    store: SessionStore,
+    round_number: int,
+    clients: list[int],
+    instructions: dict[int, FitConfig],
+    base: FitConfig,
+    *,
+    codec: Codec = NONE,
+    reference: Weights | None = None,
+) -> Iterator[FitRes | Failure]:
+    """The round's stored updates of ``clients``, one at a time and decoded by the session's
+    ``codec`` against ``reference`` (the round's weights), as the strategy reads them."""
+    for item in store.updates.stream(round_number, clients, codec=codec, reference=reference):
+        if isinstance(item, UnreadableUpdate):
+            yield Failure(item.client, item.reason, rejected=True)
+            continue
+        yield FitRes(
+            item.client,
+            item.weights,
+            item.num_examples,
+            instructions.get(item.client, base),
+            loss=item.loss,
+            accuracy=item.accuracy,
+        )
