@@ -161,6 +161,24 @@ class Compression(_Model):
         return Codec(self.codec, 1.0 if self.fraction is None else self.fraction)
 
 
+class Staleness(_Model):
+    """``server_config.staleness``: how much an update trained on an older model version counts.
+
+    ``constant`` (1), ``polynomial`` ((1 + t)^-a) or ``hinge`` (1 when t <= b, else 1 / (a (t - b) + 1)),
+    t being how many versions the model moved on while the client trained (FedAsync, FedBuff).
+    A plain name takes the defaults (a 0.5, b 4).
+    """
+
+    kind: Literal["constant", "polynomial", "hinge"] = "constant"
+    a: Annotated[float, Field(ge=0)] = 0.5
+    b: Annotated[float, Field(ge=0)] = 4.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, data: Any) -> Any:
+        return {"kind": data} if isinstance(data, str) else data
+
+
 class ServerConfig(_Model):
     """How the keeper drives rounds."""
 
@@ -192,6 +210,29 @@ class ServerConfig(_Model):
     keep_updates: PositiveInt | Literal["all"] = 2
     # How clients' updates are compressed between the client and the store (store/codecs.py).
     compression: Compression = Compression()
+    # sync: rounds with a barrier; async: FedBuff (host/streaming.py), a model version every
+    # buffer_size updates, clients re-invoked as soon as they finish (max_rounds counts versions).
+    mode: Literal["sync", "async"] = "sync"
+    # async: activations running at once (None: num_clients_per_round).
+    max_in_flight: PositiveInt | None = None
+    buffer_size: PositiveInt = 3
+    staleness: Staleness = Staleness()
+    # async: FedBuff's eta_g, w <- w + eta_g * (the buffer's staleness-scaled mean delta).
+    server_learning_rate: PositiveFloat = 1.0
+
+    @model_validator(mode="after")
+    def _async_is_fedbuff(self) -> ServerConfig:
+        if self.mode == "async" and self.strategy.name != "fedavg":
+            raise ValueError(
+                f"server_config.strategy: {self.strategy.name!r} with mode async; async mode aggregates "
+                "with FedBuff (staleness, server_learning_rate), leave strategy as fedavg"
+            )
+        return self
+
+    @property
+    def in_flight_limit(self) -> int:
+        """How many activations async mode keeps running at once."""
+        return self.max_in_flight or self.num_clients_per_round
 
     @field_validator("keep_updates", mode="before")
     @classmethod
@@ -484,6 +525,10 @@ TRAINING_FIELDS: dict[str, tuple[str, ...] | None] = {  # section -> fields (Non
         "rotation_rounds",
         "seed",
         "compression",
+        "mode",
+        "buffer_size",
+        "staleness",
+        "server_learning_rate",
     ),
     "clients_info": None,
     "data_sampling": None,
@@ -494,7 +539,13 @@ TRAINING_FIELDS: dict[str, tuple[str, ...] | None] = {  # section -> fields (Non
 
 # Training fields added after sessions were stored, with the value those sessions trained with:
 # a stored scenario or fingerprint without one reads as this.
-ADDED_LATER: dict[str, Any] = {"server_config.compression": "none"}
+ADDED_LATER: dict[str, Any] = {
+    "server_config.compression": "none",
+    "server_config.mode": "sync",
+    "server_config.buffer_size": 3,
+    "server_config.staleness": {"kind": "constant", "a": 0.5, "b": 4.0},
+    "server_config.server_learning_rate": 1.0,
+}
 
 
 def training_fingerprint(scenario: dict[str, Any]) -> dict[str, Any]:
