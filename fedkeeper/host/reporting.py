@@ -38,6 +38,11 @@ ROUND_FIELDS = [
     "federated_accuracy",
     "evaluated_clients",
     "failed_evaluations",
+    # async mode: one row per model version (empty in sync rounds)
+    "staleness_mean",
+    "staleness_max",
+    "in_flight",
+    "cold_starts",
 ]
 ACTIVATION_FIELDS = [
     "round",
@@ -164,6 +169,10 @@ class Reporter:
                         "federated_accuracy": _figure(m.get("federated_accuracy")),
                         "evaluated_clients": m.get("evaluated_clients", ""),
                         "failed_evaluations": m.get("failed_evaluations", ""),
+                        "staleness_mean": _figure(m.get("staleness_mean")),
+                        "staleness_max": m.get("staleness_max", ""),
+                        "in_flight": m.get("in_flight", ""),
+                        "cold_starts": m.get("cold_starts", ""),
                     }
                 )
         self._plot(rows)

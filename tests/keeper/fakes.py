@@ -66,6 +66,7 @@ class _Running:
     script: Attempt
     task: Task = Task.FIT
     finished: bool = False
+    version: int | None = None  # async mode: the model version it trains on
 
 
 @dataclass
@@ -107,7 +108,9 @@ class ScriptedProvider(Provider):
             self.evaluated.append((client, attempt))
         else:
             steps = self.script.get(client, [Attempt()])
-            step = steps[min(attempt, len(steps)) - 1]
+            # async dispatches are all attempt 1: they follow the script by the client's calls so far
+            nth = attempt if params.get("version") is None else 1 + sum(c == client for c, _ in self.invoked)
+            step = steps[min(nth, len(steps)) - 1]
             self.invoked.append((client, attempt))
         activation_id = f"a{next(self._ids)}"
         self.running[activation_id] = _Running(
@@ -118,6 +121,7 @@ class ScriptedProvider(Provider):
             self.clock(),
             step,
             task,
+            version=None if params.get("version") is None else int(params["version"]),
         )
         return activation_id
 
@@ -153,6 +157,17 @@ class ScriptedProvider(Provider):
             session.weights.put(0, WEIGHTS)
             session.record.mark_initialised()
             result: dict[str, Any] = {}
+        elif name == AGGREGATOR_FUNCTION and params.get("mode") == "async":
+            version = int(params["round"])  # the buffer as claimed; the model stays WEIGHTS
+            marks = session.updates.claimed(version)
+            buffer = [f"{m['client']}/{m['round']}" for m in marks]
+            stale = [version - int(m["version"]) for m in marks]
+            session.weights.put(version + 1, WEIGHTS)
+            result = {
+                "round": version, "accuracy": 0.5, "loss": 1.0, "accepted": buffer,
+                "staleness_mean": sum(stale) / len(stale), "staleness_max": max(stale),
+            }  # fmt: skip
+            session.rounds.finish(version, result)
         elif name == AGGREGATOR_FUNCTION:
             round_number, included = int(params["round"]), [int(c) for c in params["clients"]]
             result = {"round": round_number, "accuracy": 0.5, "loss": 1.0, "accepted": included}
@@ -182,7 +197,15 @@ class ScriptedProvider(Provider):
                 )
             elif run.script.ok:
                 run.session.updates.put(
-                    run.round, run.client, WEIGHTS, 10, 0.5, 0.5, activation_id, run.attempt
+                    run.round,
+                    run.client,
+                    WEIGHTS,
+                    10,
+                    0.5,
+                    0.5,
+                    activation_id,
+                    run.attempt,
+                    version=run.version,
                 )
 
     def _answer(self) -> None:
