@@ -210,7 +210,7 @@ class ServerConfig(_Model):
     keep_updates: PositiveInt | Literal["all"] = 2
     # How clients' updates are compressed between the client and the store (store/codecs.py).
     compression: Compression = Compression()
-    # sync: rounds with a barrier; async: FedBuff (host/streaming.py), a model version every
+    # sync: rounds with a barrier; async: FedBuff (host/async_rounds.py), a model version every
     # buffer_size updates, clients re-invoked as soon as they finish (max_rounds counts versions).
     mode: Literal["sync", "async"] = "sync"
     # async: activations running at once (None: num_clients_per_round).

@@ -23,6 +23,7 @@ from fedkeeper.host.keeper import Keeper
 from fedkeeper.host.ledger import Ledger, LedgerStatus
 from fedkeeper.host.plan import Plan
 from fedkeeper.host.rounds import SessionFailed
+from fedkeeper.host.serve.documents import StatusReader
 from tests.keeper.fakes import WEIGHTS, Attempt, FakeClock, ScriptedProvider
 
 CLIENTS = 4
@@ -123,6 +124,7 @@ def test_every_buffer_size_updates_make_one_version_with_at_most_max_in_flight_r
     assert [int(r["round"]) for r in rows] == [0, 1, 2, 3]
     assert all(r["in_flight"] != "" and r["staleness_max"] != "" for r in rows)
     assert max(int(r["staleness_max"]) for r in rows) >= 1  # later versions fold stale updates
+    assert StatusReader(store, config).session(session_id)["spec"]["mode"] == "async"
 
 
 def test_a_later_version_trains_on_the_newest_model(store: Store, tmp_path: Path) -> None:
