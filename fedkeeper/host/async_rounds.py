@@ -16,7 +16,6 @@ then aggregates it into the next version.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,7 +31,7 @@ from fedkeeper.host.ledger import Ledger, LedgerEntry, LedgerStatus
 from fedkeeper.host.outages import OutageWatch
 from fedkeeper.host.plan import Plan
 from fedkeeper.host.providers.base import Provider
-from fedkeeper.host.rounds import RECORD_GRACE_S, SessionFailed
+from fedkeeper.host.rounds import RECORD_GRACE_S, SessionFailed, fetch_records
 
 STOPPED = "session stopped before this activation finished"
 
@@ -188,30 +187,13 @@ class AsyncDriver:
     def _poll(self) -> None:
         """One batch of record fetches per provider and function, then one read of what is stored."""
         flights = self.state.flights
-        groups: dict[tuple[str, str, str], list[LedgerEntry]] = defaultdict(list)
-        for flight in flights.values():
+        for flight in list(flights.values()):
             entry = flight.entry
             if entry.activation_id is None:  # submitted by a keeper that died before invoking
                 self._land(entry.client)
                 self.ledger.settle(entry, LedgerStatus.UNAVAILABLE, error="keeper stopped before invoking")
                 self.state.ready_at[entry.client] = self.clock()
-                continue
-            groups[(entry.platform, entry.cluster, entry.function)].append(entry)
-        records: dict[str, ActivationRecord] = {}
-        for (platform, cluster, function), entries in groups.items():
-            provider = self.providers[(platform, cluster)]
-            if not self.outages.may_probe(provider.where):
-                continue
-            since = min(int(e.submitted_at.timestamp() * 1000) for e in entries) - 60_000
-            try:
-                records.update(provider.fetch(function, [e.activation_id or "" for e in entries], since))
-            except PlatformUnavailable as exc:
-                self.watch.waiting(self.outages.failed(exc))
-                continue
-            except ProviderError as exc:
-                self._note(f"polling {platform}/{cluster} failed: {exc}")
-                continue
-            self.watch.back(provider.where)
+        records = fetch_records([f.entry for f in flights.values()], self.providers, self.watch, self._note)
         stored = self.session.updates.delivered([f.entry.round for f in flights.values()])
         now = self.clock()
         for client, flight in list(flights.items()):
