@@ -27,6 +27,7 @@ from fedkeeper.function.config import ServerConfig
 from fedkeeper.function.errors import PlatformUnavailable, ProviderError, Unavailable
 from fedkeeper.function.invoke.base import ActivationRecord
 from fedkeeper.function.store.db import SessionStore
+from fedkeeper.function.store.statuses import UpdateStatus
 from fedkeeper.host.ledger import Ledger, LedgerEntry, LedgerStatus
 from fedkeeper.host.outages import OutageWatch
 from fedkeeper.host.plan import Plan
@@ -43,6 +44,7 @@ class Flight:
     entry: LedgerEntry
     sent: float
     delivered_at: float | None = None
+    rejected: bool = False  # what it stored failed the update checks
 
 
 @dataclass
@@ -201,6 +203,7 @@ class AsyncDriver:
             record = records.get(entry.activation_id or "")
             if (entry.round, client) in stored and flight.delivered_at is None:
                 flight.delivered_at = now
+                flight.rejected = stored[(entry.round, client)] == UpdateStatus.REJECTED
             if record is not None and record.status.done:
                 self._land(client)
                 self._settle(flight, record)
@@ -209,7 +212,7 @@ class AsyncDriver:
                 self.ledger.settle(
                     entry, LedgerStatus.RECORD_LOST, error="update stored, activation record not seen"
                 )
-                self._ready(client)
+                self._delivered(flight)
             elif now - flight.sent > self.server.activation_timeout_s and not self.outages.is_down(
                 f"{entry.platform}/{entry.cluster}"
             ):
@@ -224,7 +227,7 @@ class AsyncDriver:
         self.state.counts.cold_starts += int(bool(record.init_ms))
         if flight.delivered_at is not None:  # stored: it counts, whatever the record says after
             self.ledger.settle(entry, LedgerStatus.of(record), record, record.error)
-            self._ready(client)
+            self._delivered(flight)
             return
         outage = (
             Unavailable.in_result(record.result, f"{entry.platform}/{entry.cluster}")
@@ -242,6 +245,14 @@ class AsyncDriver:
 
     def _land(self, client: int) -> None:
         del self.state.flights[client]
+
+    def _delivered(self, flight: Flight) -> None:
+        """A stored update: its client goes again at once; a rejected one is a failure in a row
+        (a client whose updates keep failing their checks is given up)."""
+        if flight.rejected:
+            self._failed(flight.entry.client, "its update was rejected (the update's reason says why)")
+        else:
+            self._ready(flight.entry.client)
 
     def _ready(self, client: int) -> None:
         """``client`` delivered: it trains again on the newest version at once."""

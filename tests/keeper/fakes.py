@@ -54,6 +54,7 @@ class Attempt:
     ok: bool = True
     lost_record: bool = False  # the update is stored, the platform never shows the record
     init_ms: int | None = None  # a cold start's initialisation
+    rejected: bool = False  # the update it stores fails its checks (stored as a rejection)
 
 
 @dataclass
@@ -195,6 +196,8 @@ class ScriptedProvider(Provider):
                 run.session.evaluations.put(
                     run.round, run.client, examples, loss, accuracy, activation_id, run.attempt
                 )
+            elif run.script.ok and run.script.rejected:
+                run.session.updates.reject(run.round, run.client, "update norm 99 is past max_update_norm 20")
             elif run.script.ok:
                 run.session.updates.put(
                     run.round,

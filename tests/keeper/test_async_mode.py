@@ -164,6 +164,17 @@ def test_a_failed_activation_is_re_invoked_and_a_client_failing_too_often_is_giv
     assert all(not k.startswith("3/") for b in _buffers(session, 4) for k in b)
 
 
+def test_a_client_whose_updates_keep_being_rejected_is_given_up_and_never_in_a_buffer(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    provider = CountingProvider(clock, store, {2: [Attempt(rejected=True)]})
+    session = store.for_session(_keeper(_config(tmp_path, max_retries=1), store, provider, clock).start())
+    assert session.record.get()["phase"] == "Succeeded"
+    assert sum(c == 2 for c, _ in provider.invoked) == 2  # 1 + max_retries rejections, then given up
+    assert all(not k.startswith("2/") for b in _buffers(session, 4) for k in b)
+
+
 def test_every_client_failing_fails_the_session_with_how_to_resume(store: Store, tmp_path: Path) -> None:
     clock = FakeClock()
     provider = CountingProvider(clock, store, {c: [Attempt(ok=False)] for c in range(CLIENTS)})

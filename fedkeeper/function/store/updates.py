@@ -245,10 +245,12 @@ class Updates(SessionBound):
         return list(cursor)
 
     # ------------------------------------------------------------------ async mode's buffers
-    def delivered(self, dispatches: Sequence[int]) -> set[tuple[int, int]]:
-        """``(dispatch, client)`` of the stored updates (or rejections) among ``dispatches``."""
+    def delivered(self, dispatches: Sequence[int]) -> dict[tuple[int, int], UpdateStatus]:
+        """``(dispatch, client)`` of the stored updates (or rejections) among ``dispatches``, and
+        their status."""
         query = {"session": self.session_id, "round": {"$in": [int(d) for d in dispatches]}}
-        return {(int(d["round"]), int(d["client"])) for d in self._col.find(query, {"round": 1, "client": 1})}
+        cursor = self._col.find(query, {"round": 1, "client": 1, "status": 1})
+        return {(int(d["round"]), int(d["client"])): UpdateStatus(d["status"]) for d in cursor}
 
     def unclaimed(self) -> int:
         """Async updates stored and not yet in any version's buffer."""
