@@ -187,7 +187,8 @@ class Keeper:
         reporter.say(
             f"session {self.session_id}: {'resuming' if resumed else 'starting'} — "
             f"{len(self.plan.placements)} clients, {self._pace()}, "
-            f"up to {self.server.max_rounds} rounds, target accuracy {self.server.target_accuracy}"
+            f"up to {self.server.max_rounds} {'versions' if self.server.mode == 'async' else 'rounds'}, "
+            f"target accuracy {self.server.target_accuracy}"
         )
         if self.server.strategy.build().fraction_evaluate > 0:
             for where, why in self.plan.cannot_evaluate().items():
