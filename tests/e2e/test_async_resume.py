@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
-import yaml
-
-from fedkeeper.function.store.db import Store
 from fedkeeper.host.fabric.process import FabricProcess
 from fedkeeper.host.ledger import LedgerStatus
 
 from .conftest import E2E_LIMITS, training_config
-from .helpers import wait_for
-from .test_resume import ROOT, SLOW_CLIENTS
+from .helpers import kill_keeper_when
+from .test_resume import SLOW_CLIENTS
 
 VERSIONS = 4
 BUFFER = 2
@@ -30,36 +23,19 @@ def test_sigkilled_async_keeper_resumes_mid_stream_and_counts_each_update_once(
             fabric.url, mongo_url, tmp_path / "logs",
             mode="async", max_in_flight=3, buffer_size=BUFFER, max_rounds=VERSIONS,
         )  # fmt: skip
-        config_file = tmp_path / "config.yaml"
-        config_file.write_text(yaml.safe_dump(data))
-        mongo = data["scenarios"]["federated_learning"]["mongo_config"]
-        store = Store(mongo["url"], mongo["database"])
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        subprocess.run(
-            [sys.executable, str(ROOT / "main.py"), "-c", str(config_file), "-d"],
-            check=True, cwd=tmp_path, env=env, capture_output=True, timeout=120,
-        )  # fmt: skip
-        keeper = subprocess.Popen(
-            [sys.executable, str(ROOT / "main.py"), "-c", str(config_file), "-s"],
-            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        try:
-            wait_for(
-                lambda: (
-                    store.db.sessions.count_documents({"round": {"$gte": 1}}) > 0
-                    and store.db.activations.count_documents(
-                        {"function": "fl_client", "status": LedgerStatus.SUBMITTED}
-                    )
-                    > 0
-                ),
-                timeout_s=240,
-                what="a version made and activations in flight",
-            )
-            keeper.send_signal(signal.SIGKILL)
-            keeper.wait(timeout=30)
-        finally:
-            if keeper.poll() is None:
-                keeper.kill()
+        killed = kill_keeper_when(
+            data,
+            tmp_path,
+            lambda store: (
+                store.db.sessions.count_documents({"round": {"$gte": 1}}) > 0
+                and store.db.activations.count_documents(
+                    {"function": "fl_client", "status": LedgerStatus.SUBMITTED}
+                )
+                > 0
+            ),
+            "a version made and activations in flight",
+        )
+        store = killed.store
         (session_doc,) = list(store.db.sessions.find())
         session_id = session_doc["_id"]
         assert session_doc["phase"] == "Running" and 1 <= session_doc["round"] < VERSIONS
@@ -71,10 +47,7 @@ def test_sigkilled_async_keeper_resumes_mid_stream_and_counts_each_update_once(
         }
         assert in_flight
 
-        resumed = subprocess.run(
-            [sys.executable, "-m", "fedkeeper", "resume", session_id, "-c", str(config_file)],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+        resumed = killed.resume(session_id, tmp_path)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         assert "resuming" in resumed.stdout
 
