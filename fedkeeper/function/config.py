@@ -163,6 +163,24 @@ class Compression(_Model):
         return Codec(self.codec, 1.0 if self.fraction is None else self.fraction)
 
 
+class Staleness(_Model):
+    """``server_config.staleness``: how much an update trained on an older model version counts.
+
+    ``constant`` (1), ``polynomial`` ((1 + t)^-a) or ``hinge`` (1 when t <= b, else 1 / (a (t - b) + 1)),
+    t being how many versions the model moved on while the client trained (FedAsync, FedBuff).
+    A plain name takes the defaults (a 0.5, b 4).
+    """
+
+    kind: Literal["constant", "polynomial", "hinge"] = "constant"
+    a: Annotated[float, Field(ge=0)] = 0.5
+    b: Annotated[float, Field(ge=0)] = 4.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, data: Any) -> Any:
+        return {"kind": data} if isinstance(data, str) else data
+
+
 class ServerConfig(_Model):
     """How the keeper drives rounds."""
 
@@ -233,6 +251,42 @@ class ServerConfig(_Model):
     def prices_of(self, platform: str) -> Prices:
         """``platform``'s price table: the catalog's, or what ``prices`` says of it."""
         return self.prices.get(platform) or catalog_platform(platform).prices
+
+    # sync: rounds with a barrier; async: FedBuff (host/async_rounds.py), a model version every
+    # buffer_size updates, clients re-invoked as soon as they finish (max_rounds counts versions).
+    mode: Literal["sync", "async"] = "sync"
+    # async: activations running at once (None: num_clients_per_round).
+    max_in_flight: PositiveInt | None = None
+    buffer_size: PositiveInt = 3
+    staleness: Staleness = Staleness()
+    # async: FedBuff's eta_g, w <- w + eta_g * (the buffer's staleness-scaled mean delta).
+    server_learning_rate: PositiveFloat = 1.0
+
+    @model_validator(mode="after")
+    def _async_is_fedbuff(self) -> ServerConfig:
+        if self.mode != "async":
+            return self
+        if self.strategy.name != "fedavg":
+            raise ValueError(
+                f"server_config.strategy: {self.strategy.name!r} with mode async; async mode aggregates "
+                "with FedBuff (staleness, server_learning_rate), leave strategy as fedavg"
+            )
+        # What sync rounds do that a stream of versions does not (yet): refused, never ignored.
+        unsupported = {
+            "max_cost": self.max_cost is not None,
+            "objective": self.objective != "none",
+            "aggregation_shards": self.aggregation_shards > 1,
+            "strategy.fraction_evaluate": self.strategy.build().fraction_evaluate > 0,
+        }
+        given = [name for name, used in unsupported.items() if used]
+        if given:
+            raise ValueError(f"mode async does not support {', '.join(given)}: remove it or use mode sync")
+        return self
+
+    @property
+    def in_flight_limit(self) -> int:
+        """How many activations async mode keeps running at once."""
+        return self.max_in_flight or self.num_clients_per_round
 
     @field_validator("keep_updates", mode="before")
     @classmethod
@@ -537,6 +591,10 @@ TRAINING_FIELDS: dict[str, tuple[str, ...] | None] = {  # section -> fields (Non
         "compression",
         "max_cost",
         "objective",
+        "mode",
+        "buffer_size",
+        "staleness",
+        "server_learning_rate",
     ),
     "clients_info": None,
     "data_sampling": None,
@@ -551,6 +609,10 @@ ADDED_LATER: dict[str, Any] = {
     "server_config.compression": "none",
     "server_config.max_cost": None,
     "server_config.objective": "none",
+    "server_config.mode": "sync",
+    "server_config.buffer_size": 3,
+    "server_config.staleness": {"kind": "constant", "a": 0.5, "b": 4.0},
+    "server_config.server_learning_rate": 1.0,
 }
 
 

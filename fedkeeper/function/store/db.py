@@ -40,6 +40,8 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("session", ASCENDING), ("round", ASCENDING), ("client", ASCENDING)], unique=True),
         # a client's latest top-k residual (round <)
         IndexModel([("session", ASCENDING), ("client", ASCENDING), ("round", ASCENDING)]),
+        # async mode: a version's buffer, and the unclaimed updates
+        IndexModel([("session", ASCENDING), ("consumed_by", ASCENDING), ("created_at", ASCENDING)]),
     ],
     "evaluations": [
         IndexModel([("session", ASCENDING), ("round", ASCENDING), ("client", ASCENDING)], unique=True),

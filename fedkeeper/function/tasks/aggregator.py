@@ -33,6 +33,7 @@ from fedkeeper.function.strategies import (
     StrategyState,
     Weights,
 )
+from fedkeeper.function.strategies.fedbuff import BufferStep
 from fedkeeper.function.strategies.sharding import array_ranges, join_states, shard_context, shard_results
 from fedkeeper.function.tasks.common import SessionSettings, require
 
@@ -50,6 +51,8 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
         return dict(doc["metrics"])
 
     settings = SessionSettings.load(store)
+    if params.get("mode") == "async":
+        return _fold_buffer(store, settings, round_number)
     strategy = settings.server.strategy.build()
     shards = settings.server.aggregation_shards
     shard = params.get("shard")
@@ -245,3 +248,70 @@ def fit_results(
             loss=item.loss,
             accuracy=item.accuracy,
         )
+
+
+def _fold_buffer(store: SessionStore, settings: SessionSettings, version: int) -> dict[str, Any]:
+    """Async mode: version ``version``'s claimed buffer into version ``version + 1`` (FedBuff).
+
+    Streams the buffer one update at a time, each against the weights of the version it trained
+    on (read once per version: the buffer comes sorted by it). Re-run after dying at any line it
+    makes the same version: the claims are fixed, and stored weights are not written again.
+    """
+    server = settings.server
+    marks = store.updates.claimed(version)
+    if not marks:
+        raise StoreError(f"version {version}: no update was claimed for its buffer")
+    rejected: dict[str, str] = {}
+    if not store.weights.has(version + 1):
+        current = store.weights.get(version)
+        bases: dict[int, Weights] = {version: current}
+
+        def base_of(trained_on: int) -> Weights:
+            if trained_on not in bases:
+                bases.clear()  # sorted by version: one older model held at a time
+                bases.update({version: current, trained_on: store.weights.get(trained_on)})
+            return bases[trained_on]
+
+        step = BufferStep(current, server.staleness, server.server_learning_rate)
+        codec = server.compression.build()
+        for mark, item in store.updates.stream_claimed(version, codec=codec, reference_of=base_of):
+            if isinstance(item, UnreadableUpdate):
+                rejected[_dispatch_key(mark)] = item.reason
+                store.updates.mark(int(mark["round"]), item.client, UpdateStatus.REJECTED, item.reason)
+                continue
+            trained_on = int(mark["version"])
+            step.add(item.weights, base_of(trained_on), item.num_examples, version - trained_on)
+        if not step.examples:
+            raise StoreError(f"version {version}: no readable update in its buffer ({rejected})")
+        store.weights.put(version + 1, step.apply())
+    # a re-run after the weights were written finds the unreadable ones by their marks
+    rejected |= {
+        _dispatch_key(m): str(m.get("reason")) for m in marks if m.get("status") == UpdateStatus.REJECTED
+    }
+    usable = [m for m in marks if _dispatch_key(m) not in rejected]
+    staleness = [version - int(m["version"]) for m in usable]
+    examples = sum(int(m["num_examples"]) for m in usable)
+    weights = store.weights.get(version + 1)
+    dataset = load_dataset(settings.data)
+    loss, accuracy = evaluate(weights, dataset.x_test, dataset.y_test, settings.model, dataset.num_classes)
+    metrics = {
+        "round": version,
+        "accuracy": float(accuracy),
+        "loss": float(loss),
+        "train_loss": sum(m["loss"] * m["num_examples"] for m in usable) / max(examples, 1),
+        "train_accuracy": sum(m["accuracy"] * m["num_examples"] for m in usable) / max(examples, 1),
+        "accepted": [int(m["client"]) for m in usable],
+        "rejected": rejected,
+        "examples": int(examples),
+        "update_bytes": sum(int(m.get("payload_bytes") or 0) for m in marks),
+        "strategy": "fedbuff",
+        "staleness_mean": sum(staleness) / max(len(staleness), 1),
+        "staleness_max": max(staleness, default=0),
+    }
+    store.rounds.finish(version, metrics)
+    return metrics
+
+
+def _dispatch_key(mark: dict[str, Any]) -> str:
+    """``client/dispatch``: one client may have several updates in a buffer."""
+    return f"{int(mark['client'])}/{int(mark['round'])}"
