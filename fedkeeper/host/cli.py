@@ -164,7 +164,8 @@ def status(session: str | None, config_path: Path, as_json: bool) -> None:
             return
         handle = store.for_session(session)
         doc = handle.record.get()
-        click.echo(f"{session}: {doc['phase']}, next round {doc['round']}")
+        mode = ((doc.get("scenario") or {}).get("server_config") or {}).get("mode", "sync")
+        click.echo(f"{session}: {doc['phase']}, {mode} mode, next round {doc['round']}")
         for c in doc["conditions"]:
             click.echo(
                 f"  {c['lastTransitionTime']:%Y-%m-%d %H:%M:%S} {c['type']} {c['reason']} {redact(c['message'])}"
@@ -174,6 +175,8 @@ def status(session: str | None, config_path: Path, as_json: bool) -> None:
             acc = f"accuracy {m['accuracy']:.4f}" if m else r["status"]
             if m.get("federated_accuracy") is not None:
                 acc += f", federated accuracy {m['federated_accuracy']:.4f}"
+            if m.get("staleness_max") is not None:
+                acc += f", staleness mean {m['staleness_mean']:.1f} max {m['staleness_max']}"
             click.echo(f"  round {r['round']}: {acc}, selected {r['selected']}")
 
 

@@ -18,6 +18,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -40,14 +41,15 @@ from fedkeeper.function.strategies import (
     Strategy,
     make_selection,
 )
+from fedkeeper.host.async_rounds import AsyncDriver
 from fedkeeper.host.costs import client_rates, round_cost
 from fedkeeper.host.history import ClientHistory, History, fold
-from fedkeeper.host.ledger import SERVER, Ledger, LedgerEntry, LedgerStatus
+from fedkeeper.host.ledger import SERVER, Ledger, LedgerEntry, LedgerStatus, aggregation_shard
 from fedkeeper.host.outages import Outages, OutageTooLong, OutageWatch
 from fedkeeper.host.plan import Key, Plan
 from fedkeeper.host.providers.base import Provider
 from fedkeeper.host.reporting import Reporter, Stopwatch
-from fedkeeper.host.rounds import ClosedRound, RoundDriver, SessionFailed
+from fedkeeper.host.rounds import MIN_POLL_S, ClosedRound, RoundDriver, SessionFailed
 
 __all__ = ["Keeper", "SessionFailed", "new_session_id"]
 
@@ -191,8 +193,9 @@ class Keeper:
         reporter.event("session_resumed" if resumed else "session_started", session=self.session_id)
         reporter.say(
             f"session {self.session_id}: {'resuming' if resumed else 'starting'} — "
-            f"{len(self.plan.placements)} clients, {self.server.num_clients_per_round} per round, "
-            f"up to {self.server.max_rounds} rounds, target accuracy {self.server.target_accuracy}"
+            f"{len(self.plan.placements)} clients, {self._pace()}, "
+            f"up to {self.server.max_rounds} {'versions' if self.server.mode == 'async' else 'rounds'}, "
+            f"target accuracy {self.server.target_accuracy}"
         )
         if self.server.strategy.build().fraction_evaluate > 0:
             for where, why in self.plan.cannot_evaluate().items():
@@ -218,12 +221,23 @@ class Keeper:
             reporter.say(f"logs: {reporter.dir}")
             reporter.close()
 
+    def _pace(self) -> str:
+        """How clients are driven, for the start line."""
+        if self.server.mode == "async":
+            return (
+                f"async: {self.server.in_flight_limit} in flight, a version every "
+                f"{self.server.buffer_size} updates"
+            )
+        return f"{self.server.num_clients_per_round} per round"
+
     def _train(self) -> str:
         """Initialise if needed, then run rounds from the store's state to a stop rule."""
         record = self.session.record
         if not record.initialised():
             self._initialise()
         record.set_phase(Phase.RUNNING, "RoundsStarted")
+        if self.server.mode == "async":
+            return self._train_async()
         driver = RoundDriver(
             self.server, self.plan, self.session, self.ledger, self.providers, self.watch, self.retry,
             self.clock, self.sleep, self.budget_since,
@@ -240,6 +254,73 @@ class Keeper:
                 self.reporter.event("session_succeeded", reason=stop[0], message=stop[1])
                 self.reporter.say(f"session {self.session_id} succeeded: {stop[1]}")
                 return self.session_id
+
+    def _train_async(self) -> str:
+        """Async mode (FedBuff): stream activations; every full buffer is the next model version.
+
+        A version's buffer is claimed in the store before the aggregator folds it, so a keeper that
+        dies between the two finds the same buffer when it resumes, and an update is in one only.
+        """
+        record = self.session.record
+        driver = AsyncDriver(
+            self.server, self.plan, self.session, self.ledger, self.providers, self.watch, self.retry,
+            self.clock, self.sleep,
+        )  # fmt: skip
+        driver.restore()
+        watch = Stopwatch()
+        while True:
+            session = record.get()
+            version = int(session["round"])
+            buffer = self.session.updates.claim(version, self.server.buffer_size)
+            if len(buffer) < self.server.buffer_size:
+                driver.pump(version)
+                self.sleep(self.server.poll_interval_s if driver.in_flight else MIN_POLL_S)
+                continue
+            metrics = self._aggregate_version(version, buffer, driver, watch)
+            watch = Stopwatch()
+            record.advance_round(version + 1)
+            self._write_logs()
+            stop = self._stop_reason(version, metrics, session)
+            if stop:
+                driver.stop()
+                record.set_phase(Phase.SUCCEEDED, stop[0], stop[1])
+                self.reporter.event("session_succeeded", reason=stop[0], message=stop[1])
+                self.reporter.say(f"session {self.session_id} succeeded: {stop[1]}")
+                return self.session_id
+
+    def _aggregate_version(
+        self, version: int, buffer: list[dict[str, Any]], driver: AsyncDriver, watch: Stopwatch
+    ) -> dict[str, Any]:
+        """The aggregator folds version ``version``'s claimed buffer into the next version."""
+        rounds = self.session.rounds
+        clients = sorted({int(m["client"]) for m in buffer})
+        rounds.open(version, clients)
+        if rounds.get(version).get("metrics") is None:
+            metrics = self._call_server(
+                AGGREGATOR_FUNCTION,
+                version,
+                {"session": self.session_id, "round": version, "clients": clients, "mode": "async"},
+            )
+            counts = driver.take_counts()
+            extra = {
+                "in_flight": driver.in_flight,
+                "retries": counts.retries,
+                "failed_clients": counts.failed,
+                "cold_starts": counts.cold_starts,
+                "duration_s": watch.elapsed,
+            }
+            rounds.add_metrics(version, extra)
+            metrics.update(extra)
+        else:  # aggregated before a resumed keeper got here
+            metrics = dict(rounds.get(version)["metrics"])
+        self.reporter.event("round_aggregated", **metrics)
+        self.reporter.say(
+            f"version {version + 1}/{self.server.max_rounds}: accuracy {metrics['accuracy']:.4f} "
+            f"loss {metrics['loss']:.4f} · {len(buffer)} updates, staleness mean "
+            f"{float(metrics.get('staleness_mean', 0.0)):.1f} max {metrics.get('staleness_max', 0)} · "
+            f"{metrics.get('in_flight', 0)} in flight · {float(metrics.get('duration_s', 0.0)):.1f}s"
+        )
+        return metrics
 
     # ------------------------------------------------------------------ outages
     def _wait_for_store(self, error: StoreUnavailable) -> None:
@@ -287,17 +368,19 @@ class Keeper:
         self.reporter.write_activations(list(self.ledger.entries()))
 
     # ------------------------------------------------------------------ managing functions
-    def _call_server(self, function: str, round_number: int, params: dict[str, Any]) -> dict[str, Any]:
+    def _call_server(
+        self, function: str, round_number: int, params: dict[str, Any], client: int = SERVER
+    ) -> dict[str, Any]:
         """Invoke a managing function and wait, retrying failures with backoff and waiting out
-        outages (which cost no retry); every attempt is in the ledger."""
+        outages (which cost no retry); every attempt is in the ledger, under ``client``."""
         timeout_s = float(self.plan.limits[function].timeout) + 30
         provider = self.server_provider
-        attempt = self.ledger.attempts(round_number, function, SERVER)
+        attempt = self.ledger.attempts(round_number, function, client)
         failures = 0
         while True:
             attempt += 1
             entry = self.ledger.new_entry(
-                round_number, function, SERVER, attempt, provider.platform, provider.cluster
+                round_number, function, client, attempt, provider.platform, provider.cluster
             )
             self.ledger.submit(entry)
             try:
@@ -408,11 +491,9 @@ class Keeper:
 
     def _aggregate(self, round_number: int, closed: ClosedRound, watch: Stopwatch) -> dict[str, Any]:
         """The aggregator's metrics of the closed round, with the keeper's own; then old payloads go."""
-        metrics = self._call_server(
-            AGGREGATOR_FUNCTION,
-            round_number,
-            {"session": self.session_id, "round": round_number, "clients": list(closed.included)},
-        )
+        params = {"session": self.session_id, "round": round_number, "clients": list(closed.included)}
+        self._aggregate_shards(round_number, params)
+        metrics = self._call_server(AGGREGATOR_FUNCTION, round_number, params)
         extra = {"retries": closed.retries, "failed_clients": len(closed.failed), "duration_s": watch.elapsed}
         self.session.rounds.add_metrics(round_number, extra)
         pruned = prune(self.session, round_number, self.server.keep_updates)
@@ -485,6 +566,26 @@ class Keeper:
             f"{len(results)}/{len(closed.selected)} evaluations · {closed.retries} retries · {watch.elapsed:.1f}s"
         )
         return metrics
+
+    def _aggregate_shards(self, round_number: int, params: dict[str, Any]) -> None:
+        """With ``aggregation_shards: M > 1``, M aggregator activations at once, one per range of
+        arrays, each retried on its own; the aggregator called after them joins their results."""
+        shards = self.server.aggregation_shards
+        if shards == 1:
+            return
+        with ThreadPoolExecutor(max_workers=shards, thread_name_prefix="aggregation-shard") as pool:
+            calls = [
+                pool.submit(
+                    self._call_server,
+                    AGGREGATOR_FUNCTION,
+                    round_number,
+                    {**params, "shard": shard},
+                    aggregation_shard(shard),
+                )
+                for shard in range(shards)
+            ]
+            for call in calls:
+                call.result()
 
     def _note(self, message: str) -> None:
         self.reporter.event("note", message=message)

@@ -18,7 +18,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pymongo import ASCENDING, UpdateOne
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.errors import DuplicateKeyError
 
 from fedkeeper.function.invoke.base import ActivationRecord, ActivationStatus
@@ -27,6 +27,11 @@ from fedkeeper.function.store.mongo import store_errors, translated_errors, utcn
 from fedkeeper.function.store.statuses import Task
 
 SERVER = -1  # ``client`` value of entries for the managing functions
+
+
+def aggregation_shard(shard: int) -> int:
+    """``client`` value of the entries of aggregation shard ``shard`` (-2, -3, ...)."""
+    return SERVER - 1 - shard
 
 
 class LedgerStatus(StrEnum):
@@ -210,6 +215,18 @@ class Ledger:
         """Attempts of the round's ``task`` still waiting for a record."""
         query = {"session": self._session.id, "round": round_number, "status": LedgerStatus.SUBMITTED}
         return [_entry(doc) for doc in self._col.find({**query, **_task(task)})]
+
+    def open_client_entries(self) -> list[LedgerEntry]:
+        """Async mode: every client activation still waiting for a record, whatever its dispatch."""
+        query = {"session": self._session.id, "client": {"$gte": 0}, "status": LedgerStatus.SUBMITTED}
+        return [_entry(doc) for doc in self._col.find({**query, **_task(Task.FIT)})]
+
+    def last_client_round(self) -> int:
+        """The highest round (async mode: dispatch) number of a client activation; -1 before any."""
+        doc = self._col.find_one(
+            {"session": self._session.id, "client": {"$gte": 0}}, {"round": 1}, sort=[("round", DESCENDING)]
+        )
+        return -1 if doc is None else int(doc["round"])
 
     def round_entries(self, round_number: int) -> list[LedgerEntry]:
         """Every attempt of the round, in one query."""

@@ -42,6 +42,11 @@ ROUND_FIELDS = [
     "cost",
     "cumulative_cost",
     *(f"bytes_{link}" for link in LINKS),
+    # async mode: one row per model version (empty in sync rounds)
+    "staleness_mean",
+    "staleness_max",
+    "in_flight",
+    "cold_starts",
 ]
 ACTIVATION_FIELDS = [
     "round",
@@ -176,6 +181,10 @@ class Reporter:
                         "cost": _amount(m.get("cost")),
                         "cumulative_cost": _amount(m.get("cumulative_cost")),
                         **{f"bytes_{link}": (m.get("bytes") or {}).get(link, "") for link in LINKS},
+                        "staleness_mean": _figure(m.get("staleness_mean")),
+                        "staleness_max": m.get("staleness_max", ""),
+                        "in_flight": m.get("in_flight", ""),
+                        "cold_starts": m.get("cold_starts", ""),
                     }
                 )
         self._plot(rows)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -433,8 +433,7 @@ class RoundDriver:
         before its record is visible (or its record may be lost), so the client counts as done
         from the store; its entry stays open until its record comes or the round closes.
         """
-        groups: dict[tuple[str, str, str], list[LedgerEntry]] = defaultdict(list)
-        records: dict[str, ActivationRecord] = {}
+        polled: list[LedgerEntry] = []
         for client, entry in list(state.pending.items()):
             if entry.activation_id is None:  # submitted by a keeper that died (or lost the store) first
                 state.pending.pop(client)
@@ -442,60 +441,41 @@ class RoundDriver:
                 self._refund(state, client)  # not the client's failure
                 self._schedule_retry(state, client, "never invoked")
                 continue
-            groups[(entry.platform, entry.cluster, entry.function)].append(entry)
-        for (platform, cluster, function), entries in groups.items():
-            provider = self.providers[(platform, cluster)]
-            if not self.outages.may_probe(provider.where):
-                continue
-            since = min(int(e.submitted_at.timestamp() * 1000) for e in entries) - 60_000
-            try:
-                records.update(
-                    provider.fetch(function, [e.activation_id for e in entries if e.activation_id], since)
-                )
-            except PlatformUnavailable as exc:
-                self.watch.waiting(self.outages.failed(exc))
-                continue
-            except ProviderError as exc:
-                self._note(f"polling {platform}/{cluster} failed: {exc}")
-                continue
-            self.watch.back(provider.where)
+            polled.append(entry)
+        records = fetch_records(polled, self.providers, self.watch, self._note)
         state.done |= self._delivered(state)
         with self.ledger.batched():
-            self._settle_polled(state, groups, records)
+            self._settle_polled(state, polled, records)
 
     def _settle_polled(
-        self,
-        state: RoundState,
-        groups: dict[tuple[str, str, str], list[LedgerEntry]],
-        records: dict[str, ActivationRecord],
+        self, state: RoundState, polled: list[LedgerEntry], records: dict[str, ActivationRecord]
     ) -> None:
         """Settle the polled entries whose records came, and time out those waited for too long."""
-        for entries in groups.values():
-            for entry in entries:
-                record = records.get(entry.activation_id or "")
-                where = f"{entry.platform}/{entry.cluster}"
-                age = self.clock() - state.sent.get(entry.client, state.started)
-                if record is not None and record.status.done:
-                    state.pending.pop(entry.client)
-                    self._settle(state, entry, record)
-                elif self.outages.is_down(where):
-                    continue  # its record may come once the platform is back: no time-out meanwhile
-                elif age > self.server.activation_timeout_s:
-                    state.pending.pop(entry.client)
-                    if entry.client in state.done:
-                        self.ledger.settle(
-                            entry, LedgerStatus.RECORD_LOST,
-                            error=f"{_result(state)} stored, activation record not seen",
-                        )  # fmt: skip
-                        continue
-                    if self.outages.overlapped(where, entry.submitted_at):  # lost in the outage
-                        error = f"no record after {age:.0f}s; {where} was down meanwhile"
-                        self.ledger.settle(entry, LedgerStatus.UNAVAILABLE, error=error)
-                        self._refund(state, entry.client)
-                        state.retry_at[entry.client] = self.clock()
-                        continue
-                    self.ledger.settle(entry, LedgerStatus.TIMED_OUT, error=f"no record after {age:.0f}s")
-                    self._schedule_retry(state, entry.client, "timed out")
+        for entry in polled:
+            record = records.get(entry.activation_id or "")
+            where = f"{entry.platform}/{entry.cluster}"
+            age = self.clock() - state.sent.get(entry.client, state.started)
+            if record is not None and record.status.done:
+                state.pending.pop(entry.client)
+                self._settle(state, entry, record)
+            elif self.outages.is_down(where):
+                continue  # its record may come once the platform is back: no time-out meanwhile
+            elif age > self.server.activation_timeout_s:
+                state.pending.pop(entry.client)
+                if entry.client in state.done:
+                    self.ledger.settle(
+                        entry, LedgerStatus.RECORD_LOST,
+                        error=f"{_result(state)} stored, activation record not seen",
+                    )  # fmt: skip
+                    continue
+                if self.outages.overlapped(where, entry.submitted_at):  # lost in the outage
+                    error = f"no record after {age:.0f}s; {where} was down meanwhile"
+                    self.ledger.settle(entry, LedgerStatus.UNAVAILABLE, error=error)
+                    self._refund(state, entry.client)
+                    state.retry_at[entry.client] = self.clock()
+                    continue
+                self.ledger.settle(entry, LedgerStatus.TIMED_OUT, error=f"no record after {age:.0f}s")
+                self._schedule_retry(state, entry.client, "timed out")
 
     def _settle(self, state: RoundState, entry: LedgerEntry, record: ActivationRecord) -> None:
         """Book a finished activation; it counts only if its result is in the store (``state.done``)."""
@@ -551,6 +531,40 @@ class RoundDriver:
     def _note(self, message: str) -> None:
         self.reporter.event("note", message=message)
         self.reporter.say(message)
+
+
+def fetch_records(
+    entries: Iterable[LedgerEntry],
+    providers: Mapping[tuple[str, str], Provider],
+    watch: OutageWatch,
+    note: Callable[[str], None],
+) -> dict[str, ActivationRecord]:
+    """The records of ``entries`` (each with an activation id), one batch per provider and function.
+
+    A platform that is down and not due for a probe is skipped; one that fails to answer is noted
+    as an outage (or a failed poll) and skipped.
+    """
+    groups: dict[tuple[str, str, str], list[LedgerEntry]] = defaultdict(list)
+    for entry in entries:
+        groups[(entry.platform, entry.cluster, entry.function)].append(entry)
+    records: dict[str, ActivationRecord] = {}
+    for (platform, cluster, function), group in groups.items():
+        provider = providers[(platform, cluster)]
+        if not watch.outages.may_probe(provider.where):
+            continue
+        since = min(int(e.submitted_at.timestamp() * 1000) for e in group) - 60_000
+        try:
+            records.update(
+                provider.fetch(function, [e.activation_id for e in group if e.activation_id], since)
+            )
+        except PlatformUnavailable as exc:
+            watch.waiting(watch.outages.failed(exc))
+            continue
+        except ProviderError as exc:
+            note(f"polling {platform}/{cluster} failed: {exc}")
+            continue
+        watch.back(provider.where)
+    return records
 
 
 def _result(state: RoundState) -> str:

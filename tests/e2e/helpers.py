@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from fedkeeper.function.config import parse_config
 from fedkeeper.function.store.db import Store
@@ -76,3 +84,49 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None
             return
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class KilledKeeper:
+    """A session whose keeper was SIGKILLed: its store and how to run the CLI on its config."""
+
+    store: Store
+    config_file: Path
+    env: dict[str, str]
+
+    def resume(self, session: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+        """``fedkeeper resume`` in a new process."""
+        return subprocess.run(
+            [sys.executable, "-m", "fedkeeper", "resume", session, "-c", str(self.config_file)],
+            cwd=cwd, env=self.env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+
+
+def kill_keeper_when(
+    data: dict[str, Any], cwd: Path, ready: Callable[[Store], bool], what: str
+) -> KilledKeeper:
+    """Deploy with ``main.py -d``, start ``main.py -s``, SIGKILL it once ``ready(store)`` holds."""
+    config_file = cwd / "config.yaml"
+    config_file.write_text(yaml.safe_dump(data))
+    mongo = data["scenarios"]["federated_learning"]["mongo_config"]
+    store = Store(mongo["url"], mongo["database"])
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "-c", str(config_file), "-d"],
+        check=True, cwd=cwd, env=env, capture_output=True, timeout=120,
+    )  # fmt: skip
+    keeper = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), "-c", str(config_file), "-s"],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: ready(store), timeout_s=240, what=what)
+        keeper.send_signal(signal.SIGKILL)
+        keeper.wait(timeout=30)
+    finally:
+        if keeper.poll() is None:
+            keeper.kill()
+    return KilledKeeper(store, config_file, env)

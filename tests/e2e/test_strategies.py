@@ -145,3 +145,27 @@ def test_krum_sets_each_rounds_weights_to_the_update_it_selects(
         (update,) = list(run.updates.stream(round_number, [chosen]))
         assert isinstance(update, StoredUpdate)
         assert wire.checksum(run.weights.get(round_number + 1)) == wire.checksum(update.weights)
+
+
+def test_a_session_aggregated_in_two_shards_ends_with_the_unsharded_weights(
+    slow_fabric: FabricProcess, mongo_url: str, tmp_path: Path
+) -> None:
+    strategy = {"name": "fedavgm", "server_learning_rate": 0.9, "server_momentum": 0.5}
+    data = _config(slow_fabric, mongo_url, tmp_path / "logs", strategy)
+    data["scenarios"]["federated_learning"]["server_config"]["aggregation_shards"] = 2
+    sharded, sharded_session = run_session(data)
+    whole, whole_session = run_session(_config(slow_fabric, mongo_url, tmp_path / "logs", strategy))
+
+    assert_every_selected_update_counted_once(sharded, sharded_session, rounds=ROUNDS)
+    for round_number in range(1, ROUNDS + 1):
+        assert wire.checksum(sharded.for_session(sharded_session).weights.get(round_number)) == wire.checksum(
+            whole.for_session(whole_session).weights.get(round_number)
+        ), f"round {round_number} weights differ"
+    # each round: two shard activations in the ledger, then the one that joins them
+    shards = sharded.db.activations.find(
+        {"session": sharded_session, "function": "fl_server_aggregator", "status": LedgerStatus.SUCCESS}
+    )
+    assert sorted((a["round"], a["client"]) for a in shards) == sorted(
+        (r, c) for r in range(ROUNDS) for c in (-1, -2, -3)
+    )
+    assert sharded.db.aggregation_shards.count_documents({"session": sharded_session}) == 0

@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from fedkeeper.function.config import GUEST_AUTH
+from fedkeeper.host.fabric.faults import FaultPlan
 
 from .conftest import FabricClient, annotation, basic
 from .snippets import ECHO, SLEEP
@@ -158,3 +159,17 @@ def test_no_namespace_key_may_read_or_replace_the_fault_plan(
     assert fabric.invoke(name, blocking=True).status_code == 200  # everyone's activations still run
     wrong = ("x", "y")
     assert fabric.session.get(f"{fabric.url}/admin/v1/faults", auth=wrong, timeout=10).status_code == 401
+
+
+def test_a_straggler_share_of_activations_waits_straggler_ms_more_and_other_plans_draw_the_same() -> None:
+    plan = FaultPlan.parse({"seed": 5, "actions": {"c": {"straggler": 0.3, "straggler_ms": [5000, 15000]}}})
+    delays = [plan.decide("c").latency_s for _ in range(2000)]
+    slow = [d for d in delays if d > 0]
+    assert 0.25 < len(slow) / len(delays) < 0.35
+    assert all(5.0 <= d <= 15.0 for d in slow)
+    assert plan.to_json()["actions"]["c"]["straggler_ms"] == [5000, 15000]
+    plain = {"seed": 5, "default": {"application_error": 0.3, "latency_ms": [0, 10]}}
+    with_none = {"seed": 5, "default": {"application_error": 0.3, "latency_ms": [0, 10], "straggler": 0}}
+    first, second = FaultPlan.parse(plain), FaultPlan.parse(with_none)
+    assert [first.decide("x") for _ in range(50)] == [second.decide("x") for _ in range(50)]
+    assert "straggler" not in first.to_json()["default"]

@@ -58,6 +58,7 @@ class Attempt:
     ok: bool = True
     lost_record: bool = False  # the update is stored, the platform never shows the record
     init_ms: int | None = None  # a cold start's initialisation
+    rejected: bool = False  # the update it stores fails its checks (stored as a rejection)
 
 
 @dataclass
@@ -70,6 +71,7 @@ class _Running:
     script: Attempt
     task: Task = Task.FIT
     finished: bool = False
+    version: int | None = None  # async mode: the model version it trains on
 
 
 @dataclass
@@ -92,7 +94,8 @@ class ScriptedProvider(Provider):
     down_until: float = 0.0
     pending_once: set[str] = field(
         default_factory=set
-    )  # managing functions whose next call outlives its wait
+    )  # managing functions ("fl_server_aggregator shard 1" for a shard) whose next call outlives its wait
+    managing: list[str] = field(default_factory=list)  # the managing calls, in order
     concurrency: int | None = None
     throttled: int = 0  # invokes refused for the concurrency limit
     invoked: list[tuple[int, int]] = field(default_factory=list)  # (client, attempt), in order
@@ -119,7 +122,9 @@ class ScriptedProvider(Provider):
             self.evaluated.append((client, attempt))
         else:
             steps = self.script.get(client, [Attempt()])
-            step = steps[min(attempt, len(steps)) - 1]
+            # async dispatches are all attempt 1: they follow the script by the client's calls so far
+            nth = attempt if params.get("version") is None else 1 + sum(c == client for c, _ in self.invoked)
+            step = steps[min(nth, len(steps)) - 1]
             self.invoked.append((client, attempt))
         activation_id = f"a{next(self._ids)}"
         self.running[activation_id] = _Running(
@@ -130,6 +135,7 @@ class ScriptedProvider(Provider):
             self.clock(),
             step,
             task,
+            version=None if params.get("version") is None else int(params["version"]),
         )
         return activation_id
 
@@ -157,14 +163,29 @@ class ScriptedProvider(Provider):
         """The managing functions, as far as the keeper sees them: init marks the session
         initialised; the aggregator finishes the round with a fixed accuracy."""
         self._answer()
-        if name in self.pending_once:
-            self.pending_once.discard(name)
+        call = name if "shard" not in params else f"{name} shard {params['shard']}"
+        self.managing.append(call)
+        if call in self.pending_once:
+            self.pending_once.discard(call)
             return ActivationRecord(f"a{next(self._ids)}", ActivationStatus.PENDING)
         session = self.store.for_session(str(params["session"]))
-        if name == SERVER_INIT_FUNCTION:
+        if name == AGGREGATOR_FUNCTION and "shard" in params:  # a shard stores its slice, no more
+            result: dict[str, Any] = {"round": int(params["round"]), "shard": int(params["shard"])}
+        elif name == SERVER_INIT_FUNCTION:
             session.weights.put(0, WEIGHTS)
             session.record.mark_initialised()
-            result: dict[str, Any] = {}
+            result = {}
+        elif name == AGGREGATOR_FUNCTION and params.get("mode") == "async":
+            version = int(params["round"])  # the buffer as claimed; the model stays WEIGHTS
+            marks = session.updates.claimed(version)
+            buffer = [f"{m['client']}/{m['round']}" for m in marks]
+            stale = [version - int(m["version"]) for m in marks]
+            session.weights.put(version + 1, WEIGHTS)
+            result = {
+                "round": version, "accuracy": 0.5, "loss": 1.0, "accepted": buffer,
+                "staleness_mean": sum(stale) / len(stale), "staleness_max": max(stale),
+            }  # fmt: skip
+            session.rounds.finish(version, result)
         elif name == AGGREGATOR_FUNCTION:
             round_number, included = int(params["round"]), [int(c) for c in params["clients"]]
             result = {"round": round_number, "accuracy": 0.5, "loss": 1.0, "accepted": included}
@@ -192,9 +213,19 @@ class ScriptedProvider(Provider):
                 run.session.evaluations.put(
                     run.round, run.client, examples, loss, accuracy, activation_id, run.attempt
                 )
+            elif run.script.ok and run.script.rejected:
+                run.session.updates.reject(run.round, run.client, "update norm 99 is past max_update_norm 20")
             elif run.script.ok:
                 run.session.updates.put(
-                    run.round, run.client, WEIGHTS, 10, 0.5, 0.5, activation_id, run.attempt
+                    run.round,
+                    run.client,
+                    WEIGHTS,
+                    10,
+                    0.5,
+                    0.5,
+                    activation_id,
+                    run.attempt,
+                    version=run.version,
                 )
 
     def _answer(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -167,3 +169,21 @@ def test_a_session_handle_sees_only_its_own_session(store: SessionStore) -> None
     assert store.updates.clients(0) == set() and other.updates.clients(0) == {3}
     assert store.rounds.all() == [] and [r["round"] for r in other.rounds.all()] == [0]
     assert other.record.get()["phase"] == Phase.PENDING and store.record.get()["_id"] == "s1"
+
+
+def test_concurrent_claims_put_every_async_update_in_exactly_one_buffer(store: SessionStore) -> None:
+    for dispatch in range(40):
+        assert store.updates.put(
+            dispatch, dispatch % 4, [np.ones(3, dtype=np.float32)], 5, 1.0, 0.5, version=0
+        )
+    store.updates.reject(40, 1, "norm too large")  # a rejected update is never claimed
+
+    def claim(version: int) -> list[int]:
+        return [int(m["round"]) for m in store.updates.claim(version, 5)]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        buffers = list(pool.map(claim, range(8)))
+    assert [len(b) for b in buffers] == [5] * 8
+    assert sorted(d for b in buffers for d in b) == list(range(40))
+    assert claim(8) == [] and store.updates.unclaimed() == 0
+    assert sorted(claim(3)) == sorted(buffers[3])  # a version's buffer, claimed again, is the same

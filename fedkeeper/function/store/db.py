@@ -24,6 +24,7 @@ from fedkeeper.function.store.mongo import shared_client, store_errors
 from fedkeeper.function.store.partitions import Partitions
 from fedkeeper.function.store.rounds import Rounds
 from fedkeeper.function.store.sessions import SessionRecord
+from fedkeeper.function.store.shards import AggregationShards
 from fedkeeper.function.store.state import StrategyStates
 from fedkeeper.function.store.updates import Updates
 
@@ -39,11 +40,16 @@ INDEXES: dict[str, list[IndexModel]] = {
         IndexModel([("session", ASCENDING), ("round", ASCENDING), ("client", ASCENDING)], unique=True),
         # a client's latest top-k residual (round <)
         IndexModel([("session", ASCENDING), ("client", ASCENDING), ("round", ASCENDING)]),
+        # async mode: a version's buffer, and the unclaimed updates
+        IndexModel([("session", ASCENDING), ("consumed_by", ASCENDING), ("created_at", ASCENDING)]),
     ],
     "evaluations": [
         IndexModel([("session", ASCENDING), ("round", ASCENDING), ("client", ASCENDING)], unique=True),
     ],
     "partitions": [IndexModel([("session", ASCENDING), ("client", ASCENDING)], unique=True)],
+    "aggregation_shards": [
+        IndexModel([("session", ASCENDING), ("round", ASCENDING), ("shard", ASCENDING)], unique=True)
+    ],
     # strategy state: exact (round) and latest-at-or-before (round <=) look-ups
     "strategy_state": [
         IndexModel([("session", ASCENDING), ("client", ASCENDING), ("round", ASCENDING)], unique=True)
@@ -110,7 +116,8 @@ class Store:
 
 class SessionStore:
     """One session's state, by concern: ``record`` (its document), ``weights``, ``updates``,
-    ``evaluations``, ``partitions``, ``rounds`` and ``strategy``. Nothing here takes a session id."""
+    ``evaluations``, ``partitions``, ``rounds``, ``strategy`` and ``shards``. Nothing here takes a
+    session id."""
 
     def __init__(self, store: Store, session_id: str) -> None:
         self.id = session_id
@@ -123,3 +130,4 @@ class SessionStore:
         self.partitions = Partitions(*parts)
         self.rounds = Rounds(*parts)
         self.strategy = StrategyStates(*parts)
+        self.shards = AggregationShards(*parts)

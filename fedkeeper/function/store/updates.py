@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from fedkeeper.function.errors import InvalidUpdate
@@ -22,6 +22,13 @@ from fedkeeper.function.store import codecs
 from fedkeeper.function.store import weights as wire
 from fedkeeper.function.store.mongo import SessionBound, store_errors, utcnow
 from fedkeeper.function.store.statuses import UpdateStatus
+
+# An async update no buffer holds yet (rejected ones are never claimed).
+_UNCLAIMED: dict[str, Any] = {
+    "consumed_by": None,
+    "version": {"$exists": True},
+    "status": UpdateStatus.RECEIVED,
+}
 
 
 @dataclass(frozen=True)
@@ -60,9 +67,13 @@ class Updates(SessionBound):
         *,
         codec: codecs.Codec = codecs.NONE,
         reference: Sequence[np.ndarray] | None = None,
+        version: int | None = None,
     ) -> bool:
         """Store a client's update, encoded with ``codec`` against ``reference`` (the round's global
         weights); ``False`` (and nothing written) when one is already there.
+
+        In async mode ``round_number`` is the activation's dispatch number and ``version`` the model
+        version it trained on (``reference``); the update waits, unclaimed, for a buffer (:meth:`claim`).
 
         Raises :class:`InvalidUpdate` when the update does not fit the codec.
         """
@@ -100,6 +111,7 @@ class Updates(SessionBound):
                     "attempt": attempt,
                     "status": UpdateStatus.RECEIVED,
                     "created_at": utcnow(),
+                    **({} if version is None else {"version": int(version), "consumed_by": None}),
                 }
             )
         except DuplicateKeyError:
@@ -231,6 +243,58 @@ class Updates(SessionBound):
             {"blob": 0, "residual": 0},
         ).sort("client", ASCENDING)
         return list(cursor)
+
+    # ------------------------------------------------------------------ async mode's buffers
+    def delivered(self, dispatches: Sequence[int]) -> dict[tuple[int, int], UpdateStatus]:
+        """``(dispatch, client)`` of the stored updates (or rejections) among ``dispatches``, and
+        their status."""
+        query = {"session": self.session_id, "round": {"$in": [int(d) for d in dispatches]}}
+        cursor = self._col.find(query, {"round": 1, "client": 1, "status": 1})
+        return {(int(d["round"]), int(d["client"])): UpdateStatus(d["status"]) for d in cursor}
+
+    def unclaimed(self) -> int:
+        """Async updates stored and not yet in any version's buffer."""
+        return self._col.count_documents(_UNCLAIMED | {"session": self.session_id})
+
+    def claim(self, version: int, buffer_size: int) -> list[dict[str, Any]]:
+        """Fill version ``version``'s buffer up to ``buffer_size`` updates, oldest first; its marks.
+
+        Each claim is one atomic ``find_one_and_update`` on an unclaimed update, so an update is in
+        exactly one buffer however many keepers (or resumed ones) claim; what was claimed for
+        ``version`` before a keeper died stays claimed for it.
+        """
+        claimed = self.claimed(version)
+        while len(claimed) < buffer_size:
+            doc = self._col.find_one_and_update(
+                _UNCLAIMED | {"session": self.session_id},
+                {"$set": {"consumed_by": int(version)}},
+                projection={"blob": 0, "residual": 0},
+                sort=[("created_at", ASCENDING), ("round", ASCENDING)],
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is None:
+                break
+            claimed.append(doc)
+        return claimed
+
+    def claimed(self, version: int) -> list[dict[str, Any]]:
+        """The marks of the updates in version ``version``'s buffer, by the version they trained on."""
+        cursor = self._col.find(
+            {"session": self.session_id, "consumed_by": int(version)}, {"blob": 0, "residual": 0}
+        ).sort([("version", ASCENDING), ("round", ASCENDING)])
+        return list(cursor)
+
+    def stream_claimed(
+        self, version: int, *, codec: codecs.Codec = codecs.NONE, reference_of: Any = None
+    ) -> Iterator[tuple[dict[str, Any], StoredUpdate | UnreadableUpdate]]:
+        """Version ``version``'s buffer one update at a time, each decoded against the weights it
+        trained on (``reference_of(version)``), with its mark."""
+        for mark in self.claimed(version):
+            reference = reference_of(int(mark["version"])) if codec.on_delta else None
+            for item in self.stream(
+                int(mark["round"]), [int(mark["client"])], codec=codec, reference=reference
+            ):
+                yield mark, item
 
     def mark(self, round_number: int, client: int, status: UpdateStatus, reason: str) -> None:
         self._col.update_one(

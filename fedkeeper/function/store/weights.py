@@ -11,6 +11,7 @@ import hashlib
 import io
 import math
 import numbers
+import struct
 import zipfile
 from collections.abc import Sequence
 from typing import Any
@@ -34,7 +35,7 @@ def checksum(weights: Sequence[np.ndarray]) -> str:
     for array in weights:
         array = np.ascontiguousarray(array)
         digest.update(f"{array.dtype.str}|{array.shape}|".encode())
-        digest.update(array.tobytes())
+        digest.update(array.reshape(-1).view(np.uint8).data)  # its own bytes, not a copy
     return digest.hexdigest()
 
 
@@ -46,24 +47,20 @@ def encode(weights: Sequence[np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def check_npz_sizes(data: bytes, max_bytes: int) -> None:
+def check_npz_sizes(data: bytes | bytearray, max_bytes: int) -> None:
     """Refuse an ``.npz`` whose arrays would take more than ``max_bytes`` once decompressed.
 
     Reads only the zip directory (each member's ``file_size``) and each ``.npy`` header (shape and
     dtype), so nothing is inflated or allocated before the sizes are known. Raises ``ValueError``.
     """
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+    with zipfile.ZipFile(_Reader(data)) as archive:
         members = archive.infolist()
         total = sum(member.file_size for member in members)
         if total > max_bytes:
             raise ValueError(f"{total} bytes once decompressed, past the limit of {max_bytes}")
         for member in members:
             with archive.open(member) as handle:
-                version = np.lib.format.read_magic(handle)
-                if version == (1, 0):
-                    shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
-                else:
-                    shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+                shape, _, dtype = _npy_header(handle)
             declared = math.prod(shape) * dtype.itemsize
             if declared > member.file_size:  # the header claims more than the member holds
                 raise ValueError(
@@ -71,19 +68,83 @@ def check_npz_sizes(data: bytes, max_bytes: int) -> None:
                 )
 
 
-def decode(data: bytes, max_bytes: int = MAX_NPZ_BYTES) -> Weights:
-    """Parse ``.npz`` bytes of at most ``max_bytes`` decompressed; :class:`InvalidUpdate` if malformed."""
+def decode(data: bytes | bytearray, max_bytes: int = MAX_NPZ_BYTES) -> Weights:
+    """Parse ``.npz`` bytes of at most ``max_bytes`` decompressed; :class:`InvalidUpdate` if malformed.
+
+    The arrays of a ``bytearray`` payload are views into it (``np.savez`` stores members
+    uncompressed), so a model-sized payload is not copied again; ``bytes`` are copied once so
+    that the arrays are writable either way.
+    """
+    buffer = data if isinstance(data, bytearray) else bytearray(data)
     try:
-        check_npz_sizes(data, max_bytes)
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            names = sorted(archive.files, key=lambda n: int(n[1:]) if n[1:].isdigit() else -1)
+        check_npz_sizes(buffer, max_bytes)
+        with zipfile.ZipFile(_Reader(buffer)) as archive:
+            members = {member.filename.removesuffix(".npy"): member for member in archive.infolist()}
+            names = sorted(members, key=lambda n: int(n[1:]) if n[1:].isdigit() else -1)
             if [f"a{i}" for i in range(len(names))] != names:
                 raise InvalidUpdate(f"weights archive has unexpected array names {names[:5]}")
-            return [archive[name] for name in names]
+            return [_member_array(archive, members[name], buffer) for name in names]
     except InvalidUpdate:
         raise
     except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as exc:
         raise InvalidUpdate(f"weights are not a valid .npz archive: {exc}") from None
+
+
+def _npy_header(handle: Any) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    """``(shape, fortran_order, dtype)`` of the ``.npy`` stream at ``handle``; object arrays refused."""
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+    if dtype.hasobject:
+        raise ValueError("object arrays are not weights (pickle is never loaded)")
+    return shape, fortran, dtype
+
+
+def _member_array(archive: zipfile.ZipFile, member: zipfile.ZipInfo, buffer: bytearray) -> np.ndarray:
+    with archive.open(member) as handle:
+        shape, fortran, dtype = _npy_header(handle)
+        if member.compress_type != zipfile.ZIP_STORED:  # not written by encode(): inflate it
+            count = math.prod(shape)
+            array = np.frombuffer(handle.read(count * dtype.itemsize), dtype=dtype, count=count).copy()
+            return array.reshape(shape, order="F" if fortran else "C")
+        header_end = handle.tell()
+    # A stored member's data follows its local header: 30 bytes, then its name and extra field.
+    try:
+        name_len, extra_len = struct.unpack_from("<HH", buffer, member.header_offset + 26)
+        offset = member.header_offset + 30 + name_len + extra_len + header_end
+        return np.ndarray(shape, dtype, buffer=buffer, offset=offset, order="F" if fortran else "C")
+    except (struct.error, TypeError) as exc:  # offsets past the payload
+        raise ValueError(f"{member.filename}: {exc}") from None
+
+
+class _Reader(io.RawIOBase):
+    """A seekable file over a buffer without copying it (``io.BytesIO`` copies a ``bytearray``)."""
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self._view = memoryview(data)
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, target: Any) -> int:
+        piece = self._view[self._position : self._position + len(target)]
+        target[: len(piece)] = piece
+        self._position += len(piece)
+        return len(piece)
 
 
 def to_b64(weights: Sequence[np.ndarray]) -> str:

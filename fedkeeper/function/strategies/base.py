@@ -94,6 +94,9 @@ class Strategy(ABC):
     client_objective: ClassVar[bool] = False
     # Its algebra assumes plain SGD steps on the client (model_params.optimizer: sgd).
     sgd_only: ClassVar[bool] = False
+    # Each array of the next weights and state depends only on the same array of the updates,
+    # current weights and state: it can aggregate in shards of arrays (aggregation_shards).
+    shard_exact: ClassVar[bool] = False
 
     # Federated evaluation, Flower's parameters (set by :meth:`evaluating`). Off by default, unlike
     # Flower's fraction_evaluate 1.0: on FaaS every evaluation is a paid activation.
@@ -149,7 +152,7 @@ class Strategy(ABC):
                 if item.rejected:
                     rejected[item.client] = item.reason
                 continue
-            reason = _invalid(item, context.current)
+            reason = why_invalid(item, context.current)
             if reason is not None:
                 rejected[item.client] = reason
                 failures.append(Failure(item.client, reason, rejected=True))
@@ -217,7 +220,7 @@ class Strategy(ABC):
         """The next global weights (reference dtypes) and the state to carry on."""
 
 
-def _invalid(result: FitRes, reference: Weights) -> str | None:
+def why_invalid(result: FitRes, reference: Weights) -> str | None:
     """Why an update cannot be aggregated, or None: the one gate every update passed when stored."""
     weights = result.weights
     if not isinstance(weights, list | tuple) or not all(isinstance(a, np.ndarray) for a in weights):

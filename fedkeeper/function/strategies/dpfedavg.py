@@ -34,6 +34,7 @@ class DPFedAvgFixed(FedAvg):
     """Central DP: server-side fixed clipping, FedAvg, seeded Gaussian noise."""
 
     name = "dpfedavg_fixed"
+    shard_exact = False  # clips by the whole update's norm and draws noise over all arrays in turn
 
     def __init__(self, clipping_norm: float, noise_multiplier: float) -> None:
         super().__init__()

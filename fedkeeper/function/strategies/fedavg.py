@@ -19,6 +19,7 @@ class FedAvg(Strategy):
     """
 
     name = "fedavg"
+    shard_exact = True  # per array: a weighted mean, then the subclasses' per-array server step
 
     def _begin(self, context: RoundContext) -> None:
         self._mean = WeightedSum(context.current)

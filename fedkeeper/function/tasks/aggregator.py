@@ -14,15 +14,18 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from fedkeeper.function.errors import StoreError
+from fedkeeper.function.errors import ConfigError, StoreError
 from fedkeeper.function.learning.datasets import load_dataset
 from fedkeeper.function.learning.evaluation import evaluate
+from fedkeeper.function.store.codecs import NONE, Codec
 from fedkeeper.function.store.db import SessionStore, Store
+from fedkeeper.function.store.shards import ShardResult
 from fedkeeper.function.store.statuses import UpdateStatus
 from fedkeeper.function.store.updates import UnreadableUpdate
 from fedkeeper.function.strategies import (
     Failure,
     FitConfig,
+    FitOutcome,
     FitRes,
     NothingToAggregate,
     RoundContext,
@@ -30,6 +33,8 @@ from fedkeeper.function.strategies import (
     StrategyState,
     Weights,
 )
+from fedkeeper.function.strategies.fedbuff import BufferStep
+from fedkeeper.function.strategies.sharding import array_ranges, join_states, shard_context, shard_results
 from fedkeeper.function.tasks.common import SessionSettings, require
 
 NO_UPDATE = "no update before the round closed"
@@ -46,10 +51,25 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
         return dict(doc["metrics"])
 
     settings = SessionSettings.load(store)
+    if params.get("mode") == "async":
+        return _fold_buffer(store, settings, round_number)
     strategy = settings.server.strategy.build()
+    shards = settings.server.aggregation_shards
+    shard = params.get("shard")
+    if shard is not None:
+        if isinstance(shard, bool) or not isinstance(shard, int) or not 0 <= shard < shards:
+            raise ConfigError(
+                f"shard must be an integer in [0, {shards}) (aggregation_shards), got {shard!r}"
+            )
+        if not store.weights.has(round_number + 1) and not store.shards.has(round_number, shard):
+            _aggregate(store, strategy, settings, round_number, clients, doc, shard)
+        return {"round": round_number, "shard": shard}
     # An earlier attempt may have died after writing the weights: then only the metrics are missing.
     if not store.weights.has(round_number + 1):
-        _aggregate(store, strategy, settings, round_number, clients, doc)
+        if shards > 1:
+            _assemble(store, round_number, shards)
+        else:
+            _aggregate(store, strategy, settings, round_number, clients, doc)
 
     marks = store.updates.marks(round_number, clients)
     accepted = [m for m in marks if m.get("status") == UpdateStatus.ACCEPTED]
@@ -97,7 +117,47 @@ def _aggregate(
     round_number: int,
     clients: list[int],
     doc: dict[str, Any],
+    shard: int | None = None,
 ) -> None:
+    """The round's next weights and state; with ``shard``, only that shard's slice (stored apart)."""
+    context, results, failures = _round(store, strategy, settings, round_number, clients, doc)
+    if shard is None:
+        outcome = _fit(strategy, context, results, failures, clients)
+        weights = outcome.weights if outcome.weights is not None else context.current
+        _write(store, round_number, outcome.accepted, outcome.rejected, outcome.state, weights)
+        return
+    sizes = [int(array.size) for array in context.current]
+    start, stop = array_ranges(sizes, settings.server.aggregation_shards)[shard]
+    sliced = shard_context(context, start, stop)
+    outcome = _fit(strategy, sliced, shard_results(results, context.current, start, stop), failures, clients)
+    weights = outcome.weights if outcome.weights is not None else sliced.current
+    store.shards.put(
+        round_number, shard, ShardResult(weights, outcome.state, outcome.accepted, outcome.rejected)
+    )
+
+
+def _assemble(store: SessionStore, round_number: int, shards: int) -> None:
+    """Join the shards' slices into the round's weights and state; the shards must agree on the updates."""
+    parts = [store.shards.get(round_number, shard) for shard in range(shards)]
+    first = parts[0]
+    for shard, part in enumerate(parts[1:], start=1):
+        if part.accepted != first.accepted or part.rejected != first.rejected:
+            raise StoreError(f"round {round_number}: shard {shard} judged the updates unlike shard 0")
+    weights = [array for part in parts for array in part.weights]
+    state = join_states([part.state for part in parts])
+    _write(store, round_number, first.accepted, first.rejected, state, weights)
+    store.shards.delete(round_number)
+
+
+def _round(
+    store: SessionStore,
+    strategy: Strategy,
+    settings: SessionSettings,
+    round_number: int,
+    clients: list[int],
+    doc: dict[str, Any],
+) -> tuple[RoundContext, Iterator[FitRes | Failure], list[Failure]]:
+    """The round as the strategy sees it: its context, its stored updates (a stream) and its failures."""
     current = store.weights.get(round_number)
     state = store.strategy.server(round_number)
     if state is None:
@@ -117,22 +177,6 @@ def _aggregate(
     usable = [c for c in clients if c in marks and c not in rejected]
     base = FitConfig.from_model(settings.model)
     instructions = {int(c): FitConfig.from_json(f) for c, f in (doc.get("fit") or {}).items()}
-
-    def results() -> Iterator[FitRes | Failure]:
-        codec = settings.server.compression.build()
-        for item in store.updates.stream(round_number, usable, codec=codec, reference=current):
-            if isinstance(item, UnreadableUpdate):
-                yield Failure(item.client, item.reason, rejected=True)
-                continue
-            yield FitRes(
-                item.client,
-                item.weights,
-                item.num_examples,
-                instructions.get(item.client, base),
-                loss=item.loss,
-                accuracy=item.accuracy,
-            )
-
     context = RoundContext(
         round_number=round_number,
         current=current,
@@ -142,14 +186,132 @@ def _aggregate(
         num_clients=settings.total_clients,
         seed=settings.server.seed,
     )
+    codec = settings.server.compression.build()
+    results = fit_results(store, round_number, usable, instructions, base, codec=codec, reference=current)
+    return context, results, failures
+
+
+def _fit(
+    strategy: Strategy,
+    context: RoundContext,
+    results: Iterator[FitRes | Failure],
+    failures: list[Failure],
+    clients: list[int],
+) -> FitOutcome:
     try:
-        outcome = strategy.aggregate_fit(context, results(), failures)
+        return strategy.aggregate_fit(context, results, failures)
     except NothingToAggregate as exc:
-        raise StoreError(f"round {round_number}: no valid update among clients {clients} ({exc})") from None
-    for client, reason in outcome.rejected.items():
+        raise StoreError(
+            f"round {context.round_number}: no valid update among clients {clients} ({exc})"
+        ) from None
+
+
+def _write(
+    store: SessionStore,
+    round_number: int,
+    accepted: list[int],
+    rejected: dict[int, str],
+    state: StrategyState,
+    weights: Weights,
+) -> None:
+    """Marks first, then state, then weights: an aggregator that dies at any line is re-run to the same result."""
+    for client, reason in rejected.items():
         print(f"rejected update of client {client}: {reason}", file=sys.stderr)
         store.updates.mark(round_number, client, UpdateStatus.REJECTED, reason)
-    for client in outcome.accepted:
+    for client in accepted:
         store.updates.mark(round_number, client, UpdateStatus.ACCEPTED, "")
-    store.strategy.put_server(round_number + 1, outcome.state)
-    store.weights.put(round_number + 1, outcome.weights if outcome.weights is not None else current)
+    store.strategy.put_server(round_number + 1, state)
+    store.weights.put(round_number + 1, weights)
+
+
+def fit_results(
+    store: SessionStore,
+    round_number: int,
+    clients: list[int],
+    instructions: dict[int, FitConfig],
+    base: FitConfig,
+    *,
+    codec: Codec = NONE,
+    reference: Weights | None = None,
+) -> Iterator[FitRes | Failure]:
+    """The round's stored updates of ``clients``, one at a time and decoded by the session's
+    ``codec`` against ``reference`` (the round's weights), as the strategy reads them."""
+    for item in store.updates.stream(round_number, clients, codec=codec, reference=reference):
+        if isinstance(item, UnreadableUpdate):
+            yield Failure(item.client, item.reason, rejected=True)
+            continue
+        yield FitRes(
+            item.client,
+            item.weights,
+            item.num_examples,
+            instructions.get(item.client, base),
+            loss=item.loss,
+            accuracy=item.accuracy,
+        )
+
+
+def _fold_buffer(store: SessionStore, settings: SessionSettings, version: int) -> dict[str, Any]:
+    """Async mode: version ``version``'s claimed buffer into version ``version + 1`` (FedBuff).
+
+    Streams the buffer one update at a time, each against the weights of the version it trained
+    on (read once per version: the buffer comes sorted by it). Re-run after dying at any line it
+    makes the same version: the claims are fixed, and stored weights are not written again.
+    """
+    server = settings.server
+    marks = store.updates.claimed(version)
+    if not marks:
+        raise StoreError(f"version {version}: no update was claimed for its buffer")
+    rejected: dict[str, str] = {}
+    if not store.weights.has(version + 1):
+        current = store.weights.get(version)
+        bases: dict[int, Weights] = {version: current}
+
+        def base_of(trained_on: int) -> Weights:
+            if trained_on not in bases:
+                bases.clear()  # sorted by version: one older model held at a time
+                bases.update({version: current, trained_on: store.weights.get(trained_on)})
+            return bases[trained_on]
+
+        step = BufferStep(current, server.staleness, server.server_learning_rate)
+        codec = server.compression.build()
+        for mark, item in store.updates.stream_claimed(version, codec=codec, reference_of=base_of):
+            if isinstance(item, UnreadableUpdate):
+                rejected[_dispatch_key(mark)] = item.reason
+                store.updates.mark(int(mark["round"]), item.client, UpdateStatus.REJECTED, item.reason)
+                continue
+            trained_on = int(mark["version"])
+            step.add(item.weights, base_of(trained_on), item.num_examples, version - trained_on)
+        if not step.examples:
+            raise StoreError(f"version {version}: no readable update in its buffer ({rejected})")
+        store.weights.put(version + 1, step.apply())
+    # a re-run after the weights were written finds the unreadable ones by their marks
+    rejected |= {
+        _dispatch_key(m): str(m.get("reason")) for m in marks if m.get("status") == UpdateStatus.REJECTED
+    }
+    usable = [m for m in marks if _dispatch_key(m) not in rejected]
+    staleness = [version - int(m["version"]) for m in usable]
+    examples = sum(int(m["num_examples"]) for m in usable)
+    weights = store.weights.get(version + 1)
+    dataset = load_dataset(settings.data)
+    loss, accuracy = evaluate(weights, dataset.x_test, dataset.y_test, settings.model, dataset.num_classes)
+    metrics = {
+        "round": version,
+        "accuracy": float(accuracy),
+        "loss": float(loss),
+        "train_loss": sum(m["loss"] * m["num_examples"] for m in usable) / max(examples, 1),
+        "train_accuracy": sum(m["accuracy"] * m["num_examples"] for m in usable) / max(examples, 1),
+        "accepted": [int(m["client"]) for m in usable],
+        "rejected": rejected,
+        "examples": int(examples),
+        "update_bytes": sum(int(m.get("payload_bytes") or 0) for m in marks),
+        "strategy": "fedbuff",
+        "staleness_mean": sum(staleness) / max(len(staleness), 1),
+        "staleness_max": max(staleness, default=0),
+    }
+    store.rounds.finish(version, metrics)
+    return metrics
+
+
+def _dispatch_key(mark: dict[str, Any]) -> str:
+    """``client/dispatch``: one client may have several updates in a buffer."""
+    return f"{int(mark['client'])}/{int(mark['round'])}"

@@ -224,11 +224,14 @@ def _direct(params: dict[str, Any], task: Task) -> dict[str, Any]:
     attempt = require(params, "attempt", int)
     if task is Task.EVALUATE:
         return _direct_evaluate(store, round_number, client, attempt)
+    # Async mode: ``round`` is the dispatch (the update's key), ``version`` the model it trains on.
+    version = params.get("version")
+    version = None if version is None else require(params, "version", int)
     summary: dict[str, Any] = {"client": client, "round": round_number}
     if store.updates.has(round_number, client):
         return {**summary, "stored": False, "reason": "an update for this round is already stored"}
     settings = warm_inputs.settings(store)
-    weights = warm_inputs.weights(store, round_number)
+    weights = warm_inputs.weights(store, round_number if version is None else version)
     partition = warm_inputs.partition(store, client)
     fit = instructions(store, settings, round_number, client)
     result = train_partition(
@@ -253,6 +256,7 @@ def _direct(params: dict[str, Any], task: Task) -> dict[str, Any]:
         loss=result.loss,
         accuracy=result.accuracy,
         attempt=attempt,
+        version=version,
     )
     return {**summary, **outcome}
 

@@ -156,6 +156,7 @@ def store_update(
     accuracy: Any,
     attempt: int,
     activation_id: str | None = None,
+    version: int | None = None,
 ) -> dict[str, Any]:
     """Check a client's update and store it, or store its rejection with the reason.
 
@@ -190,6 +191,7 @@ def store_update(
             attempt=attempt,
             codec=settings.server.compression.build(),
             reference=reference,
+            version=version,
         )
     except InvalidUpdate as exc:  # failed its checks, or does not fit the session's codec
         print(f"rejected update of client {client}: {exc}", file=sys.stderr)

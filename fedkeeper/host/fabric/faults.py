@@ -10,7 +10,9 @@ Per-action rules override the default rule field by field. Each activation draws
 order from one ``random.Random(seed)``: one number picking at most one status fault
 (``application_error``, ``developer_error``, ``internal_error``; their sum must be <= 1), then
 ``crash`` (the worker is killed mid-run), ``lost_record`` (the activation runs but its record is
-never stored), and a latency from ``latency_ms`` (a number or ``[low, high]``) added before it runs.
+never stored), and a latency from ``latency_ms`` (a number or ``[low, high]``) added before it runs;
+a rule with ``straggler`` (a probability) then draws whether the activation is a straggler, which
+waits ``straggler_ms`` more (plans without it draw nothing more, so their sequences stay the same).
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ class FaultRule:
     crash: float = 0.0
     lost_record: float = 0.0
     latency_ms: tuple[float, float] = (0.0, 0.0)
+    # a straggler: with this probability an activation waits straggler_ms more (async-vs-sync bench)
+    straggler: float = 0.0
+    straggler_ms: tuple[float, float] = (0.0, 0.0)
 
     @classmethod
     def parse(cls, data: Any, where: str, base: FaultRule | None = None) -> FaultRule:
@@ -50,14 +55,15 @@ class FaultRule:
         if unknown:
             raise FaultPlanError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
         values: dict[str, Any] = {f.name: getattr(base or cls(), f.name) for f in fields(cls)}
-        for name in _PROBABILITIES:
+        for name in (*_PROBABILITIES, "straggler"):
             if name in data:
                 value = data[name]
                 if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
                     raise FaultPlanError(f"{where}.{name} must be a probability in [0, 1] (got {value!r})")
                 values[name] = float(value)
-        if "latency_ms" in data:
-            values["latency_ms"] = _latency(data["latency_ms"], f"{where}.latency_ms")
+        for name in ("latency_ms", "straggler_ms"):
+            if name in data:
+                values[name] = _latency(data[name], f"{where}.{name}")
         rule = cls(**values)
         total = rule.application_error + rule.developer_error + rule.internal_error
         if total > 1:
@@ -68,6 +74,9 @@ class FaultRule:
         out: dict[str, Any] = {name: getattr(self, name) for name in _PROBABILITIES}
         low, high = self.latency_ms
         out["latency_ms"] = low if low == high else [low, high]
+        if self.straggler:  # plans without stragglers read as before
+            low, high = self.straggler_ms
+            out.update(straggler=self.straggler, straggler_ms=low if low == high else [low, high])
         return out
 
 
@@ -178,4 +187,6 @@ class FaultPlan:
         lost = self._random.random() < rule.lost_record
         low, high = rule.latency_ms
         latency_ms = low if low == high else self._random.uniform(low, high)
+        if rule.straggler and self._random.random() < rule.straggler:  # no draw in plans without
+            latency_ms += self._random.uniform(*rule.straggler_ms)
         return FaultDecision(status=status, crash=crash, lost_record=lost, latency_s=latency_ms / 1000)

@@ -162,6 +162,7 @@ class StatusReader:
                 "targetAccuracy": server_config.get("target_accuracy"),
                 "clientsPerRound": server_config.get("num_clients_per_round"),
                 "strategy": _strategy_name(server_config.get("strategy")),
+                "mode": server_config.get("mode", "sync"),  # sessions from before modes are sync
                 "serverCluster": server_config.get("cluster"),
                 "dataset": (scenario.get("training_test_data") or {}).get("dataset"),
                 "model": (scenario.get("model_params") or {}).get("model"),
