@@ -73,6 +73,13 @@ class PlatformUnavailable(Unavailable, ProviderError):
     """A platform's API is unreachable or answers 5xx (connection refused, DNS, controller down)."""
 
 
+class Throttled(PlatformUnavailable):
+    """The platform refused an invocation at its concurrency limit (HTTP 429): up, but full.
+
+    Nothing started, so the caller may wait for room (the round driver's backpressure).
+    """
+
+
 class StoreUnavailable(Unavailable, StoreError):
     """MongoDB is unreachable (connection refused, no server selected, network timeout)."""
 

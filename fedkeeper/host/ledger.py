@@ -11,18 +11,19 @@ apart, and entries from before it was stored are fit.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.errors import DuplicateKeyError
 
 from fedkeeper.function.invoke.base import ActivationRecord, ActivationStatus
 from fedkeeper.function.store.db import SessionStore
-from fedkeeper.function.store.mongo import store_errors, utcnow
+from fedkeeper.function.store.mongo import store_errors, translated_errors, utcnow
 from fedkeeper.function.store.statuses import Task
 
 SERVER = -1  # ``client`` value of entries for the managing functions
@@ -90,12 +91,18 @@ class LedgerEntry:
         return self.status != LedgerStatus.SUBMITTED
 
 
+# a settlement not yet written: the entry, its status and error, and the fields to set
+_Outcome = tuple[LedgerEntry, LedgerStatus, str | None, dict[str, Any]]
+
+
 @store_errors
 class Ledger:
     """One session's activation ledger, in the ``activations`` collection."""
 
     def __init__(self, session: SessionStore) -> None:
         self._col = session.store.collection("activations")
+        self._queue: list[_Outcome] | None = None  # settlements held back by batched()
+        self._active = 0  # the change of the session's "active" counter held back by batched()
         self._session = session
         self.url = session.store.url  # named in the error when MongoDB is down
 
@@ -121,8 +128,15 @@ class Ledger:
         except DuplicateKeyError:
             return False
         if entry.status == LedgerStatus.SUBMITTED:
-            self._session.record.count(active=1)
+            self._count_active(1)
         return True
+
+    def withdraw(self, entry: LedgerEntry) -> None:
+        """Take back a submitted attempt the platform provably never started (refused for its
+        concurrency limit): it is no attempt, and its number is used again."""
+        result = self._col.delete_one({**entry.key, "status": LedgerStatus.SUBMITTED})
+        if result.deleted_count:
+            self._count_active(-1)
 
     def set_activation_id(self, entry: LedgerEntry, activation_id: str) -> None:
         """Record the platform's id of a submitted attempt once the platform has accepted it."""
@@ -151,11 +165,51 @@ class Ledger:
                 else None,
                 init_ms=record.init_ms,
             )
-        result = self._col.update_one({**entry.key, "status": LedgerStatus.SUBMITTED}, {"$set": update})
-        if result.modified_count:
-            entry.status, entry.error = status, error
-            ok = status == LedgerStatus.SUCCESS
-            self._session.record.count(active=-1, succeeded=int(ok), failed=int(not ok))
+        if self._queue is not None:
+            self._queue.append((entry, status, error, update))
+        else:
+            self._write_outcomes([(entry, status, error, update)])
+
+    @contextmanager
+    def batched(self) -> Iterator[None]:
+        """Within, :meth:`settle` queues its writes and the session's counters are held back;
+        they go out at the end as one bulk write per outcome kind and one counter update: a poll
+        that settles a thousand records costs a few round trips, not 2,000. Entries themselves
+        (:meth:`submit`, :meth:`set_activation_id`) are written at once: a crash must find them."""
+        if self._queue is not None:  # within an outer batch: it writes them
+            yield
+            return
+        self._queue = []
+        try:
+            yield
+        finally:
+            queue, self._queue = self._queue, None
+            with translated_errors(self.url):
+                self._write_outcomes(queue)
+
+    def _count_active(self, delta: int) -> None:
+        if self._queue is not None:
+            self._active += delta
+        else:
+            self._session.record.count(active=delta)
+
+    def _write_outcomes(self, outcomes: list[_Outcome]) -> None:
+        modified = {True: 0, False: 0}  # succeeded, failed
+        for ok in modified:
+            group = [o for o in outcomes if (o[1] == LedgerStatus.SUCCESS) == ok]
+            if not group:
+                continue
+            writes = [
+                UpdateOne({**entry.key, "status": LedgerStatus.SUBMITTED}, {"$set": update})
+                for entry, _, _, update in group
+            ]
+            modified[ok] = self._col.bulk_write(writes, ordered=False).modified_count
+            if modified[ok] == len(group):  # else another keeper settled some first: which, unknown
+                for entry, status, error, _ in group:
+                    entry.status, entry.error = status, error
+        active, self._active = self._active - modified[True] - modified[False], 0
+        if active or modified[True] or modified[False]:
+            self._session.record.count(active=active, succeeded=modified[True], failed=modified[False])
 
     def open_entries(self, round_number: int, task: Task = Task.FIT) -> list[LedgerEntry]:
         """Attempts of the round's ``task`` still waiting for a record."""
@@ -184,22 +238,27 @@ class Ledger:
             {"session": self._session.id, "round": round_number, "function": function, "client": client}
         )
 
-    def charged_attempts(
-        self, round_number: int, function: str, client: int, since: datetime | None, task: Task = Task.FIT
-    ) -> int:
-        """Attempts of ``task`` that count against the retry budget: not lost to an outage, made
-        after ``since``."""
-        query: dict[str, Any] = {
-            "session": self._session.id,
-            "round": round_number,
-            "function": function,
-            "client": client,
-            "status": {"$ne": LedgerStatus.UNAVAILABLE},
-            **_task(task),
-        }
-        if since is not None:
-            query["submitted_at"] = {"$gte": since}
-        return self._col.count_documents(query)
+    def budgets(
+        self, round_number: int, functions: Collection[str], since: datetime | None, task: Task = Task.FIT
+    ) -> dict[tuple[str, int], tuple[int, int]]:
+        """``(function, client)`` -> (:meth:`attempts`, attempts of ``task`` that count against the
+        retry budget: not lost to an outage, made after ``since``) of the round's ``functions``,
+        from one query (a round of a thousand clients is one round trip, not 2,000)."""
+        if since is not None:  # MongoDB keeps milliseconds; compare as a query would
+            since = since.replace(microsecond=since.microsecond // 1000 * 1000)
+        query = {"session": self._session.id, "round": round_number, "function": {"$in": list(functions)}}
+        counts: dict[tuple[str, int], tuple[int, int]] = {}
+        fields = {"function": 1, "client": 1, "status": 1, "submitted_at": 1, "task": 1}
+        for doc in self._col.find(query, fields):
+            attempts, charged = counts.get((doc["function"], doc["client"]), (0, 0))
+            of_task = (doc.get("task") == Task.EVALUATE) == (task is Task.EVALUATE)  # as _task() selects
+            counted = (
+                of_task
+                and doc["status"] != LedgerStatus.UNAVAILABLE
+                and (since is None or doc["submitted_at"] >= since)
+            )
+            counts[(doc["function"], doc["client"])] = (attempts + 1, charged + int(counted))
+        return counts
 
     def entries(self) -> Iterator[LedgerEntry]:
         cursor = self._col.find({"session": self._session.id}).sort(

@@ -19,7 +19,7 @@ provider (``tests/keeper/test_round_driver.py``) as against the fabric.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +28,14 @@ from typing import Any
 from fedkeeper.function.backoff import Backoff
 from fedkeeper.function.catalog import CLIENT_FUNCTION, INVOKER_FUNCTION
 from fedkeeper.function.config import ServerConfig
-from fedkeeper.function.errors import STORE, FedkeeperError, PlatformUnavailable, ProviderError, Unavailable
+from fedkeeper.function.errors import (
+    STORE,
+    FedkeeperError,
+    PlatformUnavailable,
+    ProviderError,
+    Throttled,
+    Unavailable,
+)
 from fedkeeper.function.invoke.base import ActivationRecord
 from fedkeeper.function.store.db import SessionStore
 from fedkeeper.function.store.statuses import RoundStatus, Task
@@ -152,6 +159,11 @@ class RoundDriver:
         self.sleep = sleep
         self.budget_since = budget_since
         self.client_only = plan.client_only()
+        # Backpressure: a platform's 429 ends the invoke at once, and its number of attempts in
+        # flight then is the most this driver keeps there (until the driver is made again).
+        self.windows: dict[tuple[str, str], int] = {}
+        for provider in providers.values():
+            provider.retry_throttled = False
 
     @property
     def reporter(self) -> Reporter:
@@ -207,11 +219,11 @@ class RoundDriver:
             if entry.client in selected and entry.function in (CLIENT_FUNCTION, INVOKER_FUNCTION):
                 state.pending[entry.client] = entry
                 state.sent[entry.client] = now - max((wall - entry.submitted_at).total_seconds(), 0.0)
+        functions = {self.plan.invoked(c)[1] for c in selected}
+        budgets = self.ledger.budgets(round_number, functions, self.budget_since, task)
         for client in selected:
-            function = self.plan.invoked(client)[1]
-            state.attempts[client] = self.ledger.attempts(round_number, function, client)
-            state.charged[client] = self.ledger.charged_attempts(
-                round_number, function, client, self.budget_since, task
+            state.attempts[client], state.charged[client] = budgets.get(
+                (self.plan.invoked(client)[1], client), (0, 0)
             )
             if client not in state.done and client not in state.pending:
                 state.retry_at[client] = now
@@ -234,16 +246,9 @@ class RoundDriver:
         while True:
             self.watch.check()
             now = self.clock()
-            for client, due in sorted(state.retry_at.items()):
-                if due <= now:
-                    # The client's own platform: a target down behind the invoker is waited for too.
-                    provider = self._client_provider(client)
-                    if not self._reachable(provider):  # one probe at a time while it is down
-                        state.retry_at[client] = self.outages.next_probe(provider.where)
-                        continue
-                    del state.retry_at[client]
-                    if client not in state.done:
-                        self._dispatch(state, client)
+            in_flight = Counter((e.platform, e.cluster) for e in state.pending.values())
+            with self.ledger.batched():
+                self._dispatch_due(state, now, in_flight)
             self._give_up_on_outages(state, quorum)
             self._poll(state)
             self.reporter.progress(
@@ -273,6 +278,21 @@ class RoundDriver:
             interval = MIN_POLL_S if seen != last_seen else min(interval * 1.5, self.server.poll_interval_s)
             last_seen = seen
             self.sleep(interval)
+
+    def _dispatch_due(self, state: RoundState, now: float, in_flight: Counter[tuple[str, str]]) -> None:
+        """Invoke every client due by ``now``, as far as each cluster's window has room."""
+        for client, due in sorted(state.retry_at.items()):
+            key = self.plan.invoked(client)[0]
+            if due <= now and in_flight[key] < self.windows.get(key, math.inf):
+                # The client's own platform: a target down behind the invoker is waited for too.
+                provider = self._client_provider(client)
+                if not self._reachable(provider):  # one probe at a time while it is down
+                    state.retry_at[client] = self.outages.next_probe(provider.where)
+                    continue
+                del state.retry_at[client]
+                if client not in state.done:
+                    self._dispatch(state, client)
+                    in_flight[key] += client in state.pending
 
     def _reachable(self, provider: Provider) -> bool:
         """False while ``provider``'s platform is down: not yet due for a probe, or its probe failed.
@@ -325,18 +345,19 @@ class RoundDriver:
             if not any(c in state.done for c in state.pending) or self.clock() >= grace_until:
                 break
             self.sleep(min(self.server.poll_interval_s, 0.2))
-        for entry in state.pending.values():
-            if entry.client in state.done:
-                self.ledger.settle(
-                    entry,
-                    LedgerStatus.RECORD_LOST,
-                    error=f"{_result(state)} stored, activation record not seen",
-                )
-            else:
-                state.late.add(entry.client)
-                self.ledger.settle(
-                    entry, LedgerStatus.TIMED_OUT, error="round closed before this activation finished"
-                )
+        with self.ledger.batched():
+            for entry in state.pending.values():
+                if entry.client in state.done:
+                    self.ledger.settle(
+                        entry,
+                        LedgerStatus.RECORD_LOST,
+                        error=f"{_result(state)} stored, activation record not seen",
+                    )
+                else:
+                    state.late.add(entry.client)
+                    self.ledger.settle(
+                        entry, LedgerStatus.TIMED_OUT, error="round closed before this activation finished"
+                    )
         state.pending.clear()
 
     # ------------------------------------------------------------------ attempts
@@ -380,6 +401,13 @@ class RoundDriver:
             return
         try:
             activation_id = provider.invoke_async(function, params)
+        except Throttled:  # nothing started: wait for room, as neither a failure nor an outage
+            self.ledger.withdraw(entry)
+            state.attempts[client], state.charged[client] = attempt - 1, charged
+            self.windows[key] = max(1, sum((e.platform, e.cluster) == key for e in state.pending.values()))
+            state.retry_at[client] = self.clock()
+            self.reporter.event("throttled", round=state.number, client=client, window=self.windows[key])
+            return
         except PlatformUnavailable as exc:
             self.ledger.settle(entry, LedgerStatus.UNAVAILABLE, error=str(exc))
             self._outage_retry(state, client, exc)
@@ -416,6 +444,13 @@ class RoundDriver:
             polled.append(entry)
         records = fetch_records(polled, self.providers, self.watch, self._note)
         state.done |= self._delivered(state)
+        with self.ledger.batched():
+            self._settle_polled(state, polled, records)
+
+    def _settle_polled(
+        self, state: RoundState, polled: list[LedgerEntry], records: dict[str, ActivationRecord]
+    ) -> None:
+        """Settle the polled entries whose records came, and time out those waited for too long."""
         for entry in polled:
             record = records.get(entry.activation_id or "")
             where = f"{entry.platform}/{entry.cluster}"

@@ -18,7 +18,7 @@ from aiohttp import ClientSession, web
 
 from fedkeeper.function.backoff import Backoff
 from fedkeeper.function.config import OpenWhiskCluster
-from fedkeeper.function.errors import PayloadTooLarge, ProviderError
+from fedkeeper.function.errors import PayloadTooLarge, ProviderError, Throttled
 from fedkeeper.function.invoke.base import ActivationStatus
 from fedkeeper.function.invoke.openwhisk import ACTIVATION_ID_HEADER
 from fedkeeper.host.fabric.process import FabricProcess
@@ -210,6 +210,22 @@ def test_retries_on_429_until_the_namespace_has_room(
         assert second != first
         assert seen[f"POST /api/v1/namespaces/guest/actions/{name}"] >= 2  # refused with 429, then accepted
         assert fabric.wait_record(second)["response"]["status"] == "success"
+
+
+def test_without_retry_throttled_the_first_429_raises_throttled(
+    start_fabric: Callable[..., FabricClient], probe: Path, name: str
+) -> None:
+    fabric = start_fabric(limits={"concurrent_invocations": 1})
+    with Fast("busy", OpenWhiskCluster(base_url=fabric.url)) as provider:
+        provider.deploy(FunctionSpec(name, probe))
+        provider.retry_throttled = False
+        first = provider.invoke_async(name, {"seconds": 2.0})
+        seen = count_requests(provider)
+        with pytest.raises(Throttled) as caught:
+            provider.invoke_async(name, {})
+        assert "HTTP 429" in str(caught.value)
+        assert seen[f"POST /api/v1/namespaces/guest/actions/{name}"] == 1  # not retried
+        assert fabric.wait_record(first)["response"]["status"] == "success"
 
 
 def test_retries_connection_errors_until_the_platform_answers(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 from fedkeeper.function.catalog import AGGREGATOR_FUNCTION, SERVER_INIT_FUNCTION
 from fedkeeper.function.catalog import platform as catalog_platform
 from fedkeeper.function.config import parse_config
-from fedkeeper.function.errors import PlatformUnavailable, ProviderError
+from fedkeeper.function.errors import PlatformUnavailable, ProviderError, Throttled
 from fedkeeper.function.invoke.base import ActivationRecord, ActivationStatus, Capabilities
 from fedkeeper.function.store.db import SessionStore, Store
 from fedkeeper.function.store.statuses import Task
@@ -81,6 +81,7 @@ class ScriptedProvider(Provider):
     Evaluate activations follow ``evaluate_script[client]`` by the client's evaluate calls so far
     (their attempt numbers follow the fit's). ``down_until``: invokes and fetches raise
     :class:`PlatformUnavailable` before this clock time.
+    ``concurrency``: an invoke while this many activations run raises :class:`Throttled` (429).
     """
 
     platform: ClassVar[str] = "openwhisk"
@@ -95,6 +96,8 @@ class ScriptedProvider(Provider):
         default_factory=set
     )  # managing functions ("fl_server_aggregator shard 1" for a shard) whose next call outlives its wait
     managing: list[str] = field(default_factory=list)  # the managing calls, in order
+    concurrency: int | None = None
+    throttled: int = 0  # invokes refused for the concurrency limit
     invoked: list[tuple[int, int]] = field(default_factory=list)  # (client, attempt), in order
     evaluated: list[tuple[int, int]] = field(default_factory=list)  # evaluate calls: (client, attempt)
     running: dict[str, _Running] = field(default_factory=dict)
@@ -106,6 +109,11 @@ class ScriptedProvider(Provider):
     # ------------------------------------------------------------------ the provider interface
     def invoke_async(self, name: str, params: Mapping[str, Any]) -> str:
         self._answer()
+        if self.concurrency is not None:
+            self.finish_due()
+            if sum(not r.finished for r in self.running.values()) >= self.concurrency:
+                self.throttled += 1
+                raise Throttled("openwhisk/local", "HTTP 429: too many concurrent requests (scripted)")
         client, attempt = int(params["client"]), int(params["attempt"])
         task = Task(params.get("task", Task.FIT.value))
         if task is Task.EVALUATE:

@@ -212,6 +212,16 @@ def test_a_platform_outage_costs_no_retry_and_the_round_goes_on_once_it_is_back(
     }
 
 
+def test_a_full_platform_is_met_with_backpressure_and_no_client_fails_or_retries(rig: Any) -> None:
+    r = rig(max_retries=0)  # a refusal counted as an attempt would give its client up
+    r.provider.concurrency = 2
+    closed = r.run()
+    assert closed.included == (0, 1, 2, 3) and closed.failed == () and closed.retries == 0
+    assert r.provider.throttled == 1  # one refusal sets the window; the driver then holds back
+    assert sorted(r.provider.invoked) == [(c, 1) for c in range(CLIENTS)]
+    assert all(r.statuses(c) == [LedgerStatus.SUCCESS] for c in range(CLIENTS))
+
+
 class KeeperDied(Exception):
     """Raised by the fake sleep to stop a driver mid-round, as a killed keeper stops."""
 

@@ -103,6 +103,34 @@ def test_ledger_settles_each_attempt_once_and_keeps_counters(store: SessionStore
     assert ledger.attempts(0, "fl_server_aggregator", SERVER) == 0
 
 
+def test_a_batch_of_settlements_writes_what_single_ones_would_and_a_withdrawn_attempt_is_gone(
+    store: SessionStore,
+) -> None:
+    ledger = Ledger(store)
+    entries = [
+        LedgerEntry("s1", 0, "fl_client", c, 1, "openwhisk", "local", activation_id=f"{c:032d}")
+        for c in range(4)
+    ]
+    for entry in entries[:3]:
+        ledger.submit(entry)
+    record = ActivationRecord("x", ActivationStatus.SUCCESS, {}, start_ms=1000, end_ms=1250)
+    with ledger.batched():
+        ledger.submit(entries[3])  # the entry is written at once, its counter held back
+        ledger.settle(entries[0], LedgerStatus.SUCCESS, record)
+        ledger.settle(entries[1], LedgerStatus.SUCCESS, record)
+        ledger.settle(entries[2], LedgerStatus.TIMED_OUT, error="no record after 301s")
+        assert [e.status for e in ledger.entries()] == ["submitted"] * 4  # held back until the end
+        assert store.record.get()["counters"]["active"] == 3
+    assert store.record.get()["counters"] == {"active": 1, "succeeded": 2, "failed": 1}
+    ledger.withdraw(entries[3])  # refused with 429: never an attempt
+    stored = {e.client: e for e in ledger.entries()}
+    assert [stored[c].status for c in (0, 1, 2)] == ["success", "success", "timed out"]
+    assert stored[0].duration_ms == 250 and stored[2].error == "no record after 301s"
+    assert 3 not in stored and ledger.attempts(0, "fl_client", 3) == 0
+    assert store.record.get()["counters"] == {"active": 0, "succeeded": 2, "failed": 1}
+    assert ledger.budgets(0, ["fl_client"], None) == {("fl_client", c): (1, 1) for c in (0, 1, 2)}
+
+
 def test_every_keeper_query_is_served_by_an_index(store: SessionStore) -> None:
     """The queries the keeper repeats every poll must not scan a growing collection."""
     queries = {

@@ -175,6 +175,9 @@ class InvokeClient(ABC):
     def __init__(self, cluster: str, settings: Any) -> None:
         self.cluster = cluster
         self.settings = settings
+        # False: invoke_async raises Throttled at the first refusal for the concurrency limit
+        # instead of retrying; for a caller that holds invocations back itself (the round driver).
+        self.retry_throttled = True
 
     @property
     def where(self) -> str:

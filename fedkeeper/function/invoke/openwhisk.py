@@ -28,7 +28,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 from fedkeeper.function import catalog
 from fedkeeper.function.backoff import Backoff
 from fedkeeper.function.config import OpenWhiskCluster
-from fedkeeper.function.errors import PayloadTooLarge, PlatformUnavailable, ProviderError
+from fedkeeper.function.errors import PayloadTooLarge, PlatformUnavailable, ProviderError, Throttled
 from fedkeeper.function.invoke.base import (
     ActivationRecord,
     ActivationStatus,
@@ -137,6 +137,8 @@ class OpenWhiskClient(InvokeClient):
         )
         if response.status_code == 413:
             return PayloadTooLarge(message)
+        if response.status_code == 429:
+            return Throttled(self.where, message)
         if response.status_code == 429 or response.status_code >= 500:  # the controller, not the action
             return PlatformUnavailable(self.where, message)
         return ProviderError(message)
@@ -150,13 +152,15 @@ class OpenWhiskClient(InvokeClient):
         results: Collection[int] = (),
         timeout: float | None = None,
         resend: bool = True,
+        retry_throttled: bool = True,
         **kwargs: Any,
     ) -> requests.Response:
         """Send with retries; return a response whose status is in ``ok`` or ``results``.
 
         ``results`` are statuses whose body may be an activation record (a blocking invoke's 502
         and 500): with a record they are returned, never retried. ``resend=False`` (invokes)
-        retries only what never reached the platform, or a 429.
+        retries only what never reached the platform, or a 429; ``retry_throttled=False`` raises
+        :class:`Throttled` at the first 429.
         """
         timeout_pair = (self.connect_timeout_s, timeout or self.request_timeout_s)
 
@@ -178,6 +182,8 @@ class OpenWhiskClient(InvokeClient):
                         return response
                 except ValueError:
                     pass
+            if response.status_code == 429 and not retry_throttled:
+                raise self._fail(method, url, response)
             if response.status_code == 429 or (resend and response.status_code >= 500):
                 raise _Retryable(f"HTTP {response.status_code}", response)
             raise self._fail(method, url, response)
@@ -214,7 +220,9 @@ class OpenWhiskClient(InvokeClient):
     # ------------------------------------------------------------------ invocations
     def invoke_async(self, name: str, params: Mapping[str, Any]) -> str:
         url = self.action_url(name)
-        response = self._request("POST", url, ok=(202,), json=dict(params), resend=False)
+        response = self._request(
+            "POST", url, ok=(202,), json=dict(params), resend=False, retry_throttled=self.retry_throttled
+        )
         activation_id = response.headers.get(ACTIVATION_ID_HEADER) or response.json().get("activationId")
         if not activation_id:
             raise ProviderError(f"openwhisk cluster {self.cluster!r}: POST {url} returned no activation id")
