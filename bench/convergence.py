@@ -81,6 +81,7 @@ REFERENCES = (
     ("FedKeeper (published)", "fedavg, iid, 100 of 200 per round", "98.9% at round 57"),
     ("fedkeeper, earlier session", "fedavg, iid, 25 of 200, adam 0.001", "99.03% at round 38"),
 )
+REFERENCE_POINTS = ((76, 0.99), (57, 0.989), (38, 0.9903))  # (round, accuracy) of each reference
 
 
 @dataclass(frozen=True)
@@ -250,8 +251,9 @@ def run(setup: Setup, algorithm: str, scheme: str, save: Callable[[RunResult], N
 
 
 # --------------------------------------------------------------------------- results file
-def load_results(path: Path, setup: Setup) -> dict[str, RunResult]:
-    """The finished runs already in ``path`` (a file of another setup is refused)."""
+def load_results(path: Path, setup: Setup, unfinished: bool = False) -> dict[str, RunResult]:
+    """The finished runs already in ``path`` (with ``unfinished``: the one in progress too); a file
+    of another setup is refused."""
     if not path.is_file():
         return {}
     doc = json.loads(path.read_text())
@@ -262,7 +264,7 @@ def load_results(path: Path, setup: Setup) -> dict[str, RunResult]:
         raw = dict(raw)
         raw["history"] = [RoundRecord(**r) for r in raw.get("history", [])]
         found = RunResult(**raw)
-        if found.finished:
+        if found.finished or unfinished:
             runs[key] = found
     return runs
 
@@ -349,15 +351,17 @@ def plot(setup: Setup, runs: dict[str, RunResult], path: Path) -> None:
         target = setup.targets[scheme]
         ax.axhline(target, color="grey", linestyle=":", linewidth=1)
         if scheme == "iid":
-            ax.axvline(76, color="tab:red", linestyle="--", linewidth=1, label="FedLess: 99% at 76")
-            ax.axvline(38, color="tab:grey", linestyle="--", linewidth=1, label="fedkeeper earlier: 38")
-        ax.set_ylim(max(0.0, target - 0.1), 1.0)
+            for (name, _, _), (at, accuracy), marker in zip(REFERENCES, REFERENCE_POINTS, "oxs", strict=True):
+                ax.plot([at], [accuracy], marker, color="black", label=f"{name}: {accuracy:.2%} at {at}")
+        ax.set_ylim(target - 0.1, 1.0)
+        ax.set_xlim(0, max(setup.max_rounds[scheme], 80 if scheme == "iid" else 0) + 1)
         ax.set_xlabel("round")
         ax.set_ylabel("test accuracy")
         ax.set_title(
             f"{setup.dataset}, {setup.model}, {scheme}, {setup.per_round} of {setup.clients} per round"
         )
-        ax.legend(fontsize=8, loc="lower right")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -372,6 +376,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--algorithms", default=",".join(ALGORITHMS), help="comma-separated, in run order")
     p.add_argument("--partitions", default=",".join(PARTITIONS), help="comma-separated: iid, shards")
     p.add_argument("--out", type=Path, default=ROOT / "artifacts" / "convergence", help="results folder")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="only print the table and plot of what --out holds (also mid-run)",
+    )
     p.add_argument("--threads", type=int, default=2, help="TensorFlow intra-op threads (default 2)")
     args = p.parse_args(argv)
     args.algorithms = [a for a in args.algorithms.split(",") if a]
@@ -387,15 +396,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    setup = QUICK if args.quick else Setup()
+    path = args.out / "convergence.json"
+    if args.report:
+        runs = load_results(path, setup, unfinished=True)
+        meta = json.loads(path.read_text())["meta"] if path.is_file() else machine()
+        report(setup, runs, args.algorithms, meta, args.out)
+        return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
-    setup = QUICK if args.quick else Setup()
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "convergence.json"
     runs = load_results(path, setup)
     meta = machine()
     print(
@@ -414,11 +428,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{algorithm} {scheme}: finished in an earlier run, skipped", flush=True)
                 continue
             run(setup, algorithm, scheme, save)
-    print(f"\n{meta['started']}, commit {meta['commit']}, {meta['cpus']} CPUs\n")
-    print(table(setup, runs, args.algorithms))
-    plot(setup, runs, args.out / "convergence.png")
-    print(f"\nplot: {args.out / 'convergence.png'}")
+    report(setup, runs, args.algorithms, meta, args.out)
     return 0
+
+
+def report(
+    setup: Setup, runs: dict[str, RunResult], algorithms: list[str], meta: dict[str, Any], out: Path
+) -> None:
+    print(f"\nstarted {meta['started']}, commit {meta['commit']}, {meta['cpus']} CPUs ({meta['cpu']})\n")
+    print(table(setup, runs, algorithms))
+    plot(setup, runs, out / "convergence.png")
+    print(f"\nplot: {out / 'convergence.png'}")
 
 
 if __name__ == "__main__":

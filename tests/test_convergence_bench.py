@@ -9,12 +9,13 @@ import sys
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "convergence.py"
+# One algorithm with client state (SCAFFOLD's control variates), one partition, one thread.
+QUICK_ARGS = ("--quick", "--algorithms", "scaffold", "--partitions", "iid", "--threads", "1")
 
 
 def _quick(out: Path) -> str:
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--algorithms", "scaffold", "--partitions", "iid"]
-        + ["--out", str(out), "--threads", "1"],
+        [sys.executable, str(SCRIPT), *QUICK_ARGS, "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=600,
