@@ -147,6 +147,7 @@ class RunResult:
     rounds_to_target: int | None = None
     history: list[RoundRecord] = field(default_factory=list)
     finished: bool = False
+    commit: str = ""  # of the invocation that ran it (a resumed bench may run later ones elsewhere)
 
     @property
     def best(self) -> RoundRecord | None:
@@ -403,14 +404,19 @@ def main(argv: list[str] | None = None) -> int:
         meta = json.loads(path.read_text())["meta"] if path.is_file() else machine()
         report(setup, runs, args.algorithms, meta, args.out)
         return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = load_results(path, setup)
+    pending = [(a, s) for s in args.partitions for a in args.algorithms if key(a, s) not in runs]
+    for algorithm, scheme in [(a, s) for s in args.partitions for a in args.algorithms if key(a, s) in runs]:
+        print(f"{algorithm} {scheme}: finished in an earlier run, skipped", flush=True)
+    if not pending:
+        report(setup, runs, args.algorithms, json.loads(path.read_text())["meta"], args.out)
+        return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    runs = load_results(path, setup)
     meta = machine()
     print(
         f"{setup.dataset}, {setup.model}, {setup.clients} clients, {setup.per_round} per round, "
@@ -419,15 +425,12 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     def save(result: RunResult) -> None:
+        result.commit = meta["commit"]
         runs[key(result.algorithm, result.partition)] = result
         save_results(path, setup, runs, meta)
 
-    for scheme in args.partitions:
-        for algorithm in args.algorithms:
-            if key(algorithm, scheme) in runs:
-                print(f"{algorithm} {scheme}: finished in an earlier run, skipped", flush=True)
-                continue
-            run(setup, algorithm, scheme, save)
+    for algorithm, scheme in pending:
+        run(setup, algorithm, scheme, save)
     report(setup, runs, args.algorithms, meta, args.out)
     return 0
 

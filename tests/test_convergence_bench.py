@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # trains a cnn in two subprocesses
+
 SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "convergence.py"
 # One algorithm with client state (SCAFFOLD's control variates), one partition, one thread.
 QUICK_ARGS = ("--quick", "--algorithms", "scaffold", "--partitions", "iid", "--threads", "1")
