@@ -128,6 +128,8 @@ QUICK = Setup(
 
 @dataclass
 class RoundRecord:
+    """One round: the test accuracy and loss of the new global weights, the clients' train loss."""
+
     round: int  # rounds completed (1-based), as "rounds to 99%" counts them
     accuracy: float
     loss: float
@@ -137,6 +139,8 @@ class RoundRecord:
 
 @dataclass
 class RunResult:
+    """One (algorithm, partition) run as ``convergence.json`` keeps it."""
+
     algorithm: str
     partition: str
     strategy: dict[str, Any]
