@@ -21,6 +21,7 @@ from fedkeeper.function.store.blobs import BlobStore
 from fedkeeper.function.store.evaluations import Evaluations
 from fedkeeper.function.store.global_weights import GlobalWeights
 from fedkeeper.function.store.mongo import shared_client, store_errors
+from fedkeeper.function.store.partials import Partials
 from fedkeeper.function.store.partitions import Partitions
 from fedkeeper.function.store.rounds import Rounds
 from fedkeeper.function.store.sessions import SessionRecord
@@ -49,6 +50,9 @@ INDEXES: dict[str, list[IndexModel]] = {
     "partitions": [IndexModel([("session", ASCENDING), ("client", ASCENDING)], unique=True)],
     "aggregation_shards": [
         IndexModel([("session", ASCENDING), ("round", ASCENDING), ("shard", ASCENDING)], unique=True)
+    ],
+    "partial_aggregates": [
+        IndexModel([("session", ASCENDING), ("round", ASCENDING), ("group", ASCENDING)], unique=True)
     ],
     # strategy state: exact (round) and latest-at-or-before (round <=) look-ups
     "strategy_state": [
@@ -131,3 +135,4 @@ class SessionStore:
         self.rounds = Rounds(*parts)
         self.strategy = StrategyStates(*parts)
         self.shards = AggregationShards(*parts)
+        self.partials = Partials(*parts)
