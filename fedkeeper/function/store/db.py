@@ -120,8 +120,8 @@ class Store:
 
 class SessionStore:
     """One session's state, by concern: ``record`` (its document), ``weights``, ``updates``,
-    ``evaluations``, ``partitions``, ``rounds``, ``strategy`` and ``shards``. Nothing here takes a
-    session id."""
+    ``evaluations``, ``partitions``, ``rounds``, ``strategy``, ``shards`` and ``partials``. Nothing
+    here takes a session id."""
 
     def __init__(self, store: Store, session_id: str) -> None:
         self.id = session_id
