@@ -16,41 +16,17 @@ import numpy as np
 import pytest
 import yaml
 
-from fedkeeper.function.config import FederatedLearning, parse_config
+from fedkeeper.function.config import parse_config
 from fedkeeper.function.errors import ConfigError
 from fedkeeper.function.store import weights as wire
 from fedkeeper.function.store.db import SessionStore, Store
 from fedkeeper.function.strategies.registry import STRATEGIES
-from fedkeeper.function.tasks.entry import run
+from tests.functions.test_sharded_aggregation import CLIENTS, PARAMS, _aggregator, _session
 
-CLIENTS = 5
 ROUNDS = 3
-GROUPS = [[0, 3], [1, 4], [2]]
-PARAMS: dict[str, dict[str, Any]] = {
-    "fedavg": {},
-    "fedavgm": {"server_learning_rate": 0.9, "server_momentum": 0.5},
-    "fedadam": {"eta": 0.02},
-}
+GROUPS = [[0, 3], [1], [2]]  # round 1: client 0 never delivers; round 2: group 2's one update is rejected
+TOPOLOGY = {"kind": "hierarchical", "groups": "explicit", "members": GROUPS}
 SAMPLE = Path(__file__).resolve().parents[2] / "config-sample.yaml"
-
-
-def _scenario(strategy: str, hierarchical: bool) -> dict[str, Any]:
-    topology = {"kind": "hierarchical", "groups": "explicit", "members": GROUPS} if hierarchical else {}
-    return FederatedLearning.model_validate(
-        {
-            "server_config": {
-                "cluster": "local",
-                "num_clients_per_round": CLIENTS,
-                "seed": 4,
-                "strategy": {"name": strategy, **PARAMS[strategy]},
-                "topology": topology,
-            },
-            "clients_info": {"total_num_clients": CLIENTS, "ow_clients_count": CLIENTS},
-            "training_test_data": {"dataset": "digits"},
-            "model_params": {"model": "mlp", "hidden_size": 16},
-            "data_sampling": {"method": "iid", "seed": 1},
-        }
-    ).model_dump(mode="json", exclude={"mongo_config"})
 
 
 @pytest.fixture
@@ -59,24 +35,6 @@ def store(mongo_url: str, mongo_db_name: str) -> Iterator[Store]:
     store.ensure_indexes()
     yield store
     store.db.client.drop_database(mongo_db_name)
-
-
-def _session(
-    store: Store, name: str, strategy: str, hierarchical: bool
-) -> tuple[dict[str, Any], SessionStore]:
-    session = store.for_session(name)
-    session.record.create({"scenario": _scenario(strategy, hierarchical)})
-    bound = {"store": {"url": store.url, "database": store.db.name}}
-    assert "error" not in run("fl_server_init", {"session": session.id}, bound)
-    return bound, session
-
-
-def _aggregator(
-    bound: dict[str, Any], session: SessionStore, round_number: int, **extra: Any
-) -> dict[str, Any]:
-    clients = session.rounds.get(round_number)["included"]
-    call = {"session": session.id, "round": round_number, "clients": clients, **extra}
-    return run("fl_server_aggregator", call, bound)
 
 
 def _store_round(sessions: list[SessionStore], round_number: int, rng: np.random.Generator) -> list[int]:
@@ -122,8 +80,8 @@ def _assert_close(flat: SessionStore, tree: SessionStore, round_number: int) -> 
 
 @pytest.mark.parametrize("strategy", list(PARAMS))
 def test_hierarchical_aggregation_equals_flat_on_the_same_updates(store: Store, strategy: str) -> None:
-    flat_bound, flat = _session(store, f"flat-{strategy}", strategy, hierarchical=False)
-    tree_bound, tree = _session(store, f"tree-{strategy}", strategy, hierarchical=True)
+    flat_bound, flat = _session(store, f"flat-{strategy}", strategy)
+    tree_bound, tree = _session(store, f"tree-{strategy}", strategy, topology=TOPOLOGY)
     assert wire.checksum(flat.weights.get(0)) == wire.checksum(tree.weights.get(0))
     rng = np.random.default_rng(11)
     for round_number in range(ROUNDS):
@@ -149,8 +107,8 @@ def test_hierarchical_aggregation_equals_flat_on_the_same_updates(store: Store, 
 
 
 def test_a_group_whose_local_aggregator_failed_is_reduced_by_the_global_one(store: Store) -> None:
-    flat_bound, flat = _session(store, "flat", "fedavg", hierarchical=False)
-    tree_bound, tree = _session(store, "tree", "fedavg", hierarchical=True)
+    flat_bound, flat = _session(store, "flat", "fedavg")
+    tree_bound, tree = _session(store, "tree", "fedavg", topology=TOPOLOGY)
     included = _store_round([flat, tree], 0, np.random.default_rng(3))
     tree.rounds.set_groups(0, _groups(included))
     assert "error" not in _aggregator(tree_bound, tree, 0, group=1)  # groups 0 and 2 never ran
@@ -162,7 +120,7 @@ def test_a_group_whose_local_aggregator_failed_is_reduced_by_the_global_one(stor
 
 
 def test_a_local_aggregator_that_runs_again_keeps_its_first_partial(store: Store) -> None:
-    bound, session = _session(store, "again", "fedavg", hierarchical=True)
+    bound, session = _session(store, "again", "fedavg", topology=TOPOLOGY)
     included = _store_round([session], 0, np.random.default_rng(5))
     session.rounds.set_groups(0, _groups(included))
     first = _aggregator(bound, session, 0, group=0)

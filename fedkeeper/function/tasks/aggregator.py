@@ -34,7 +34,7 @@ from fedkeeper.function.strategies import (
     Weights,
 )
 from fedkeeper.function.strategies.fedbuff import BufferStep
-from fedkeeper.function.strategies.hierarchy import Partial, combine, mean_of, reduce_group
+from fedkeeper.function.strategies.hierarchy import combine, mean_of, reduce_group
 from fedkeeper.function.strategies.sharding import array_ranges, join_states, shard_context, shard_results
 from fedkeeper.function.tasks.common import SessionSettings, require
 
@@ -161,22 +161,9 @@ def _local(
         raise ConfigError(f"group must be one of the round's groups {sorted(groups)}, got {group!r}")
     stored = 0
     if not store.weights.has(round_number + 1) and not store.partials.has(round_number, group):
-        stored = store.partials.put(
-            round_number, group, _reduce(store, strategy, settings, round_number, groups[group], doc)
-        )
+        context, results, _ = _round(store, strategy, settings, round_number, groups[group], doc)
+        stored = store.partials.put(round_number, group, reduce_group(results, context.current))
     return {"round": round_number, "group": group, "partial_bytes": stored}
-
-
-def _reduce(
-    store: SessionStore,
-    strategy: Strategy,
-    settings: SessionSettings,
-    round_number: int,
-    clients: list[int],
-    doc: dict[str, Any],
-) -> Partial:
-    context, results, _ = _round(store, strategy, settings, round_number, clients, doc)
-    return reduce_group(results, context.current)
 
 
 def _combine(
@@ -200,7 +187,8 @@ def _combine(
             partials.append(store.partials.get(round_number, number))
         else:
             print(f"group {number}: no partial stored; reducing its updates here", file=sys.stderr)
-            partials.append(_reduce(store, strategy, settings, round_number, members, doc))
+            _, results, _ = _round(store, strategy, settings, round_number, members, doc)
+            partials.append(reduce_group(results, context.current))
     total = combine(partials, context.current)
     if not total.accepted:
         raise StoreError(f"round {round_number}: no valid update among clients {clients}")
