@@ -9,7 +9,6 @@ routes or binds anything itself.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -25,14 +24,13 @@ from fedkeeper.function.catalog import (
 from fedkeeper.function.catalog import platform as catalog_platform
 from fedkeeper.function.config import FUNCTION_NAMES, Config
 from fedkeeper.function.invoke.base import unsupported
-from fedkeeper.function.learning.architecture import architecture
 from fedkeeper.function.prices import CURRENCY
 from fedkeeper.function.settings import FunctionSettings
 from fedkeeper.host.packaging import function_dir
 from fedkeeper.host.placement import Placement, Route, place_clients
 from fedkeeper.host.providers.base import FunctionSpec, Provider
 from fedkeeper.host.services import store_url
-from fedkeeper.host.topology import Costing, Group, plan_cost, plan_groups
+from fedkeeper.host.topology import Group, hierarchy
 
 Key = tuple[str, str]  # (platform, cluster): a cluster among the opened providers
 
@@ -135,15 +133,9 @@ class Plan:
         for (platform, cluster), count in counts.items():
             bound = store if catalog_platform(platform).capabilities.store_access else {}
             deployments.append(Deployment(platform, cluster, spec(CLIENT_FUNCTION, bound, count)))
-        model = fl.model_params
-        shapes = architecture(model, model.input_size, model.output_size).weight_shapes()
-        model_bytes = 4 * sum(math.prod(shape) for shape in shapes)  # float32 arrays
-        costing = Costing(fl.server_config.prices_of, model_bytes, model_bytes, server)
-        groups = plan_groups(fl.server_config.topology, placements, server, costing)
+        groups, cost = hierarchy(fl, placements, server)
         for host in dict.fromkeys(g.host for g in groups if g.host != server):
             deployments.append(Deployment(*host, spec(AGGREGATOR_FUNCTION, store)))
-        assignment = {c: g.host for g in groups for c in g.clients}
-        cost = plan_cost(assignment, placements, costing) if groups else 0.0
         return cls(server, placements, tuple(deployments), MappingProxyType(limits), groups, cost)
 
     @property

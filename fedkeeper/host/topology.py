@@ -24,13 +24,15 @@ within the bounds, until none does.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from fedkeeper.function.catalog import LOCAL_AGGREGATOR_NEEDS
 from fedkeeper.function.catalog import platform as catalog_platform
-from fedkeeper.function.config import Topology
+from fedkeeper.function.config import FederatedLearning, Topology
 from fedkeeper.function.invoke.base import unsupported
+from fedkeeper.function.learning.architecture import architecture
 from fedkeeper.function.prices import GB, Prices
 from fedkeeper.host.placement import Placement
 
@@ -76,6 +78,26 @@ class Costing:
 
     def site(self, site: Key) -> float:
         return self.model_bytes * link_price(site, self.server, self.prices_of)
+
+
+def hierarchy(
+    fl: FederatedLearning, placements: Sequence[Placement], server: Key
+) -> tuple[tuple[Group, ...], float]:
+    """The scenario's groups and their communication cost per round (none and 0 when flat).
+
+    Updates and partials are priced at the model's size in float32; every client counts the same
+    examples (the partitions' sizes are known only once ``fl_server_init`` has split the data).
+    """
+    topology = fl.server_config.topology
+    if not topology.hierarchical:
+        return (), 0.0
+    model = fl.model_params
+    shapes = architecture(model, model.input_size, model.output_size).weight_shapes()
+    model_bytes = 4 * sum(math.prod(shape) for shape in shapes)
+    costing = Costing(fl.server_config.prices_of, model_bytes, model_bytes, server)
+    groups = plan_groups(topology, placements, server, costing)
+    assignment = {c: g.host for g in groups for c in g.clients}
+    return groups, plan_cost(assignment, placements, costing)
 
 
 def plan_groups(
