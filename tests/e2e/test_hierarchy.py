@@ -1,9 +1,12 @@
-"""Topology hierarchical end to end: two clusters on the local fabric, a local aggregator per cluster."""
+"""Topology hierarchical end to end: two clusters on the local fabric, a local aggregator on each, the flat weights."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from fedkeeper.function.catalog import AGGREGATOR_FUNCTION
 from fedkeeper.function.config import GUEST_AUTH
@@ -16,15 +19,17 @@ from .helpers import assert_every_selected_update_counted_once, run_session
 ROUNDS = 2
 
 
-def test_a_hierarchical_session_over_two_clusters_runs_a_local_aggregator_on_each(
-    fabric: FabricProcess, mongo_url: str, tmp_path: Path
-) -> None:
-    data = training_config(
-        fabric.url, mongo_url, tmp_path / "logs", max_rounds=ROUNDS, topology={"kind": "hierarchical"}
-    )
+def _two_clusters(fabric: FabricProcess, mongo_url: str, tmp_path: Path, **server: Any) -> dict[str, Any]:
+    data = training_config(fabric.url, mongo_url, tmp_path / "logs", max_rounds=ROUNDS, **server)
     # a second cluster on the same fabric: clients 1 and 3 run there (round robin over sorted names)
     data["providers"]["openwhisk"]["near"] = {"base_url": fabric.url, "auth": GUEST_AUTH}
-    store, session = run_session(data)
+    return data
+
+
+def test_a_hierarchical_session_over_two_clusters_runs_a_local_aggregator_on_each_and_trains_as_flat(
+    fabric: FabricProcess, mongo_url: str, tmp_path: Path
+) -> None:
+    store, session = run_session(_two_clusters(fabric, mongo_url, tmp_path, topology="hierarchical"))
 
     bound = store.for_session(session)
     assert bound.record.get()["phase"] == "Succeeded"
@@ -46,3 +51,9 @@ def test_a_hierarchical_session_over_two_clusters_runs_a_local_aggregator_on_eac
     assert store.db.partial_aggregates.count_documents({"session": session}) == 0
     rows = list(csv.DictReader((tmp_path / "logs" / session / "rounds.csv").open()))
     assert len(rows) == ROUNDS and all(int(row["bytes_local_to_global"]) > 0 for row in rows)
+    # the same seeds without the hierarchy: the same weights every round (FedAvg is hierarchy-exact)
+    flat_store, flat = run_session(_two_clusters(fabric, mongo_url, tmp_path / "flat"))
+    for round_number in range(1, ROUNDS + 1):
+        got, want = bound.weights.get(round_number), flat_store.for_session(flat).weights.get(round_number)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
