@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo.errors import DuplicateKeyError
-
 from fedkeeper.function.errors import StoreError
 from fedkeeper.function.store import weights as wire
 from fedkeeper.function.store.mongo import SessionBound, store_errors, utcnow
@@ -42,24 +40,20 @@ class AggregationShards(SessionBound):
             return False
         arrays = list(result.weights) + result.state.flat()
         ref = self._blobs.put(wire.encode(arrays), **key)
-        try:
-            self._col.insert_one(
-                {
-                    **key,
-                    "blob": ref,
-                    "checksum": wire.checksum(arrays),
-                    "num_weights": len(result.weights),
-                    "layout": [[name, count] for name, count in result.state.layout()],
-                    "metrics": dict(result.state.metrics),
-                    "accepted": [int(c) for c in result.accepted],
-                    "rejected": {str(c): reason for c, reason in result.rejected.items()},
-                    "created_at": utcnow(),
-                }
-            )
-        except DuplicateKeyError:  # a concurrent attempt of the same shard stored the same values
-            self._blobs.delete(ref)
-            return False
-        return True
+        return self._insert_once(
+            {
+                **key,
+                "blob": ref,
+                "checksum": wire.checksum(arrays),
+                "num_weights": len(result.weights),
+                "layout": [[name, count] for name, count in result.state.layout()],
+                "metrics": dict(result.state.metrics),
+                "accepted": [int(c) for c in result.accepted],
+                "rejected": {str(c): reason for c, reason in result.rejected.items()},
+                "created_at": utcnow(),
+            },
+            ref,
+        )
 
     def has(self, round_number: int, shard: int) -> bool:
         key = {"session": self.session_id, "round": round_number, "shard": shard}
