@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from click.testing import CliRunner
 
 from fedkeeper.function.config import parse_config
 from fedkeeper.function.errors import ConfigError, StoreError
 from fedkeeper.function.store.db import SessionStore, Store
+from fedkeeper.host.cli import cli
 from fedkeeper.host.ledger import Ledger
 from fedkeeper.host.plan import Plan
 from fedkeeper.host.reconfiguration import Reconfigurer, Yield, join, leave, window_yield, worse
@@ -22,25 +25,27 @@ from fedkeeper.host.reporting import Reporter
 WINDOW = 2
 
 
+def _config_data(**server: Any) -> dict[str, Any]:
+    return {
+        "providers": {"openwhisk": {"local": {"local": True}}},
+        "scenarios": {
+            "federated_learning": {
+                "server_config": {
+                    "cluster": "local",
+                    "num_clients_per_round": 4,
+                    "standby_clients": 2,
+                    "validation_window": WINDOW,
+                    "prices": {"openwhisk": {"invocation": 0.01}},
+                    **server,
+                },
+                "clients_info": {"total_num_clients": 4, "ow_clients_count": 4},
+            }
+        },
+    }
+
+
 def _config(**server: Any) -> Any:
-    return parse_config(
-        {
-            "providers": {"openwhisk": {"local": {"local": True}}},
-            "scenarios": {
-                "federated_learning": {
-                    "server_config": {
-                        "cluster": "local",
-                        "num_clients_per_round": 4,
-                        "standby_clients": 2,
-                        "validation_window": WINDOW,
-                        "prices": {"openwhisk": {"invocation": 0.01}},
-                        **server,
-                    },
-                    "clients_info": {"total_num_clients": 4, "ow_clients_count": 4},
-                }
-            },
-        }
-    )
+    return parse_config(_config_data(**server))
 
 
 class Session:
@@ -209,3 +214,26 @@ def test_accuracy_per_cost_decides_and_free_rounds_compare_per_round() -> None:
 def test_standby_clients_must_leave_a_client_to_start_with() -> None:
     with pytest.raises(ConfigError, match="standby_clients 4: at least one of the 4 clients"):
         _config(standby_clients=4)
+
+
+def test_the_clients_commands_change_a_session_and_say_what_is_wrong_in_one_line(
+    session: Session, mongo_url: str, mongo_db_name: str, tmp_path: Path
+) -> None:
+    data = _config_data()
+    data["scenarios"]["federated_learning"]["mongo_config"] = {"url": mongo_url, "database": mongo_db_name}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(data))
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(cli, [*args, "-c", str(config)])
+
+    added = run("clients", "add", "s-reconfig", "--cluster", "local")
+    assert added.exit_code == 0 and "clients 2 join at the next round" in added.output, added.output
+    wrong = run("clients", "add", "s-reconfig", "--cluster", "nowhere")
+    assert wrong.exit_code != 0 and wrong.output.count("\n") == 1, wrong.output
+    assert "fedkeeper: --cluster nowhere: hosts no client of session s-reconfig" in wrong.output
+    missing = run("clients", "remove", "s-reconfig", "7")
+    assert missing.exit_code != 0 and "client 7 is not a member of session s-reconfig" in missing.output
+    assert run("clients", "remove", "s-reconfig", "1").exit_code == 0
+    shown = run("status", "s-reconfig")
+    assert "clients: active [0, 1], asked for [0, 2], set aside [], left []" in shown.output, shown.output
