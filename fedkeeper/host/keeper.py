@@ -195,7 +195,7 @@ class Keeper:
         reporter.event("session_resumed" if resumed else "session_started", session=self.session_id)
         reporter.say(
             f"session {self.session_id}: {'resuming' if resumed else 'starting'} — "
-            f"{len(self.plan.placements)} clients, {self._pace()}, "
+            f"{len(self.plan.placements)} clients{self._standby()}, {self._pace()}, "
             f"up to {self.server.max_rounds} {'versions' if self.server.mode == 'async' else 'rounds'}, "
             f"target accuracy {self.server.target_accuracy}"
         )
@@ -222,6 +222,10 @@ class Keeper:
                 self._write_logs()
             reporter.say(f"logs: {reporter.dir}")
             reporter.close()
+
+    def _standby(self) -> str:
+        standby = self.server.standby_clients
+        return f" ({standby} on standby for `fedkeeper clients add`)" if standby else ""
 
     def _pace(self) -> str:
         """How clients are driven, for the start line."""
