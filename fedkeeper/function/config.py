@@ -259,6 +259,10 @@ class ServerConfig(_Model):
     # min_cost_to_target: each round's clients are the cheapest expected, with a rotation share
     # (docs/selection.md); it replaces the selection policy.
     objective: Literal["none", "min_cost_to_target"] = "none"
+    # Reconfiguration (host/reconfiguration.py): the last this many client slots start on standby,
+    # for `fedkeeper clients add` to bring in; a change is judged over validation_window rounds.
+    standby_clients: NonNegativeInt = 0
+    validation_window: PositiveInt = 3
 
     @field_validator("prices", mode="before")
     @classmethod
@@ -314,6 +318,7 @@ class ServerConfig(_Model):
             "objective": self.objective != "none",
             "aggregation_shards": self.aggregation_shards > 1,
             "topology hierarchical": self.topology.hierarchical,
+            "standby_clients": self.standby_clients > 0,
             "strategy.fraction_evaluate": self.strategy.build().fraction_evaluate > 0,
         }
         given = [name for name, used in unsupported.items() if used]
@@ -480,6 +485,16 @@ class FederatedLearning(_Model):
     training_test_data: TrainingTestData = TrainingTestData()
     model_params: ModelParams = ModelParams()
     functions: FunctionsConfig = FunctionsConfig()
+
+    @model_validator(mode="after")
+    def _standby_leaves_clients(self) -> FederatedLearning:
+        standby, total = self.server_config.standby_clients, self.clients_info.total_num_clients
+        if standby >= total:
+            raise ValueError(
+                f"server_config.standby_clients {standby}: at least one of the {total} clients "
+                "(clients_info.total_num_clients) must start active"
+            )
+        return self
 
     @model_validator(mode="after")
     def _model_fits_data(self) -> FederatedLearning:
@@ -666,6 +681,8 @@ TRAINING_FIELDS: dict[str, tuple[str, ...] | None] = {  # section -> fields (Non
         "buffer_size",
         "staleness",
         "server_learning_rate",
+        "standby_clients",
+        "validation_window",
     ),
     "clients_info": None,
     "data_sampling": None,
@@ -690,6 +707,8 @@ ADDED_LATER: dict[str, Any] = {
     "server_config.buffer_size": 3,
     "server_config.staleness": {"kind": "constant", "a": 0.5, "b": 4.0},
     "server_config.server_learning_rate": 1.0,
+    "server_config.standby_clients": 0,
+    "server_config.validation_window": 3,
 }
 
 

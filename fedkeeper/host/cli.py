@@ -170,6 +170,14 @@ def status(session: str | None, config_path: Path, as_json: bool) -> None:
             click.echo(
                 f"  {c['lastTransitionTime']:%Y-%m-%d %H:%M:%S} {c['type']} {c['reason']} {redact(c['message'])}"
             )
+        if doc.get("membership"):
+            members = handle.membership.get()
+            window = members.window
+            click.echo(
+                f"  clients: active {list(members.active)}, asked for {list(members.requested)}, set aside "
+                f"{list(members.set_aside)}, left {list(members.left)}"
+                + (f"; validating change {window.change} from round {window.round}" if window else "")
+            )
         for r in handle.rounds.all():
             m = r.get("metrics") or {}
             acc = f"accuracy {m['accuracy']:.4f}" if m else r["status"]
@@ -178,6 +186,44 @@ def status(session: str | None, config_path: Path, as_json: bool) -> None:
             if m.get("staleness_max") is not None:
                 acc += f", staleness mean {m['staleness_mean']:.1f} max {m['staleness_max']}"
             click.echo(f"  round {r['round']}: {acc}, selected {r['selected']}")
+
+
+@cli.group()
+def clients() -> None:
+    """Clients joining or leaving a running session (picked up at the next round boundary)."""
+
+
+@clients.command("add")
+@click.argument("session")
+@click.option("--cluster", required=True, help="a cluster with free client slots (NAME or PLATFORM/NAME)")
+@click.option("--count", type=click.IntRange(min=1), default=1, show_default=True, help="how many clients")
+@config_option
+@friendly_errors
+def clients_add(session: str, cluster: str, count: int, config_path: Path) -> None:
+    """Bring COUNT free client slots of CLUSTER into SESSION."""
+    from fedkeeper.host.reconfiguration import join
+    from fedkeeper.host.services import Services
+
+    with Services(load_noting(config_path)) as services:
+        joined = join(services.store().for_session(session), cluster, count)
+    click.echo(f"session {session}: clients {', '.join(map(str, joined))} join at the next round")
+
+
+@clients.command("remove")
+@click.argument("session")
+@click.argument("client_ids", metavar="CLIENT...", nargs=-1, required=True, type=int)
+@config_option
+@friendly_errors
+def clients_remove(session: str, client_ids: tuple[int, ...], config_path: Path) -> None:
+    """Take clients out of SESSION for good."""
+    from fedkeeper.host.reconfiguration import leave
+    from fedkeeper.host.services import Services
+
+    with Services(load_noting(config_path)) as services:
+        leave(services.store().for_session(session), sorted(set(client_ids)))
+    click.echo(
+        f"session {session}: clients {', '.join(map(str, sorted(set(client_ids))))} leave at the next round"
+    )
 
 
 @cli.command()

@@ -17,7 +17,7 @@ aggregator reads the weights and the updates of any group whose partial it had t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,3 +152,24 @@ def client_rates(
             per_run += server.invocation
         rates[p.client] = ClientRate(per_second, per_run)
     return rates
+
+
+def rates_after(
+    plan: Plan, prices_of: Callable[[str], Prices], last: Mapping[str, Any]
+) -> dict[int, ClientRate]:
+    """Each client's rate from the bytes the previous round's metrics ``last`` record (the weights,
+    the mean update; none before the first round)."""
+    uploads = list((last.get("update_bytes_by_client") or {}).values())
+    mean_upload = int(sum(uploads) / len(uploads)) if uploads else 0
+    return client_rates(plan, prices_of, int(last.get("weights_bytes") or 0), mean_upload)
+
+
+def expected_round_cost(
+    rates: Mapping[int, ClientRate], clients: Sequence[int], per_round: int, duration_s: float
+) -> float:
+    """What a round's client attempts are expected to cost: ``min(per_round, len(clients))`` of
+    ``clients`` drawn uniformly, each running ``duration_s`` at its rate."""
+    if not clients:
+        return 0.0
+    each = [rates[c].per_second * duration_s + rates[c].per_run for c in clients]
+    return min(per_round, len(clients)) * sum(each) / len(clients)

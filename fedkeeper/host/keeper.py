@@ -1,6 +1,7 @@
 """The keeper: a session's lifecycle (start, resume, stop rules) over the fabric.
 
-Each round: the configured selection policy picks clients, the :class:`~fedkeeper.host.rounds.RoundDriver`
+Each round: the session's members are re-planned if they changed (:mod:`fedkeeper.host.reconfiguration`),
+the configured selection policy picks clients among them, the :class:`~fedkeeper.host.rounds.RoundDriver`
 invokes, polls, retries and closes the round, the aggregator makes the next global weights, the
 clients' history is folded in, the strategy's federated evaluation (if it chooses any client) runs
 through the same driver, and the session advances in MongoDB *before* the next round starts.
@@ -42,7 +43,7 @@ from fedkeeper.function.strategies import (
     make_selection,
 )
 from fedkeeper.host.async_rounds import AsyncDriver
-from fedkeeper.host.costs import client_rates, round_cost
+from fedkeeper.host.costs import rates_after, round_cost
 from fedkeeper.host.history import ClientHistory, History, fold
 from fedkeeper.host.ledger import (
     SERVER,
@@ -55,6 +56,7 @@ from fedkeeper.host.ledger import (
 from fedkeeper.host.outages import Outages, OutageTooLong, OutageWatch
 from fedkeeper.host.plan import Key, Plan
 from fedkeeper.host.providers.base import Provider
+from fedkeeper.host.reconfiguration import Reconfigurer
 from fedkeeper.host.reporting import Reporter, Stopwatch
 from fedkeeper.host.rounds import MIN_POLL_S, ClosedRound, RoundDriver, SessionFailed
 
@@ -200,7 +202,7 @@ class Keeper:
         reporter.event("session_resumed" if resumed else "session_started", session=self.session_id)
         reporter.say(
             f"session {self.session_id}: {'resuming' if resumed else 'starting'} — "
-            f"{len(self.plan.placements)} clients, {self._pace()}, "
+            f"{len(self.plan.placements)} clients{self._standby()}, {self._pace()}, "
             f"up to {self.server.max_rounds} {'versions' if self.server.mode == 'async' else 'rounds'}, "
             f"target accuracy {self.server.target_accuracy}"
         )
@@ -230,6 +232,10 @@ class Keeper:
             reporter.say(f"logs: {reporter.dir}")
             reporter.close()
 
+    def _standby(self) -> str:
+        standby = self.server.standby_clients
+        return f" ({standby} on standby for `fedkeeper clients add`)" if standby else ""
+
     def _pace(self) -> str:
         """How clients are driven, for the start line."""
         if self.server.mode == "async":
@@ -251,10 +257,12 @@ class Keeper:
             self.server, self.plan, self.session, self.ledger, self.providers, self.watch, self.retry,
             self.clock, self.sleep, self.budget_since,
         )  # fmt: skip
+        reconfigurer = Reconfigurer(self.server, self.plan, self.session, self.ledger, self.reporter)
         while True:
             session = record.get()
             round_number = int(session["round"])
-            metrics = self._run_round(driver, round_number)
+            members = reconfigurer.at_boundary(round_number)
+            metrics = self._run_round(driver, round_number, members)
             record.advance_round(round_number + 1)
             self._write_logs()
             stop = self._stop_reason(round_number, metrics, session)
@@ -442,15 +450,15 @@ class Keeper:
         )
 
     # ------------------------------------------------------------------ one round
-    def _run_round(self, driver: RoundDriver, round_number: int) -> dict[str, Any]:
-        """Select (once), drive the round to its close, fold it into the clients' history, aggregate,
-        evaluate."""
+    def _run_round(self, driver: RoundDriver, round_number: int, members: tuple[int, ...]) -> dict[str, Any]:
+        """Select (once) among ``members``, drive the round to its close, fold it into the clients'
+        history, aggregate, evaluate."""
         assert self._history is not None
         rounds = self.session.rounds
         history = self._history.read() if self.selection.uses_history else History()
         pool = ClientPool(
-            tuple(p.client for p in self.plan.placements),
-            self.server.num_clients_per_round,
+            members,
+            min(self.server.num_clients_per_round, len(members)),
             self._priced(self.selection, round_number),
             self.server.seed,
             history.clients,
@@ -470,7 +478,7 @@ class Keeper:
         resumed = bool(doc.get("metrics"))  # aggregated before a resumed keeper got here
         metrics = dict(doc["metrics"]) if resumed else self._aggregate(round_number, closed, watch)
         if "federated_loss" not in metrics:
-            metrics.update(self._evaluate(driver, strategy, round_number))
+            metrics.update(self._evaluate(driver, strategy, round_number, members))
         # One read of the round's ledger (the aggregator's and the evaluations' attempts included)
         # serves the clients' history (training attempts only) and the round's cost.
         entries = self.ledger.round_entries(round_number)
@@ -495,14 +503,7 @@ class Keeper:
         if not isinstance(policy, MinCost):
             return policy
         last = (self.session.rounds.get(round_number - 1).get("metrics") or {}) if round_number else {}
-        uploads = list((last.get("update_bytes_by_client") or {}).values())
-        rates = client_rates(
-            self.plan,
-            self.server.prices_of,
-            int(last.get("weights_bytes") or 0),
-            int(sum(uploads) / len(uploads)) if uploads else 0,
-        )
-        return replace(policy, rates=rates)
+        return replace(policy, rates=rates_after(self.plan, self.server.prices_of, last))
 
     def _aggregate(self, round_number: int, closed: ClosedRound, watch: Stopwatch) -> dict[str, Any]:
         """The aggregator's metrics of the closed round, with the keeper's own; then old payloads go."""
@@ -539,7 +540,9 @@ class Keeper:
         metrics["cumulative_cost"] = total
         return metrics
 
-    def _evaluate(self, driver: RoundDriver, strategy: Strategy, round_number: int) -> dict[str, Any]:
+    def _evaluate(
+        self, driver: RoundDriver, strategy: Strategy, round_number: int, members: tuple[int, ...]
+    ) -> dict[str, Any]:
         """Federated evaluation of the round's new weights, as Flower runs it after ``aggregate_fit``.
 
         The strategy's ``configure_evaluate`` picks among the clients that can evaluate (once: the
@@ -550,7 +553,7 @@ class Keeper:
         """
         rounds = self.session.rounds
         if "evaluate" not in rounds.get(round_number):
-            evaluators = self.plan.evaluators()
+            evaluators = tuple(c for c in self.plan.evaluators() if c in members)
             pool = ClientPool(evaluators, len(evaluators), seed=self.server.seed)
             chosen = strategy.configure_evaluate(round_number, pool)
             if not chosen:

@@ -20,6 +20,7 @@ from fedkeeper.function.errors import StoreError
 from fedkeeper.function.store.blobs import BlobStore
 from fedkeeper.function.store.evaluations import Evaluations
 from fedkeeper.function.store.global_weights import GlobalWeights
+from fedkeeper.function.store.membership import MembershipRecord
 from fedkeeper.function.store.mongo import shared_client, store_errors
 from fedkeeper.function.store.partials import Partials
 from fedkeeper.function.store.partitions import Partitions
@@ -119,7 +120,7 @@ class Store:
 
 
 class SessionStore:
-    """One session's state, by concern: ``record`` (its document), ``weights``, ``updates``,
+    """One session's state, by concern: ``record`` (its document), ``membership``, ``weights``, ``updates``,
     ``evaluations``, ``partitions``, ``rounds``, ``strategy``, ``shards`` and ``partials``. Nothing
     here takes a session id."""
 
@@ -128,6 +129,7 @@ class SessionStore:
         self.store = store
         parts = (store.db, store.blobs, store.url, session_id)
         self.record = SessionRecord(*parts)
+        self.membership = MembershipRecord(*parts)
         self.weights = GlobalWeights(*parts)
         self.updates = Updates(*parts)
         self.evaluations = Evaluations(*parts)

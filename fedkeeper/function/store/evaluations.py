@@ -6,13 +6,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from pymongo import ASCENDING
-from pymongo.errors import DuplicateKeyError
 
-from fedkeeper.function.store.mongo import SessionBound, store_errors, utcnow
+from fedkeeper.function.store.mongo import ClientAnswers, store_errors, utcnow
 
 
 @store_errors
-class Evaluations(SessionBound):
+class Evaluations(ClientAnswers):
     """The ``evaluations`` collection, unique on ``(session, round, client)``.
 
     Round ``r``'s evaluation is of the global weights round ``r`` aggregated (round ``r + 1``'s).
@@ -31,32 +30,19 @@ class Evaluations(SessionBound):
         attempt: int | None = None,
     ) -> bool:
         """Store a client's evaluation; ``False`` (and nothing written) when one is already there."""
-        try:
-            self._col.insert_one(
-                {
-                    "session": self.session_id,
-                    "round": round_number,
-                    "client": client,
-                    "num_examples": int(num_examples),
-                    "loss": float(loss),
-                    "accuracy": float(accuracy),
-                    "activation_id": activation_id,
-                    "attempt": attempt,
-                    "created_at": utcnow(),
-                }
-            )
-        except DuplicateKeyError:
-            return False
-        return True
-
-    def has(self, round_number: int, client: int) -> bool:
-        key = {"session": self.session_id, "round": round_number, "client": client}
-        return self._col.find_one(key, {"_id": 1}) is not None
-
-    def clients(self, round_number: int) -> set[int]:
-        """Clients whose evaluation of the round is stored."""
-        cursor = self._col.find({"session": self.session_id, "round": round_number}, {"client": 1})
-        return {int(doc["client"]) for doc in cursor}
+        return self._insert_once(
+            {
+                "session": self.session_id,
+                "round": round_number,
+                "client": client,
+                "num_examples": int(num_examples),
+                "loss": float(loss),
+                "accuracy": float(accuracy),
+                "activation_id": activation_id,
+                "attempt": attempt,
+                "created_at": utcnow(),
+            }
+        )
 
     def results(self, round_number: int, clients: Sequence[int]) -> list[dict[str, Any]]:
         """The stored evaluations of ``clients``, by client."""

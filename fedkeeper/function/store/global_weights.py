@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from pymongo.errors import DuplicateKeyError
 
 from fedkeeper.function.errors import StoreError
 from fedkeeper.function.store import weights as wire
@@ -24,21 +23,17 @@ class GlobalWeights(SessionBound):
             return False
         key = {"session": self.session_id, "round": round_number}
         ref = self._blobs.put(wire.encode(weights), session=self.session_id, round=round_number)
-        try:
-            self._col.insert_one(
-                {
-                    **key,
-                    "blob": ref,
-                    "checksum": wire.checksum(weights),
-                    "shapes": [list(w.shape) for w in weights],
-                    "dtypes": [w.dtype.name for w in weights],
-                    "created_at": utcnow(),
-                }
-            )
-        except DuplicateKeyError:  # a concurrent writer won the race; its copy counts
-            self._blobs.delete(ref)
-            return False
-        return True
+        return self._insert_once(
+            {
+                **key,
+                "blob": ref,
+                "checksum": wire.checksum(weights),
+                "shapes": [list(w.shape) for w in weights],
+                "dtypes": [w.dtype.name for w in weights],
+                "created_at": utcnow(),
+            },
+            ref,
+        )
 
     def get(self, round_number: int) -> wire.Weights:
         doc = self._col.find_one({"session": self.session_id, "round": round_number})

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, TypeVar
 import pymongo
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import ConnectionFailure, PyMongoError
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from fedkeeper.function.errors import STORE, StoreError, StoreUnavailable
 from fedkeeper.function.redaction import redact
@@ -102,3 +102,33 @@ class SessionBound:
         self.session_id = session_id
         self._col: Collection = db[self.collection]
         self._blobs = blobs
+
+    def _insert_once(self, doc: dict[str, Any], *blobs: dict[str, Any] | None) -> bool:
+        """Insert ``doc``; ``False`` when its unique key is taken, with the ``blobs`` written for it
+        deleted.
+
+        Attempts of one activation (or racing aggregators) may write the same document: the first
+        copy counts and the others leave nothing behind.
+        """
+        try:
+            self._col.insert_one(doc)
+        except DuplicateKeyError:
+            for ref in blobs:
+                if ref is not None:
+                    self._blobs.delete(ref)
+            return False
+        return True
+
+
+@store_errors
+class ClientAnswers(SessionBound):
+    """Documents keyed ``(session, round, client)``: one answer per client and round."""
+
+    def has(self, round_number: int, client: int) -> bool:
+        key = {"session": self.session_id, "round": round_number, "client": client}
+        return self._col.find_one(key, {"_id": 1}) is not None
+
+    def clients(self, round_number: int) -> set[int]:
+        """Clients whose answer for the round is stored."""
+        cursor = self._col.find({"session": self.session_id, "round": round_number}, {"client": 1})
+        return {int(doc["client"]) for doc in cursor}

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
-from pymongo.errors import DuplicateKeyError
 
 from fedkeeper.function.errors import StoreError
 from fedkeeper.function.store import weights as wire
@@ -37,21 +36,16 @@ class RoundParts(SessionBound):
             return 0
         payload = wire.encode(arrays)
         ref = self._blobs.put(payload, **key)
-        try:
-            self._col.insert_one(
-                {
-                    **key,
-                    "blob": ref,
-                    "checksum": wire.checksum(arrays),
-                    "payload_bytes": len(payload),
-                    **fields,
-                    "created_at": utcnow(),
-                }
-            )
-        except DuplicateKeyError:  # a concurrent attempt of the same part stored the same values
-            self._blobs.delete(ref)
-            return 0
-        return len(payload)
+        doc = {
+            **key,
+            "blob": ref,
+            "checksum": wire.checksum(arrays),
+            "payload_bytes": len(payload),
+            **fields,
+            "created_at": utcnow(),
+        }
+        # a concurrent attempt of the same part may have stored the same values first
+        return len(payload) if self._insert_once(doc, ref) else 0
 
     def has(self, round_number: int, part: int) -> bool:
         return self._col.find_one(self._key(round_number, part), {"_id": 1}) is not None

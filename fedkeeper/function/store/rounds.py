@@ -126,6 +126,9 @@ class Rounds(SessionBound):
         found = ((doc or {}).get("fit") or {}).get(str(int(client)))
         return dict(found) if found is not None else None
 
+    def opened(self, round_number: int) -> bool:
+        return self._col.count_documents({"session": self.session_id, "round": round_number}, limit=1) > 0
+
     def get(self, round_number: int) -> dict[str, Any]:
         doc = self._col.find_one({"session": self.session_id, "round": round_number})
         if doc is None:

@@ -11,6 +11,17 @@ from fedkeeper.function.store.mongo import SessionBound, store_errors, utcnow
 from fedkeeper.function.store.statuses import Phase
 
 
+def new_condition(kind: str, reason: str, message: str, now: datetime | None = None) -> dict[str, Any]:
+    """A Kubernetes-style condition as the session document keeps it."""
+    return {
+        "type": kind,
+        "status": "True",
+        "reason": reason,
+        "message": redact(message),
+        "lastTransitionTime": now or utcnow(),
+    }
+
+
 @store_errors
 class SessionRecord(SessionBound):
     """The ``sessions`` document of one session (``_id`` is the session id)."""
@@ -47,13 +58,7 @@ class SessionRecord(SessionBound):
         update: dict[str, Any] = {"phase": phase}
         if phase.completed:
             update["completion_time"] = now
-        condition = {
-            "type": phase,
-            "status": "True",
-            "reason": reason,
-            "message": redact(message),
-            "lastTransitionTime": now,
-        }
+        condition = new_condition(phase, reason, message, now)
         self._col.update_one({"_id": self.session_id}, {"$set": update, "$push": {"conditions": condition}})
 
     def set_cost(self, total: float, last_round: float, currency: str) -> None:

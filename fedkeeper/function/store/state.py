@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from pymongo import DESCENDING
-from pymongo.errors import DuplicateKeyError
 
 from fedkeeper.function.errors import StoreError
 from fedkeeper.function.store import weights as wire
@@ -71,21 +70,17 @@ class StrategyStates(SessionBound):
         if self._col.find_one(key, {"_id": 1}) is not None:
             return False
         ref = self._blobs.put(wire.encode(arrays), **key)
-        try:
-            self._col.insert_one(
-                {
-                    **key,
-                    "blob": ref,
-                    "checksum": wire.checksum(arrays),
-                    "layout": [[name, count] for name, count in layout],
-                    "metrics": dict(metrics),
-                    "created_at": utcnow(),
-                }
-            )
-        except DuplicateKeyError:  # a concurrent aggregator won the race with the same values
-            self._blobs.delete(ref)
-            return False
-        return True
+        return self._insert_once(
+            {
+                **key,
+                "blob": ref,
+                "checksum": wire.checksum(arrays),
+                "layout": [[name, count] for name, count in layout],
+                "metrics": dict(metrics),
+                "created_at": utcnow(),
+            },
+            ref,
+        )
 
     def _arrays(self, doc: dict[str, Any]) -> Weights:
         arrays = wire.decode(self._blobs.get(doc["blob"]))

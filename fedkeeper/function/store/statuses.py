@@ -41,3 +41,11 @@ class Task(StrEnum):
 
     FIT = "fit"
     EVALUATE = "evaluate"
+
+
+class Reconfiguration(StrEnum):
+    """The conditions of a membership change (``host/reconfiguration.py``): made, then reverted or kept."""
+
+    CHANGED = "Reconfigured"
+    REVERTED = "ReconfigurationReverted"
+    KEPT = "ReconfigurationKept"

@@ -15,12 +15,11 @@ from typing import Any
 
 import numpy as np
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
-from pymongo.errors import DuplicateKeyError
 
 from fedkeeper.function.errors import InvalidUpdate
 from fedkeeper.function.store import codecs
 from fedkeeper.function.store import weights as wire
-from fedkeeper.function.store.mongo import SessionBound, store_errors, utcnow
+from fedkeeper.function.store.mongo import ClientAnswers, store_errors, utcnow
 from fedkeeper.function.store.statuses import UpdateStatus
 
 # An async update no buffer holds yet (rejected ones are never claimed).
@@ -49,7 +48,7 @@ class UnreadableUpdate:
 
 
 @store_errors
-class Updates(SessionBound):
+class Updates(ClientAnswers):
     """The ``updates`` collection, unique on ``(session, round, client)``."""
 
     collection = "updates"
@@ -92,32 +91,28 @@ class Updates(SessionBound):
         kept = None
         if encoded.residual is not None:
             kept = self._blobs.put(wire.encode(encoded.residual), **key, residual=True)
-        try:
-            self._col.insert_one(
-                {
-                    **key,
-                    "blob": ref,
-                    "checksum": wire.checksum(encoded.arrays),
-                    "codec": codec.tag(),
-                    "payload_bytes": int(ref["size"]),
-                    "residual": kept,
-                    "residual_checksum": None
-                    if encoded.residual is None
-                    else wire.checksum(encoded.residual),
-                    "num_examples": int(num_examples),
-                    "loss": float(loss),
-                    "accuracy": float(accuracy),
-                    "activation_id": activation_id,
-                    "attempt": attempt,
-                    "status": UpdateStatus.RECEIVED,
-                    "created_at": utcnow(),
-                    **({} if version is None else {"version": int(version), "consumed_by": None}),
-                }
-            )
-        except DuplicateKeyError:
-            self._blobs.delete(ref)
-            if kept is not None:
-                self._blobs.delete(kept)
+        stored = self._insert_once(
+            {
+                **key,
+                "blob": ref,
+                "checksum": wire.checksum(encoded.arrays),
+                "codec": codec.tag(),
+                "payload_bytes": int(ref["size"]),
+                "residual": kept,
+                "residual_checksum": None if encoded.residual is None else wire.checksum(encoded.residual),
+                "num_examples": int(num_examples),
+                "loss": float(loss),
+                "accuracy": float(accuracy),
+                "activation_id": activation_id,
+                "attempt": attempt,
+                "status": UpdateStatus.RECEIVED,
+                "created_at": utcnow(),
+                **({} if version is None else {"version": int(version), "consumed_by": None}),
+            },
+            ref,
+            kept,
+        )
+        if not stored:
             return False
         if kept is not None:
             self._drop_residuals(client, before=round_number)
@@ -174,34 +169,22 @@ class Updates(SessionBound):
         It counts as the client's answer (a retry would send the same), and the aggregator reports
         it among the round's rejected updates. ``False`` when an update was already there.
         """
-        key = {"session": self.session_id, "round": round_number, "client": client}
-        try:
-            self._col.insert_one(
-                {
-                    **key,
-                    "blob": None,
-                    "num_examples": 0,
-                    "loss": float("nan"),
-                    "accuracy": float("nan"),
-                    "activation_id": activation_id,
-                    "attempt": attempt,
-                    "status": UpdateStatus.REJECTED,
-                    "reason": reason,
-                    "created_at": utcnow(),
-                }
-            )
-        except DuplicateKeyError:
-            return False
-        return True
-
-    def has(self, round_number: int, client: int) -> bool:
-        key = {"session": self.session_id, "round": round_number, "client": client}
-        return self._col.find_one(key, {"_id": 1}) is not None
-
-    def clients(self, round_number: int) -> set[int]:
-        """Clients whose update for the round is stored."""
-        cursor = self._col.find({"session": self.session_id, "round": round_number}, {"client": 1})
-        return {int(doc["client"]) for doc in cursor}
+        return self._insert_once(
+            {
+                "session": self.session_id,
+                "round": round_number,
+                "client": client,
+                "blob": None,
+                "num_examples": 0,
+                "loss": float("nan"),
+                "accuracy": float("nan"),
+                "activation_id": activation_id,
+                "attempt": attempt,
+                "status": UpdateStatus.REJECTED,
+                "reason": reason,
+                "created_at": utcnow(),
+            }
+        )
 
     def stream(
         self,

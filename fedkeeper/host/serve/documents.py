@@ -23,6 +23,7 @@ from fedkeeper.function.errors import FedkeeperError
 from fedkeeper.function.invoke.base import Capabilities
 from fedkeeper.function.redaction import redact, redact_value
 from fedkeeper.function.store.db import Store, store_errors
+from fedkeeper.function.store.membership import Membership
 from fedkeeper.function.store.statuses import RoundStatus
 from fedkeeper.host.hosts.registry import COLLECTION as HOSTS
 from fedkeeper.host.ledger import SERVER, LedgerStatus
@@ -190,6 +191,7 @@ class StatusReader:
                 ),
                 # Absent until costs are recorded; shown as the store has them.
                 "cost": redact_value(_jsonable(doc["cost"])) if doc.get("cost") is not None else None,
+                "membership": _membership(doc.get("membership")),
             },
         }
 
@@ -536,6 +538,32 @@ def _conditions(stored: list[dict[str, Any]], last_activity: datetime | None) ->
             }
         )
     return out
+
+
+def _membership(stored: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Which clients take part (``fedkeeper clients``); null for a session that never started rounds."""
+    if stored is None:
+        return None
+    m = Membership.from_doc(stored)
+    w = m.window
+    return {
+        "active": list(m.active),
+        "requested": list(m.requested),
+        "setAside": list(m.set_aside),
+        "left": list(m.left),
+        "changes": m.events,
+        "validating": None
+        if w is None
+        else {
+            "change": w.change,
+            "fromRound": w.round,
+            "rounds": w.rounds,
+            "joined": list(w.joined),
+            "left": list(w.left),
+            "costBefore": w.cost_before,
+            "costAfter": w.cost_after,
+        },
+    }
 
 
 def _node_state(seen: dict[str, Any] | None) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedkeeper.function.store.statuses import Phase, RoundStatus, Task
+from fedkeeper.function.store.statuses import Phase, Reconfiguration, RoundStatus, Task
 from fedkeeper.host.serve.documents import API_VERSION, KIND, MAX_PAGE_SIZE, PAGE_SIZE
 from fedkeeper.host.serve.sources import QUERIES
 
@@ -28,13 +28,14 @@ TIME = _nullable("string", format="date-time")
 PHASE = {"type": "string", "enum": [p.value for p in Phase]}
 COUNT = {"type": "integer", "minimum": 0}
 NUMBER = _nullable("number")
+CLIENTS = {"type": "array", "items": COUNT}
 COST = {"description": "Absent (null) until costs are recorded; as the store holds it otherwise."}
 
 SCHEMAS: dict[str, Any] = {
     "Error": _object({"error": {"type": "string"}}),
     "Condition": _object(
         {
-            "type": PHASE,
+            "type": {"type": "string", "enum": [p.value for p in Phase] + [r.value for r in Reconfiguration]},
             "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
             "lastProbeTime": TIME,
             "lastTransitionTime": TIME,
@@ -127,6 +128,34 @@ SCHEMAS: dict[str, Any] = {
                     "nodes": {"type": "array", "items": _ref("Node")},
                     "activations": {"type": "array", "items": _ref("ActivationCount")},
                     "cost": COST,
+                    "membership": {
+                        **_object(
+                            {
+                                "active": CLIENTS,
+                                "requested": {**CLIENTS, "description": "what `fedkeeper clients` asked for"},
+                                "setAside": {**CLIENTS, "description": "joined clients a revert took out"},
+                                "left": CLIENTS,
+                                "changes": COUNT,
+                                "validating": {
+                                    **_object(
+                                        {
+                                            "change": COUNT,
+                                            "fromRound": COUNT,
+                                            "rounds": COUNT,
+                                            "joined": CLIENTS,
+                                            "left": CLIENTS,
+                                            "costBefore": {"type": "number"},
+                                            "costAfter": {"type": "number"},
+                                        }
+                                    ),
+                                    "type": ["object", "null"],
+                                    "description": "the change being validated; expected costs are per round",
+                                },
+                            }
+                        ),
+                        "type": ["object", "null"],
+                        "description": "null until the session's first round",
+                    },
                 }
             ),
         }
