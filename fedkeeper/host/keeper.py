@@ -504,8 +504,8 @@ class Keeper:
         marks = self.session.updates.claim_late(round_number, rounds.late_clients(round_number))
         late = rounds.fold(round_number, [(int(m["round"]), int(m["client"])) for m in marks])
         if late:
-            taken = ", ".join(f"client {c} of round {r + 1}" for r, c in late)
-            self._note(f"round {round_number + 1}: folding in late updates: {taken}")
+            taken = ", ".join(f"client {c} of round {r}" for r, c in late)
+            self._note(f"round {round_number}: folding in late updates: {taken}")
 
     def _aggregate(
         self, round_number: int, closed: ClosedRound, watch: Stopwatch, driver: RoundDriver
