@@ -496,9 +496,12 @@ class RoundDriver:
             elif age > self.server.activation_timeout_s and not self.outages.is_down(
                 f"{entry.platform}/{entry.cluster}"
             ):
-                self.ledger.settle(
-                    entry, LedgerStatus.TIMED_OUT, error=f"late activation: no record after {age:.0f}s"
-                )
+                if self.session.updates.has(entry.round, entry.client):
+                    error = "update stored, activation record not seen"
+                    self.ledger.settle(entry, LedgerStatus.RECORD_LOST, error=error)
+                else:
+                    error = f"late activation: no record after {age:.0f}s"
+                    self.ledger.settle(entry, LedgerStatus.TIMED_OUT, error=error)
             else:
                 continue
             del late[key]

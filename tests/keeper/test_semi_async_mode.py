@@ -36,7 +36,7 @@ class KeeperDied(Exception):
     """The keeper process is gone (raised from its sleep)."""
 
 
-def _config(tmp_path: Path, **server: Any) -> Config:
+def _config(tmp_path: Path, client_timeout: int = 50, **server: Any) -> Config:
     return parse_config(
         {
             "logs_dir": str(tmp_path / "logs"),
@@ -57,7 +57,7 @@ def _config(tmp_path: Path, **server: Any) -> Config:
                         **server,
                     },
                     "clients_info": {"total_num_clients": CLIENTS, "ow_clients_count": CLIENTS},
-                    "functions": {"fl_client": {"timeout": 50}},
+                    "functions": {"fl_client": {"timeout": client_timeout}},
                 }
             },
         }
@@ -72,10 +72,12 @@ def store(mongo_url: str, mongo_db_name: str) -> Iterator[Store]:
     store.db.client.drop_database(mongo_db_name)
 
 
-def _provider(store: Store, clock: FakeClock) -> ScriptedProvider:
-    """Clients 0-2 finish in seconds; client 3 takes 15 s, past the 10 s deadline of every round."""
-    durations = {0: 1.0, 1: 2.0, 2: 3.0, SLOW: 15.0}
-    return ScriptedProvider(clock, store, {c: [Attempt(duration_s=d)] for c, d in durations.items()})
+def _provider(store: Store, clock: FakeClock, lost_record: bool = False) -> ScriptedProvider:
+    """Clients 0-2 finish in seconds; client 3 takes 15 s, past the 10 s deadline of every round
+    (with ``lost_record`` its records never show)."""
+    script = {c: [Attempt(duration_s=d)] for c, d in {0: 1.0, 1: 2.0, 2: 3.0}.items()}
+    script[SLOW] = [Attempt(duration_s=15.0, lost_record=lost_record)]
+    return ScriptedProvider(clock, store, script)
 
 
 def _keeper(config: Config, store: Store, provider: ScriptedProvider, clock: FakeClock) -> Keeper:
@@ -135,6 +137,22 @@ def test_a_late_activation_stays_open_until_its_record_comes_and_is_never_invoke
     rows = list(csv.DictReader((tmp_path / "logs" / session_id / "rounds.csv").open()))
     assert [r["in_flight"] for r in rows] == ["1"] * ROUNDS  # each round closed with one still running
     assert StatusReader(store, config).session(session_id)["spec"]["mode"] == "semi_async"
+
+
+def test_a_late_activation_whose_record_never_shows_is_booked_as_record_lost_once_its_update_is_there(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    config = _config(tmp_path, client_timeout=16, activation_timeout_s=17.0)
+    session = store.for_session(
+        _keeper(config, store, _provider(store, clock, lost_record=True), clock).start()
+    )
+    first = next(e for e in _fits(session) if (e.round, e.client) == (0, SLOW))
+    assert (
+        first.status == LedgerStatus.RECORD_LOST
+        and first.error == "update stored, activation record not seen"
+    )
+    assert _takers(session)[(0, SLOW)] == [1]
 
 
 @pytest.mark.parametrize("dies_at", [1012.0, 1019.0, 1021.0, 1031.0])
