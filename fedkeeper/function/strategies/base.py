@@ -97,6 +97,9 @@ class Strategy(ABC):
     # Each array of the next weights and state depends only on the same array of the updates,
     # current weights and state: it can aggregate in shards of arrays (aggregation_shards).
     shard_exact: ClassVar[bool] = False
+    # Its aggregate is an example-weighted mean, so a late update can join a later round's mean,
+    # rebased onto that round's weights and counted ``FitRes.weight`` times (mode: semi_async).
+    folds_late: ClassVar[bool] = False
 
     # Federated evaluation, Flower's parameters (set by :meth:`evaluating`). Off by default, unlike
     # Flower's fraction_evaluate 1.0: on FaaS every evaluation is a paid activation.
