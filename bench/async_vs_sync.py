@@ -1,13 +1,16 @@
-"""Time to a target accuracy: sync FedAvg vs async FedBuff, with and without stragglers.
+"""Time to a target accuracy: sync FedAvg, semi-async FedAvg and async FedBuff, with and without stragglers.
 
 Each run is a fresh local fabric (``FabricProcess``) and in-memory MongoDB-compatible server; the
 functions are deployed and a session trained as for ``main.py -d`` / ``-s``. With stragglers, the
 fabric's fault plan makes 30% of ``fl_client`` activations wait 5..15 s more (``straggler``). The
 figure is the time from the session's start to the first aggregation (round, or model version)
-whose accuracy reaches the target; the ratios are sync / async in the same run.
+whose accuracy reaches the target; the ratios are sync / semi_async and sync / FedBuff in the same run.
+Semi-async rounds close at ``--deadline`` on a quorum of ``--quorum`` and fold late updates into the
+next round (polynomial staleness, a 0.5).
 
     python bench/async_vs_sync.py                       # digits, mlp 32, 4 clients, target 0.85
     python bench/async_vs_sync.py --target 0.7 --no-plain   # stragglers only, a quicker run
+    python bench/async_vs_sync.py --modes semi_async --no-plain --target 0.5 --max-rounds 3   # smoke
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 DATABASE = "bench_async"
+MODES = ("sync", "semi_async", "async")
+NAMES = {"sync": "sync FedAvg", "semi_async": "semi-async FedAvg", "async": "FedBuff"}
+POLYNOMIAL = {"kind": "polynomial", "a": 0.5}
 STRAGGLERS = {"seed": 3, "actions": {"fl_client": {"straggler": 0.3, "straggler_ms": [5000, 15000]}}}
 
 
@@ -51,9 +57,11 @@ def config(
         server.update(
             max_in_flight=args.clients,
             buffer_size=args.buffer,
-            staleness={"kind": "polynomial", "a": 0.5},
+            staleness=POLYNOMIAL,
             max_rounds=args.max_rounds * args.clients // args.buffer,  # the same number of updates
         )
+    if mode == "semi_async":
+        server.update(round_deadline_s=args.deadline, min_fit_fraction=args.quorum, staleness=POLYNOMIAL)
     return {
         "logs_dir": str(logs),
         "providers": {"openwhisk": {"local": {"base_url": fabric_url, "auth": GUEST_AUTH}}},
@@ -126,6 +134,9 @@ def main() -> None:
     parser.add_argument("--max-rounds", type=int, default=12, help="sync rounds (async: as many updates)")
     parser.add_argument("--max-time-s", type=float, default=600)
     parser.add_argument("--no-plain", action="store_true", help="skip the runs without stragglers")
+    parser.add_argument("--deadline", type=float, default=8.0, help="semi_async: round_deadline_s")
+    parser.add_argument("--quorum", type=float, default=0.5, help="semi_async: min_fit_fraction")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="the modes to run")
     args = parser.parse_args()
 
     commit = subprocess.run(
@@ -137,12 +148,12 @@ def main() -> None:
     )
     print(
         f"workload: {args.dataset}, mlp hidden {args.hidden}, {args.clients} clients, target accuracy {args.target}; "
-        f"sync FedAvg all clients per round; async FedBuff {args.clients} in flight, buffer {args.buffer}, "
-        "polynomial staleness a 0.5"
+        f"sync FedAvg all clients per round; semi-async FedAvg deadline {args.deadline:g} s, quorum "
+        f"{args.quorum:g}; async FedBuff {args.clients} in flight, buffer {args.buffer}; polynomial staleness a 0.5"
     )
     results: dict[tuple[bool, str], tuple[float | None, int, float]] = {}
     for stragglers in (True,) if args.no_plain else (True, False):
-        for mode in ("sync", "async"):
+        for mode in [m for m in MODES if m in args.modes]:
             started = time.monotonic()
             with TemporaryDirectory() as work:
                 results[(stragglers, mode)] = train(args, mode, stragglers, Path(work))
@@ -150,16 +161,18 @@ def main() -> None:
             label = "30% stragglers +5..15 s" if stragglers else "no stragglers"
             reached = f"{seconds:.1f} s" if seconds is not None else "not reached"
             print(
-                f"{label:<24} {mode:<5} target {reached:>12}, {count} aggregations, final accuracy {final:.4f} "
+                f"{label:<24} {mode:<10} target {reached:>12}, {count} aggregations, final accuracy {final:.4f} "
                 f"({time.monotonic() - started:.0f} s with deploy)",
                 flush=True,
             )
     print()
     for stragglers in (True, False):
-        sync, fedbuff = results.get((stragglers, "sync")), results.get((stragglers, "async"))
-        if sync and fedbuff and sync[0] and fedbuff[0]:
-            label = "with stragglers" if stragglers else "without stragglers"
-            print(f"sync / FedBuff time to target, {label}: {sync[0] / fedbuff[0]:.2f}x")
+        label = "with stragglers" if stragglers else "without stragglers"
+        sync = results.get((stragglers, "sync"))
+        for mode in MODES[1:]:
+            other = results.get((stragglers, mode))
+            if sync and other and sync[0] and other[0]:
+                print(f"sync / {NAMES[mode]} time to target, {label}: {sync[0] / other[0]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -294,8 +294,10 @@ class ServerConfig(_Model):
         return self.prices.get(platform) or catalog_platform(platform).prices
 
     # sync: rounds with a barrier; async: FedBuff (host/async_rounds.py), a model version every
-    # buffer_size updates, clients re-invoked as soon as they finish (max_rounds counts versions).
-    mode: Literal["sync", "async"] = "sync"
+    # buffer_size updates, clients re-invoked as soon as they finish (max_rounds counts versions);
+    # semi_async: sync rounds, and an update stored after its round closed joins the next round
+    # that aggregates, discounted by staleness (README, "Modes").
+    mode: Literal["sync", "async", "semi_async"] = "sync"
     # async: activations running at once (None: num_clients_per_round).
     max_in_flight: PositiveInt | None = None
     buffer_size: PositiveInt = 3
@@ -324,6 +326,23 @@ class ServerConfig(_Model):
         given = [name for name, used in unsupported.items() if used]
         if given:
             raise ValueError(f"mode async does not support {', '.join(given)}: remove it or use mode sync")
+        return self
+
+    @model_validator(mode="after")
+    def _semi_async_folds(self) -> ServerConfig:
+        if self.mode != "semi_async":
+            return self
+        if not self.strategy.strategy_class.folds_late:
+            folding = ", ".join(name for name, cls in STRATEGIES.items() if cls.folds_late)
+            raise ValueError(
+                f"server_config.strategy: {self.strategy.name!r} with mode semi_async; semi_async folds "
+                f"late updates into the round's weighted mean: use one of {folding}"
+            )
+        if self.aggregation_shards > 1:
+            raise ValueError(
+                f"server_config.aggregation_shards: {self.aggregation_shards} with mode semi_async; "
+                "late updates are folded by one aggregator: use 1 or mode sync"
+            )
         return self
 
     @property
@@ -361,6 +380,11 @@ class ServerConfig(_Model):
         if self.aggregation_shards > 1:
             raise ValueError(
                 f"topology hierarchical with aggregation_shards {self.aggregation_shards}: use one of them"
+            )
+        if self.mode == "semi_async":
+            raise ValueError(
+                "topology hierarchical with mode semi_async: late updates are folded by the flat "
+                "aggregator only; use one of them"
             )
         return self
 

@@ -32,9 +32,7 @@ from fedkeeper.host.ledger import Ledger, LedgerEntry, LedgerStatus
 from fedkeeper.host.outages import OutageWatch
 from fedkeeper.host.plan import Plan
 from fedkeeper.host.providers.base import Provider
-from fedkeeper.host.rounds import RECORD_GRACE_S, SessionFailed, fetch_records
-
-STOPPED = "session stopped before this activation finished"
+from fedkeeper.host.rounds import RECORD_GRACE_S, STOPPED, SessionFailed, fetch_records
 
 
 @dataclass

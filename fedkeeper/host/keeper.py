@@ -64,6 +64,7 @@ __all__ = ["Keeper", "SessionFailed", "new_session_id"]
 
 NO_EVALUATION = "no evaluation before the evaluation closed"
 LATE_EVALUATION = "evaluation still running when the evaluation closed"
+LATE = "late_folded"  # semi_async: the late updates a round folded in (rounds.csv)
 
 
 def new_session_id() -> str:
@@ -243,7 +244,8 @@ class Keeper:
                 f"async: {self.server.in_flight_limit} in flight, a version every "
                 f"{self.server.buffer_size} updates"
             )
-        return f"{self.server.num_clients_per_round} per round"
+        late = ", late updates folded into the next round" if self.server.mode == "semi_async" else ""
+        return f"{self.server.num_clients_per_round} per round{late}"
 
     def _train(self) -> str:
         """Initialise if needed, then run rounds from the store's state to a stop rule."""
@@ -267,6 +269,7 @@ class Keeper:
             self._write_logs()
             stop = self._stop_reason(round_number, metrics, session)
             if stop:
+                driver.stop()
                 record.set_phase(Phase.SUCCEEDED, stop[0], stop[1])
                 self.reporter.event("session_succeeded", reason=stop[0], message=stop[1])
                 self.reporter.say(f"session {self.session_id} succeeded: {stop[1]}")
@@ -476,7 +479,9 @@ class Keeper:
         closed = driver.run(round_number)
         doc = rounds.get(round_number)
         resumed = bool(doc.get("metrics"))  # aggregated before a resumed keeper got here
-        metrics = dict(doc["metrics"]) if resumed else self._aggregate(round_number, closed, watch)
+        if self.server.mode == "semi_async" and not resumed and "folded" not in doc:
+            self._fold_late(round_number)
+        metrics = dict(doc["metrics"]) if resumed else self._aggregate(round_number, closed, watch, driver)
         if "federated_loss" not in metrics:
             metrics.update(self._evaluate(driver, strategy, round_number, members))
         # One read of the round's ledger (the aggregator's and the evaluations' attempts included)
@@ -492,6 +497,7 @@ class Keeper:
         self.reporter.say(
             f"round {round_number + 1}/{self.server.max_rounds}: accuracy {metrics['accuracy']:.4f} "
             f"loss {metrics['loss']:.4f} · {len(metrics.get('accepted', []))}/{len(closed.selected)} updates"
+            f"{f' + {metrics[LATE]} late' if metrics.get(LATE) else ''}"
             f" · {closed.retries} retries · {watch.elapsed:.1f}s"
             f" · cost {metrics['cost']:.6f} (total {metrics['cumulative_cost']:.6f}) {CURRENCY}"
         )
@@ -505,13 +511,28 @@ class Keeper:
         last = (self.session.rounds.get(round_number - 1).get("metrics") or {}) if round_number else {}
         return replace(policy, rates=rates_after(self.plan, self.server.prices_of, last))
 
-    def _aggregate(self, round_number: int, closed: ClosedRound, watch: Stopwatch) -> dict[str, Any]:
+    def _fold_late(self, round_number: int) -> None:
+        """semi_async: claim the late updates stored so far for this round, and freeze the set its
+        aggregator folds in (claims are atomic and the set is written once, so a late update is
+        counted by one round only, across resumes)."""
+        rounds = self.session.rounds
+        marks = self.session.updates.claim_late(round_number, rounds.late_clients(round_number))
+        late = rounds.fold(round_number, [(int(m["round"]), int(m["client"])) for m in marks])
+        if late:
+            taken = ", ".join(f"client {c} of round {r}" for r, c in late)
+            self._note(f"round {round_number}: folding in late updates: {taken}")
+
+    def _aggregate(
+        self, round_number: int, closed: ClosedRound, watch: Stopwatch, driver: RoundDriver
+    ) -> dict[str, Any]:
         """The aggregator's metrics of the closed round, with the keeper's own; then old payloads go."""
         params = {"session": self.session_id, "round": round_number, "clients": list(closed.included)}
         self._aggregate_shards(round_number, params)
         self._aggregate_groups(round_number, closed, params)
         metrics = self._call_server(AGGREGATOR_FUNCTION, round_number, params)
         extra = {"retries": closed.retries, "failed_clients": len(closed.failed), "duration_s": watch.elapsed}
+        if driver.late is not None:  # semi_async: late activations still running
+            extra["in_flight"] = len(driver.late)
         self.session.rounds.add_metrics(round_number, extra)
         pruned = prune(self.session, round_number, self.server.keep_updates)
         if pruned.updates or pruned.weights:

@@ -42,7 +42,9 @@ ROUND_FIELDS = [
     "cost",
     "cumulative_cost",
     *(f"bytes_{link}" for link in LINKS),
-    # async mode: one row per model version (empty in sync rounds)
+    # async mode (one row per model version) and semi_async (a round's folded late updates,
+    # their staleness, the late activations still running); empty in sync rounds
+    "late_folded",
     "staleness_mean",
     "staleness_max",
     "in_flight",
@@ -181,6 +183,7 @@ class Reporter:
                         "cost": _amount(m.get("cost")),
                         "cumulative_cost": _amount(m.get("cumulative_cost")),
                         **{f"bytes_{link}": (m.get("bytes") or {}).get(link, "") for link in LINKS},
+                        "late_folded": m.get("late_folded", ""),
                         "staleness_mean": _figure(m.get("staleness_mean")),
                         "staleness_max": m.get("staleness_max", ""),
                         "in_flight": m.get("in_flight", ""),

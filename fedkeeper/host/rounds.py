@@ -47,6 +47,7 @@ from fedkeeper.host.reporting import Reporter
 
 RECORD_GRACE_S = 3.0  # a finished activation's record shows up just after its update
 MIN_POLL_S = 0.05
+STOPPED = "session stopped before this activation finished"
 
 
 class SessionFailed(FedkeeperError):
@@ -66,7 +67,7 @@ class ClosedRound:
         given up to an outage, or waiting for a retry when the round closed on quorum.
     late
         Selected clients whose attempt was still running when the round closed (an update it
-        stores later is not counted).
+        stores later is not counted; in ``mode: semi_async`` a later round folds it in).
     retries
         Attempts after a client's first, in this keeper's run of the round.
     """
@@ -164,6 +165,9 @@ class RoundDriver:
         self.windows: dict[tuple[str, str], int] = {}
         for provider in providers.values():
             provider.retry_throttled = False
+        # semi_async: activations still running when their round closed, by (round, client), with
+        # when they were sent (driver clock). Polled until their record comes, never retried.
+        self.late: dict[tuple[int, int], tuple[LedgerEntry, float]] | None = None
 
     @property
     def reporter(self) -> Reporter:
@@ -192,6 +196,8 @@ class RoundDriver:
         if doc["status"] != RoundStatus.OPEN:
             return ClosedRound.of(doc)
         state = self.restore(doc, task)
+        if self.server.mode == "semi_async" and self.late is None:
+            self._restore_late(round_number)
         prefix = "round" if task is Task.FIT else "evaluation"
         self.reporter.event(f"{prefix}_opened", round=round_number, selected=state.selected)
         self._drive(state)
@@ -228,6 +234,29 @@ class RoundDriver:
             if client not in state.done and client not in state.pending:
                 state.retry_at[client] = now
         return state
+
+    def _restore_late(self, round_number: int) -> None:
+        """semi_async: the late activations of earlier rounds, from the ledger (each once)."""
+        now, wall = self.clock(), datetime.now(UTC)
+        self.late = {}
+        with self.ledger.batched():
+            for entry in self.ledger.open_client_entries():
+                if entry.round >= round_number:
+                    continue
+                if entry.activation_id is None:  # never invoked: nothing runs, nothing to revive
+                    self.ledger.settle(
+                        entry, LedgerStatus.UNAVAILABLE, error="keeper stopped before invoking"
+                    )
+                    continue
+                sent = now - max((wall - entry.submitted_at).total_seconds(), 0.0)
+                self.late[(entry.round, entry.client)] = (entry, sent)
+
+    def stop(self) -> None:
+        """The session stopped: late activations still running are booked as cut off."""
+        with self.ledger.batched():
+            for entry, _ in (self.late or {}).values():
+                self.ledger.settle(entry, LedgerStatus.TIMED_OUT, error=STOPPED)
+        self.late = {}
 
     def _delivered(self, state: RoundState) -> set[int]:
         """Selected clients whose result (update, or evaluation) is stored."""
@@ -355,6 +384,12 @@ class RoundDriver:
                     )
                 else:
                     state.late.add(entry.client)
+                    if self.late is not None and state.task is Task.FIT:  # semi_async: it may still count
+                        self.late[(state.number, entry.client)] = (
+                            entry,
+                            state.sent.get(entry.client, state.started),
+                        )
+                        continue
                     self.ledger.settle(
                         entry, LedgerStatus.TIMED_OUT, error="round closed before this activation finished"
                     )
@@ -442,10 +477,34 @@ class RoundDriver:
                 self._schedule_retry(state, client, "never invoked")
                 continue
             polled.append(entry)
-        records = fetch_records(polled, self.providers, self.watch, self._note)
+        late = [entry for entry, _ in (self.late or {}).values()]
+        records = fetch_records(polled + late, self.providers, self.watch, self._note)
         state.done |= self._delivered(state)
         with self.ledger.batched():
             self._settle_polled(state, polled, records)
+            self._settle_late(records)
+
+    def _settle_late(self, records: dict[str, ActivationRecord]) -> None:
+        """semi_async: book the late activations whose records came (what they stored waits for
+        the next round's aggregation), and time out those past ``activation_timeout_s``."""
+        late = self.late or {}
+        for key, (entry, sent) in list(late.items()):
+            record = records.get(entry.activation_id or "")
+            age = self.clock() - sent
+            if record is not None and record.status.done:
+                self.ledger.settle(entry, LedgerStatus.of(record), record, record.error)
+            elif age > self.server.activation_timeout_s and not self.outages.is_down(
+                f"{entry.platform}/{entry.cluster}"
+            ):
+                if self.session.updates.has(entry.round, entry.client):
+                    error = "update stored, activation record not seen"
+                    self.ledger.settle(entry, LedgerStatus.RECORD_LOST, error=error)
+                else:
+                    error = f"late activation: no record after {age:.0f}s"
+                    self.ledger.settle(entry, LedgerStatus.TIMED_OUT, error=error)
+            else:
+                continue
+            del late[key]
 
     def _settle_polled(
         self, state: RoundState, polled: list[LedgerEntry], records: dict[str, ActivationRecord]

@@ -166,12 +166,15 @@ def test_hierarchy_exact_strategies_are_the_fedavg_family_without_per_update_ste
     assert exact == {"fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox"}
 
 
-def test_a_hierarchy_with_async_mode_or_shards_is_refused_in_one_line() -> None:
+def test_a_hierarchy_with_async_or_semi_async_mode_or_shards_is_refused_in_one_line() -> None:
     assert "mode async does not support topology hierarchical" in _refusal(
         mode="async", topology="hierarchical"
     )
     assert "topology hierarchical with aggregation_shards 2: use one of them" in _refusal(
         aggregation_shards=2, topology="hierarchical"
+    )
+    assert "topology hierarchical with mode semi_async: late updates" in _refusal(
+        mode="semi_async", topology="hierarchical"
     )
 
 

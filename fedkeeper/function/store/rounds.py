@@ -105,6 +105,23 @@ class Rounds(SessionBound):
         )
         return list(self.get(round_number)["groups"])
 
+    def late_clients(self, before: int) -> list[tuple[int, int]]:
+        """``(round, client)`` of every client left late by a round before ``before``."""
+        cursor = self._col.find(
+            {"session": self.session_id, "round": {"$lt": before}, "late.0": {"$exists": True}},
+            {"round": 1, "late": 1},
+        )
+        return [(int(doc["round"]), int(c)) for doc in cursor for c in doc["late"]]
+
+    def fold(self, round_number: int, late: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+        """semi_async: freeze the late updates (``(round, client)``) the round aggregates (first
+        write wins); the frozen ones."""
+        self._col.update_one(
+            {"session": self.session_id, "round": round_number, "folded": {"$exists": False}},
+            {"$set": {"folded": [{"round": int(r), "client": int(c)} for r, c in late]}},
+        )
+        return folded(self.get(round_number))
+
     def finish(self, round_number: int, metrics: dict[str, Any]) -> None:
         self._col.update_one(
             {"session": self.session_id, "round": round_number},
@@ -149,3 +166,8 @@ class Rounds(SessionBound):
 
     def all(self) -> list[dict[str, Any]]:
         return list(self._col.find({"session": self.session_id}).sort("round", ASCENDING))
+
+
+def folded(doc: dict[str, Any]) -> list[tuple[int, int]]:
+    """The late updates (``(round, client)``) a round's document says it aggregates (semi_async)."""
+    return [(int(f["round"]), int(f["client"])) for f in doc.get("folded") or ()]

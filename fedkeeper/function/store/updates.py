@@ -28,6 +28,12 @@ _UNCLAIMED: dict[str, Any] = {
     "version": {"$exists": True},
     "status": UpdateStatus.RECEIVED,
 }
+# semi_async: a late client's update of a sync round that no round took yet.
+_UNCOUNTED: dict[str, Any] = {
+    "consumed_by": {"$exists": False},
+    "version": {"$exists": False},
+    "status": UpdateStatus.RECEIVED,
+}
 
 
 @dataclass(frozen=True)
@@ -278,6 +284,33 @@ class Updates(ClientAnswers):
                 int(mark["round"]), [int(mark["client"])], codec=codec, reference=reference
             ):
                 yield mark, item
+
+    # ------------------------------------------------------------------ semi_async's late updates
+    def claim_late(self, round_number: int, late: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+        """Take for round ``round_number`` the stored updates of ``late`` clients (``(round,
+        client)``, of earlier rounds) that no round took yet; the marks of every one it holds.
+
+        Each claim is one atomic ``find_one_and_update`` setting ``consumed_by``, so a late update
+        is taken by one round only, however many keepers (or resumed ones) claim.
+        """
+        by_round: dict[int, list[int]] = {}
+        for number, client in late:
+            if number < round_number:
+                by_round.setdefault(int(number), []).append(int(client))
+        if by_round:
+            query = _UNCOUNTED | {
+                "session": self.session_id,
+                "$or": [{"round": r, "client": {"$in": cs}} for r, cs in by_round.items()],
+            }
+            while self._col.find_one_and_update(
+                query, {"$set": {"consumed_by": int(round_number)}}, projection={"_id": 1}
+            ):
+                pass
+        cursor = self._col.find(
+            {"session": self.session_id, "consumed_by": int(round_number), "version": {"$exists": False}},
+            {"blob": 0, "residual": 0},
+        ).sort([("round", ASCENDING), ("client", ASCENDING)])
+        return list(cursor)
 
     def mark(self, round_number: int, client: int, status: UpdateStatus, reason: str) -> None:
         self._col.update_one(

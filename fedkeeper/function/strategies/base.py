@@ -101,6 +101,9 @@ class Strategy(ABC):
     # local aggregators may reduce groups of updates to partial sums (topology hierarchical), and
     # :meth:`step_from_mean` gives exactly what :meth:`aggregate_fit` would.
     hierarchy_exact: ClassVar[bool] = False
+    # Its aggregate is an example-weighted mean, so a late update can join a later round's mean,
+    # rebased onto that round's weights and counted ``FitRes.weight`` times (mode: semi_async).
+    folds_late: ClassVar[bool] = False
 
     # Federated evaluation, Flower's parameters (set by :meth:`evaluating`). Off by default, unlike
     # Flower's fraction_evaluate 1.0: on FaaS every evaluation is a paid activation.

@@ -21,12 +21,13 @@ class FedAvg(Strategy):
     name = "fedavg"
     shard_exact = True  # per array: a weighted mean, then the subclasses' per-array server step
     hierarchy_exact = True  # the subclasses' server steps read the mean only
+    folds_late = True
 
     def _begin(self, context: RoundContext) -> None:
         self._mean = WeightedSum(context.current)
 
     def _accumulate(self, result: FitRes) -> None:
-        self._mean.add(result.weights, result.num_examples)
+        self._mean.add(result.weights, result.num_examples * result.weight)
 
     def _finish(self, failures: Sequence[Failure]) -> tuple[Weights | None, StrategyState]:
         return self._server_step(self._mean.mean(), failures)

@@ -102,7 +102,11 @@ class FitIns:
 
 @dataclass(frozen=True, eq=False)
 class FitRes:
-    """One client's stored update: its weights, how many examples trained them, and what it was told."""
+    """One client's stored update: its weights, how many examples trained them, and what it was told.
+
+    ``weight`` scales what its examples count: 1, or a late update's staleness discount ``s(t)``
+    in ``mode: semi_async`` (the strategies with ``folds_late``).
+    """
 
     client: int
     weights: Weights
@@ -110,6 +114,7 @@ class FitRes:
     config: FitConfig
     loss: float = math.nan
     accuracy: float = math.nan
+    weight: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,19 @@ returns its metrics.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from itertools import chain
 from typing import Any
+
+import numpy as np
 
 from fedkeeper.function.errors import ConfigError, StoreError
 from fedkeeper.function.learning.datasets import load_dataset
 from fedkeeper.function.learning.evaluation import evaluate
 from fedkeeper.function.store.codecs import NONE, Codec
 from fedkeeper.function.store.db import SessionStore, Store
+from fedkeeper.function.store.rounds import folded
 from fedkeeper.function.store.shards import ShardResult
 from fedkeeper.function.store.statuses import UpdateStatus
 from fedkeeper.function.store.updates import UnreadableUpdate
@@ -33,7 +38,8 @@ from fedkeeper.function.strategies import (
     StrategyState,
     Weights,
 )
-from fedkeeper.function.strategies.fedbuff import BufferStep
+from fedkeeper.function.strategies.base import cast_like, why_invalid
+from fedkeeper.function.strategies.fedbuff import BufferStep, staleness_weight
 from fedkeeper.function.strategies.hierarchy import combine, mean_of, reduce_group
 from fedkeeper.function.strategies.sharding import array_ranges, join_states, shard_context, shard_results
 from fedkeeper.function.tasks.common import SessionSettings, require
@@ -111,6 +117,7 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
         "weights_bytes": store.weights.payload_bytes(round_number) or 0,
         "strategy": strategy.name,
         **(dict(next_state.metrics) if next_state is not None else {}),
+        **_late_metrics(store, round_number, folded(doc)),
     }
     if doc.get("groups"):  # what each local aggregator read and wrote (costs.py prices them)
         metrics["groups"] = {str(g["group"]): [int(c) for c in g["clients"]] for g in doc["groups"]}
@@ -133,9 +140,14 @@ def _aggregate(
     """The round's next weights and state; with ``shard``, only that shard's slice (stored apart)."""
     context, results, failures = _round(store, strategy, settings, round_number, clients, doc)
     if shard is None:
-        outcome = _fit(strategy, context, results, failures, clients)
+        late = LateUpdates(store, settings, round_number, context.current)
+        outcome = _fit(strategy, context, chain(results, late.results(folded(doc))), failures, clients)
         weights = outcome.weights if outcome.weights is not None else context.current
-        _write(store, round_number, outcome.accepted, outcome.rejected, outcome.state, weights)
+        accepted = list(outcome.accepted)  # the round's own clients: less one entry per late update
+        for late_round, client in late.accepted:
+            accepted.remove(client)
+            store.updates.mark(late_round, client, UpdateStatus.ACCEPTED, "")
+        _write(store, round_number, accepted, outcome.rejected, outcome.state, weights)
         return
     sizes = [int(array.size) for array in context.current]
     start, stop = array_ranges(sizes, settings.server.aggregation_shards)[shard]
@@ -253,6 +265,81 @@ def _round(
     codec = settings.server.compression.build()
     results = fit_results(store, round_number, usable, instructions, base, codec=codec, reference=current)
     return context, results, failures
+
+
+class LateUpdates:
+    """semi_async: the late updates a round folds in, as the strategy streams them.
+
+    A late update of round ``r`` trained on ``w_r``; folded into round ``r'`` it is rebased onto
+    ``w_r'`` (``w_r' + (w - w_r)``: its own step, taken from the current model) and its examples
+    count ``s(r' - r)`` times (``server_config.staleness``). One is read at a time, with its
+    round's weights: memory O(model). Unreadable or invalid ones are marked rejected on their own
+    keys and never reach the strategy, so its verdicts stay about the round's own clients.
+    """
+
+    def __init__(
+        self, store: SessionStore, settings: SessionSettings, round_number: int, current: Weights
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.round_number = round_number
+        self.current = current
+        self.accepted: list[tuple[int, int]] = []
+
+    def results(self, late: Sequence[tuple[int, int]]) -> Iterator[FitRes]:
+        store, server = self.store, self.settings.server
+        codec, base = server.compression.build(), FitConfig.from_model(self.settings.model)
+        for late_round, client in late:
+            staleness = self.round_number - late_round
+            if not store.weights.has(late_round):
+                reason = f"its round's weights are pruned ({staleness} rounds late, keep_updates {server.keep_updates})"
+                self._reject(late_round, client, reason)
+                continue
+            trained_on = store.weights.get(late_round)
+            marks = store.updates.marks(late_round, [client])
+            if not marks or marks[0].get("status") == UpdateStatus.REJECTED:
+                continue  # rejected by an earlier attempt of this aggregation
+            told = store.rounds.instructions(late_round, client)
+            instructions = {client: FitConfig.from_json(told)} if told else {}
+            for item in fit_results(
+                store, late_round, [client], instructions, base, codec=codec, reference=trained_on
+            ):
+                if isinstance(item, Failure):
+                    self._reject(late_round, client, item.reason)
+                    continue
+                rebased = [
+                    np.asarray(c, dtype=np.float64) + (np.asarray(w, dtype=np.float64) - b)
+                    for c, w, b in zip(self.current, item.weights, trained_on, strict=True)
+                ]
+                weight = staleness_weight(server.staleness, staleness)
+                result = replace(item, weights=cast_like(rebased, self.current), weight=weight)
+                invalid = why_invalid(result, self.current)
+                if invalid is not None:
+                    self._reject(late_round, client, invalid)
+                    continue
+                self.accepted.append((late_round, client))
+                yield result
+
+    def _reject(self, late_round: int, client: int, reason: str) -> None:
+        print(f"rejected late update of client {client} (round {late_round}): {reason}", file=sys.stderr)
+        self.store.updates.mark(late_round, client, UpdateStatus.REJECTED, reason)
+
+
+def _late_metrics(store: SessionStore, round_number: int, late: Sequence[tuple[int, int]]) -> dict[str, Any]:
+    """rounds.csv's figures of the late updates a round folded: how many, their staleness."""
+    if not late:
+        return {}
+    status = {
+        (late_round, int(m["client"])): m.get("status")
+        for late_round in sorted({r for r, _ in late})
+        for m in store.updates.marks(late_round, [c for r, c in late if r == late_round])
+    }
+    staleness = [round_number - r for r, c in late if status.get((r, c)) == UpdateStatus.ACCEPTED]
+    return {
+        "late_folded": len(staleness),
+        "staleness_mean": sum(staleness) / max(len(staleness), 1),
+        "staleness_max": max(staleness, default=0),
+    }
 
 
 def _fit(

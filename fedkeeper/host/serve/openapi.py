@@ -100,7 +100,7 @@ SCHEMAS: dict[str, Any] = {
                     "targetAccuracy": NUMBER,
                     "clientsPerRound": _nullable("integer"),
                     "strategy": _nullable("string"),
-                    "mode": {"enum": ["sync", "async"]},
+                    "mode": {"enum": ["sync", "async", "semi_async"]},
                     "serverCluster": _nullable("string"),
                     "dataset": _nullable("string"),
                     "model": _nullable("string"),
