@@ -19,6 +19,7 @@ import json
 import os
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -53,6 +54,14 @@ def default_state_dir(cluster: str) -> Path:
     same in every process of the user, whatever its working directory."""
     root = os.environ.get(STATE_ENV)
     return (Path(root) if root else Path.home() / ".fedkeeper" / "edge").resolve() / cluster
+
+
+@dataclass(frozen=True)
+class EdgeFleet:
+    """An edge cluster's devices as its gateway reports them; ``generation`` counts adds and removes."""
+
+    generation: int
+    devices: tuple[int, ...]
 
 
 class EdgeClient(InvokeClient):
@@ -205,6 +214,54 @@ class EdgeClient(InvokeClient):
         except requests.RequestException:
             pass  # it answered something: the next attempt tells what is wrong
         return True
+
+    # ------------------------------------------------------------------ the fleet
+    def _devices_call(self, method: str, path: str = "") -> dict[str, Any]:
+        """One call to the gateway's ``/v1/devices``; its JSON object, or one line naming what failed."""
+        where = f"edge cluster {self.cluster!r}"
+        try:
+            response = self._session.request(
+                method,
+                f"{self.gateway_url()}/v1/devices{path}",
+                headers={"Authorization": f"Bearer {self.token}"},
+                # adding a device waits for its boot
+                timeout=(CONNECT_TIMEOUT_S, CONNECT_TIMEOUT_S if method == "GET" else EDGE_MAX_JOB_TIMEOUT_S),
+            )
+            body = response.json()
+        except requests.ConnectionError as exc:
+            if never_sent(exc):
+                raise PlatformUnavailable(
+                    self.where, f"{where}: gateway unreachable ({type(exc).__name__})"
+                ) from None
+            raise ProviderError(f"{where}: gateway lost: {str(exc).splitlines()[0]}") from None
+        except (requests.RequestException, ValueError) as exc:
+            raise ProviderError(
+                f"{where}: gateway's /v1/devices failed: {str(exc).splitlines()[0]}"
+            ) from None
+        if not isinstance(body, dict) or response.status_code >= 400:
+            error = body.get("error") if isinstance(body, dict) else None
+            raise ProviderError(f"{where}: {error or f'gateway answered HTTP {response.status_code}'}")
+        return body
+
+    @staticmethod
+    def _as_fleet(body: dict[str, Any]) -> EdgeFleet:
+        try:
+            return EdgeFleet(int(body["generation"]), tuple(sorted(int(d) for d in body["devices"])))
+        except (KeyError, TypeError, ValueError):
+            raise ProviderError(f"edge gateway's fleet is malformed: {json.dumps(body)[:200]}") from None
+
+    def fleet(self) -> EdgeFleet:
+        """The gateway's devices and their generation (one GET)."""
+        return self._as_fleet(self._devices_call("GET"))
+
+    def add_device(self) -> tuple[int, EdgeFleet]:
+        """Boot one more device; its id and the fleet after it."""
+        body = self._devices_call("POST")
+        return int(body["device"]), self._as_fleet(body)
+
+    def remove_device(self, device: int) -> EdgeFleet:
+        """Power device ``device`` off for good; the fleet after it."""
+        return self._as_fleet(self._devices_call("DELETE", f"/{device}"))
 
     def close(self) -> None:
         self._session.close()
