@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 import requests
+import yaml
+from click.testing import CliRunner
 
 from fedkeeper.function.config import EdgeCluster
 from fedkeeper.function.errors import ProviderError
 from fedkeeper.function.invoke.edge import EdgeClient, EdgeFleet
+from fedkeeper.host.cli import cli
 from fedkeeper.host.edge.firmware import FIRMWARES
 from fedkeeper.host.edge.process import GatewayProcess
 
@@ -64,3 +68,47 @@ def test_adding_and_removing_devices_bumps_the_generation_and_a_crash_restart_do
             client.remove_device(2)
         assert client.fleet() == EdgeFleet(3, (2,))
         client.close()
+
+
+def test_the_edge_commands_add_list_and_remove_devices_and_say_what_is_wrong_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEDKEEPER_EDGE_STATE_DIR", str(tmp_path / "edge"))
+    kernel = kernel_for(FIRMWARES["baremetal"])
+    with GatewayProcess(1, args=["--firmware", "baremetal", "--kernel", str(kernel)]) as gateway:
+        settings = {"gateway_port": int(gateway.url.rsplit(":", 1)[1]), "token": gateway.token}
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "providers": {"openwhisk": {"local": {"local": True}}, "edge": {"qemu": settings}},
+                    "scenarios": {
+                        "federated_learning": {
+                            "server_config": {"cluster": "local", "num_clients_per_round": 1},
+                            "clients_info": {"total_num_clients": 1, "edge_clients_count": 1},
+                        }
+                    },
+                }
+            )
+        )
+
+        def run(*args: str) -> Any:
+            return CliRunner().invoke(cli, ["edge", *args, "-c", str(config)])
+
+        added = run("add", "--cluster", "qemu")
+        assert added.exit_code == 0, added.output
+        assert added.output.splitlines() == [
+            "edge cluster qemu: device 1 joined",
+            "edge cluster qemu: generation 1, devices 0, 1",
+        ]
+        removed = run("remove", "--cluster", "qemu", "0")
+        assert removed.exit_code == 0 and "generation 2, devices 1" in removed.output, removed.output
+        listed = run("list", "--cluster", "qemu")
+        assert listed.output == "edge cluster qemu: generation 2, devices 1\n", listed.output
+        last = run("remove", "--cluster", "qemu", "1")
+        assert last.exit_code != 0 and last.output.count("\n") == 1, last.output
+        assert "fedkeeper: edge cluster 'qemu': edge device 1 is the fleet's last one" in last.output
+        wrong = run("list", "--cluster", "nowhere")
+        assert wrong.exit_code != 0 and wrong.output == (
+            f"fedkeeper: --cluster nowhere: not an edge cluster of {config} (edge clusters: qemu)\n"
+        )
