@@ -149,6 +149,8 @@ class FleetSource(Protocol):
 
     def fleet(self) -> EdgeFleet: ...
 
+    def pin_clients(self, clients: Mapping[int, int]) -> None: ...
+
 
 class Reconfigurer:
     """At each round boundary: notice edge fleet changes, judge the open window, then plan a
@@ -183,11 +185,9 @@ class Reconfigurer:
         if not self.session.rounds.opened(round_number):
             for cluster, source in self.fleets.items():
                 try:
-                    seen = source.fleet()
+                    self.notice(cluster, source)
                 except FedkeeperError as exc:  # an outage: the round's dispatch meets it anyway
                     self.reporter.say(f"edge cluster {cluster}: fleet not read, no change noticed: {exc}")
-                    continue
-                self.notice(cluster, seen)
             members = record.get()
             window = members.window
             if window is not None and round_number >= window.round + window.rounds:
@@ -198,20 +198,26 @@ class Reconfigurer:
                 members = record.get()
         return replan(self.plan, members.active)
 
-    def notice(self, cluster: str, seen: EdgeFleet) -> None:
-        """Turn the devices that joined or left edge cluster ``cluster`` since the keeper last looked
-        into join and leave requests; the first look binds its devices to its active slots in order."""
+    def notice(self, cluster: str, source: FleetSource) -> None:
+        """Read edge cluster ``cluster``'s fleet and turn the devices that joined or left since the
+        keeper last looked into join and leave requests; the first look binds its devices to its
+        active slots in order. The gateway routes each bound slot to its device."""
+        seen = source.fleet()
         record = self.session.membership
         known = record.binding(cluster)
         if known is None:
             active = set(record.get().active)
             ours = sorted(p.client for p in self.plan.placements if f"{p.platform}/{p.cluster}" == cluster)
             bound = dict(zip(seen.devices, [c for c in ours if c in active], strict=False))
-            record.bind(DeviceBinding(cluster, seen.generation, {d: bound.get(d) for d in seen.devices}))
+            self._bind(
+                source, DeviceBinding(cluster, seen.generation, {d: bound.get(d) for d in seen.devices})
+            )
             return
         if set(seen.devices) == set(known.slots):
-            if seen.generation != known.generation:  # a device came and went between two looks
-                record.bind(replace(known, generation=seen.generation))
+            if (
+                seen.generation != known.generation
+            ):  # devices came and went between two looks, or a new gateway
+                self._bind(source, replace(known, generation=seen.generation))
             return
         gone = {d: s for d, s in known.slots.items() if d not in seen.devices}
         slots = {d: s for d, s in known.slots.items() if d in seen.devices}
@@ -229,7 +235,7 @@ class Reconfigurer:
             except ConfigError as exc:  # no slot free: the device stays idle
                 slots[device] = None
                 notes.append(str(exc))
-        record.bind(DeviceBinding(cluster, seen.generation, slots))
+        self._bind(source, DeviceBinding(cluster, seen.generation, slots))
         joined = [[d, slots[d]] for d in seen.devices if d not in known.slots]
         left = [[d, s] for d, s in sorted(gone.items())]
         self.reporter.event(
@@ -244,6 +250,16 @@ class Reconfigurer:
             f"edge cluster {cluster}: fleet generation {seen.generation}, devices joined {joined}, "
             f"left {left} ([device, client slot])" + "".join(f"; {n}" for n in notes)
         )
+
+    def _bind(self, source: FleetSource, binding: DeviceBinding) -> None:
+        """Record ``binding`` and pin its slots on the gateway (a gateway that misses it routes them
+        by load until the next change pins them again)."""
+        self.session.membership.bind(binding)
+        pins = {slot: device for device, slot in binding.slots.items() if slot is not None}
+        try:
+            source.pin_clients(pins)
+        except FedkeeperError as exc:
+            self.reporter.say(f"edge cluster {binding.cluster}: client slots not pinned to devices: {exc}")
 
     def _metrics(self) -> dict[int, dict[str, Any]]:
         return {int(d["round"]): dict(d.get("metrics") or {}) for d in self.session.rounds.all()}

@@ -45,6 +45,10 @@ def test_adding_and_removing_devices_bumps_the_generation_and_a_crash_restart_do
         device, fleet = client.add_device()
         assert (device, fleet) == (2, EdgeFleet(1, (0, 1, 2)))
         assert _details(gateway)[2]["alive"]
+        client.pin_clients({5: 2})  # the keeper binds a joining slot to the new device
+        assert _details(gateway)[2]["clients"] == [5]
+        with pytest.raises(ProviderError, match=r"clients\.6: edge device 9 is not in the fleet$"):
+            client.pin_clients({6: 9})
 
         victim = _details(gateway)[0]["pid"]
         psutil.Process(victim).send_signal(signal.SIGKILL)

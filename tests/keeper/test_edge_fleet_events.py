@@ -45,13 +45,12 @@ def store(mongo_url: str, mongo_db_name: str) -> Iterator[Store]:
     store.db.client.drop_database(mongo_db_name)
 
 
-def _pid(gateway: GatewayProcess, device: int) -> int | None:
-    """The device's QEMU pid; None while it is down."""
+def _details(gateway: GatewayProcess) -> dict[int, dict[str, Any]]:
+    """Each device's health: its QEMU pid (None while down) and the clients routed to it."""
     health = requests.get(
         gateway.url + "/v1/health", headers={"Authorization": f"Bearer {gateway.token}"}, timeout=10
     ).json()
-    pid: int | None = next(d["pid"] for d in health["details"] if d["device"] == device)
-    return pid
+    return {int(d["device"]): d for d in health["details"]}
 
 
 def test_gateway_devices_joining_leaving_and_crashing_become_membership_events(
@@ -102,6 +101,7 @@ def test_gateway_devices_joining_leaving_and_crashing_become_membership_events(
     assert boundary(0) == (0, 1, 2)  # slot 3 on standby; the gateway's device 0 serves slot 2
     binding = session.membership.binding(CLUSTER)
     assert binding is not None and (binding.generation, binding.slots) == (0, {0: 2})
+    assert _details(gateway)[0]["clients"] == [2]  # the gateway routes slot 2 to device 0
 
     assert edge.add_device()[0] == 1
     assert boundary(1) == (0, 1, 2, 3)  # device 1 took the standby slot
@@ -109,12 +109,15 @@ def test_gateway_devices_joining_leaving_and_crashing_become_membership_events(
     assert (changed["generation"], changed["joined"], changed["left"]) == (1, [[1, 3]], [])
     [reconfigured] = events("reconfigured")
     assert (reconfigured["round"], reconfigured["joined"], reconfigured["left"]) == (1, [3], [])
+    assert {d: v["clients"] for d, v in _details(gateway).items()} == {0: [2], 1: [3]}
 
-    victim = _pid(gateway, 1)
-    assert victim is not None
+    victim = _details(gateway)[1]["pid"]
     psutil.Process(victim).send_signal(signal.SIGKILL)
     deadline = time.monotonic() + 30
-    while _pid(gateway, 1) in (victim, None):  # a crash, then the gateway's restart under the same id
+    while _details(gateway)[1]["pid"] in (
+        victim,
+        None,
+    ):  # a crash, then the gateway's restart under the same id
         assert time.monotonic() < deadline, "the killed device was not restarted"
         time.sleep(0.1)
     assert boundary(2) == (0, 1, 2, 3)

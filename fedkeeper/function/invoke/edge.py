@@ -216,16 +216,20 @@ class EdgeClient(InvokeClient):
         return True
 
     # ------------------------------------------------------------------ the fleet
-    def _devices_call(self, method: str, path: str = "") -> dict[str, Any]:
-        """One call to the gateway's ``/v1/devices``; its JSON object, or one line naming what failed."""
+    def _control(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One call to the gateway's fleet endpoints; its JSON object, or one line naming what failed."""
         where = f"edge cluster {self.cluster!r}"
         try:
             response = self._session.request(
                 method,
-                f"{self.gateway_url()}/v1/devices{path}",
+                f"{self.gateway_url()}{path}",
+                json=body,
                 headers={"Authorization": f"Bearer {self.token}"},
                 # adding a device waits for its boot
-                timeout=(CONNECT_TIMEOUT_S, CONNECT_TIMEOUT_S if method == "GET" else EDGE_MAX_JOB_TIMEOUT_S),
+                timeout=(
+                    CONNECT_TIMEOUT_S,
+                    EDGE_MAX_JOB_TIMEOUT_S if method == "POST" else CONNECT_TIMEOUT_S,
+                ),
             )
             body = response.json()
         except requests.ConnectionError as exc:
@@ -252,16 +256,20 @@ class EdgeClient(InvokeClient):
 
     def fleet(self) -> EdgeFleet:
         """The gateway's devices and their generation (one GET)."""
-        return self._as_fleet(self._devices_call("GET"))
+        return self._as_fleet(self._control("GET", "/v1/devices"))
 
     def add_device(self) -> tuple[int, EdgeFleet]:
         """Boot one more device; its id and the fleet after it."""
-        body = self._devices_call("POST")
+        body = self._control("POST", "/v1/devices")
         return int(body["device"]), self._as_fleet(body)
 
     def remove_device(self, device: int) -> EdgeFleet:
         """Power device ``device`` off for good; the fleet after it."""
-        return self._as_fleet(self._devices_call("DELETE", f"/{device}"))
+        return self._as_fleet(self._control("DELETE", f"/v1/devices/{device}"))
+
+    def pin_clients(self, clients: Mapping[int, int]) -> None:
+        """Route each client (slot) of ``clients`` to its device from now on."""
+        self._control("PUT", "/v1/assignment", {"clients": {str(c): d for c, d in clients.items()}})
 
     def close(self) -> None:
         self._session.close()

@@ -9,7 +9,8 @@ reports every instance (alive, restarts, PSS, CPU) and the caches.
 Devices join and leave while it serves: ``POST /v1/devices`` boots one more (201, its id),
 ``DELETE /v1/devices/{id}`` powers one off, and ``GET /v1/devices`` answers the device ids with the
 fleet's ``generation``, which every add and remove bumps and a crash-restart does not (a restarted
-guest keeps its id). The keeper reads it at each round boundary.
+guest keeps its id). The keeper reads it at each round boundary, and pins the client slots it
+bound to devices with ``PUT /v1/assignment``.
 
 Every request needs ``Authorization: Bearer <token>`` (401 otherwise). A job names its data set;
 the gateway loads only built-in data sets and those configured for it by name (``--dataset
@@ -17,9 +18,9 @@ mnist=PATH``), never a path or URL a request brings. Weights and data-set archiv
 for their decompressed size before anything is inflated, and loaded data sets and partition
 images live in LRU caches bounded in bytes.
 
-Clients stick to instances: the first job of a client picks the least-loaded instance and every
-later job of that client goes there (until that device leaves), so a guest reboots with new data
-only when clients outnumber instances.
+Clients stick to instances: the first job of a client picks the least-loaded instance (unless
+the client is pinned to a device) and every later job of that client goes there (until that
+device leaves), so a guest reboots with new data only when clients outnumber instances.
 """
 
 from __future__ import annotations
@@ -509,6 +510,26 @@ class Gateway:
             return _error(409, str(exc), execution)
         return web.json_response({"device": device, **self._fleet()}, headers={EXECUTION_HEADER: execution})
 
+    async def pin_clients(self, request: web.Request) -> web.Response:
+        """Route each client of ``{"clients": {"<client>": device}}`` to that device from now on."""
+        execution = uuid.uuid4().hex
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "request body is not valid JSON", execution)
+        pins = body.get("clients") if isinstance(body, dict) else None
+        if not isinstance(pins, dict):
+            return _error(400, 'body must be {"clients": {"<client>": <device>, ...}}', execution)
+        wanted: dict[int, int] = {}
+        for client, device in pins.items():
+            if not str(client).isdigit() or not isinstance(device, int) or isinstance(device, bool):
+                return _error(400, f"clients.{client}: expected an integer client id and device", execution)
+            if device not in self.fleet:
+                return _error(404, f"clients.{client}: edge device {device} is not in the fleet", execution)
+            wanted[int(client)] = device
+        self.assignment.of.update(wanted)
+        return web.json_response({"clients": {str(c): d for c, d in sorted(self.assignment.of.items())}})
+
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=self.options.max_request_bytes, middlewares=[self.authenticate])
         app.router.add_post("/v1/clients/{client}/train", self.train)
@@ -516,6 +537,7 @@ class Gateway:
         app.router.add_get("/v1/devices", self.devices)
         app.router.add_post("/v1/devices", self.add_device)
         app.router.add_delete("/v1/devices/{device}", self.remove_device)
+        app.router.add_put("/v1/assignment", self.pin_clients)
         return app
 
 
