@@ -209,15 +209,14 @@ class Reconfigurer:
             active = set(record.get().active)
             ours = sorted(p.client for p in self.plan.placements if f"{p.platform}/{p.cluster}" == cluster)
             bound = dict(zip(seen.devices, [c for c in ours if c in active], strict=False))
-            self._bind(
-                source, DeviceBinding(cluster, seen.generation, {d: bound.get(d) for d in seen.devices})
-            )
+            binding = DeviceBinding(cluster, seen.generation, {d: bound.get(d) for d in seen.devices})
+            record.bind(binding)
+            self._pin(source, binding, seen)
             return
         if set(seen.devices) == set(known.slots):
-            if (
-                seen.generation != known.generation
-            ):  # devices came and went between two looks, or a new gateway
-                self._bind(source, replace(known, generation=seen.generation))
+            if seen.generation != known.generation:  # devices came and went between looks, or a new gateway
+                record.bind(replace(known, generation=seen.generation))
+            self._pin(source, known, seen)
             return
         gone = {d: s for d, s in known.slots.items() if d not in seen.devices}
         slots = {d: s for d, s in known.slots.items() if d in seen.devices}
@@ -235,7 +234,9 @@ class Reconfigurer:
             except ConfigError as exc:  # no slot free: the device stays idle
                 slots[device] = None
                 notes.append(str(exc))
-        self._bind(source, DeviceBinding(cluster, seen.generation, slots))
+        binding = DeviceBinding(cluster, seen.generation, slots)
+        record.bind(binding)
+        self._pin(source, binding, seen)
         joined = [[d, slots[d]] for d in seen.devices if d not in known.slots]
         left = [[d, s] for d, s in sorted(gone.items())]
         self.reporter.event(
@@ -251,11 +252,12 @@ class Reconfigurer:
             f"left {left} ([device, client slot])" + "".join(f"; {n}" for n in notes)
         )
 
-    def _bind(self, source: FleetSource, binding: DeviceBinding) -> None:
-        """Record ``binding`` and pin its slots on the gateway (a gateway that misses it routes them
-        by load until the next change pins them again)."""
-        self.session.membership.bind(binding)
+    def _pin(self, source: FleetSource, binding: DeviceBinding, seen: EdgeFleet) -> None:
+        """Pin the bound slots to their devices where the gateway does not route them so (a new
+        binding, a restarted gateway); one that misses it is asked again at the next boundary."""
         pins = {slot: device for device, slot in binding.slots.items() if slot is not None}
+        if all(seen.clients.get(slot) == device for slot, device in pins.items()):
+            return
         try:
             source.pin_clients(pins)
         except FedkeeperError as exc:

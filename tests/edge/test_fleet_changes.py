@@ -40,10 +40,10 @@ def test_adding_and_removing_devices_bumps_the_generation_and_a_crash_restart_do
     with GatewayProcess(2, args=["--firmware", "baremetal", "--kernel", str(kernel)]) as gateway:
         port = int(gateway.url.rsplit(":", 1)[1])
         client = EdgeClient("edge-fleet", EdgeCluster(gateway_port=port, token=gateway.token))
-        assert client.fleet() == EdgeFleet(0, (0, 1))
+        assert client.fleet() == EdgeFleet(0, (0, 1), {})
 
         device, fleet = client.add_device()
-        assert (device, fleet) == (2, EdgeFleet(1, (0, 1, 2)))
+        assert (device, fleet) == (2, EdgeFleet(1, (0, 1, 2), {}))
         assert _details(gateway)[2]["alive"]
         client.pin_clients({5: 2})  # the keeper binds a joining slot to the new device
         assert _details(gateway)[2]["clients"] == [5]
@@ -57,11 +57,11 @@ def test_adding_and_removing_devices_bumps_the_generation_and_a_crash_restart_do
             assert time.monotonic() < deadline, "the killed device was not restarted"
             time.sleep(0.1)
         assert d["pid"] != victim
-        assert client.fleet() == EdgeFleet(1, (0, 1, 2))  # the same device, restarted: no change
+        assert client.fleet() == EdgeFleet(1, (0, 1, 2), {5: 2})  # the same device, restarted: no change
 
         leaving = _details(gateway)[1]["pid"]
-        assert client.remove_device(1) == EdgeFleet(2, (0, 2))
-        assert client.fleet() == EdgeFleet(2, (0, 2)) and sorted(_details(gateway)) == [0, 2]
+        assert client.remove_device(1) == EdgeFleet(2, (0, 2), {5: 2})
+        assert client.fleet() == EdgeFleet(2, (0, 2), {5: 2}) and sorted(_details(gateway)) == [0, 2]
         assert _gone(leaving)
         with pytest.raises(
             ProviderError, match=r"^edge cluster 'edge-fleet': edge device 1 is not in the fleet"
@@ -70,7 +70,7 @@ def test_adding_and_removing_devices_bumps_the_generation_and_a_crash_restart_do
         client.remove_device(0)
         with pytest.raises(ProviderError, match="edge device 2 is the fleet's last one"):
             client.remove_device(2)
-        assert client.fleet() == EdgeFleet(3, (2,))
+        assert client.fleet() == EdgeFleet(3, (2,), {5: 2})
         client.close()
 
 

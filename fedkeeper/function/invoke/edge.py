@@ -19,7 +19,7 @@ import json
 import os
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -58,10 +58,12 @@ def default_state_dir(cluster: str) -> Path:
 
 @dataclass(frozen=True)
 class EdgeFleet:
-    """An edge cluster's devices as its gateway reports them; ``generation`` counts adds and removes."""
+    """An edge cluster's devices as its gateway reports them; ``generation`` counts adds and removes,
+    ``clients`` is where it routes each client it knows (client -> device)."""
 
     generation: int
     devices: tuple[int, ...]
+    clients: Mapping[int, int] = field(default_factory=dict)
 
 
 class EdgeClient(InvokeClient):
@@ -250,8 +252,12 @@ class EdgeClient(InvokeClient):
     @staticmethod
     def _as_fleet(body: dict[str, Any]) -> EdgeFleet:
         try:
-            return EdgeFleet(int(body["generation"]), tuple(sorted(int(d) for d in body["devices"])))
-        except (KeyError, TypeError, ValueError):
+            return EdgeFleet(
+                int(body["generation"]),
+                tuple(sorted(int(d) for d in body["devices"])),
+                {int(c): int(d) for c, d in body.get("clients", {}).items()},
+            )
+        except (AttributeError, KeyError, TypeError, ValueError):
             raise ProviderError(f"edge gateway's fleet is malformed: {json.dumps(body)[:200]}") from None
 
     def fleet(self) -> EdgeFleet:

@@ -8,7 +8,7 @@ reports every instance (alive, restarts, PSS, CPU) and the caches.
 
 Devices join and leave while it serves: ``POST /v1/devices`` boots one more (201, its id),
 ``DELETE /v1/devices/{id}`` powers one off, and ``GET /v1/devices`` answers the device ids with the
-fleet's ``generation``, which every add and remove bumps and a crash-restart does not (a restarted
+fleet's ``generation`` and where each known client goes, which every add and remove bumps and a crash-restart does not (a restarted
 guest keeps its id). The keeper reads it at each round boundary, and pins the client slots it
 bound to devices with ``PUT /v1/assignment``.
 
@@ -476,7 +476,8 @@ class Gateway:
         )
 
     def _fleet(self) -> dict[str, Any]:
-        return {"generation": self.fleet.generation, "devices": self.fleet.devices}
+        clients = {str(c): d for c, d in sorted(self.assignment.of.items()) if d in self.fleet}
+        return {"generation": self.fleet.generation, "devices": self.fleet.devices, "clients": clients}
 
     async def devices(self, request: web.Request) -> web.Response:
         """The device set and its generation: what the keeper reads at each round boundary."""
@@ -528,7 +529,7 @@ class Gateway:
                 return _error(404, f"clients.{client}: edge device {device} is not in the fleet", execution)
             wanted[int(client)] = device
         self.assignment.of.update(wanted)
-        return web.json_response({"clients": {str(c): d for c, d in sorted(self.assignment.of.items())}})
+        return web.json_response(self._fleet())
 
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=self.options.max_request_bytes, middlewares=[self.authenticate])
