@@ -443,9 +443,10 @@ def edge() -> None:
 
 def _edge_cluster(config_path: Path, cluster: str) -> Any:
     """The config's edge cluster ``cluster``, as its provider (an EdgeClient)."""
+    from fedkeeper.function.invoke.edge import EdgeClient
     from fedkeeper.host.providers.registry import providers_from_config
 
-    clusters = providers_from_config(load_noting(config_path), "edge")
+    clusters = providers_from_config(load_noting(config_path), EdgeClient.platform)
     if cluster not in clusters:
         raise ConfigError(
             f"--cluster {cluster}: not an edge cluster of {config_path} (edge clusters: {', '.join(sorted(clusters)) or 'none'})"

@@ -218,14 +218,14 @@ class EdgeClient(InvokeClient):
         return True
 
     # ------------------------------------------------------------------ the fleet
-    def _control(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _control(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
         """One call to the gateway's fleet endpoints; its JSON object, or one line naming what failed."""
         where = f"edge cluster {self.cluster!r}"
         try:
             response = self._session.request(
                 method,
                 f"{self.gateway_url()}{path}",
-                json=body,
+                json=payload,
                 headers={"Authorization": f"Bearer {self.token}"},
                 # adding a device waits for its boot
                 timeout=(
@@ -241,9 +241,7 @@ class EdgeClient(InvokeClient):
                 ) from None
             raise ProviderError(f"{where}: gateway lost: {str(exc).splitlines()[0]}") from None
         except (requests.RequestException, ValueError) as exc:
-            raise ProviderError(
-                f"{where}: gateway's /v1/devices failed: {str(exc).splitlines()[0]}"
-            ) from None
+            raise ProviderError(f"{where}: gateway's {path} failed: {str(exc).splitlines()[0]}") from None
         if not isinstance(body, dict) or response.status_code >= 400:
             error = body.get("error") if isinstance(body, dict) else None
             raise ProviderError(f"{where}: {error or f'gateway answered HTTP {response.status_code}'}")

@@ -7,10 +7,10 @@ dies or times out gets 503 (the fleet restarts it; the caller retries). ``GET /v
 reports every instance (alive, restarts, PSS, CPU) and the caches.
 
 Devices join and leave while it serves: ``POST /v1/devices`` boots one more (201, its id),
-``DELETE /v1/devices/{id}`` powers one off, and ``GET /v1/devices`` answers the device ids with the
-fleet's ``generation`` and where each known client goes, which every add and remove bumps and a crash-restart does not (a restarted
-guest keeps its id). The keeper reads it at each round boundary, and pins the client slots it
-bound to devices with ``PUT /v1/assignment``.
+``DELETE /v1/devices/{id}`` powers one off, and ``GET /v1/devices`` answers the device ids, the
+fleet's ``generation`` (bumped by every add and remove, not by a crash-restart: a restarted guest
+keeps its id) and the device each known client goes to. The keeper reads it at each round
+boundary, and pins the client slots it bound to devices with ``PUT /v1/assignment``.
 
 Every request needs ``Authorization: Bearer <token>`` (401 otherwise). A job names its data set;
 the gateway loads only built-in data sets and those configured for it by name (``--dataset
