@@ -53,50 +53,69 @@ def _details(gateway: GatewayProcess) -> dict[int, dict[str, Any]]:
     return {int(d["device"]): d for d in health["details"]}
 
 
+class Keeper:
+    """A session of 2 fabric and 2 edge slots (slot 3 on standby) and a keeper's reconfigurer over
+    it, reading the gateway on ``port``."""
+
+    def __init__(self, store: Store, port: int, token: str, logs: Path) -> None:
+        settings = {"gateway_port": port, "token": token, "firmware": "baremetal"}
+        config = parse_config(
+            {
+                "providers": {"openwhisk": {"local": {"local": True}}, "edge": {"qemu": settings}},
+                "scenarios": {
+                    "federated_learning": {
+                        "server_config": {
+                            "cluster": "local",
+                            "num_clients_per_round": 4,
+                            "standby_clients": 1,
+                            "validation_window": 2,
+                        },
+                        "clients_info": {
+                            "total_num_clients": 4,
+                            "ow_clients_count": 2,
+                            "edge_clients_count": 2,
+                        },
+                    }
+                },
+            }
+        )
+        plan = Plan.build(config)
+        assert [(p.client, f"{p.platform}/{p.cluster}") for p in plan.placements][2:] == [
+            (2, CLUSTER),
+            (3, CLUSTER),
+        ]
+        self.session = store.for_session("s-edge-fleet")
+        scenario = config.fl.model_dump(mode="json", exclude={"mongo_config", "functions"})
+        self.session.record.create({"scenario": scenario, "clients": [p.as_doc() for p in plan.placements]})
+        self.edge = EdgeClient("qemu", EdgeCluster(gateway_port=port, token=token))
+        self.logs = logs
+        reporter = Reporter(logs, self.session.id, io.StringIO())
+        self.reconfigurer = Reconfigurer(
+            config.fl.server_config,
+            plan,
+            self.session,
+            Ledger(self.session),
+            reporter,
+            fleets={CLUSTER: self.edge},
+        )
+
+    def boundary(self, round_number: int) -> tuple[int, ...]:
+        """The keeper's round boundary, then the round run and aggregated (accuracy +0.1 a round)."""
+        members = self.reconfigurer.at_boundary(round_number)
+        self.session.rounds.open(round_number, list(members))
+        self.session.rounds.add_metrics(round_number, {"accuracy": 0.5 + 0.1 * round_number, "cost": 1.0})
+        return members
+
+    def events(self, kind: str) -> list[dict[str, Any]]:
+        lines = (self.logs / self.session.id / "keeper.jsonl").read_text().splitlines()
+        return [e for e in map(json.loads, lines) if e["event"] == kind]
+
+
 def test_gateway_devices_joining_leaving_and_crashing_become_membership_events(
     gateway: GatewayProcess, store: Store, tmp_path: Path
 ) -> None:
-    port = int(gateway.url.rsplit(":", 1)[1])
-    settings = {"gateway_port": port, "token": gateway.token, "firmware": "baremetal"}
-    config = parse_config(
-        {
-            "providers": {"openwhisk": {"local": {"local": True}}, "edge": {"qemu": settings}},
-            "scenarios": {
-                "federated_learning": {
-                    "server_config": {
-                        "cluster": "local",
-                        "num_clients_per_round": 4,
-                        "standby_clients": 1,
-                        "validation_window": 2,
-                    },
-                    "clients_info": {"total_num_clients": 4, "ow_clients_count": 2, "edge_clients_count": 2},
-                }
-            },
-        }
-    )
-    plan = Plan.build(config)
-    assert [(p.client, f"{p.platform}/{p.cluster}") for p in plan.placements][2:] == [
-        (2, CLUSTER),
-        (3, CLUSTER),
-    ]
-    session = store.for_session("s-edge-fleet")
-    scenario = config.fl.model_dump(mode="json", exclude={"mongo_config", "functions"})
-    session.record.create({"scenario": scenario, "clients": [p.as_doc() for p in plan.placements]})
-    edge = EdgeClient("qemu", EdgeCluster(gateway_port=port, token=gateway.token))
-    reporter = Reporter(tmp_path, session.id, io.StringIO())
-    keeper = Reconfigurer(
-        config.fl.server_config, plan, session, Ledger(session), reporter, fleets={CLUSTER: edge}
-    )
-
-    def boundary(round_number: int) -> tuple[int, ...]:
-        members = keeper.at_boundary(round_number)
-        session.rounds.open(round_number, list(members))
-        session.rounds.add_metrics(round_number, {"accuracy": 0.5 + 0.1 * round_number, "cost": 1.0})
-        return members
-
-    def events(kind: str) -> list[dict[str, Any]]:
-        lines = (tmp_path / session.id / "keeper.jsonl").read_text().splitlines()
-        return [e for e in map(json.loads, lines) if e["event"] == kind]
+    keeper = Keeper(store, int(gateway.url.rsplit(":", 1)[1]), gateway.token, tmp_path)
+    session, edge, boundary, events = keeper.session, keeper.edge, keeper.boundary, keeper.events
 
     assert boundary(0) == (0, 1, 2)  # slot 3 on standby; the gateway's device 0 serves slot 2
     binding = session.membership.binding(CLUSTER)
@@ -114,10 +133,8 @@ def test_gateway_devices_joining_leaving_and_crashing_become_membership_events(
     victim = _details(gateway)[1]["pid"]
     psutil.Process(victim).send_signal(signal.SIGKILL)
     deadline = time.monotonic() + 30
-    while _details(gateway)[1]["pid"] in (
-        victim,
-        None,
-    ):  # a crash, then the gateway's restart under the same id
+    # a crash, then the gateway's restart under the same id
+    while _details(gateway)[1]["pid"] in (victim, None):
         assert time.monotonic() < deadline, "the killed device was not restarted"
         time.sleep(0.1)
     assert boundary(2) == (0, 1, 2, 3)
@@ -135,3 +152,21 @@ def test_gateway_devices_joining_leaving_and_crashing_become_membership_events(
         ("Reconfigured", "ClientsLeft"),
     ]
     edge.close()
+
+
+def test_a_restarted_gateway_is_no_change_and_gets_its_slots_pinned_again(
+    store: Store, tmp_path: Path
+) -> None:
+    kernel = ensure_built(FIRMWARES["baremetal"])
+    args = ["--firmware", "baremetal", "--kernel", str(kernel)]
+    with GatewayProcess(1, args=args) as first:
+        port = int(first.url.rsplit(":", 1)[1])
+        keeper = Keeper(store, port, first.token, tmp_path)
+        assert keeper.boundary(0) == (0, 1, 2)
+        assert _details(first)[0]["clients"] == [2]
+    with GatewayProcess(1, port=port, args=args, token=first.token) as second:
+        assert _details(second)[0]["clients"] == []  # a new gateway knows no client
+        assert keeper.boundary(1) == (0, 1, 2)
+        assert _details(second)[0]["clients"] == [2]  # pinned again
+    assert keeper.events("edge_fleet_changed") == [] and keeper.events("reconfigured") == []
+    keeper.edge.close()
