@@ -437,6 +437,63 @@ def config_migrate(old: Path) -> None:
     click.echo(migrate(old), nl=False)
 
 
+# --------------------------------------------------------------------------- edge fleets
+@cli.group()
+def edge() -> None:
+    """Devices joining or leaving an edge cluster's running gateway (the keeper notices at the next round)."""
+
+
+def _edge_cluster(config_path: Path, cluster: str) -> Any:
+    """The config's edge cluster ``cluster``, as its provider (an EdgeClient)."""
+    from fedkeeper.function.invoke.edge import EdgeClient
+    from fedkeeper.host.providers.registry import providers_from_config
+
+    clusters = providers_from_config(load_noting(config_path), EdgeClient.platform)
+    if cluster not in clusters:
+        raise ConfigError(
+            f"--cluster {cluster}: not an edge cluster of {config_path} (edge clusters: {', '.join(sorted(clusters)) or 'none'})"
+        )
+    return clusters[cluster]
+
+
+def _say_fleet(cluster: str, fleet: Any) -> None:
+    click.echo(
+        f"edge cluster {cluster}: generation {fleet.generation}, devices {', '.join(map(str, fleet.devices))}"
+    )
+
+
+@edge.command("list")
+@click.option("--cluster", required=True, help="an edge cluster of the config")
+@config_option
+@friendly_errors
+def edge_list(cluster: str, config_path: Path) -> None:
+    """Show the devices of CLUSTER's gateway and their generation."""
+    _say_fleet(cluster, _edge_cluster(config_path, cluster).fleet())
+
+
+@edge.command("add")
+@click.option("--cluster", required=True, help="an edge cluster of the config")
+@config_option
+@friendly_errors
+def edge_add(cluster: str, config_path: Path) -> None:
+    """Boot one more device on CLUSTER's gateway."""
+    device, fleet = _edge_cluster(config_path, cluster).add_device()
+    click.echo(f"edge cluster {cluster}: device {device} joined")
+    _say_fleet(cluster, fleet)
+
+
+@edge.command("remove")
+@click.option("--cluster", required=True, help="an edge cluster of the config")
+@click.argument("device", type=int)
+@config_option
+@friendly_errors
+def edge_remove(cluster: str, device: int, config_path: Path) -> None:
+    """Power DEVICE of CLUSTER's gateway off, for good."""
+    fleet = _edge_cluster(config_path, cluster).remove_device(device)
+    click.echo(f"edge cluster {cluster}: device {device} left")
+    _say_fleet(cluster, fleet)
+
+
 # --------------------------------------------------------------------------- local fabric
 @cli.group()
 def fabric() -> None:

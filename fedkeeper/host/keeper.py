@@ -28,6 +28,7 @@ from fedkeeper.function.backoff import retry_policy
 from fedkeeper.function.catalog import AGGREGATOR_FUNCTION, SERVER_INIT_FUNCTION
 from fedkeeper.function.config import Config, fingerprint_difference, fingerprint_json, training_fingerprint
 from fedkeeper.function.errors import STORE, PlatformUnavailable, ProviderError, StoreUnavailable, Unavailable
+from fedkeeper.function.invoke.edge import EdgeClient
 from fedkeeper.function.prices import CURRENCY
 from fedkeeper.function.store.db import SessionStore, Store
 from fedkeeper.function.store.retention import prune
@@ -259,7 +260,13 @@ class Keeper:
             self.server, self.plan, self.session, self.ledger, self.providers, self.watch, self.retry,
             self.clock, self.sleep, self.budget_since,
         )  # fmt: skip
-        reconfigurer = Reconfigurer(self.server, self.plan, self.session, self.ledger, self.reporter)
+        hosting = {p.key for p in self.plan.placements}
+        fleets = {
+            f"{platform}/{cluster}": provider
+            for (platform, cluster), provider in self.providers.items()
+            if isinstance(provider, EdgeClient) and (platform, cluster) in hosting
+        }
+        reconfigurer = Reconfigurer(self.server, self.plan, self.session, self.ledger, self.reporter, fleets)
         while True:
             session = record.get()
             round_number = int(session["round"])

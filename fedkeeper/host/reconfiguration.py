@@ -14,20 +14,27 @@ the event with the expected cost per round before and after it, and watches
 than over as many rounds before the change, a join is reverted: the joined clients are set aside.
 A client that left cannot be brought back, so a worse leave is recorded and kept. Everything is in
 the session's document, so a resumed keeper continues the window.
+
+Edge devices join and leave the same way. At each round boundary the keeper reads every edge
+cluster's fleet (one ``GET /v1/devices`` on its gateway) and compares it with the devices it saw
+last (:meth:`Reconfigurer.notice`): a new device asks a free slot of its cluster to join, a device
+gone makes the slot bound to it leave. A device that crashed and was restarted keeps its id, so it
+is no change.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Protocol
 
 from fedkeeper.function.catalog import CLIENT_FUNCTION, INVOKER_FUNCTION
 from fedkeeper.function.config import ServerConfig
-from fedkeeper.function.errors import ConfigError
+from fedkeeper.function.errors import ConfigError, FedkeeperError
+from fedkeeper.function.invoke.edge import EdgeFleet
 from fedkeeper.function.prices import CURRENCY
 from fedkeeper.function.store.db import SessionStore
-from fedkeeper.function.store.membership import Membership, Window
+from fedkeeper.function.store.membership import DeviceBinding, Membership, Window
 from fedkeeper.function.store.statuses import Phase, Task
 from fedkeeper.host.costs import expected_round_cost, rates_after
 from fedkeeper.host.ledger import Ledger
@@ -137,17 +144,36 @@ def leave(session: SessionStore, clients: Sequence[int]) -> None:
 
 
 # --------------------------------------------------------------------------- the keeper's side
+class FleetSource(Protocol):
+    """An edge cluster's gateway, as the keeper reads it (:class:`~fedkeeper.function.invoke.edge.EdgeClient`)."""
+
+    def fleet(self) -> EdgeFleet: ...
+
+    def pin_clients(self, clients: Mapping[int, int]) -> None: ...
+
+
 class Reconfigurer:
-    """At each round boundary: judge the open window, then plan a pending membership change."""
+    """At each round boundary: notice edge fleet changes, judge the open window, then plan a
+    pending membership change.
+
+    ``fleets``: the edge clusters hosting clients, by ``platform/cluster``.
+    """
 
     def __init__(
-        self, server: ServerConfig, plan: Plan, session: SessionStore, ledger: Ledger, reporter: Reporter
+        self,
+        server: ServerConfig,
+        plan: Plan,
+        session: SessionStore,
+        ledger: Ledger,
+        reporter: Reporter,
+        fleets: Mapping[str, FleetSource] | None = None,
     ) -> None:
         self.server = server
         self.plan = plan
         self.session = session
         self.ledger = ledger
         self.reporter = reporter
+        self.fleets = dict(fleets or {})
 
     def at_boundary(self, round_number: int) -> tuple[int, ...]:
         """The clients round ``round_number`` samples from, after any verdict or change due before it.
@@ -157,6 +183,12 @@ class Reconfigurer:
         record = self.session.membership
         members = record.ensure(initial_members(len(self.plan.placements), self.server.standby_clients))
         if not self.session.rounds.opened(round_number):
+            for cluster, source in self.fleets.items():
+                try:
+                    self.notice(cluster, source)
+                except FedkeeperError as exc:  # an outage: the round's dispatch meets it anyway
+                    self.reporter.say(f"edge cluster {cluster}: fleet not read, no change noticed: {exc}")
+            members = record.get()
             window = members.window
             if window is not None and round_number >= window.round + window.rounds:
                 self._judge(window)
@@ -165,6 +197,71 @@ class Reconfigurer:
                 self._change(members, round_number)
                 members = record.get()
         return replan(self.plan, members.active)
+
+    def notice(self, cluster: str, source: FleetSource) -> None:
+        """Read edge cluster ``cluster``'s fleet and turn the devices that joined or left since the
+        keeper last looked into join and leave requests; the first look binds its devices to its
+        active slots in order. The gateway routes each bound slot to its device."""
+        seen = source.fleet()
+        record = self.session.membership
+        known = record.binding(cluster)
+        if known is None:
+            active = set(record.get().active)
+            ours = sorted(p.client for p in self.plan.placements if f"{p.platform}/{p.cluster}" == cluster)
+            bound = dict(zip(seen.devices, [c for c in ours if c in active], strict=False))
+            binding = DeviceBinding(cluster, seen.generation, {d: bound.get(d) for d in seen.devices})
+            record.bind(binding)
+            self._pin(source, binding, seen)
+            return
+        if set(seen.devices) == set(known.slots):
+            if seen.generation != known.generation:  # devices came and went between looks, or a new gateway
+                record.bind(replace(known, generation=seen.generation))
+            self._pin(source, known, seen)
+            return
+        gone = {d: s for d, s in known.slots.items() if d not in seen.devices}
+        slots = {d: s for d, s in known.slots.items() if d in seen.devices}
+        notes: list[str] = []
+        requested = set(record.get().requested)
+        leaving = sorted(s for s in gone.values() if s is not None and s in requested)
+        if leaving:
+            try:
+                leave(self.session, leaving)
+            except ConfigError as exc:
+                notes.append(str(exc))
+        for device in (d for d in seen.devices if d not in known.slots):
+            try:
+                slots[device] = join(self.session, cluster)[0]
+            except ConfigError as exc:  # no slot free: the device stays idle
+                slots[device] = None
+                notes.append(str(exc))
+        binding = DeviceBinding(cluster, seen.generation, slots)
+        record.bind(binding)
+        self._pin(source, binding, seen)
+        joined = [[d, slots[d]] for d in seen.devices if d not in known.slots]
+        left = [[d, s] for d, s in sorted(gone.items())]
+        self.reporter.event(
+            "edge_fleet_changed",
+            cluster=cluster,
+            generation=seen.generation,
+            joined=joined,
+            left=left,
+            notes=notes,
+        )
+        self.reporter.say(
+            f"edge cluster {cluster}: fleet generation {seen.generation}, devices joined {joined}, "
+            f"left {left} ([device, client slot])" + "".join(f"; {n}" for n in notes)
+        )
+
+    def _pin(self, source: FleetSource, binding: DeviceBinding, seen: EdgeFleet) -> None:
+        """Pin the bound slots to their devices where the gateway does not route them so (a new
+        binding, a restarted gateway); one that misses it is asked again at the next boundary."""
+        pins = {slot: device for device, slot in binding.slots.items() if slot is not None}
+        if all(seen.clients.get(slot) == device for slot, device in pins.items()):
+            return
+        try:
+            source.pin_clients(pins)
+        except FedkeeperError as exc:
+            self.reporter.say(f"edge cluster {binding.cluster}: client slots not pinned to devices: {exc}")
 
     def _metrics(self) -> dict[int, dict[str, Any]]:
         return {int(d["round"]): dict(d.get("metrics") or {}) for d in self.session.rounds.all()}

@@ -19,6 +19,7 @@ import json
 import os
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -53,6 +54,16 @@ def default_state_dir(cluster: str) -> Path:
     same in every process of the user, whatever its working directory."""
     root = os.environ.get(STATE_ENV)
     return (Path(root) if root else Path.home() / ".fedkeeper" / "edge").resolve() / cluster
+
+
+@dataclass(frozen=True)
+class EdgeFleet:
+    """An edge cluster's devices as its gateway reports them; ``generation`` counts adds and removes,
+    ``clients`` is where it routes each client it knows (client -> device)."""
+
+    generation: int
+    devices: tuple[int, ...]
+    clients: Mapping[int, int] = field(default_factory=dict)
 
 
 class EdgeClient(InvokeClient):
@@ -205,6 +216,64 @@ class EdgeClient(InvokeClient):
         except requests.RequestException:
             pass  # it answered something: the next attempt tells what is wrong
         return True
+
+    # ------------------------------------------------------------------ the fleet
+    def _control(self, method: str, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One call to the gateway's fleet endpoints; its JSON object, or one line naming what failed."""
+        where = f"edge cluster {self.cluster!r}"
+        try:
+            response = self._session.request(
+                method,
+                f"{self.gateway_url()}{path}",
+                json=payload,
+                headers={"Authorization": f"Bearer {self.token}"},
+                # adding a device waits for its boot
+                timeout=(
+                    CONNECT_TIMEOUT_S,
+                    EDGE_MAX_JOB_TIMEOUT_S if method == "POST" else CONNECT_TIMEOUT_S,
+                ),
+            )
+            body = response.json()
+        except requests.ConnectionError as exc:
+            if never_sent(exc):
+                raise PlatformUnavailable(
+                    self.where, f"{where}: gateway unreachable ({type(exc).__name__})"
+                ) from None
+            raise ProviderError(f"{where}: gateway lost: {str(exc).splitlines()[0]}") from None
+        except (requests.RequestException, ValueError) as exc:
+            raise ProviderError(f"{where}: gateway's {path} failed: {str(exc).splitlines()[0]}") from None
+        if not isinstance(body, dict) or response.status_code >= 400:
+            error = body.get("error") if isinstance(body, dict) else None
+            raise ProviderError(f"{where}: {error or f'gateway answered HTTP {response.status_code}'}")
+        return body
+
+    @staticmethod
+    def _as_fleet(body: dict[str, Any]) -> EdgeFleet:
+        try:
+            return EdgeFleet(
+                int(body["generation"]),
+                tuple(sorted(int(d) for d in body["devices"])),
+                {int(c): int(d) for c, d in body.get("clients", {}).items()},
+            )
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise ProviderError(f"edge gateway's fleet is malformed: {json.dumps(body)[:200]}") from None
+
+    def fleet(self) -> EdgeFleet:
+        """The gateway's devices and their generation (one GET)."""
+        return self._as_fleet(self._control("GET", "/v1/devices"))
+
+    def add_device(self) -> tuple[int, EdgeFleet]:
+        """Boot one more device; its id and the fleet after it."""
+        body = self._control("POST", "/v1/devices")
+        return int(body["device"]), self._as_fleet(body)
+
+    def remove_device(self, device: int) -> EdgeFleet:
+        """Power device ``device`` off for good; the fleet after it."""
+        return self._as_fleet(self._control("DELETE", f"/v1/devices/{device}"))
+
+    def pin_clients(self, clients: Mapping[int, int]) -> None:
+        """Route each client (slot) of ``clients`` to its device from now on."""
+        self._control("PUT", "/v1/assignment", {"clients": {str(c): d for c, d in clients.items()}})
 
     def close(self) -> None:
         self._session.close()

@@ -5,7 +5,8 @@ Kept in the session's document under ``membership``, so every change is one atom
 - ``requested``: the slots the operator wants in (``fedkeeper clients add|remove`` writes it);
 - ``active``: the slots the keeper's rounds sample from (only the keeper writes it, at a round boundary);
 - ``set_aside``: joined slots a revert took out; ``left``: slots that left. Neither comes back;
-- ``window``: the change being validated (:class:`Window`), None when none is.
+- ``window``: the change being validated (:class:`Window`), None when none is;
+- ``fleets``: per edge cluster, the keeper's binding of its devices to client slots (:class:`DeviceBinding`).
 """
 
 from __future__ import annotations
@@ -91,6 +92,28 @@ class Membership:
         )
 
 
+@dataclass(frozen=True)
+class DeviceBinding:
+    """An edge cluster's devices as the keeper last saw them (at fleet ``generation``), each bound
+    to the client slot it serves; None for a device that came with no slot free."""
+
+    cluster: str
+    generation: int
+    slots: dict[int, int | None]
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster,
+            "generation": self.generation,
+            "devices": [[d, s] for d, s in sorted(self.slots.items())],
+        }
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> DeviceBinding:
+        slots = {int(d): None if s is None else int(s) for d, s in doc["devices"]}
+        return cls(str(doc["cluster"]), int(doc["generation"]), slots)
+
+
 @store_errors
 class MembershipRecord(SessionBound):
     """The ``membership`` field of one session's document."""
@@ -159,3 +182,17 @@ class MembershipRecord(SessionBound):
             update["$push"]["membership.set_aside"] = {"$each": list(window.joined)}
         done = self._col.update_one(self._filter(**{"membership.window.change": window.change}), update)
         return done.modified_count == 1
+
+    def _fleets(self) -> list[dict[str, Any]]:
+        doc = self._col.find_one(self._filter(), {"membership.fleets": 1}) or {}
+        return list((doc.get("membership") or {}).get("fleets") or [])
+
+    def binding(self, cluster: str) -> DeviceBinding | None:
+        """The devices of edge cluster ``cluster`` as last seen; None before the keeper first looked."""
+        found = [DeviceBinding.from_doc(d) for d in self._fleets() if d.get("cluster") == cluster]
+        return found[0] if found else None
+
+    def bind(self, binding: DeviceBinding) -> None:
+        """Record ``binding`` for its cluster (only the keeper writes it)."""
+        others = [d for d in self._fleets() if d.get("cluster") != binding.cluster]
+        self._col.update_one(self._filter(), {"$set": {"membership.fleets": [*others, binding.to_doc()]}})

@@ -511,14 +511,18 @@ class Instance:
 
 
 class Fleet:
-    """``instances`` guests under one event loop.
+    """Guests under one event loop, each a device with an id that a restart keeps.
+
+    Devices ``0..instances-1`` boot at :meth:`start`; :meth:`add` boots one more with the next id
+    and :meth:`remove` powers one off, each bumping ``generation``. Ids are never reused, so a
+    device that crashed and was restarted is still the same device, and a new one is new.
 
     Parameters
     ----------
     config
         How to launch each guest.
     instances
-        How many guests.
+        How many guests to start with.
     boot_concurrency
         How many guests boot at once (booting is CPU-bound: more than a few per core only queues).
     """
@@ -527,15 +531,30 @@ class Fleet:
         if instances < 1:
             raise EdgeError(f"an edge fleet needs at least one instance (got {instances})")
         self.config = config
-        self.instances = [Instance(i, config) for i in range(instances)]
+        self._devices = {i: Instance(i, config) for i in range(instances)}
+        self._next_id = instances
+        self.generation = 0  # bumped by every add and remove, never by a restart
         self.boot_concurrency = boot_concurrency or max(2, 2 * (os.cpu_count() or 1))
         self._health: asyncio.Task[None] | None = None
 
-    def __len__(self) -> int:
-        return len(self.instances)
+    @property
+    def instances(self) -> list[Instance]:
+        """The current devices, by id."""
+        return list(self._devices.values())
 
-    def __getitem__(self, index: int) -> Instance:
-        return self.instances[index]
+    @property
+    def devices(self) -> list[int]:
+        """The current devices' ids."""
+        return list(self._devices)
+
+    def __len__(self) -> int:
+        return len(self._devices)
+
+    def __getitem__(self, device: int) -> Instance:
+        return self._devices[device]
+
+    def __contains__(self, device: object) -> bool:
+        return device in self._devices
 
     async def start(self) -> None:
         """Boot every guest (without data) and wait for all HELLOs; stop them all if one fails."""
@@ -553,6 +572,33 @@ class Fleet:
             await self.stop()
             raise failed[0]
         self._health = asyncio.ensure_future(self._health_loop())
+
+    async def add(self) -> Instance:
+        """Boot a new device with the next id; it joins the fleet once it said hello."""
+        instance = Instance(self._next_id, self.config)
+        self._next_id += 1
+        try:
+            await instance.boot()
+        except BaseException:
+            await instance.shutdown()
+            raise
+        self._devices[instance.index] = instance
+        self.generation += 1
+        log.info(
+            "edge%d: added (fleet generation %d, %d devices)", instance.index, self.generation, len(self)
+        )
+        return instance
+
+    async def remove(self, device: int) -> None:
+        """Power device ``device`` off and drop it: a departure (its job in flight fails, and is retried)."""
+        if device not in self._devices:
+            raise EdgeError(f"edge device {device} is not in the fleet (devices: {self.devices})")
+        if len(self._devices) == 1:
+            raise EdgeError(f"edge device {device} is the fleet's last one; stop the gateway instead")
+        instance = self._devices.pop(device)
+        self.generation += 1
+        log.info("edge%d: removed (fleet generation %d, %d devices)", device, self.generation, len(self))
+        await instance.shutdown()
 
     async def stop(self) -> None:
         """Power every guest off; no QEMU process or FIFO is left behind."""

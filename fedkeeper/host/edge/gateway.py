@@ -6,15 +6,21 @@ in ``X-Edge-Execution-Id``. A malformed job gets a 4xx ``{"error": "<one line>"}
 dies or times out gets 503 (the fleet restarts it; the caller retries). ``GET /v1/health``
 reports every instance (alive, restarts, PSS, CPU) and the caches.
 
+Devices join and leave while it serves: ``POST /v1/devices`` boots one more (201, its id),
+``DELETE /v1/devices/{id}`` powers one off, and ``GET /v1/devices`` answers the device ids, the
+fleet's ``generation`` (bumped by every add and remove, not by a crash-restart: a restarted guest
+keeps its id) and the device each known client goes to. The keeper reads it at each round
+boundary, and pins the client slots it bound to devices with ``PUT /v1/assignment``.
+
 Every request needs ``Authorization: Bearer <token>`` (401 otherwise). A job names its data set;
 the gateway loads only built-in data sets and those configured for it by name (``--dataset
 mnist=PATH``), never a path or URL a request brings. Weights and data-set archives are checked
 for their decompressed size before anything is inflated, and loaded data sets and partition
 images live in LRU caches bounded in bytes.
 
-Clients stick to instances: the first job of a client picks the least-loaded instance and every
-later job of that client goes there, so a guest reboots with new data only when clients
-outnumber instances.
+Clients stick to instances: the first job of a client picks the least-loaded instance (unless
+the client is pinned to a device) and every later job of that client goes there (until that
+device leaves), so a guest reboots with new data only when clients outnumber instances.
 """
 
 from __future__ import annotations
@@ -211,22 +217,24 @@ def train_params(job: Job) -> TrainParams:
 
 # --------------------------------------------------------------------------- assignment, data
 class Assignment:
-    """Sticky client -> instance map; a new client goes to the instance with the fewest clients."""
+    """Sticky client -> device map; a new client, or one whose device left, goes to the device with
+    the fewest clients."""
 
-    def __init__(self, instances: int) -> None:
-        self.instances = instances
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
         self.of: dict[int, int] = {}
 
     def __call__(self, client: int) -> int:
-        if client not in self.of:
-            load = [0] * self.instances
-            for index in self.of.values():
-                load[index] += 1
-            self.of[client] = load.index(min(load))
+        if self.of.get(client) not in self.fleet:
+            load = dict.fromkeys(self.fleet.devices, 0)
+            for device in self.of.values():
+                if device in load:
+                    load[device] += 1
+            self.of[client] = min(load, key=load.__getitem__)
         return self.of[client]
 
-    def clients(self, index: int) -> list[int]:
-        return sorted(c for c, i in self.of.items() if i == index)
+    def clients(self, device: int) -> list[int]:
+        return sorted(c for c, d in self.of.items() if d == device)
 
 
 class LruCache(Generic[T]):
@@ -309,7 +317,7 @@ class Gateway:
         self.options = options
         self.job_timeout_s = options.job_timeout_s
         self.loader = loader
-        self.assignment = Assignment(len(fleet))
+        self.assignment = Assignment(fleet)
         self.datasets: LruCache[Any] = LruCache(options.dataset_cache_bytes, dataset_bytes)
         self.partitions: LruCache[Partition] = LruCache(options.partition_cache_bytes, lambda p: len(p.image))
         self.executions = 0
@@ -438,6 +446,7 @@ class Gateway:
             {
                 "firmware": self.fleet.config.firmware.name,
                 "instances": len(usage),
+                "generation": self.fleet.generation,
                 "alive": sum(u.alive for u in usage),
                 "restarts": sum(u.restarts for u in usage),
                 "executions": self.executions,
@@ -451,6 +460,7 @@ class Gateway:
                 "details": [
                     {
                         "index": u.index,
+                        "device": u.index,
                         "pid": u.pid,
                         "alive": u.alive,
                         "restarts": u.restarts,
@@ -465,10 +475,70 @@ class Gateway:
             }
         )
 
+    def _fleet(self) -> dict[str, Any]:
+        clients = {str(c): d for c, d in sorted(self.assignment.of.items()) if d in self.fleet}
+        return {"generation": self.fleet.generation, "devices": self.fleet.devices, "clients": clients}
+
+    async def devices(self, request: web.Request) -> web.Response:
+        """The device set and its generation: what the keeper reads at each round boundary."""
+        return web.json_response(self._fleet())
+
+    async def add_device(self, request: web.Request) -> web.Response:
+        execution = uuid.uuid4().hex
+        try:
+            instance = await self.fleet.add()
+        except EdgeError as exc:
+            log.error("execution %s: adding a device failed: %s", execution, exc)
+            return _error(503, f"adding an edge device failed: {exc}", execution)
+        return web.json_response(
+            {"device": instance.index, **self._fleet()}, status=201, headers={EXECUTION_HEADER: execution}
+        )
+
+    async def remove_device(self, request: web.Request) -> web.Response:
+        execution = uuid.uuid4().hex
+        raw = request.match_info["device"]
+        try:
+            device = int(raw)
+        except ValueError:
+            return _error(404, f"device {raw!r} is not an integer id", execution)
+        if device not in self.fleet:
+            return _error(
+                404, f"edge device {device} is not in the fleet (devices: {self.fleet.devices})", execution
+            )
+        try:
+            await self.fleet.remove(device)
+        except EdgeError as exc:
+            return _error(409, str(exc), execution)
+        return web.json_response({"device": device, **self._fleet()}, headers={EXECUTION_HEADER: execution})
+
+    async def pin_clients(self, request: web.Request) -> web.Response:
+        """Route each client of ``{"clients": {"<client>": device}}`` to that device from now on."""
+        execution = uuid.uuid4().hex
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "request body is not valid JSON", execution)
+        pins = body.get("clients") if isinstance(body, dict) else None
+        if not isinstance(pins, dict):
+            return _error(400, 'body must be {"clients": {"<client>": <device>, ...}}', execution)
+        wanted: dict[int, int] = {}
+        for client, device in pins.items():
+            if not str(client).isdigit() or not isinstance(device, int) or isinstance(device, bool):
+                return _error(400, f"clients.{client}: expected an integer client id and device", execution)
+            if device not in self.fleet:
+                return _error(404, f"clients.{client}: edge device {device} is not in the fleet", execution)
+            wanted[int(client)] = device
+        self.assignment.of.update(wanted)
+        return web.json_response(self._fleet())
+
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=self.options.max_request_bytes, middlewares=[self.authenticate])
         app.router.add_post("/v1/clients/{client}/train", self.train)
         app.router.add_get("/v1/health", self.health)
+        app.router.add_get("/v1/devices", self.devices)
+        app.router.add_post("/v1/devices", self.add_device)
+        app.router.add_delete("/v1/devices/{device}", self.remove_device)
+        app.router.add_put("/v1/assignment", self.pin_clients)
         return app
 
 
