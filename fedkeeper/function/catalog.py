@@ -101,6 +101,8 @@ DIRECT_CLIENT_NEEDS = Needs(async_invoke=True, store_access=True)
 # The managing functions: the keeper tracks the invoker's activations (async), and all three read
 # and write the store.
 MANAGING_NEEDS = Needs(async_invoke=True, store_access=True)
+# A local aggregator (topology hierarchical) is invoked synchronously and reads and writes the store.
+LOCAL_AGGREGATOR_NEEDS = Needs(store_access=True)
 # A client takes part in federated evaluation only where its platform runs an evaluate activation.
 EVALUATE_NEEDS = Needs(evaluate=True)
 

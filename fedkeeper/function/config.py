@@ -181,6 +181,41 @@ class Staleness(_Model):
         return {"kind": data} if isinstance(data, str) else data
 
 
+class Topology(_Model):
+    """How a round's updates reach the global aggregator (README, *Topology*).
+
+    ``flat``: one aggregator reads every update. ``hierarchical``: one local aggregator per group
+    of clients reduces its group's updates to a partial in the store, and the global aggregator
+    combines the partials (hierarchy-exact strategies only). ``groups``: ``by_cluster`` (a group
+    per client-hosting cluster), ``by_platform``, ``clustered`` (the cheapest assignment within
+    ``balance_tolerance`` of the mean group size, ``host/topology.py``) or ``explicit``
+    (``members``: lists of client ids, every client exactly once).
+    """
+
+    kind: Literal["flat", "hierarchical"] = "flat"
+    groups: Literal["by_cluster", "by_platform", "clustered", "explicit"] = "by_cluster"
+    members: list[list[NonNegativeInt]] | None = None
+    # clustered: each group's examples within this fraction of the mean group's
+    balance_tolerance: Annotated[float, Field(ge=0)] = 0.25
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_only(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _members_with_explicit(self) -> Topology:
+        if self.groups == "explicit" and not self.members:
+            raise ValueError("groups explicit needs members: a list of client-id lists")
+        if self.groups != "explicit" and self.members is not None:
+            raise ValueError(f"members is only read with groups explicit, not {self.groups}")
+        return self
+
+    @property
+    def hierarchical(self) -> bool:
+        return self.kind == "hierarchical"
+
+
 class ServerConfig(_Model):
     """How the keeper drives rounds."""
 
@@ -213,6 +248,8 @@ class ServerConfig(_Model):
     # Aggregate each round in this many parallel aggregator activations, each over a contiguous
     # range of the model's arrays (for models past one function's memory); shard-exact strategies only.
     aggregation_shards: PositiveInt = 1
+    # flat, or hierarchical: local aggregators per group of clients, then a global one.
+    topology: Topology = Topology()
     # How clients' updates are compressed between the client and the store (store/codecs.py).
     compression: Compression = Compression()
     # Each platform's prices: the catalog's defaults, with the figures given here replaced.
@@ -282,6 +319,7 @@ class ServerConfig(_Model):
             "max_cost": self.max_cost is not None,
             "objective": self.objective != "none",
             "aggregation_shards": self.aggregation_shards > 1,
+            "topology hierarchical": self.topology.hierarchical,
             "standby_clients": self.standby_clients > 0,
             "strategy.fraction_evaluate": self.strategy.build().fraction_evaluate > 0,
         }
@@ -326,6 +364,27 @@ class ServerConfig(_Model):
             raise ValueError(
                 f"aggregation_shards {self.aggregation_shards}: strategy {self.strategy.name} does not "
                 f"aggregate array by array, so it cannot be sharded (shard-exact: {exact})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _hierarchy_fits(self) -> ServerConfig:
+        if not self.topology.hierarchical:
+            return self
+        if not self.strategy.strategy_class.hierarchy_exact:
+            exact = ", ".join(name for name, cls in STRATEGIES.items() if cls.hierarchy_exact)
+            raise ValueError(
+                f"topology hierarchical: strategy {self.strategy.name} needs every update at once, not "
+                f"partial sums per group (hierarchy-exact: {exact})"
+            )
+        if self.aggregation_shards > 1:
+            raise ValueError(
+                f"topology hierarchical with aggregation_shards {self.aggregation_shards}: use one of them"
+            )
+        if self.mode == "semi_async":
+            raise ValueError(
+                "topology hierarchical with mode semi_async: late updates are folded by the flat "
+                "aggregator only; use one of them"
             )
         return self
 
@@ -519,6 +578,22 @@ class FederatedLearning(_Model):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _groups_cover_clients(self) -> FederatedLearning:
+        members = self.server_config.topology.members
+        if members is None:
+            return self
+        seen = [c for group in members for c in group]
+        total = self.clients_info.total_num_clients
+        wrong = sorted({c for c in seen if c >= total} | {c for c in seen if seen.count(c) > 1})
+        missing = sorted(set(range(total)) - set(seen))
+        if wrong or missing or any(not group for group in members):
+            raise ValueError(
+                f"server_config.topology.members: {members} must hold every client 0..{total - 1} exactly "
+                f"once in non-empty groups (missing {missing}, repeated or unknown {wrong})"
+            )
+        return self
+
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed session must share with its start (see :data:`TRAINING_FIELDS`)."""
         return training_fingerprint(self.model_dump(mode="json"))
@@ -623,6 +698,7 @@ TRAINING_FIELDS: dict[str, tuple[str, ...] | None] = {  # section -> fields (Non
         "rotation_rounds",
         "seed",
         "compression",
+        "topology",
         "max_cost",
         "objective",
         "mode",
@@ -643,6 +719,12 @@ TRAINING_FIELDS: dict[str, tuple[str, ...] | None] = {  # section -> fields (Non
 # a stored scenario or fingerprint without one reads as this.
 ADDED_LATER: dict[str, Any] = {
     "server_config.compression": "none",
+    "server_config.topology": {
+        "kind": "flat",
+        "groups": "by_cluster",
+        "members": None,
+        "balance_tolerance": 0.25,
+    },
     "server_config.max_cost": None,
     "server_config.objective": "none",
     "server_config.mode": "sync",

@@ -416,6 +416,8 @@ def capability_report(config: Config) -> tuple[list[str], int]:
                 if reasons:
                     problems += 1
                     lines.append(f"{where}: {deployed.spec.name} cannot be deployed: {'; '.join(reasons)}")
+    if plan and plan.groups:
+        lines += plan.topology_lines()
     return lines, problems
 
 

@@ -10,7 +10,9 @@ for the invoker's duration (its own is not recorded; the invoker's bounds it).
 Bytes are counted per :data:`LINKS` entry and priced at the platform of the function moving them:
 every client attempt reads the round's global weights, every stored update was written by its
 client, and the aggregator reads the weights and the included updates and writes the next weights.
-A further link (a local aggregator's partial to the global one) is one more entry.
+With ``topology: hierarchical`` each local aggregator reads the weights and its group's updates and
+writes its partial (:data:`LOCAL_TO_GLOBAL`, read by the global aggregator), and the global
+aggregator reads the weights and the updates of any group whose partial it had to make itself.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 from fedkeeper.function.catalog import AGGREGATOR_FUNCTION, CLIENT_FUNCTION, INVOKER_FUNCTION
 from fedkeeper.function.prices import GB, Prices
 from fedkeeper.function.strategies import ClientRate
-from fedkeeper.host.ledger import LedgerEntry, LedgerStatus
+from fedkeeper.host.ledger import LedgerEntry, LedgerStatus, group_of
 from fedkeeper.host.placement import Route
 from fedkeeper.host.plan import Plan
 
@@ -30,7 +32,14 @@ CLIENT_TO_STORE = "client_to_store"  # each stored update
 STORE_TO_CLIENT = "store_to_client"  # the global weights, once per client attempt
 STORE_TO_AGGREGATOR = "store_to_aggregator"  # the weights and the included updates
 AGGREGATOR_TO_STORE = "aggregator_to_store"  # the next global weights
-LINKS: tuple[str, ...] = (CLIENT_TO_STORE, STORE_TO_CLIENT, STORE_TO_AGGREGATOR, AGGREGATOR_TO_STORE)
+LOCAL_TO_GLOBAL = "local_to_global"  # each group's partial, from its local aggregator to the global one
+LINKS: tuple[str, ...] = (
+    CLIENT_TO_STORE,
+    STORE_TO_CLIENT,
+    STORE_TO_AGGREGATOR,
+    AGGREGATOR_TO_STORE,
+    LOCAL_TO_GLOBAL,
+)
 # Attempts the platform never ran: no invocation, no bytes.
 NOT_RUN = {LedgerStatus.NOT_STARTED, LedgerStatus.SUBMITTED}
 
@@ -71,7 +80,8 @@ def round_cost(
 ) -> RoundCost:
     """The cost of a round's ledger ``entries`` and of the bytes its ``metrics`` record.
 
-    ``metrics``: the aggregator's (``weights_bytes``, ``update_bytes_by_client``; absent counts 0).
+    ``metrics``: the aggregator's (``weights_bytes``, ``update_bytes_by_client``, and with groups
+    ``groups`` and ``partial_bytes_by_group``; absent counts 0).
     ``prices_of(platform)``, ``memory_of(function)``: the session's price tables and memory limits.
     """
     weights = int(metrics.get("weights_bytes") or 0)
@@ -79,6 +89,12 @@ def round_cost(
     moved = dict.fromkeys(LINKS, 0)
     compute = transfer = 0.0
     client_platform: dict[int, str] = {}
+    groups = {int(g): [int(c) for c in members] for g, members in (metrics.get("groups") or {}).items()}
+    partials = {int(g): int(b) for g, b in (metrics.get("partial_bytes_by_group") or {}).items()}
+    reduced: set[int] = set()  # groups whose partial a local aggregator read its updates for
+
+    def group_uploads(members: Iterable[int]) -> int:
+        return sum(uploads.get(c, 0) for c in members)
 
     def move(link: str, size: int, platform: str) -> None:
         nonlocal transfer
@@ -101,8 +117,18 @@ def round_cost(
             if e.status != LedgerStatus.UNAVAILABLE:
                 move(STORE_TO_CLIENT, weights, runs_on)
         elif e.function == AGGREGATOR_FUNCTION and e.status == LedgerStatus.SUCCESS:
-            move(STORE_TO_AGGREGATOR, weights + sum(uploads.values()), e.platform)
-            move(AGGREGATOR_TO_STORE, weights, e.platform)
+            group = group_of(e.client)
+            if group is None and not groups:
+                move(STORE_TO_AGGREGATOR, weights + sum(uploads.values()), e.platform)
+                move(AGGREGATOR_TO_STORE, weights, e.platform)
+            elif group is not None and group in partials and group not in reduced:
+                reduced.add(group)
+                move(STORE_TO_AGGREGATOR, weights + group_uploads(groups.get(group, ())), e.platform)
+                move(LOCAL_TO_GLOBAL, partials[group], e.platform)
+            elif group is None:  # the global aggregator: the groups left without a partial
+                alone = [c for g, members in groups.items() if g not in partials for c in members]
+                move(STORE_TO_AGGREGATOR, weights + group_uploads(alone), e.platform)
+                move(AGGREGATOR_TO_STORE, weights, e.platform)
     for client, size in uploads.items():
         platform = client_platform.get(client)
         if platform is not None:

@@ -46,7 +46,14 @@ from fedkeeper.function.strategies import (
 from fedkeeper.host.async_rounds import AsyncDriver
 from fedkeeper.host.costs import rates_after, round_cost
 from fedkeeper.host.history import ClientHistory, History, fold
-from fedkeeper.host.ledger import SERVER, Ledger, LedgerEntry, LedgerStatus, aggregation_shard
+from fedkeeper.host.ledger import (
+    SERVER,
+    Ledger,
+    LedgerEntry,
+    LedgerStatus,
+    aggregation_shard,
+    local_aggregator,
+)
 from fedkeeper.host.outages import Outages, OutageTooLong, OutageWatch
 from fedkeeper.host.plan import Key, Plan
 from fedkeeper.host.providers.base import Provider
@@ -201,6 +208,8 @@ class Keeper:
             f"up to {self.server.max_rounds} {'versions' if self.server.mode == 'async' else 'rounds'}, "
             f"target accuracy {self.server.target_accuracy}"
         )
+        for line in self.plan.topology_lines() if self.plan.groups else []:
+            reporter.say(line)
         if self.server.strategy.build().fraction_evaluate > 0:
             for where, why in self.plan.cannot_evaluate().items():
                 reporter.say(f"federated evaluation leaves out the clients on {where}: {why}")
@@ -387,12 +396,18 @@ class Keeper:
 
     # ------------------------------------------------------------------ managing functions
     def _call_server(
-        self, function: str, round_number: int, params: dict[str, Any], client: int = SERVER
+        self,
+        function: str,
+        round_number: int,
+        params: dict[str, Any],
+        client: int = SERVER,
+        provider: Provider | None = None,
     ) -> dict[str, Any]:
-        """Invoke a managing function and wait, retrying failures with backoff and waiting out
-        outages (which cost no retry); every attempt is in the ledger, under ``client``."""
+        """Invoke a managing function (on the server cluster unless ``provider``) and wait, retrying
+        failures with backoff and waiting out outages (which cost no retry); every attempt is in
+        the ledger, under ``client``."""
         timeout_s = float(self.plan.limits[function].timeout) + 30
-        provider = self.server_provider
+        provider = provider or self.server_provider
         attempt = self.ledger.attempts(round_number, function, client)
         failures = 0
         while True:
@@ -520,6 +535,7 @@ class Keeper:
         """The aggregator's metrics of the closed round, with the keeper's own; then old payloads go."""
         params = {"session": self.session_id, "round": round_number, "clients": list(closed.included)}
         self._aggregate_shards(round_number, params)
+        self._aggregate_groups(round_number, closed, params)
         metrics = self._call_server(AGGREGATOR_FUNCTION, round_number, params)
         extra = {"retries": closed.retries, "failed_clients": len(closed.failed), "duration_s": watch.elapsed}
         if driver.late is not None:  # semi_async: late activations still running
@@ -616,6 +632,38 @@ class Keeper:
                 for shard in range(shards)
             ]
             for call in calls:
+                call.result()
+
+    def _aggregate_groups(self, round_number: int, closed: ClosedRound, params: dict[str, Any]) -> None:
+        """With ``topology: hierarchical``, a local aggregator per group with included clients, at
+        once, each on its group's cluster and retried on its own; the round keeps the groups.
+
+        One that fails past its retries is noted and left: the global aggregator reduces its
+        group's updates itself, so none is lost.
+        """
+        included = set(closed.included)
+        groups = [
+            {"group": g.index, "clients": [c for c in g.clients if c in included], "where": g.where}
+            for g in self.plan.groups
+            if included & set(g.clients)
+        ]
+        if not groups:
+            return
+        stored = self.session.rounds.set_groups(round_number, groups)
+        hosts = {g.index: self.providers[g.host] for g in self.plan.groups}
+
+        def local(group: int) -> None:
+            try:
+                self._call_server(
+                    AGGREGATOR_FUNCTION, round_number, {**params, "group": group},
+                    local_aggregator(group), hosts[group],
+                )  # fmt: skip
+            except SessionFailed as exc:
+                self._note(f"round {round_number}: local aggregator of group {group} gave up ({exc}); "
+                           "the global aggregator reduces its updates")  # fmt: skip
+
+        with ThreadPoolExecutor(max_workers=len(stored), thread_name_prefix="local-aggregator") as pool:
+            for call in [pool.submit(local, int(g["group"])) for g in stored]:
                 call.result()
 
     def _note(self, message: str) -> None:

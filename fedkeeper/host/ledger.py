@@ -34,6 +34,19 @@ def aggregation_shard(shard: int) -> int:
     return SERVER - 1 - shard
 
 
+LOCAL_AGGREGATORS = -1000  # ``client`` values at or below: local aggregators (topology hierarchical)
+
+
+def local_aggregator(group: int) -> int:
+    """``client`` value of the entries of group ``group``'s local aggregator (-1000, -1001, ...)."""
+    return LOCAL_AGGREGATORS - group
+
+
+def group_of(client: int) -> int | None:
+    """The group whose local aggregator a ``client`` value names; None for any other entry."""
+    return LOCAL_AGGREGATORS - client if client <= LOCAL_AGGREGATORS else None
+
+
 class LedgerStatus(StrEnum):
     """An attempt's outcome: the platform's (:class:`ActivationStatus`) or the keeper's own."""
 

@@ -14,15 +14,23 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from fedkeeper.function.catalog import CLIENT_FUNCTION, EVALUATE_NEEDS, INVOKER_FUNCTION, MANAGING_FUNCTIONS
+from fedkeeper.function.catalog import (
+    AGGREGATOR_FUNCTION,
+    CLIENT_FUNCTION,
+    EVALUATE_NEEDS,
+    INVOKER_FUNCTION,
+    MANAGING_FUNCTIONS,
+)
 from fedkeeper.function.catalog import platform as catalog_platform
 from fedkeeper.function.config import FUNCTION_NAMES, Config
 from fedkeeper.function.invoke.base import unsupported
+from fedkeeper.function.prices import CURRENCY
 from fedkeeper.function.settings import FunctionSettings
 from fedkeeper.host.packaging import function_dir
 from fedkeeper.host.placement import Placement, Route, place_clients
 from fedkeeper.host.providers.base import FunctionSpec, Provider
 from fedkeeper.host.services import store_url
+from fedkeeper.host.topology import Group, hierarchy
 
 Key = tuple[str, str]  # (platform, cluster): a cluster among the opened providers
 
@@ -58,12 +66,20 @@ class Plan:
         Every function this configuration deploys, in deploy order (managing functions first).
     limits
         Each catalog function's settings (memory, timeout, concurrency).
+    groups
+        With ``topology: hierarchical``, the groups of clients and where each one's local
+        aggregator runs (``host/topology.py``); empty when flat.
+    communication_cost
+        A round's cost of moving every client's update to its group's aggregator and each
+        partial to the server cluster, at the clustering's link prices (0 when flat).
     """
 
     server: Key
     placements: tuple[Placement, ...]
     deployments: tuple[Deployment, ...]
     limits: Mapping[str, FunctionSettings]
+    groups: tuple[Group, ...] = ()
+    communication_cost: float = 0.0
 
     @classmethod
     def build(cls, config: Config, providers: Mapping[Key, Provider] | None = None) -> Plan:
@@ -117,7 +133,10 @@ class Plan:
         for (platform, cluster), count in counts.items():
             bound = store if catalog_platform(platform).capabilities.store_access else {}
             deployments.append(Deployment(platform, cluster, spec(CLIENT_FUNCTION, bound, count)))
-        return cls(server, placements, tuple(deployments), MappingProxyType(limits))
+        groups, cost = hierarchy(fl, placements, server)
+        for host in dict.fromkeys(g.host for g in groups if g.host != server):
+            deployments.append(Deployment(*host, spec(AGGREGATOR_FUNCTION, store)))
+        return cls(server, placements, tuple(deployments), MappingProxyType(limits), groups, cost)
 
     @property
     def server_where(self) -> str:
@@ -152,6 +171,19 @@ class Plan:
     def client_only(self) -> set[str]:
         """``platform/cluster`` of every cluster that hosts clients but not the managing functions."""
         return {f"{p}/{c}" for p, c in self.clients_per_cluster()} - {self.server_where}
+
+    def topology_lines(self) -> list[str]:
+        """The groups, where each one's local aggregator runs, and the plan's communication cost."""
+        lines = [
+            f"group {g.index}: clients {list(g.clients)} -> local aggregator on {g.where}"
+            for g in self.groups
+        ]
+        lines.append(
+            f"topology hierarchical: {len(self.groups)} local aggregators, communication cost "
+            f"{self.communication_cost:.6f} {CURRENCY} per round (updates to their aggregators, partials to "
+            f"{self.server_where})"
+        )
+        return lines
 
     def on(self, key: Key) -> list[Deployment]:
         """What is deployed to one cluster."""

@@ -34,7 +34,7 @@ PARAMS: dict[str, dict[str, Any]] = {
 SAMPLE = Path(__file__).resolve().parents[2] / "config-sample.yaml"
 
 
-def _scenario(strategy: str, shards: int) -> dict[str, Any]:
+def _scenario(strategy: str, **server: Any) -> dict[str, Any]:
     return FederatedLearning.model_validate(
         {
             "server_config": {
@@ -42,7 +42,7 @@ def _scenario(strategy: str, shards: int) -> dict[str, Any]:
                 "num_clients_per_round": CLIENTS,
                 "seed": 4,
                 "strategy": {"name": strategy, **PARAMS[strategy]},
-                "aggregation_shards": shards,
+                **server,
             },
             "clients_info": {"total_num_clients": CLIENTS, "ow_clients_count": CLIENTS},
             "training_test_data": {"dataset": "digits"},
@@ -60,9 +60,9 @@ def store(mongo_url: str, mongo_db_name: str) -> Iterator[Store]:
     store.db.client.drop_database(mongo_db_name)
 
 
-def _session(store: Store, name: str, strategy: str, shards: int) -> tuple[dict[str, Any], SessionStore]:
+def _session(store: Store, name: str, strategy: str, **server: Any) -> tuple[dict[str, Any], SessionStore]:
     session = store.for_session(name)
-    session.record.create({"scenario": _scenario(strategy, shards)})
+    session.record.create({"scenario": _scenario(strategy, **server)})
     bound = {"store": {"url": store.url, "database": store.db.name}}
     assert "error" not in run("fl_server_init", {"session": session.id}, bound)
     return bound, session
@@ -78,8 +78,8 @@ def _aggregator(
 
 @pytest.mark.parametrize("strategy", list(PARAMS))
 def test_sharded_aggregation_gives_the_unsharded_bits(store: Store, strategy: str) -> None:
-    whole_bound, whole = _session(store, f"whole-{strategy}", strategy, 1)
-    sharded_bound, sharded = _session(store, f"sharded-{strategy}", strategy, SHARDS)
+    whole_bound, whole = _session(store, f"whole-{strategy}", strategy)
+    sharded_bound, sharded = _session(store, f"sharded-{strategy}", strategy, aggregation_shards=SHARDS)
     assert wire.checksum(whole.weights.get(0)) == wire.checksum(sharded.weights.get(0))
     sizes = [w.size for w in whole.weights.get(0)]
     assert len({stop - start for start, stop in array_ranges(sizes, SHARDS)}) > 1  # uneven ranges
@@ -128,7 +128,7 @@ def test_sharded_aggregation_gives_the_unsharded_bits(store: Store, strategy: st
 
 
 def test_a_shard_activation_that_runs_again_keeps_its_first_result(store: Store) -> None:
-    bound, session = _session(store, "again", "fedavg", 2)
+    bound, session = _session(store, "again", "fedavg", aggregation_shards=2)
     current = session.weights.get(0)
     session.rounds.open(0, [0, 1], {})
     for client in (0, 1):

@@ -96,6 +96,7 @@ class ScriptedProvider(Provider):
         default_factory=set
     )  # managing functions ("fl_server_aggregator shard 1" for a shard) whose next call outlives its wait
     managing: list[str] = field(default_factory=list)  # the managing calls, in order
+    failing: set[str] = field(default_factory=set)  # managing calls that always fail ("... group 1")
     concurrency: int | None = None
     throttled: int = 0  # invokes refused for the concurrency limit
     invoked: list[tuple[int, int]] = field(default_factory=list)  # (client, attempt), in order
@@ -163,14 +164,24 @@ class ScriptedProvider(Provider):
         """The managing functions, as far as the keeper sees them: init marks the session
         initialised; the aggregator finishes the round with a fixed accuracy."""
         self._answer()
-        call = name if "shard" not in params else f"{name} shard {params['shard']}"
+        call = name
+        for part in ("shard", "group"):
+            call += f" {part} {params[part]}" if part in params else ""
         self.managing.append(call)
         if call in self.pending_once:
             self.pending_once.discard(call)
             return ActivationRecord(f"a{next(self._ids)}", ActivationStatus.PENDING)
+        now_ms = int(self.clock() * 1000)
+        if call in self.failing:
+            error = {"error": "ValueError: scripted failure"}
+            return ActivationRecord(
+                f"a{next(self._ids)}", ActivationStatus.APPLICATION_ERROR, error, now_ms, now_ms
+            )
         session = self.store.for_session(str(params["session"]))
         if name == AGGREGATOR_FUNCTION and "shard" in params:  # a shard stores its slice, no more
             result: dict[str, Any] = {"round": int(params["round"]), "shard": int(params["shard"])}
+        elif name == AGGREGATOR_FUNCTION and "group" in params:  # a local aggregator: its partial only
+            result = {"round": int(params["round"]), "group": int(params["group"])}
         elif name == SERVER_INIT_FUNCTION:
             session.weights.put(0, WEIGHTS)
             session.record.mark_initialised()
@@ -192,7 +203,6 @@ class ScriptedProvider(Provider):
             session.rounds.finish(round_number, result)
         else:
             raise ProviderError(f"{name} is invoked asynchronously")
-        now_ms = int(self.clock() * 1000)
         return ActivationRecord(f"a{next(self._ids)}", ActivationStatus.SUCCESS, result, now_ms, now_ms)
 
     def deploy(self, spec: FunctionSpec) -> None:

@@ -17,13 +17,14 @@ from fedkeeper.function.strategies import ClientRate
 from fedkeeper.host.costs import (
     AGGREGATOR_TO_STORE,
     CLIENT_TO_STORE,
+    LOCAL_TO_GLOBAL,
     STORE_TO_AGGREGATOR,
     STORE_TO_CLIENT,
     client_rates,
     round_cost,
 )
 from fedkeeper.host.keeper import Keeper
-from fedkeeper.host.ledger import Ledger, LedgerStatus
+from fedkeeper.host.ledger import Ledger, LedgerStatus, local_aggregator
 from fedkeeper.host.plan import Plan
 from tests.keeper.fakes import scripted_keeper
 from tests.keeper.test_plan import _config as three_platforms
@@ -55,6 +56,47 @@ def _ran(ledger: Ledger, function: str, client: int, platform: str, ms: int, **k
         LedgerStatus(status.value),
         ActivationRecord(f"{function}-{client}", status, result, 1000, 1000 + ms),
     )
+
+
+def test_a_hierarchical_rounds_bytes_count_each_local_aggregators_group_and_partial(store: Store) -> None:
+    """Group 0's local aggregator ran on GCF; group 1's failed for good, so the global aggregator
+    read its clients' updates itself; each partial crosses the local-to-global link once."""
+    session = store.for_session("s-tree")
+    session.record.create({})
+    ledger = Ledger(session)
+    for client in (0, 1, 2):
+        _ran(ledger, CLIENT_FUNCTION, client, "openwhisk", 0)
+    _ran(ledger, AGGREGATOR_FUNCTION, local_aggregator(0), "google", 0)
+    _ran(ledger, AGGREGATOR_FUNCTION, local_aggregator(0), "google", 0)  # ran again: counted once
+    _ran(
+        ledger,
+        AGGREGATOR_FUNCTION,
+        local_aggregator(1),
+        "openwhisk",
+        0,
+        status=ActivationStatus.APPLICATION_ERROR,
+    )
+    _ran(ledger, AGGREGATOR_FUNCTION, -1, "openwhisk", 0)
+    weights, up, part = GB // 4, GB // 8, GB // 2
+    metrics = {
+        "weights_bytes": weights,
+        "update_bytes_by_client": {"0": up, "1": up, "2": up},
+        "groups": {"0": [0, 1], "1": [2]},
+        "partial_bytes_by_group": {"0": part},
+    }
+    cost = round_cost(ledger.round_entries(0), metrics, PRICES.__getitem__, MEMORY.__getitem__)
+    assert dict(cost.bytes) == {
+        CLIENT_TO_STORE: 3 * up,
+        STORE_TO_CLIENT: 3 * weights,
+        STORE_TO_AGGREGATOR: (weights + 2 * up) + (weights + up),  # group 0's local; the global for group 1
+        AGGREGATOR_TO_STORE: weights,
+        LOCAL_TO_GLOBAL: part,
+    }
+    ow, g = PRICES["openwhisk"], PRICES["google"]
+    transfer = (3 * 0.125 + 3 * 0.25 + 0.25 + 0.125 + 0.25) * ow.gb_transferred + (
+        0.25 + 0.25 + 0.5
+    ) * g.gb_transferred
+    assert cost.transfer == pytest.approx(transfer)
 
 
 def test_a_rounds_cost_is_gb_seconds_invocations_and_bytes_at_each_platforms_prices(store: Store) -> None:
@@ -92,6 +134,7 @@ def test_a_rounds_cost_is_gb_seconds_invocations_and_bytes_at_each_platforms_pri
         STORE_TO_CLIENT: 3 * weights,
         STORE_TO_AGGREGATOR: weights + up0 + up2,
         AGGREGATOR_TO_STORE: weights,
+        LOCAL_TO_GLOBAL: 0,
     }
     transfer = (
         (2 * 0.25 + 0.125 + 0.25 + 0.125 + 0.5 + 0.25) * ow.gb_transferred  # clients 0, 1; aggregator

@@ -79,3 +79,35 @@ def test_aggregation_shards_run_before_the_joining_aggregator_each_retried_on_it
         assert aggregations[-1] == AGGREGATOR_FUNCTION and AGGREGATOR_FUNCTION not in aggregations[:-1]
     finally:
         store.db.client.drop_database(mongo_db_name)
+
+
+def test_local_aggregators_run_per_group_and_one_failing_for_good_leaves_its_updates_to_the_global_one(
+    mongo_url: str, mongo_db_name: str, tmp_path: Path
+) -> None:
+    store = Store(mongo_url, mongo_db_name)
+    store.ensure_indexes()
+    topology = {"kind": "hierarchical", "groups": "explicit", "members": [[0], [1]]}
+    config = _config(tmp_path, topology=topology, max_retries=1, retry_backoff_s=0.1)
+    clock, plan = FakeClock(), Plan.build(config)
+    provider = ScriptedProvider(clock, store)
+    keeper = Keeper(config, plan, store, {plan.server: provider}, clock, clock.sleep)
+    provider.failing.add(f"{AGGREGATOR_FUNCTION} group 1")
+    try:
+        session = store.for_session(keeper.start())
+        assert session.record.get()["phase"] == "Succeeded"
+        calls = [e for e in Ledger(session).entries() if e.function == AGGREGATOR_FUNCTION]
+        by_client = {c: [e.status for e in calls if e.client == c] for c in (-1, -1000, -1001)}
+        assert by_client == {
+            -1: [LedgerStatus.SUCCESS],  # the global aggregator
+            -1000: [LedgerStatus.SUCCESS],  # group 0's local aggregator
+            -1001: [LedgerStatus.APPLICATION_ERROR] * 2,  # group 1's: out of its retries
+        }
+        assert provider.managing[-1] == AGGREGATOR_FUNCTION  # the global one comes last
+        doc = session.rounds.get(0)
+        assert doc["groups"] == [
+            {"group": 0, "clients": [0], "where": "openwhisk/local"},
+            {"group": 1, "clients": [1], "where": "openwhisk/local"},
+        ]
+        assert doc["metrics"]["accepted"] == [0, 1]  # the global aggregator got every included client
+    finally:
+        store.db.client.drop_database(mongo_db_name)

@@ -22,6 +22,7 @@ from fedkeeper.function.store.evaluations import Evaluations
 from fedkeeper.function.store.global_weights import GlobalWeights
 from fedkeeper.function.store.membership import MembershipRecord
 from fedkeeper.function.store.mongo import shared_client, store_errors
+from fedkeeper.function.store.partials import Partials
 from fedkeeper.function.store.partitions import Partitions
 from fedkeeper.function.store.rounds import Rounds
 from fedkeeper.function.store.sessions import SessionRecord
@@ -50,6 +51,9 @@ INDEXES: dict[str, list[IndexModel]] = {
     "partitions": [IndexModel([("session", ASCENDING), ("client", ASCENDING)], unique=True)],
     "aggregation_shards": [
         IndexModel([("session", ASCENDING), ("round", ASCENDING), ("shard", ASCENDING)], unique=True)
+    ],
+    "partial_aggregates": [
+        IndexModel([("session", ASCENDING), ("round", ASCENDING), ("group", ASCENDING)], unique=True)
     ],
     # strategy state: exact (round) and latest-at-or-before (round <=) look-ups
     "strategy_state": [
@@ -117,8 +121,8 @@ class Store:
 
 class SessionStore:
     """One session's state, by concern: ``record`` (its document), ``membership``, ``weights``, ``updates``,
-    ``evaluations``, ``partitions``, ``rounds``, ``strategy`` and ``shards``. Nothing here takes a
-    session id."""
+    ``evaluations``, ``partitions``, ``rounds``, ``strategy``, ``shards`` and ``partials``. Nothing
+    here takes a session id."""
 
     def __init__(self, store: Store, session_id: str) -> None:
         self.id = session_id
@@ -133,3 +137,4 @@ class SessionStore:
         self.rounds = Rounds(*parts)
         self.strategy = StrategyStates(*parts)
         self.shards = AggregationShards(*parts)
+        self.partials = Partials(*parts)

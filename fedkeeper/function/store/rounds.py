@@ -97,6 +97,14 @@ class Rounds(SessionBound):
         )
         return [int(c) for c in self.phase(round_number, task)["included"]]
 
+    def set_groups(self, round_number: int, groups: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Record the round's groups of clients (topology hierarchical) once; the stored ones."""
+        self._col.update_one(
+            {"session": self.session_id, "round": round_number, "groups": {"$exists": False}},
+            {"$set": {"groups": [dict(g) for g in groups]}},
+        )
+        return list(self.get(round_number)["groups"])
+
     def late_clients(self, before: int) -> list[tuple[int, int]]:
         """``(round, client)`` of every client left late by a round before ``before``."""
         cursor = self._col.find(

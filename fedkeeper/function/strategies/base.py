@@ -97,6 +97,10 @@ class Strategy(ABC):
     # Each array of the next weights and state depends only on the same array of the updates,
     # current weights and state: it can aggregate in shards of arrays (aggregation_shards).
     shard_exact: ClassVar[bool] = False
+    # The next weights and state depend on the updates only through their example-weighted mean:
+    # local aggregators may reduce groups of updates to partial sums (topology hierarchical), and
+    # :meth:`step_from_mean` gives exactly what :meth:`aggregate_fit` would.
+    hierarchy_exact: ClassVar[bool] = False
     # Its aggregate is an example-weighted mean, so a late update can join a later round's mean,
     # rebased onto that round's weights and counted ``FitRes.weight`` times (mode: semi_async).
     folds_late: ClassVar[bool] = False
@@ -168,6 +172,13 @@ class Strategy(ABC):
             )
         weights, state = self._finish(failures)
         return FitOutcome(weights, state, accepted, rejected)
+
+    def step_from_mean(
+        self, context: RoundContext, mean: list[np.ndarray], failures: Sequence[Failure]
+    ) -> tuple[Weights | None, StrategyState]:
+        """The server step from the float64 example-weighted ``mean`` of the round's accepted
+        updates (combined from local aggregators' partials); hierarchy-exact strategies only."""
+        raise NotImplementedError(f"{self.name} is not hierarchy-exact: it needs every update")
 
     # ------------------------------------------------------------------ evaluation
     def configure_evaluate(self, round_number: int, pool: ClientPool) -> list[EvaluateIns]:

@@ -35,6 +35,7 @@ class DPFedAvgFixed(FedAvg):
 
     name = "dpfedavg_fixed"
     shard_exact = False  # clips by the whole update's norm and draws noise over all arrays in turn
+    hierarchy_exact = False  # clips each update before the mean (a partial sum hides them)
     folds_late = False  # its noise is calibrated to the round's selected clients' updates only
 
     def __init__(self, clipping_norm: float, noise_multiplier: float) -> None:

@@ -20,6 +20,7 @@ class FedAvg(Strategy):
 
     name = "fedavg"
     shard_exact = True  # per array: a weighted mean, then the subclasses' per-array server step
+    hierarchy_exact = True  # the subclasses' server steps read the mean only
     folds_late = True
 
     def _begin(self, context: RoundContext) -> None:
@@ -30,6 +31,12 @@ class FedAvg(Strategy):
 
     def _finish(self, failures: Sequence[Failure]) -> tuple[Weights | None, StrategyState]:
         return self._server_step(self._mean.mean(), failures)
+
+    def step_from_mean(
+        self, context: RoundContext, mean: list[np.ndarray], failures: Sequence[Failure]
+    ) -> tuple[Weights | None, StrategyState]:
+        self._context = context
+        return self._server_step(mean, failures)
 
     def _server_step(
         self, average: list[np.ndarray], failures: Sequence[Failure]

@@ -40,6 +40,7 @@ from fedkeeper.function.strategies import (
 )
 from fedkeeper.function.strategies.base import cast_like, why_invalid
 from fedkeeper.function.strategies.fedbuff import BufferStep, staleness_weight
+from fedkeeper.function.strategies.hierarchy import combine, mean_of, reduce_group
 from fedkeeper.function.strategies.sharding import array_ranges, join_states, shard_context, shard_results
 from fedkeeper.function.tasks.common import SessionSettings, require
 
@@ -61,6 +62,9 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
         return _fold_buffer(store, settings, round_number)
     strategy = settings.server.strategy.build()
     shards = settings.server.aggregation_shards
+    group = params.get("group")
+    if group is not None:
+        return _local(store, strategy, settings, round_number, doc, group)
     shard = params.get("shard")
     if shard is not None:
         if isinstance(shard, bool) or not isinstance(shard, int) or not 0 <= shard < shards:
@@ -74,6 +78,8 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
     if not store.weights.has(round_number + 1):
         if shards > 1:
             _assemble(store, round_number, shards)
+        elif doc.get("groups"):
+            _combine(store, strategy, settings, round_number, clients, doc)
         else:
             _aggregate(store, strategy, settings, round_number, clients, doc)
 
@@ -113,7 +119,12 @@ def handle(params: dict[str, Any]) -> dict[str, Any]:
         **(dict(next_state.metrics) if next_state is not None else {}),
         **_late_metrics(store, round_number, folded(doc)),
     }
+    if doc.get("groups"):  # what each local aggregator read and wrote (costs.py prices them)
+        metrics["groups"] = {str(g["group"]): [int(c) for c in g["clients"]] for g in doc["groups"]}
+        partial_bytes = store.partials.payload_bytes(round_number)
+        metrics["partial_bytes_by_group"] = {str(g): size for g, size in partial_bytes.items()}
     store.rounds.finish(round_number, metrics)
+    store.partials.delete(round_number)
     return metrics
 
 
@@ -146,6 +157,59 @@ def _aggregate(
     store.shards.put(
         round_number, shard, ShardResult(weights, outcome.state, outcome.accepted, outcome.rejected)
     )
+
+
+def _local(
+    store: SessionStore,
+    strategy: Strategy,
+    settings: SessionSettings,
+    round_number: int,
+    doc: dict[str, Any],
+    group: Any,
+) -> dict[str, Any]:
+    """A local aggregator: reduce group ``group``'s updates to its partial in the store."""
+    groups = {int(g["group"]): [int(c) for c in g["clients"]] for g in doc.get("groups") or []}
+    if isinstance(group, bool) or not isinstance(group, int) or group not in groups:
+        raise ConfigError(f"group must be one of the round's groups {sorted(groups)}, got {group!r}")
+    stored = 0
+    if not store.weights.has(round_number + 1) and not store.partials.has(round_number, group):
+        context, results, _ = _round(store, strategy, settings, round_number, groups[group], doc)
+        stored = store.partials.put(round_number, group, reduce_group(results, context.current))
+    return {"round": round_number, "group": group, "partial_bytes": stored}
+
+
+def _combine(
+    store: SessionStore,
+    strategy: Strategy,
+    settings: SessionSettings,
+    round_number: int,
+    clients: list[int],
+    doc: dict[str, Any],
+) -> None:
+    """The global aggregator: the groups' partials into the round's weights and state.
+
+    A group whose local aggregator stored nothing (it failed for good) is reduced here from its
+    clients' updates, so no update is lost with it.
+    """
+    context, _, failures = _round(store, strategy, settings, round_number, clients, doc)
+    partials = []
+    for group in doc["groups"]:
+        number, members = int(group["group"]), [int(c) for c in group["clients"]]
+        if store.partials.has(round_number, number):
+            partials.append(store.partials.get(round_number, number))
+        else:
+            print(f"group {number}: no partial stored; reducing its updates here", file=sys.stderr)
+            _, results, _ = _round(store, strategy, settings, round_number, members, doc)
+            partials.append(reduce_group(results, context.current))
+    total = combine(partials, context.current)
+    if not total.accepted:
+        raise StoreError(f"round {round_number}: no valid update among clients {clients}")
+    failures += [Failure(c, reason, rejected=True) for c, reason in total.rejected.items()]
+    weights, state = strategy.step_from_mean(context, mean_of(total), failures)
+    _write(
+        store, round_number, total.accepted, total.rejected, state,
+        weights if weights is not None else context.current,
+    )  # fmt: skip
 
 
 def _assemble(store: SessionStore, round_number: int, shards: int) -> None:
