@@ -216,6 +216,11 @@ class Topology(_Model):
         return self.kind == "hierarchical"
 
 
+def _strategies_with(flag: str) -> str:
+    """The registry's names whose strategy class sets ``flag``, for a refusal's list of choices."""
+    return ", ".join(name for name, cls in STRATEGIES.items() if getattr(cls, flag))
+
+
 class ServerConfig(_Model):
     """How the keeper drives rounds."""
 
@@ -333,7 +338,7 @@ class ServerConfig(_Model):
         if self.mode != "semi_async":
             return self
         if not self.strategy.strategy_class.folds_late:
-            folding = ", ".join(name for name, cls in STRATEGIES.items() if cls.folds_late)
+            folding = _strategies_with("folds_late")
             raise ValueError(
                 f"server_config.strategy: {self.strategy.name!r} with mode semi_async; semi_async folds "
                 f"late updates into the round's weighted mean: use one of {folding}"
@@ -360,7 +365,7 @@ class ServerConfig(_Model):
     @model_validator(mode="after")
     def _shards_fit_strategy(self) -> ServerConfig:
         if self.aggregation_shards > 1 and not self.strategy.strategy_class.shard_exact:
-            exact = ", ".join(name for name, cls in STRATEGIES.items() if cls.shard_exact)
+            exact = _strategies_with("shard_exact")
             raise ValueError(
                 f"aggregation_shards {self.aggregation_shards}: strategy {self.strategy.name} does not "
                 f"aggregate array by array, so it cannot be sharded (shard-exact: {exact})"
@@ -372,7 +377,7 @@ class ServerConfig(_Model):
         if not self.topology.hierarchical:
             return self
         if not self.strategy.strategy_class.hierarchy_exact:
-            exact = ", ".join(name for name, cls in STRATEGIES.items() if cls.hierarchy_exact)
+            exact = _strategies_with("hierarchy_exact")
             raise ValueError(
                 f"topology hierarchical: strategy {self.strategy.name} needs every update at once, not "
                 f"partial sums per group (hierarchy-exact: {exact})"
