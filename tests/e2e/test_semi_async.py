@@ -59,8 +59,8 @@ def test_semi_async_folds_a_late_update_once_into_the_first_round_closing_after_
     assert metrics["staleness_mean"] == sum(staleness) / len(staleness)
     takers = [(key, doc["round"]) for doc in docs for key in folded(doc)]
     assert len(takers) == len({key for key, _ in takers})  # no late update in two rounds
-    for (number, client), taker in takers:
-        assert taker > number and client in session.rounds.get(number)["late"]
+    for (number, client), round_number in takers:
+        assert round_number > number and client in session.rounds.get(number)["late"]
     # its activation was tracked until its record came (not a failure) and never invoked again
     attempts = [a for a in client_attempts(store, session_id) if (a["round"], a["client"]) == (0, late)]
     assert [a["status"] for a in attempts] == [LedgerStatus.SUCCESS]
