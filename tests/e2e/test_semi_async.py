@@ -1,7 +1,5 @@
-"""semi_async on the local fabric: a client made late by injected latency misses round 0's
-deadline, and its update is folded, once, into the first round that closes after it arrives
-(round 1 unless a cold start on a loaded machine delays it past round 1's deadline), with the
-staleness of that round."""
+"""semi_async on the local fabric: a client the fault plan makes late misses round 1's deadline,
+and its update is folded, once, into round 2, with the staleness of that round."""
 
 from __future__ import annotations
 
@@ -16,17 +14,20 @@ from fedkeeper.host.ledger import LedgerStatus
 from .conftest import E2E_LIMITS, training_config
 from .helpers import client_attempts, run_session
 
-DEADLINE_S = 8
-# Seed 5 makes the 3rd fl_client activation (round 0's client 2, clients being invoked in order)
-# and the 6th (round 1's client 1) stragglers: each waits the deadline and 2 s more before it
-# runs, so it is still running when its round closes on quorum and delivers during a later round.
+DEADLINE_S = 6
+# Targeted, not drawn, so arrival order cannot move them: round 0 (cold workers) has none; round 1's client 2 waits 9.5 s
+# before it runs, so round 1 closes at its deadline without it (6 s) and it arrives ~3 s into
+# round 2; round 2's client 3 waits as long, so round 2 stays open to its deadline (~12.5 s).
+LATE_MS = (DEADLINE_S + 3.5) * 1000
 STRAGGLERS = {
-    "seed": 5,
-    "actions": {"fl_client": {"straggler": 0.25, "straggler_ms": (DEADLINE_S + 2) * 1000}},
+    "targets": [
+        {"action": "fl_client", "params": {"round": 1, "client": 2}, "latency_ms": LATE_MS},
+        {"action": "fl_client", "params": {"round": 2, "client": 3}, "latency_ms": LATE_MS},
+    ]
 }
 
 
-def test_semi_async_folds_a_late_update_once_into_the_first_round_closing_after_it_arrives(
+def test_semi_async_folds_a_round_late_update_once_into_the_next_round_with_its_staleness(
     mongo_url: str, tmp_path: Path
 ) -> None:
     with FabricProcess(limits=E2E_LIMITS, faults=STRAGGLERS) as fabric:
@@ -45,13 +46,14 @@ def test_semi_async_folds_a_late_update_once_into_the_first_round_closing_after_
     session = store.for_session(session_id)
     assert session.record.get()["phase"] == "Succeeded"
     docs = session.rounds.all()
-    (late,) = docs[0]["late"]  # the straggler missed round 0
-    assert late not in docs[0]["metrics"]["accepted"]
-    # the first round that closed after the update arrived took it, once, and its record says so
-    (taker,) = [doc["round"] for doc in docs if (0, late) in folded(doc)]
-    arrived = store.db.updates.find_one({"session": session_id, "round": 0, "client": late})["created_at"]
-    assert taker >= 1 and all(doc["closed_at"] < arrived for doc in docs[1:taker])
-    mark = session.updates.marks(0, [late])[0]
+    # (round 0's cold starts may make a client late too on a loaded machine: checked as any other)
+    assert 2 in docs[1]["late"] and 3 in docs[2]["late"]
+    assert 2 not in docs[1]["metrics"]["accepted"]
+    # round 2, open when the update arrived, took it, once, and its record says so
+    (taker,) = [doc["round"] for doc in docs if (1, 2) in folded(doc)]
+    arrived = store.db.updates.find_one({"session": session_id, "round": 1, "client": 2})["created_at"]
+    assert taker == 2 and docs[1]["closed_at"] < arrived < docs[2]["closed_at"]
+    mark = session.updates.marks(1, [2])[0]
     assert mark["consumed_by"] == taker and mark["status"] == UpdateStatus.ACCEPTED
     staleness = [taker - number for number, _ in folded(docs[taker])]
     metrics = docs[taker]["metrics"]
@@ -62,7 +64,7 @@ def test_semi_async_folds_a_late_update_once_into_the_first_round_closing_after_
     for (number, client), round_number in takers:
         assert round_number > number and client in session.rounds.get(number)["late"]
     # its activation was tracked until its record came (not a failure) and never invoked again
-    attempts = [a for a in client_attempts(store, session_id) if (a["round"], a["client"]) == (0, late)]
+    attempts = [a for a in client_attempts(store, session_id) if (a["round"], a["client"]) == (1, 2)]
     assert [a["status"] for a in attempts] == [LedgerStatus.SUCCESS]
     rows = list(csv.DictReader((tmp_path / "logs" / session_id / "rounds.csv").open()))
     assert rows[taker]["late_folded"] == str(len(staleness))

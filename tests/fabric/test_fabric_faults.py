@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from fedkeeper.function.config import GUEST_AUTH
-from fedkeeper.host.fabric.faults import FaultPlan
+from fedkeeper.host.fabric.faults import NO_FAULT, FaultPlan, FaultPlanError
 
 from .conftest import FabricClient, annotation, basic
 from .snippets import ECHO, SLEEP
@@ -173,3 +173,40 @@ def test_a_straggler_share_of_activations_waits_straggler_ms_more_and_other_plan
     first, second = FaultPlan.parse(plain), FaultPlan.parse(with_none)
     assert [first.decide("x") for _ in range(50)] == [second.decide("x") for _ in range(50)]
     assert "straggler" not in first.to_json()["default"]
+
+
+def test_a_target_applies_its_rule_only_to_the_activations_whose_params_match() -> None:
+    plan = FaultPlan.parse(
+        {
+            "actions": {"c": {"application_error": 1.0}},
+            "targets": [
+                {
+                    "action": "c",
+                    "params": {"round": 1, "client": 2},
+                    "application_error": 0,
+                    "latency_ms": 900,
+                }
+            ],
+        }
+    )
+    hit = plan.decide("c", {"session": "s", "round": 1, "client": 2, "attempt": 1})
+    assert hit.status is None and hit.latency_s == 0.9
+    for params in ({"round": 1, "client": 3}, {"round": 2, "client": 2}, {"client": 2}, None):
+        missed = plan.decide("c", params)
+        assert missed.status is not None and missed.latency_s == 0
+    assert plan.decide("other", {"round": 1, "client": 2}) is NO_FAULT
+    assert FaultPlan.parse(plan.to_json()).to_json() == plan.to_json()
+
+
+@pytest.mark.parametrize(
+    ("targets", "message"),
+    [
+        ({"action": "c"}, "fault plan.targets must be a list"),
+        ([{"params": {}}], "fault plan.targets[0].action must be an action name"),
+        ([{"action": "c", "params": [1]}], "fault plan.targets[0].params must be an object"),
+        ([{"action": "c", "crash": 2}], "fault plan.targets[0].crash must be a probability"),
+    ],
+)
+def test_a_malformed_target_is_refused_with_its_place_in_the_plan(targets: object, message: str) -> None:
+    with pytest.raises(FaultPlanError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        FaultPlan.parse({"targets": targets})

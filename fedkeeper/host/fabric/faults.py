@@ -4,9 +4,12 @@ A plan is JSON::
 
     {"seed": 7,
      "default": {"application_error": 0.1, "latency_ms": [0, 50]},
-     "actions": {"fl_client": {"crash": 0.2, "lost_record": 0.05}}}
+     "actions": {"fl_client": {"crash": 0.2, "lost_record": 0.05}},
+     "targets": [{"action": "fl_client", "params": {"round": 1, "client": 2}, "latency_ms": 9000}]}
 
-Per-action rules override the default rule field by field. Each activation draws, in arrival
+Per-action rules override the default rule field by field; a target overrides its action's rule
+for the activations whose parameters hold all of its ``params`` (the first target that matches),
+so a test can make one given activation fail or straggle whatever the arrival order. Each activation draws, in arrival
 order from one ``random.Random(seed)``: one number picking at most one status fault
 (``application_error``, ``developer_error``, ``internal_error``; their sum must be <= 1), then
 ``crash`` (the worker is killed mid-run), ``lost_record`` (the activation runs but its record is
@@ -114,22 +117,59 @@ class FaultDecision:
 NO_FAULT = FaultDecision()
 
 
+@dataclass(frozen=True)
+class FaultTarget:
+    """A rule for the activations of one action whose parameters hold ``params``."""
+
+    action: str
+    params: tuple[tuple[str, Any], ...]
+    rule: FaultRule
+
+    @classmethod
+    def parse(
+        cls, data: Any, where: str, plan_default: FaultRule, actions: dict[str, FaultRule]
+    ) -> FaultTarget:
+        if not isinstance(data, dict):
+            raise FaultPlanError(f"{where} must be a JSON object")
+        action, params = data.get("action"), data.get("params", {})
+        if not isinstance(action, str) or not action:
+            raise FaultPlanError(f"{where}.action must be an action name (got {action!r})")
+        if not isinstance(params, dict):
+            raise FaultPlanError(f"{where}.params must be an object of parameter -> value (got {params!r})")
+        fields_only = {k: v for k, v in data.items() if k not in ("action", "params")}
+        rule = FaultRule.parse(fields_only, where, actions.get(action, plan_default))
+        return cls(action, tuple(sorted(params.items())), rule)
+
+    def matches(self, action: str, params: dict[str, Any]) -> bool:
+        return action == self.action and all(
+            key in params and params[key] == value for key, value in self.params
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"action": self.action, "params": dict(self.params), **self.rule.to_json()}
+
+
 class FaultPlan:
     """A validated plan and its random generator."""
 
     def __init__(
-        self, seed: int = 0, default: FaultRule | None = None, actions: dict[str, FaultRule] | None = None
+        self,
+        seed: int = 0,
+        default: FaultRule | None = None,
+        actions: dict[str, FaultRule] | None = None,
+        targets: list[FaultTarget] | None = None,
     ):
         self.seed = seed
         self.default = default or FaultRule()
         self.actions = dict(actions or {})
+        self.targets = list(targets or [])
         self._random = random.Random(seed)
 
     @classmethod
     def parse(cls, data: Any, where: str = "fault plan") -> FaultPlan:
         if not isinstance(data, dict):
             raise FaultPlanError(f"{where} must be a JSON object")
-        unknown = set(data) - {"seed", "default", "actions"}
+        unknown = set(data) - {"seed", "default", "actions", "targets"}
         if unknown:
             raise FaultPlanError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
         seed = data.get("seed", 0)
@@ -143,7 +183,14 @@ class FaultPlan:
             name: FaultRule.parse(rule, f"{where}.actions.{name}", default)
             for name, rule in actions_data.items()
         }
-        return cls(seed, default, actions)
+        targets_data = data.get("targets", [])
+        if not isinstance(targets_data, list):
+            raise FaultPlanError(f"{where}.targets must be a list of targeted rules")
+        targets = [
+            FaultTarget.parse(target, f"{where}.targets[{i}]", default, actions)
+            for i, target in enumerate(targets_data)
+        ]
+        return cls(seed, default, actions, targets)
 
     @classmethod
     def load(cls, path: Path) -> FaultPlan:
@@ -160,14 +207,18 @@ class FaultPlan:
             "seed": self.seed,
             "default": self.default.to_json(),
             "actions": {name: rule.to_json() for name, rule in self.actions.items()},
+            "targets": [target.to_json() for target in self.targets],
         }
 
-    def rule(self, action: str) -> FaultRule:
+    def rule(self, action: str, params: dict[str, Any] | None = None) -> FaultRule:
+        for target in self.targets:
+            if target.matches(action, params or {}):
+                return target.rule
         return self.actions.get(action, self.default)
 
-    def decide(self, action: str) -> FaultDecision:
-        """Draw the faults of the next activation of ``action``."""
-        rule = self.rule(action)
+    def decide(self, action: str, params: dict[str, Any] | None = None) -> FaultDecision:
+        """Draw the faults of the next activation of ``action`` invoked with ``params``."""
+        rule = self.rule(action, params)
         if rule == FaultRule():
             return NO_FAULT
         draw = self._random.random()

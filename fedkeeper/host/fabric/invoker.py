@@ -82,7 +82,7 @@ class Invoker:
         arrived_ms: int,
     ) -> None:
         record: Activation | None = None
-        decision = self.faults.decide(action.name)
+        decision = self.faults.decide(action.name, params)
         try:
             if decision.latency_s > 0:
                 await asyncio.sleep(decision.latency_s)
