@@ -33,9 +33,9 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 SLOW_CLIENTS = {"seed": 1, "actions": {"fl_client": {"latency_ms": 2500}}}
 # Longer than ACTIVATION_TIMEOUT_S: before, the keeper timed every in-flight client out, found the
 # fabric still down and gave each up (max_retries 1); the session failed. The time-out leaves room
-# for four TensorFlow cold starts at once on a busy two-core machine.
-ACTIVATION_TIMEOUT_S = 60
-OUTAGE_S = 70
+# for four TensorFlow cold starts at once on a busy two-core machine (10-20 s each there).
+ACTIVATION_TIMEOUT_S = 45
+OUTAGE_S = 52
 WAITING = re.compile(r"waiting for openwhisk/local: down \d+ s")
 
 
