@@ -385,7 +385,11 @@ def test_an_invoke_is_retried_while_the_platform_refuses_connections(
         later.cleanup()
 
 
-def test_insecure_skips_tls_verification_for_that_cluster_only(fabric_url: str) -> None:
+def test_insecure_skips_tls_verification_for_that_cluster_only(
+    fabric_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
     insecure = OpenWhiskProvider(
         "selfsigned", OpenWhiskCluster(base_url="https://ow.example:31001", insecure=True)
     )
@@ -402,6 +406,24 @@ def test_insecure_skips_tls_verification_for_that_cluster_only(fabric_url: str) 
         and f[1].match("Unverified HTTPS request to host 'other.example'")
         for f in warnings.filters
     )
+
+
+def test_proxies_and_ca_bundle_are_read_from_the_environment_once_per_cluster_and_insecure_wins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/site.pem")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "direct.example")
+    proxied = OpenWhiskProvider("proxied", OpenWhiskCluster(base_url="https://ow.example"))
+    direct = OpenWhiskProvider("direct", OpenWhiskCluster(base_url="https://direct.example"))
+    insecure = OpenWhiskProvider("insecure", OpenWhiskCluster(base_url="https://ow.example", insecure=True))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/elsewhere.pem")  # read at construction, not per request
+    assert not proxied.session.trust_env
+    assert proxied.session.verify == "/etc/ssl/certs/site.pem"
+    assert proxied.session.proxies.get("https") == "http://proxy.example:3128"
+    assert "https" not in direct.session.proxies  # NO_PROXY names it
+    # With trust_env, requests would let the environment's CA bundle turn verification back on.
+    assert insecure.session.verify is False
 
 
 def test_web_action_helper_sends_no_credentials(fabric_url: str, probe: Path, name: str) -> None:
