@@ -47,6 +47,10 @@ from fedkeeper.host.reporting import Reporter
 
 RECORD_GRACE_S = 3.0  # a finished activation's record shows up just after its update
 MIN_POLL_S = 0.05
+# Records are listed from the oldest open attempt's submission on, less this much for the
+# platform's clock running behind the keeper's (NTP keeps hosts well within it). Every poll reads
+# every record in that window, so a wider one costs a round of a thousand clients dearly.
+RECORD_SKEW_S = 10.0
 # Clients invoked per pass of the round loop: records are polled between batches, so a thousand
 # dispatches never keep the keeper from seeing (and refilling) what finished meanwhile.
 DISPATCH_BATCH = 50
@@ -263,9 +267,10 @@ class RoundDriver:
         self.late = {}
 
     def _delivered(self, state: RoundState) -> set[int]:
-        """Selected clients whose result (update, or evaluation) is stored."""
+        """Selected clients whose result (update, or evaluation) is stored (asking only about
+        those not yet known to have delivered)."""
         results = self.session.updates if state.task is Task.FIT else self.session.evaluations
-        return results.clients(state.number) & set(state.selected)
+        return state.done | results.clients(state.number, among=set(state.selected) - state.done)
 
     def _drive(self, state: RoundState) -> None:
         """Dispatch, poll and retry until the round may close."""
@@ -274,7 +279,9 @@ class RoundDriver:
         quorum = math.ceil(fraction * len(state.selected))
         deadline = state.started + self.server.round_deadline_s
         # Poll fast right after something changed, then back off to poll_interval_s: short
-        # activations are seen soon after they end, long ones cost few requests.
+        # activations are seen soon after they end, long ones cost few requests. Fast only while
+        # at most a batch is in flight (a small round, or a round's end): with more, the platforms
+        # have work queued, and each poll reads every record finished since the oldest was sent.
         interval, last_seen = MIN_POLL_S, (-1, -1, -1)
         while True:
             self.watch.check()
@@ -306,7 +313,8 @@ class RoundDriver:
                     f"once the cause is fixed: fedkeeper resume {self.session.id}"
                 )
             seen = (len(state.done), len(state.pending), len(state.retry_at))
-            interval = MIN_POLL_S if seen != last_seen else min(interval * 1.5, self.server.poll_interval_s)
+            fast = seen != last_seen and len(state.pending) <= self.dispatch_batch
+            interval = MIN_POLL_S if fast else min(interval * 1.5, self.server.poll_interval_s)
             last_seen = seen
             if not full:  # after a full batch more clients may be due: the next one goes out at once
                 self.sleep(interval)
@@ -694,7 +702,7 @@ def fetch_records(
         provider = providers[(platform, cluster)]
         if not watch.outages.may_probe(provider.where):
             continue
-        since = min(int(e.submitted_at.timestamp() * 1000) for e in group) - 60_000
+        since = min(int(e.submitted_at.timestamp() * 1000) for e in group) - int(RECORD_SKEW_S * 1000)
         try:
             records.update(
                 provider.fetch(function, [e.activation_id for e in group if e.activation_id], since)
