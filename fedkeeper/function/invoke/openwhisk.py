@@ -116,6 +116,7 @@ class OpenWhiskClient(InvokeClient):
         user, _, key = settings.auth.partition(":")
         self.session.auth = (user, key)
         self.session.headers["User-Agent"] = "fedkeeper"
+        self._templates: dict[str, requests.PreparedRequest] = {}  # by URL: see _post_json
         # requests reads the proxy variables and CA bundle from the environment on every request
         # (trust_env), a large share of the keeper's CPU per invoke: read them once per cluster.
         self.session.proxies.update(get_environ_proxies(self.base_url))
@@ -166,6 +167,7 @@ class OpenWhiskClient(InvokeClient):
         timeout: float | None = None,
         resend: bool = True,
         retry_throttled: bool = True,
+        prepared: requests.PreparedRequest | None = None,
         **kwargs: Any,
     ) -> requests.Response:
         """Send with retries; return a response whose status is in ``ok`` or ``results``.
@@ -173,13 +175,16 @@ class OpenWhiskClient(InvokeClient):
         ``results`` are statuses whose body may be an activation record (a blocking invoke's 502
         and 500): with a record they are returned, never retried. ``resend=False`` (invokes)
         retries only what never reached the platform, or a 429; ``retry_throttled=False`` raises
-        :class:`Throttled` at the first 429.
+        :class:`Throttled` at the first 429. ``prepared`` is sent as it is (``kwargs`` unused).
         """
         timeout_pair = (self.connect_timeout_s, timeout or self.request_timeout_s)
 
         def attempt() -> requests.Response:
             try:
-                response = self.session.request(method, url, timeout=timeout_pair, **kwargs)
+                if prepared is not None:
+                    response = self.session.send(prepared, timeout=timeout_pair)
+                else:
+                    response = self.session.request(method, url, timeout=timeout_pair, **kwargs)
             except requests.ConnectionError as exc:
                 if resend or never_sent(exc):
                     raise _Retryable(f"cannot reach {url}: {type(exc).__name__}") from exc
@@ -230,11 +235,31 @@ class OpenWhiskClient(InvokeClient):
         except requests.RequestException as exc:
             raise ProviderError(f"openwhisk cluster {self.cluster!r}: {method} {url} failed: {exc}") from None
 
+    def _post_json(self, url: str, body: Mapping[str, Any]) -> requests.PreparedRequest:
+        """A POST of ``body`` to ``url``, copied from a request prepared once per URL.
+
+        Preparing a request merges the session's headers, auth, cookies and hooks anew each time,
+        which was most of the keeper's CPU per invoke; the session's hooks are taken as they are
+        now, so one added later still sees every request.
+        """
+        template = self._templates.get(url)
+        if template is None:
+            template = self._templates[url] = self.session.prepare_request(requests.Request("POST", url))
+        prepared = template.copy()
+        prepared.prepare_body(None, None, json=dict(body))
+        prepared.hooks = self.session.hooks
+        return prepared
+
     # ------------------------------------------------------------------ invocations
     def invoke_async(self, name: str, params: Mapping[str, Any]) -> str:
         url = self.action_url(name)
         response = self._request(
-            "POST", url, ok=(202,), json=dict(params), resend=False, retry_throttled=self.retry_throttled
+            "POST",
+            url,
+            ok=(202,),
+            resend=False,
+            retry_throttled=self.retry_throttled,
+            prepared=self._post_json(url, params),
         )
         activation_id = response.headers.get(ACTIVATION_ID_HEADER) or response.json().get("activationId")
         if not activation_id:
