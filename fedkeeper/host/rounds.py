@@ -438,9 +438,8 @@ class RoundDriver:
             except Throttled:  # nothing started: wait for room, as neither a failure nor an outage
                 refused.add(key)
                 held.append((entry, self.clock()))
-                self.windows[key] = max(
-                    1, sum((e.platform, e.cluster) == key for e in state.pending.values())
-                )
+                running = [*state.pending.values(), *invoked]  # this batch's accepted ones count too
+                self.windows[key] = max(1, sum((e.platform, e.cluster) == key for e in running))
                 self.reporter.event(
                     "throttled", round=state.number, client=entry.client, window=self.windows[key]
                 )

@@ -264,8 +264,13 @@ def test_a_batch_is_in_the_ledger_before_its_first_client_is_invoked(rig: Any) -
 def test_a_429_holds_back_the_rest_of_the_batch_on_that_cluster_without_invoking_it(rig: Any) -> None:
     r = rig(max_retries=0)  # a refusal counted as an attempt would give its client up
     r.provider.concurrency = 2
-    closed = _batched_run(r, batch=CLIENTS)
+    r.session.rounds.open(0, list(range(CLIENTS)))
+    driver = r.driver()
+    driver.dispatch_batch = CLIENTS
+    closed = driver.run(0)
     assert closed.included == (0, 1, 2, 3) and closed.failed == () and closed.retries == 0
+    # the window is what ran at the refusal, the batch's own accepted invokes included
+    assert driver.windows == {("openwhisk", "local"): 2}
     # client 2 is refused; client 3, behind it in the batch, is not sent into the full cluster
     assert r.provider.calls[:4] == [("invoke", 0), ("invoke", 1), ("invoke", 2), ("fetch", 2)]
     assert r.provider.throttled == 1
