@@ -338,6 +338,53 @@ class Relay(ThreadedServer):
         return web.json_response({"error": "gateway failed after forwarding"}, status=503)
 
 
+class Accepting(ThreadedServer):
+    """A real HTTP server accepting every invoke (202 and an activation id); notes each request's
+    client port, and with ``close_after`` closes each connection that long after answering."""
+
+    def __init__(self, close_after: float | None = None) -> None:
+        self.close_after = close_after
+        self.ports: list[int] = []
+        super().__init__()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        self.ports.append(request.transport.get_extra_info("peername")[1])
+        if self.close_after is not None:
+            self.loop.call_later(self.close_after, request.transport.close)
+        activation_id = f"{len(self.ports):032d}"
+        return web.json_response(
+            {"activationId": activation_id}, status=202, headers={ACTIVATION_ID_HEADER: activation_id}
+        )
+
+
+def test_invokes_share_one_keep_alive_connection_and_response_hooks_see_each_answer() -> None:
+    seen: list[tuple[str, int]] = []
+    with (
+        Accepting() as server,
+        Fast("direct", OpenWhiskCluster(base_url=f"http://127.0.0.1:{server.port}")) as client,
+    ):
+        client.session.hooks["response"].append(
+            lambda response, *args, **kwargs: seen.append((response.request.path_url, response.status_code))
+        )
+        ids = [client.invoke_async("act", {"client": c}) for c in range(3)]
+    assert ids == [f"{n:032d}" for n in (1, 2, 3)]
+    assert len(set(server.ports)) == 1  # one connection for the three
+    assert seen == [("/api/v1/namespaces/guest/actions/act", 202)] * 3
+
+
+def test_an_invoke_after_the_server_closed_the_idle_connection_goes_out_once_on_a_new_one() -> None:
+    with (
+        Accepting(close_after=0.05) as server,
+        Fast("direct", OpenWhiskCluster(base_url=f"http://127.0.0.1:{server.port}")) as client,
+    ):
+        first = client.invoke_async("act", {})
+        time.sleep(0.5)  # the server has closed the connection by now
+        second = client.invoke_async("act", {})
+    assert (first, second) == (f"{1:032d}", f"{2:032d}")
+    assert len(server.ports) == 2 and server.ports[0] != server.ports[1]  # each sent once
+
+
 @pytest.mark.parametrize("mode", ["503", "drop"])
 @pytest.mark.parametrize("call", ["invoke_async", "invoke_sync"])
 def test_an_invoke_that_reached_the_platform_is_never_sent_again(
