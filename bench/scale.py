@@ -11,8 +11,9 @@ process; per round the script prints:
 - slowest s: the slowest client activation (its record's end - start); overhead = round - slowest;
 - idle s: the part of the round in which no activation of the round ran (keeper dispatching,
   polling and closing while the fabric had nothing of this round to run);
-- keeper CPU ms/activation: this process's CPU time from this round's opening to the next one's
-  (so pruning, logs and selection count), over the round's activations (clients + aggregator);
+- keeper CPU ms/activation: this process's CPU time (less the sampler thread's own) from this
+  round's opening to the next one's (so pruning, logs and selection count), over the round's
+  activations (clients + aggregator);
 - Mongo ops: commands the keeper's MongoDB clients sent (a pymongo ``CommandListener``);
 - polls: GET requests for activation records (the list API or one record), invokes: POSTs of
   ``fl_client`` (counted by a response hook on the keeper's HTTP session), 429s among them;
@@ -92,7 +93,7 @@ class Sampler:
     """Samples this process's CPU time, and the store's size whenever a new round opens."""
 
     def __init__(self, mongo_url: str) -> None:
-        self.cpu: list[tuple[float, float]] = []  # (wall time, process CPU s)
+        self.cpu: list[tuple[float, float]] = []  # (wall time, process CPU s less this sampler's own)
         self.sizes: dict[int, float] = {}  # rounds opened -> store data bytes at that moment
         # created before the CommandLog is registered, so its commands are not counted
         self.client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongo_url)
@@ -106,7 +107,8 @@ class Sampler:
         opened = 0
         tick = 0
         while not self._stop.wait(SAMPLE_S):
-            self.cpu.append((time.time(), time.process_time()))
+            # the sampler's own queries are measurement, not the keeper's work
+            self.cpu.append((time.time(), time.process_time() - time.thread_time()))
             tick += 1
             if tick % 2:
                 continue

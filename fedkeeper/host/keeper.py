@@ -66,6 +66,9 @@ __all__ = ["Keeper", "SessionFailed", "new_session_id"]
 NO_EVALUATION = "no evaluation before the evaluation closed"
 LATE_EVALUATION = "evaluation still running when the evaluation closed"
 LATE = "late_folded"  # semi_async: the late updates a round folded in (rounds.csv)
+# activations.csv and accuracy.png cost time in proportion to the whole session (every attempt so
+# far, a matplotlib figure): rewritten at most this often while it runs, and at its end.
+LOGS_REFRESH_S = 60.0
 
 
 def new_session_id() -> str:
@@ -123,6 +126,7 @@ class Keeper:
         self.outages = Outages(self.server.outage_tolerance_s, self.retry, clock)
         self.budget_since: datetime | None = None  # client attempts before this do not count
         self.store_down = False  # the keeper's own queries cannot reach MongoDB (each would hang 10 s)
+        self._logs_refreshed = clock()  # when activations.csv and accuracy.png were last written
 
     # ------------------------------------------------------------------ session lifecycle
     @property
@@ -230,7 +234,7 @@ class Keeper:
             if self.store_down:
                 reporter.say("logs: rounds.csv and activations.csv not refreshed (the store is down)")
             else:
-                self._write_logs()
+                self._write_logs(final=True)
             reporter.say(f"logs: {reporter.dir}")
             reporter.close()
 
@@ -390,9 +394,14 @@ class Keeper:
                 return "MaxTimeReached", f"{elapsed:.0f}s past max_time_s, accuracy {metrics['accuracy']:.4f}"
         return None
 
-    def _write_logs(self) -> None:
-        self.reporter.write_rounds(self.session.rounds.all())
-        self.reporter.write_activations(list(self.ledger.entries()))
+    def _write_logs(self, final: bool = False) -> None:
+        """rounds.csv after every round; activations.csv and accuracy.png at most every
+        :data:`LOGS_REFRESH_S` and once ``final`` (the session's end)."""
+        refresh = final or self.clock() - self._logs_refreshed >= LOGS_REFRESH_S
+        self.reporter.write_rounds(self.session.rounds.all(), plot=refresh)
+        if refresh:
+            self.reporter.write_activations(list(self.ledger.entries()))
+            self._logs_refreshed = self.clock()
 
     # ------------------------------------------------------------------ managing functions
     def _call_server(

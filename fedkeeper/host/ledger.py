@@ -13,19 +13,21 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, UpdateOne
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError
 
 from fedkeeper.function.invoke.base import ActivationRecord, ActivationStatus
 from fedkeeper.function.store.db import SessionStore
 from fedkeeper.function.store.mongo import store_errors, translated_errors, utcnow
 from fedkeeper.function.store.statuses import Task
 
+DUPLICATE_KEY = 11000  # MongoDB's error code for a second document with a unique index's key
 SERVER = -1  # ``client`` value of entries for the managing functions
 
 
@@ -88,6 +90,8 @@ class LedgerEntry:
     duration_ms: int | None = None
     init_ms: int | None = None  # the platform's cold-start initialisation, where it reports one
     task: Task = Task.FIT  # what a client's activation does (managing functions: fit)
+    # The document's ``_id``, chosen when it is submitted: every later write finds it by it.
+    id: ObjectId | None = field(default=None, compare=False)
 
     @property
     def key(self) -> dict[str, Any]:
@@ -103,6 +107,19 @@ class LedgerEntry:
     def settled(self) -> bool:
         return self.status != LedgerStatus.SUBMITTED
 
+    def document(self) -> dict[str, Any]:
+        """The entry as the ledger stores it (``id`` as ``_id``)."""
+        doc = {name: getattr(self, name) for name in _FIELDS}
+        doc["_id"] = doc.pop("id")
+        return doc
+
+    @property
+    def selector(self) -> dict[str, Any]:
+        """The query that finds this entry's document: its ``_id`` once submitted, else its key."""
+        return {"_id": self.id} if self.id is not None else self.key
+
+
+_FIELDS = tuple(f.name for f in fields(LedgerEntry))
 
 # a settlement not yet written: the entry, its status and error, and the fields to set
 _Outcome = tuple[LedgerEntry, LedgerStatus, str | None, dict[str, Any]]
@@ -136,25 +153,57 @@ class Ledger:
 
     def submit(self, entry: LedgerEntry) -> bool:
         """Record a new attempt; ``False`` when that attempt is already recorded."""
+        return bool(self.submit_all([entry]))
+
+    def submit_all(self, entries: list[LedgerEntry]) -> list[LedgerEntry]:
+        """Record new attempts in one write; returns those recorded, in order (an attempt already
+        recorded, by a keeper that died, is left out)."""
+        if not entries:
+            return []
+        for entry in entries:
+            entry.id = ObjectId()
         try:
-            self._col.insert_one(asdict(entry))
-        except DuplicateKeyError:
-            return False
-        if entry.status == LedgerStatus.SUBMITTED:
-            self._count_active(1)
-        return True
+            self._col.insert_many([e.document() for e in entries], ordered=False)
+            taken: set[int] = set()
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            taken = {int(e["index"]) for e in errors}
+        recorded = []
+        for i, entry in enumerate(entries):
+            if i in taken:
+                entry.id = None
+            else:
+                recorded.append(entry)
+        self._count_active(sum(e.status == LedgerStatus.SUBMITTED for e in recorded))
+        return recorded
 
     def withdraw(self, entry: LedgerEntry) -> None:
         """Take back a submitted attempt the platform provably never started (refused for its
-        concurrency limit): it is no attempt, and its number is used again."""
-        result = self._col.delete_one({**entry.key, "status": LedgerStatus.SUBMITTED})
+        concurrency limit, or never invoked): it is no attempt, and its number is used again."""
+        self.withdraw_all([entry])
+
+    def withdraw_all(self, entries: list[LedgerEntry]) -> None:
+        """:meth:`withdraw` of several attempts, in one write."""
+        ids = [e.id for e in entries if e.id is not None]
+        if not ids:
+            return
+        result = self._col.delete_many({"_id": {"$in": ids}, "status": LedgerStatus.SUBMITTED})
         if result.deleted_count:
-            self._count_active(-1)
+            self._count_active(-result.deleted_count)
 
     def set_activation_id(self, entry: LedgerEntry, activation_id: str) -> None:
         """Record the platform's id of a submitted attempt once the platform has accepted it."""
         entry.activation_id = activation_id
-        self._col.update_one(entry.key, {"$set": {"activation_id": activation_id}})
+        self._col.update_one(entry.selector, {"$set": {"activation_id": activation_id}})
+
+    def set_activation_ids(self, entries: list[LedgerEntry]) -> None:
+        """Record the platform's ids (each ``entry.activation_id``) of several accepted attempts,
+        in one write."""
+        writes = [UpdateOne(e.selector, {"$set": {"activation_id": e.activation_id}}) for e in entries]
+        if writes:
+            self._col.bulk_write(writes, ordered=False)
 
     def settle(
         self,
@@ -188,7 +237,8 @@ class Ledger:
         """Within, :meth:`settle` queues its writes and the session's counters are held back;
         they go out at the end as one bulk write per outcome kind and one counter update: a poll
         that settles a thousand records costs a few round trips, not 2,000. Entries themselves
-        (:meth:`submit`, :meth:`set_activation_id`) are written at once: a crash must find them."""
+        (:meth:`submit_all`, :meth:`set_activation_ids`) are written at once: a crash must find
+        them."""
         if self._queue is not None:  # within an outer batch: it writes them
             yield
             return
@@ -201,6 +251,8 @@ class Ledger:
                 self._write_outcomes(queue)
 
     def _count_active(self, delta: int) -> None:
+        if not delta:
+            return
         if self._queue is not None:
             self._active += delta
         else:
@@ -213,7 +265,7 @@ class Ledger:
             if not group:
                 continue
             writes = [
-                UpdateOne({**entry.key, "status": LedgerStatus.SUBMITTED}, {"$set": update})
+                UpdateOne({**entry.selector, "status": LedgerStatus.SUBMITTED}, {"$set": update})
                 for entry, _, _, update in group
             ]
             modified[ok] = self._col.bulk_write(writes, ordered=False).modified_count
@@ -287,8 +339,7 @@ def _task(task: Task) -> dict[str, Any]:
 
 
 def _entry(doc: dict[str, Any]) -> LedgerEntry:
-    fields = LedgerEntry.__dataclass_fields__
-    entry = LedgerEntry(**{k: v for k, v in doc.items() if k in fields})
+    entry = LedgerEntry(**{k: v for k, v in doc.items() if k in _FIELDS and k != "id"}, id=doc.get("_id"))
     entry.status = LedgerStatus(entry.status)
     entry.task = Task(entry.task)
     return entry

@@ -155,7 +155,8 @@ class Reporter:
             self._bar = None
 
     # ------------------------------------------------------------------ files
-    def write_rounds(self, rounds: list[dict[str, Any]]) -> None:
+    def write_rounds(self, rounds: list[dict[str, Any]], plot: bool = True) -> None:
+        """rounds.csv, and with ``plot`` accuracy.png."""
         rows = [r for r in rounds if r.get("metrics")]
         with (self.dir / "rounds.csv").open("w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, ROUND_FIELDS)
@@ -190,7 +191,8 @@ class Reporter:
                         "cold_starts": m.get("cold_starts", ""),
                     }
                 )
-        self._plot(rows)
+        if plot:
+            self._plot(rows)
 
     def write_activations(self, entries: list[LedgerEntry]) -> None:
         with (self.dir / "activations.csv").open("w", newline="", encoding="utf-8") as f:

@@ -47,6 +47,13 @@ from fedkeeper.host.reporting import Reporter
 
 RECORD_GRACE_S = 3.0  # a finished activation's record shows up just after its update
 MIN_POLL_S = 0.05
+# Records are listed from the oldest open attempt's submission on, less this much for the
+# platform's clock running behind the keeper's (NTP keeps hosts well within it). Every poll reads
+# every record in that window, so a wider one costs a round of a thousand clients dearly.
+RECORD_SKEW_S = 10.0
+# Clients invoked per pass of the round loop: records are polled between batches, so a thousand
+# dispatches never keep the keeper from seeing (and refilling) what finished meanwhile.
+DISPATCH_BATCH = 50
 STOPPED = "session stopped before this activation finished"
 
 
@@ -160,6 +167,7 @@ class RoundDriver:
         self.sleep = sleep
         self.budget_since = budget_since
         self.client_only = plan.client_only()
+        self.dispatch_batch = DISPATCH_BATCH  # clients invoked per pass of the round loop
         # Backpressure: a platform's 429 ends the invoke at once, and its number of attempts in
         # flight then is the most this driver keeps there (until the driver is made again).
         self.windows: dict[tuple[str, str], int] = {}
@@ -259,9 +267,10 @@ class RoundDriver:
         self.late = {}
 
     def _delivered(self, state: RoundState) -> set[int]:
-        """Selected clients whose result (update, or evaluation) is stored."""
+        """Selected clients whose result (update, or evaluation) is stored (asking only about
+        those not yet known to have delivered)."""
         results = self.session.updates if state.task is Task.FIT else self.session.evaluations
-        return results.clients(state.number) & set(state.selected)
+        return state.done | results.clients(state.number, among=set(state.selected) - state.done)
 
     def _drive(self, state: RoundState) -> None:
         """Dispatch, poll and retry until the round may close."""
@@ -270,14 +279,14 @@ class RoundDriver:
         quorum = math.ceil(fraction * len(state.selected))
         deadline = state.started + self.server.round_deadline_s
         # Poll fast right after something changed, then back off to poll_interval_s: short
-        # activations are seen soon after they end, long ones cost few requests.
+        # activations are seen soon after they end, long ones cost few requests. Fast only while
+        # at most a batch is in flight (a small round, or a round's end): with more, the platforms
+        # have work queued, and each poll reads every record finished since the oldest was sent.
         interval, last_seen = MIN_POLL_S, (-1, -1, -1)
         while True:
             self.watch.check()
-            now = self.clock()
-            in_flight = Counter((e.platform, e.cluster) for e in state.pending.values())
             with self.ledger.batched():
-                self._dispatch_due(state, now, in_flight)
+                full = self._dispatch_due(state, self.clock())
             self._give_up_on_outages(state, quorum)
             self._poll(state)
             self.reporter.progress(
@@ -304,24 +313,166 @@ class RoundDriver:
                     f"once the cause is fixed: fedkeeper resume {self.session.id}"
                 )
             seen = (len(state.done), len(state.pending), len(state.retry_at))
-            interval = MIN_POLL_S if seen != last_seen else min(interval * 1.5, self.server.poll_interval_s)
+            fast = seen != last_seen and len(state.pending) <= self.dispatch_batch
+            interval = MIN_POLL_S if fast else min(interval * 1.5, self.server.poll_interval_s)
             last_seen = seen
-            self.sleep(interval)
+            if not full:  # after a full batch more clients may be due: the next one goes out at once
+                self.sleep(interval)
 
-    def _dispatch_due(self, state: RoundState, now: float, in_flight: Counter[tuple[str, str]]) -> None:
-        """Invoke every client due by ``now``, as far as each cluster's window has room."""
+    def _dispatch_due(self, state: RoundState, now: float) -> bool:
+        """Invoke the next batch of clients due by ``now`` (at most ``dispatch_batch``), as far
+        as each cluster's window has room; True when the batch was full (more may be due).
+
+        The batch's ledger entries are written in one write before any of them is invoked, and
+        their activation ids in one write after the last invoke: a keeper that dies in between
+        leaves entries without an id, which a resumed one books as never invoked and retries (an
+        activation that ran all the same stores an update the unique key keeps once).
+        """
+        batch = self._due(state, now)
+        entries = self._submit(state, [e for c in batch if (e := self._new_attempt(state, c)) is not None])
+        invoked = self._invoke_all(state, entries)
+        self.ledger.set_activation_ids(invoked)
+        for entry in invoked:
+            state.pending[entry.client] = entry
+            self.reporter.event(
+                "dispatched", round=state.number, client=entry.client, attempt=entry.attempt,
+                function=entry.function, task=state.task.value, cluster=f"{entry.platform}/{entry.cluster}",
+                activation_id=entry.activation_id,
+            )  # fmt: skip
+        return len(batch) >= self.dispatch_batch
+
+    def _due(self, state: RoundState, now: float) -> list[int]:
+        """The next clients to invoke: due by ``now``, their platform reachable, their cluster's
+        window not full; taken off ``state.retry_at``."""
+        in_flight = Counter((e.platform, e.cluster) for e in state.pending.values())
+        batch: list[int] = []
         for client, due in sorted(state.retry_at.items()):
+            if len(batch) >= self.dispatch_batch:
+                break
             key = self.plan.invoked(client)[0]
-            if due <= now and in_flight[key] < self.windows.get(key, math.inf):
-                # The client's own platform: a target down behind the invoker is waited for too.
-                provider = self._client_provider(client)
-                if not self._reachable(provider):  # one probe at a time while it is down
-                    state.retry_at[client] = self.outages.next_probe(provider.where)
-                    continue
-                del state.retry_at[client]
-                if client not in state.done:
-                    self._dispatch(state, client)
-                    in_flight[key] += client in state.pending
+            if due > now or in_flight[key] >= self.windows.get(key, math.inf):
+                continue
+            # The client's own platform: a target down behind the invoker is waited for too.
+            provider = self._client_provider(client)
+            if not self._reachable(provider):  # one probe at a time while it is down
+                state.retry_at[client] = self.outages.next_probe(provider.where)
+                continue
+            del state.retry_at[client]
+            if client not in state.done:
+                batch.append(client)
+                in_flight[key] += 1
+        return batch
+
+    def _new_attempt(self, state: RoundState, client: int) -> LedgerEntry | None:
+        """The ledger entry of ``client``'s next attempt, charged to its retries; None (and the
+        client given up) once it is out of retries."""
+        charged = state.charged.get(client, 0)
+        if charged > self.server.max_retries:
+            state.given_up.add(client)
+            self._note(
+                f"round {state.number}: client {client} gave no {_result(state)} after {charged} attempts"
+            )
+            return None
+        attempt = state.attempts.get(client, 0) + 1
+        state.attempts[client] = attempt
+        state.charged[client] = charged + 1  # refunded if an outage stops or loses this attempt
+        if charged > 0:
+            state.retries += 1
+        key, function = self.plan.invoked(client)
+        provider = self.providers[key]
+        entry = self.ledger.new_entry(
+            state.number, function, client, attempt, provider.platform, provider.cluster, state.task
+        )
+        if function == INVOKER_FUNCTION:
+            entry.target = self.plan.placements[client].target
+        return entry
+
+    def _take_back(self, state: RoundState, entry: LedgerEntry) -> None:
+        """``entry`` is no attempt after all (never invoked, or refused before it started): its
+        number is used again and it costs no retry."""
+        client = entry.client
+        state.attempts[client] = entry.attempt - 1
+        state.charged[client] = max(0, state.charged.get(client, 1) - 1)
+        if state.charged[client] > 0:
+            state.retries -= 1
+
+    def _submit(self, state: RoundState, entries: list[LedgerEntry]) -> list[LedgerEntry]:
+        """Record ``entries`` in the ledger (one write); those whose attempt number a keeper that
+        died had used are taken back and retried at once with the next free number."""
+        recorded = self.ledger.submit_all(entries)
+        if len(recorded) < len(entries):
+            kept = {id(e) for e in recorded}
+            for entry in entries:
+                if id(entry) not in kept:
+                    self._take_back(state, entry)
+                    state.attempts[entry.client] = self.ledger.attempts(
+                        state.number, entry.function, entry.client
+                    )
+                    state.retry_at[entry.client] = self.clock()
+        return recorded
+
+    def _invoke_all(self, state: RoundState, entries: list[LedgerEntry]) -> list[LedgerEntry]:
+        """Invoke the submitted ``entries`` in order; returns those the platforms accepted (each
+        with its ``activation_id``).
+
+        After a 429 the rest of the batch on that cluster is held back (it waits for room in the
+        cluster's window); after an outage, the rest on the platform that is down (it waits for
+        the next probe). Held-back entries are withdrawn in one write: they were never invoked.
+        """
+        invoked: list[LedgerEntry] = []
+        held: list[tuple[LedgerEntry, float]] = []  # withdrawn, and when to try again
+        refused: set[tuple[str, str]] = set()  # clusters that answered 429 in this batch
+        down: set[str] = set()  # what was found down in this batch
+        for entry in entries:
+            key = (entry.platform, entry.cluster)
+            provider = self.providers[key]
+            wheres = {provider.where, self._client_provider(entry.client).where} & down
+            if key in refused:
+                held.append((entry, self.clock()))
+                continue
+            if wheres:
+                held.append((entry, max(self.outages.next_probe(w) for w in wheres)))
+                continue
+            try:
+                entry.activation_id = provider.invoke_async(entry.function, self._params(state, entry))
+            except Throttled:  # nothing started: wait for room, as neither a failure nor an outage
+                refused.add(key)
+                held.append((entry, self.clock()))
+                running = [*state.pending.values(), *invoked]  # this batch's accepted ones count too
+                self.windows[key] = max(1, sum((e.platform, e.cluster) == key for e in running))
+                self.reporter.event(
+                    "throttled", round=state.number, client=entry.client, window=self.windows[key]
+                )
+            except PlatformUnavailable as exc:
+                down.add(exc.what)
+                self.ledger.settle(entry, LedgerStatus.UNAVAILABLE, error=str(exc))
+                self._outage_retry(state, entry.client, exc)
+            except ProviderError as exc:
+                self.ledger.settle(entry, LedgerStatus.NOT_STARTED, error=str(exc))
+                self._schedule_retry(state, entry.client, str(exc))
+            else:
+                self.watch.back(provider.where)
+                state.sent[entry.client] = self.clock()
+                invoked.append(entry)
+        self.ledger.withdraw_all([entry for entry, _ in held])
+        for entry, retry_at in held:
+            self._take_back(state, entry)
+            state.retry_at[entry.client] = retry_at
+        return invoked
+
+    def _params(self, state: RoundState, entry: LedgerEntry) -> dict[str, Any]:
+        """What an attempt is invoked with."""
+        params: dict[str, Any] = {
+            "session": self.session.id,
+            "round": state.number,
+            "client": entry.client,
+            "attempt": entry.attempt,
+        }
+        if state.task is not Task.FIT:  # a fit call stays what it always was
+            params["task"] = state.task.value
+        if entry.function == INVOKER_FUNCTION:
+            params.update(target=entry.target, timeout_s=self.plan.limits[CLIENT_FUNCTION].timeout)
+        return params
 
     def _reachable(self, provider: Provider) -> bool:
         """False while ``provider``'s platform is down: not yet due for a probe, or its probe failed.
@@ -399,67 +550,6 @@ class RoundDriver:
     def _client_provider(self, client: int) -> Provider:
         """The platform ``client`` runs on (behind the invoker or not)."""
         return self.providers[self.plan.placements[client].key]
-
-    def _dispatch(self, state: RoundState, client: int) -> None:
-        charged = state.charged.get(client, 0)
-        if charged > self.server.max_retries:
-            state.given_up.add(client)
-            self._note(
-                f"round {state.number}: client {client} gave no {_result(state)} after {charged} attempts"
-            )
-            return
-        attempt = state.attempts.get(client, 0) + 1
-        state.attempts[client] = attempt
-        state.charged[client] = charged + 1  # refunded if an outage stops or loses this attempt
-        if charged > 0:
-            state.retries += 1
-        key, function = self.plan.invoked(client)
-        provider = self.providers[key]
-        params: dict[str, Any] = {
-            "session": self.session.id,
-            "round": state.number,
-            "client": client,
-            "attempt": attempt,
-        }
-        if state.task is not Task.FIT:  # a fit call stays what it always was
-            params["task"] = state.task.value
-        entry = self.ledger.new_entry(
-            state.number, function, client, attempt, provider.platform, provider.cluster, state.task
-        )
-        if function == INVOKER_FUNCTION:
-            entry.target = self.plan.placements[client].target
-            params.update(target=entry.target, timeout_s=self.plan.limits[CLIENT_FUNCTION].timeout)
-        if not self.ledger.submit(entry):  # this attempt number was used by a keeper that died
-            state.attempts[client] = self.ledger.attempts(state.number, function, client)
-            state.charged[client] = charged
-            state.retry_at[client] = self.clock()
-            return
-        try:
-            activation_id = provider.invoke_async(function, params)
-        except Throttled:  # nothing started: wait for room, as neither a failure nor an outage
-            self.ledger.withdraw(entry)
-            state.attempts[client], state.charged[client] = attempt - 1, charged
-            self.windows[key] = max(1, sum((e.platform, e.cluster) == key for e in state.pending.values()))
-            state.retry_at[client] = self.clock()
-            self.reporter.event("throttled", round=state.number, client=client, window=self.windows[key])
-            return
-        except PlatformUnavailable as exc:
-            self.ledger.settle(entry, LedgerStatus.UNAVAILABLE, error=str(exc))
-            self._outage_retry(state, client, exc)
-            return
-        except ProviderError as exc:
-            self.ledger.settle(entry, LedgerStatus.NOT_STARTED, error=str(exc))
-            self._schedule_retry(state, client, str(exc))
-            return
-        self.watch.back(provider.where)
-        self.ledger.set_activation_id(entry, activation_id)
-        state.pending[client] = entry
-        state.sent[client] = self.clock()
-        self.reporter.event(
-            "dispatched", round=state.number, client=client, attempt=attempt, function=function,
-            task=state.task.value, cluster=f"{provider.platform}/{provider.cluster}",
-            activation_id=activation_id,
-        )  # fmt: skip
 
     def _poll(self, state: RoundState) -> None:
         """Fetch the records of every open activation, one batch per provider and function.
@@ -611,7 +701,7 @@ def fetch_records(
         provider = providers[(platform, cluster)]
         if not watch.outages.may_probe(provider.where):
             continue
-        since = min(int(e.submitted_at.timestamp() * 1000) for e in group) - 60_000
+        since = min(int(e.submitted_at.timestamp() * 1000) for e in group) - int(RECORD_SKEW_S * 1000)
         try:
             records.update(
                 provider.fetch(function, [e.activation_id for e in group if e.activation_id], since)

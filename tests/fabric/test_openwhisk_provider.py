@@ -338,6 +338,53 @@ class Relay(ThreadedServer):
         return web.json_response({"error": "gateway failed after forwarding"}, status=503)
 
 
+class Accepting(ThreadedServer):
+    """A real HTTP server accepting every invoke (202 and an activation id); notes each request's
+    client port, and with ``close_after`` closes each connection that long after answering."""
+
+    def __init__(self, close_after: float | None = None) -> None:
+        self.close_after = close_after
+        self.ports: list[int] = []
+        super().__init__()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        self.ports.append(request.transport.get_extra_info("peername")[1])
+        if self.close_after is not None:
+            self.loop.call_later(self.close_after, request.transport.close)
+        activation_id = f"{len(self.ports):032d}"
+        return web.json_response(
+            {"activationId": activation_id}, status=202, headers={ACTIVATION_ID_HEADER: activation_id}
+        )
+
+
+def test_invokes_share_one_keep_alive_connection_and_response_hooks_see_each_answer() -> None:
+    seen: list[tuple[str, int]] = []
+    with (
+        Accepting() as server,
+        Fast("direct", OpenWhiskCluster(base_url=f"http://127.0.0.1:{server.port}")) as client,
+    ):
+        client.session.hooks["response"].append(
+            lambda response, *args, **kwargs: seen.append((response.request.path_url, response.status_code))
+        )
+        ids = [client.invoke_async("act", {"client": c}) for c in range(3)]
+    assert ids == [f"{n:032d}" for n in (1, 2, 3)]
+    assert len(set(server.ports)) == 1  # one connection for the three
+    assert seen == [("/api/v1/namespaces/guest/actions/act", 202)] * 3
+
+
+def test_an_invoke_after_the_server_closed_the_idle_connection_goes_out_once_on_a_new_one() -> None:
+    with (
+        Accepting(close_after=0.05) as server,
+        Fast("direct", OpenWhiskCluster(base_url=f"http://127.0.0.1:{server.port}")) as client,
+    ):
+        first = client.invoke_async("act", {})
+        time.sleep(0.5)  # the server has closed the connection by now
+        second = client.invoke_async("act", {})
+    assert (first, second) == (f"{1:032d}", f"{2:032d}")
+    assert len(server.ports) == 2 and server.ports[0] != server.ports[1]  # each sent once
+
+
 @pytest.mark.parametrize("mode", ["503", "drop"])
 @pytest.mark.parametrize("call", ["invoke_async", "invoke_sync"])
 def test_an_invoke_that_reached_the_platform_is_never_sent_again(
@@ -385,7 +432,11 @@ def test_an_invoke_is_retried_while_the_platform_refuses_connections(
         later.cleanup()
 
 
-def test_insecure_skips_tls_verification_for_that_cluster_only(fabric_url: str) -> None:
+def test_insecure_skips_tls_verification_for_that_cluster_only(
+    fabric_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
     insecure = OpenWhiskProvider(
         "selfsigned", OpenWhiskCluster(base_url="https://ow.example:31001", insecure=True)
     )
@@ -402,6 +453,24 @@ def test_insecure_skips_tls_verification_for_that_cluster_only(fabric_url: str) 
         and f[1].match("Unverified HTTPS request to host 'other.example'")
         for f in warnings.filters
     )
+
+
+def test_proxies_and_ca_bundle_are_read_from_the_environment_once_per_cluster_and_insecure_wins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/site.pem")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "direct.example")
+    proxied = OpenWhiskProvider("proxied", OpenWhiskCluster(base_url="https://ow.example"))
+    direct = OpenWhiskProvider("direct", OpenWhiskCluster(base_url="https://direct.example"))
+    insecure = OpenWhiskProvider("insecure", OpenWhiskCluster(base_url="https://ow.example", insecure=True))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/elsewhere.pem")  # read at construction, not per request
+    assert not proxied.session.trust_env
+    assert proxied.session.verify == "/etc/ssl/certs/site.pem"
+    assert proxied.session.proxies.get("https") == "http://proxy.example:3128"
+    assert "https" not in direct.session.proxies  # NO_PROXY names it
+    # With trust_env, requests would let the environment's CA bundle turn verification back on.
+    assert insecure.session.verify is False
 
 
 def test_web_action_helper_sends_no_credentials(fabric_url: str, probe: Path, name: str) -> None:

@@ -101,6 +101,7 @@ class ScriptedProvider(Provider):
     throttled: int = 0  # invokes refused for the concurrency limit
     invoked: list[tuple[int, int]] = field(default_factory=list)  # (client, attempt), in order
     evaluated: list[tuple[int, int]] = field(default_factory=list)  # evaluate calls: (client, attempt)
+    calls: list[tuple[str, int]] = field(default_factory=list)  # ("invoke", client), ("fetch", ids), in order
     running: dict[str, _Running] = field(default_factory=dict)
     _ids: Any = field(default_factory=lambda: itertools.count(1))
 
@@ -109,6 +110,7 @@ class ScriptedProvider(Provider):
 
     # ------------------------------------------------------------------ the provider interface
     def invoke_async(self, name: str, params: Mapping[str, Any]) -> str:
+        self.calls.append(("invoke", int(params["client"])))
         self._answer()
         if self.concurrency is not None:
             self.finish_due()
@@ -141,6 +143,7 @@ class ScriptedProvider(Provider):
         return activation_id
 
     def fetch(self, name: str, activation_ids: Collection[str], since_ms: int) -> dict[str, ActivationRecord]:
+        self.calls.append(("fetch", len(activation_ids)))
         self._answer()
         self.finish_due()
         records = {}

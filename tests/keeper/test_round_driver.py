@@ -222,6 +222,85 @@ def test_a_full_platform_is_met_with_backpressure_and_no_client_fails_or_retries
     assert all(r.statuses(c) == [LedgerStatus.SUCCESS] for c in range(CLIENTS))
 
 
+def _batched_run(r: Rig, batch: int) -> ClosedRound:
+    """Round 0 with every client, by a driver that invokes ``batch`` clients per pass."""
+    r.session.rounds.open(0, list(range(CLIENTS)))
+    driver = r.driver()
+    driver.dispatch_batch = batch
+    return driver.run(0)
+
+
+def test_clients_are_invoked_in_batches_with_a_poll_after_each_batch(rig: Any) -> None:
+    r = rig()
+    closed = _batched_run(r, batch=2)
+    assert closed.included == (0, 1, 2, 3)
+    first = r.provider.calls[: r.provider.calls.index(("invoke", 3)) + 1]
+    assert first == [("invoke", 0), ("invoke", 1), ("fetch", 2), ("invoke", 2), ("invoke", 3)]
+
+
+def test_a_full_batch_is_followed_by_the_next_without_waiting(rig: Any) -> None:
+    r = rig()
+    _batched_run(r, batch=2)
+    started = {run.client: run.started for run in r.provider.running.values()}
+    assert started[2] == started[0]  # the fake clock moves only when the driver sleeps
+
+
+def test_a_batch_is_in_the_ledger_before_its_first_client_is_invoked(rig: Any) -> None:
+    r = rig()
+    seen: list[list[tuple[int, str | None]]] = []
+    invoke = r.provider.invoke_async
+
+    def noting_the_ledger(name: str, params: Any) -> str:
+        entries = Ledger(r.session).open_entries(0)
+        seen.append(sorted((e.client, e.activation_id) for e in entries))
+        return invoke(name, params)
+
+    r.provider.invoke_async = noting_the_ledger
+    _batched_run(r, batch=2)
+    assert seen[0] == [(0, None), (1, None)]  # both entries written, neither invoked yet
+    assert seen[2][:2] == [(0, "a1"), (1, "a2")]  # the batch's activation ids, before the next batch
+
+
+def test_a_429_holds_back_the_rest_of_the_batch_on_that_cluster_without_invoking_it(rig: Any) -> None:
+    r = rig(max_retries=0)  # a refusal counted as an attempt would give its client up
+    r.provider.concurrency = 2
+    r.session.rounds.open(0, list(range(CLIENTS)))
+    driver = r.driver()
+    driver.dispatch_batch = CLIENTS
+    closed = driver.run(0)
+    assert closed.included == (0, 1, 2, 3) and closed.failed == () and closed.retries == 0
+    # the window is what ran at the refusal, the batch's own accepted invokes included
+    assert driver.windows == {("openwhisk", "local"): 2}
+    # client 2 is refused; client 3, behind it in the batch, is not sent into the full cluster
+    assert r.provider.calls[:4] == [("invoke", 0), ("invoke", 1), ("invoke", 2), ("fetch", 2)]
+    assert r.provider.throttled == 1
+    assert sorted(r.provider.invoked) == [(c, 1) for c in range(CLIENTS)]  # withdrawn numbers reused
+    assert all(r.statuses(c) == [LedgerStatus.SUCCESS] for c in range(CLIENTS))
+    assert r.session.record.get()["counters"]["active"] == 0
+
+
+def test_an_outage_met_mid_batch_holds_back_the_rest_of_the_batch_at_no_cost(rig: Any) -> None:
+    r = rig(max_retries=0)
+    invoke = r.provider.invoke_async
+
+    def down_after_two(name: str, params: Any) -> str:
+        if len(r.provider.invoked) == 2 and not r.provider.down_until:
+            r.provider.down_until = r.clock() + 5  # the platform goes down after two invokes
+        return invoke(name, params)
+
+    r.provider.invoke_async = down_after_two
+    closed = _batched_run(r, batch=CLIENTS)
+    assert closed.included == (0, 1, 2, 3) and closed.failed == () and closed.retries == 0
+    # client 2's invokes probe the platform until it is back; client 3, behind it, is sent once, after
+    assert r.provider.calls.count(("invoke", 3)) == 1
+    assert r.provider.calls.index(("invoke", 3)) > max(
+        i for i, c in enumerate(r.provider.calls) if c == ("invoke", 2)
+    )
+    assert r.statuses(2)[-1] == LedgerStatus.SUCCESS
+    assert set(r.statuses(2)[:-1]) == {LedgerStatus.UNAVAILABLE}
+    assert r.statuses(3) == [LedgerStatus.SUCCESS]  # its withdrawn entries left no trace
+
+
 class KeeperDied(Exception):
     """Raised by the fake sleep to stop a driver mid-round, as a killed keeper stops."""
 

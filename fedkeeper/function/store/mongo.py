@@ -7,6 +7,7 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
@@ -128,7 +129,12 @@ class ClientAnswers(SessionBound):
         key = {"session": self.session_id, "round": round_number, "client": client}
         return self._col.find_one(key, {"_id": 1}) is not None
 
-    def clients(self, round_number: int) -> set[int]:
-        """Clients whose answer for the round is stored."""
-        cursor = self._col.find({"session": self.session_id, "round": round_number}, {"client": 1})
-        return {int(doc["client"]) for doc in cursor}
+    def clients(self, round_number: int, among: AbstractSet[int] | None = None) -> set[int]:
+        """Clients whose answer for the round is stored (only those ``among``, when given: a
+        poll asks about the clients it still waits for, not again about every answer so far)."""
+        query: dict[str, Any] = {"session": self.session_id, "round": round_number}
+        if among is not None:
+            if not among:
+                return set()
+            query["client"] = {"$in": sorted(among)}
+        return {int(doc["client"]) for doc in self._col.find(query, {"client": 1, "_id": 0})}
