@@ -11,7 +11,9 @@ What counts is in the store: updates are claimed into a version's buffer atomica
 (:meth:`~fedkeeper.function.store.updates.Updates.claim`), and :meth:`AsyncDriver.restore` picks the
 open activations up from the ledger, so a keeper that died mid-stream goes on where it stopped.
 The keeper (:mod:`fedkeeper.host.keeper`) calls :meth:`AsyncDriver.pump` until a buffer is full,
-then aggregates it into the next version.
+then aggregates it into the next version, and goes on calling it (on the version aggregated from)
+while the aggregator runs: the stream never waits for a version. The driver is used from the
+keeper's thread only.
 """
 
 from __future__ import annotations
