@@ -304,7 +304,7 @@ class Keeper:
             version = int(session["round"])
             buffer = self.session.updates.claim(version, self.server.buffer_size)
             if len(buffer) < self.server.buffer_size:
-                driver.pump(version)
+                driver.pump(version, hold_at=self.server.buffer_size)
                 self.sleep(self.server.poll_interval_s if driver.in_flight else MIN_POLL_S)
                 continue
             metrics = self._aggregate_version(version, buffer, driver, watch)
@@ -358,7 +358,8 @@ class Keeper:
     ) -> dict[str, Any]:
         """The aggregator call for ``version``, made in a worker thread while this one keeps the
         stream going: a client that finishes meanwhile trains again at once on ``version`` (the
-        newest model there is until the call ends), as FedBuff's server never blocks its clients.
+        newest model there is until the call ends), as FedBuff's server never blocks its clients,
+        unless the next buffer is already full in the store (see :meth:`AsyncDriver.pump`).
 
         The call is :meth:`_call_server`'s, with its retries, outage waits and ledger entries;
         what it shares with the stream (ledger, outages, reporter, providers) is safe to use from
@@ -369,7 +370,7 @@ class Keeper:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedbuff-aggregator") as pool:
             call = pool.submit(self._call_server, AGGREGATOR_FUNCTION, version, params)
             while not call.done():
-                driver.pump(version)
+                driver.pump(version, hold_at=self.server.buffer_size)
                 wait([call], timeout=self.server.poll_interval_s if driver.in_flight else MIN_POLL_S)
             # (leaving the block on an error from pump() waits for the call first)
         return call.result()

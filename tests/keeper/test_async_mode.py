@@ -59,9 +59,10 @@ class SlowAggregatorProvider(CountingProvider):
     ``patience_s`` of real time): ``during[v]`` are the ``(client, version)`` dispatched while
     version ``v``'s call was pending."""
 
-    aggregate_s: float = 3.0
+    aggregate_s: float = 1.0
     patience_s: float = 2.0
     during: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    unclaimed_then: list[int] = field(default_factory=list)  # updates waiting at each such dispatch
     _pending: int | None = None
     _dispatched: threading.Event = field(default_factory=threading.Event)
 
@@ -70,6 +71,7 @@ class SlowAggregatorProvider(CountingProvider):
         pending = self._pending  # (the aggregator's thread may end the call meanwhile)
         if pending is not None:
             self.during[pending].append((int(params["client"]), int(params["version"])))
+            self.unclaimed_then.append(self.store.for_session(str(params["session"])).updates.unclaimed())
             self._dispatched.set()
         return activation_id
 
@@ -276,9 +278,9 @@ def test_clients_train_on_while_a_version_is_aggregated_and_every_update_still_c
     store: Store, tmp_path: Path
 ) -> None:
     clock = FakeClock()
-    # every client finishes within the aggregator's 3 s: each call sees clients become ready
+    # clients finish within the aggregator's 1 s: each call sees some become ready
     provider = SlowAggregatorProvider(clock, store, _script({0: 1.0, 1: 1.5, 2: 2.0, 3: 2.5}))
-    config = _config(tmp_path, max_in_flight=4, max_rounds=4, poll_interval_s=0.1)
+    config = _config(tmp_path, max_in_flight=2, max_rounds=4, poll_interval_s=0.1)
     session = store.for_session(_keeper(config, store, provider, clock).start())
     assert session.record.get()["phase"] == "Succeeded"
     # while each version's aggregator call ran, clients were re-dispatched, on that version
@@ -286,6 +288,8 @@ def test_clients_train_on_while_a_version_is_aggregated_and_every_update_still_c
     for version, dispatched in provider.during.items():
         assert dispatched, f"no client dispatched while version {version} was aggregated"
         assert {v for _, v in dispatched} == {version}
+    # ... but none once the next buffer was full in the store (it would only pile up stale updates)
+    assert provider.unclaimed_then and max(provider.unclaimed_then) < 3
     # exactly once: no update in two buffers, one update per dispatch
     buffers = _buffers(session, 4)
     assert [len(b) for b in buffers] == [3, 3, 3, 3]
@@ -322,3 +326,20 @@ def test_an_outage_during_the_aggregator_call_is_waited_out_by_both_threads_at_n
     every = [key for b in _buffers(session, 4) for key in b]
     assert len(every) == 12 and len(every) == len(set(every))
     assert {int(k.split("/")[0]) for b in _buffers(session, 4)[2:] for k in b} == set(range(CLIENTS))
+
+
+def test_a_slow_aggregator_holds_ready_clients_once_the_next_buffer_is_full(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    # 4 in flight, buffer 3, an aggregator slower than every client: without the hold, each call
+    # would see three updates stored and re-dispatch their clients on the old version regardless
+    provider = SlowAggregatorProvider(
+        clock, store, _script({0: 1.0, 1: 1.5, 2: 2.0, 3: 2.5}), aggregate_s=3.0, patience_s=0.2
+    )
+    config = _config(tmp_path, max_in_flight=4, max_rounds=4, poll_interval_s=0.1)
+    session = store.for_session(_keeper(config, store, provider, clock).start())
+    assert session.record.get()["phase"] == "Succeeded"
+    assert max(provider.unclaimed_then, default=0) < 3
+    every = [key for b in _buffers(session, 4) for key in b]
+    assert len(every) == 12 and len(every) == len(set(every))
