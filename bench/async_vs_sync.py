@@ -205,7 +205,7 @@ def main() -> None:
             print(
                 f"run {repeat + 1}/{args.repeat} {datetime.now(UTC):%H:%M:%S} {label:<24} {mode:<10} target "
                 f"{reached:>12}, {count} aggregations, final accuracy {final:.4f} "
-                f"({time.monotonic() - started:.0f} s with deploy and warm-up)",
+                f"({time.monotonic() - started:.0f} s with deploy{'' if args.cold_start else ' and warm-up'})",
                 flush=True,
             )
     print()
