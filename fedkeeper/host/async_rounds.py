@@ -11,7 +11,9 @@ What counts is in the store: updates are claimed into a version's buffer atomica
 (:meth:`~fedkeeper.function.store.updates.Updates.claim`), and :meth:`AsyncDriver.restore` picks the
 open activations up from the ledger, so a keeper that died mid-stream goes on where it stopped.
 The keeper (:mod:`fedkeeper.host.keeper`) calls :meth:`AsyncDriver.pump` until a buffer is full,
-then aggregates it into the next version.
+then aggregates it into the next version, and goes on calling it (on the version aggregated from)
+while the aggregator runs: the stream never waits for a version. The driver is used from the
+keeper's thread only.
 """
 
 from __future__ import annotations
@@ -118,15 +120,25 @@ class AsyncDriver:
                 state.ready_at[placement.client] = now
 
     # ------------------------------------------------------------------ one turn
-    def pump(self, version: int) -> None:
+    def pump(self, version: int, hold_at: int | None = None) -> None:
         """Poll what runs, then dispatch ready clients on ``version`` up to ``max_in_flight``.
+
+        ``hold_at``: ready clients wait while this many updates are stored and unclaimed. The
+        keeper passes ``buffer_size`` while the next version is being made from ``version``: once
+        the buffer after it is full in the store, an update trained on ``version`` now could go
+        into a later version only, staler than one trained on the new version moments later (a
+        slow aggregator would otherwise pile up stale updates from fast clients).
 
         Raises :class:`SessionFailed` when every client is given up.
         """
         self.watch.check()
         self._poll()
         now = self.clock()
-        for client, due in sorted(self.state.ready_at.items(), key=lambda item: (item[1], item[0])):
+        ready = sorted(self.state.ready_at.items(), key=lambda item: (item[1], item[0]))
+        held = hold_at is not None and any(due <= now for _, due in ready)
+        if held and self.session.updates.unclaimed() >= (hold_at or 0):
+            ready = []
+        for client, due in ready:
             if self.in_flight >= self.server.in_flight_limit:
                 break
             if due <= now:

@@ -19,7 +19,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -304,7 +304,7 @@ class Keeper:
             version = int(session["round"])
             buffer = self.session.updates.claim(version, self.server.buffer_size)
             if len(buffer) < self.server.buffer_size:
-                driver.pump(version)
+                driver.pump(version, hold_at=self.server.buffer_size)
                 self.sleep(self.server.poll_interval_s if driver.in_flight else MIN_POLL_S)
                 continue
             metrics = self._aggregate_version(version, buffer, driver, watch)
@@ -327,10 +327,10 @@ class Keeper:
         clients = sorted({int(m["client"]) for m in buffer})
         rounds.open(version, clients)
         if rounds.get(version).get("metrics") is None:
-            metrics = self._call_server(
-                AGGREGATOR_FUNCTION,
+            metrics = self._aggregate_while_pumping(
                 version,
                 {"session": self.session_id, "round": version, "clients": clients, "mode": "async"},
+                driver,
             )
             counts = driver.take_counts()
             extra = {
@@ -352,6 +352,28 @@ class Keeper:
             f"{metrics.get('in_flight', 0)} in flight · {float(metrics.get('duration_s', 0.0)):.1f}s"
         )
         return metrics
+
+    def _aggregate_while_pumping(
+        self, version: int, params: dict[str, Any], driver: AsyncDriver
+    ) -> dict[str, Any]:
+        """The aggregator call for ``version``, made in a worker thread while this one keeps the
+        stream going: a client that finishes meanwhile trains again at once on ``version`` (the
+        newest model there is until the call ends), as FedBuff's server never blocks its clients,
+        unless the next buffer is already full in the store (see :meth:`AsyncDriver.pump`).
+
+        The call is :meth:`_call_server`'s, with its retries, outage waits and ledger entries;
+        what it shares with the stream (ledger, outages, reporter, providers) is safe to use from
+        both threads. An error on either side is raised once the call has ended, so no aggregator
+        call outlives the loop that made it (a resumed or store-recovered keeper finds its
+        outcome in the store).
+        """
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedbuff-aggregator") as pool:
+            call = pool.submit(self._call_server, AGGREGATOR_FUNCTION, version, params)
+            while not call.done():
+                driver.pump(version, hold_at=self.server.buffer_size)
+                wait([call], timeout=self.server.poll_interval_s if driver.in_flight else MIN_POLL_S)
+            # (leaving the block on an error from pump() waits for the call first)
+        return call.result()
 
     # ------------------------------------------------------------------ outages
     def _wait_for_store(self, error: StoreUnavailable) -> None:

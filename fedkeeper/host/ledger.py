@@ -11,6 +11,7 @@ apart, and entries from before it was stored are fit.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -131,10 +132,31 @@ class Ledger:
 
     def __init__(self, session: SessionStore) -> None:
         self._col = session.store.collection("activations")
-        self._queue: list[_Outcome] | None = None  # settlements held back by batched()
-        self._active = 0  # the change of the session's "active" counter held back by batched()
+        # A batch is its thread's: async mode's aggregator call settles its own entries from a
+        # worker thread while the keeper's thread polls the stream (see Keeper._train_async).
+        self._batch = threading.local()
         self._session = session
         self.url = session.store.url  # named in the error when MongoDB is down
+
+    @property
+    def _queue(self) -> list[_Outcome] | None:
+        """This thread's settlements held back by :meth:`batched`; None outside one."""
+        queue: list[_Outcome] | None = getattr(self._batch, "queue", None)
+        return queue
+
+    @_queue.setter
+    def _queue(self, queue: list[_Outcome] | None) -> None:
+        self._batch.queue = queue
+
+    @property
+    def _active(self) -> int:
+        """The change of the session's "active" counter this thread's batch holds back."""
+        active: int = getattr(self._batch, "active", 0)
+        return active
+
+    @_active.setter
+    def _active(self, delta: int) -> None:
+        self._batch.active = delta
 
     def new_entry(
         self,

@@ -7,6 +7,7 @@ when an outage lasts past ``outage_tolerance_s``.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -67,27 +68,31 @@ class Outages:
         self.clock = clock
         self.down: dict[str, Outage] = {}
         self.back_at: dict[str, datetime] = {}  # wall time each outage ended, to judge lost activations
+        # async mode's aggregator call notes outages from a worker thread while the stream does
+        self._lock = threading.RLock()
 
     def failed(self, error: Unavailable) -> Outage:
         """Record that ``error.what`` did not answer; returns its outage with the next probe time."""
-        now = self.clock()
-        outage = self.down.get(error.what)
-        if outage is None:
-            outage = Outage(error.what, type(error).__name__, now, now, str(error), now)
-            self.down[error.what] = outage
-        outage.probes += 1
-        outage.last_seen = now
-        outage.error = str(error)
-        outage.next_probe = now + max(self.backoff.delay(outage.probes), MIN_PROBE_S)
-        return outage
+        with self._lock:
+            now = self.clock()
+            outage = self.down.get(error.what)
+            if outage is None:
+                outage = Outage(error.what, type(error).__name__, now, now, str(error), now)
+                self.down[error.what] = outage
+            outage.probes += 1
+            outage.last_seen = now
+            outage.error = str(error)
+            outage.next_probe = now + max(self.backoff.delay(outage.probes), MIN_PROBE_S)
+            return outage
 
     def recovered(self, what: str) -> float | None:
         """Record that ``what`` answered; the outage's length when it was down, else None."""
-        outage = self.down.pop(what, None)
-        if outage is None:
-            return None
-        self.back_at[what] = datetime.now(UTC)
-        return self.clock() - outage.since
+        with self._lock:
+            outage = self.down.pop(what, None)
+            if outage is None:
+                return None
+            self.back_at[what] = datetime.now(UTC)
+            return self.clock() - outage.since
 
     def is_down(self, what: str) -> bool:
         return what in self.down
@@ -110,7 +115,8 @@ class Outages:
 
     def too_long(self) -> list[Outage]:
         """The outages that have lasted past the tolerance."""
-        return [o for o in self.down.values() if o.length_s > self.tolerance_s]
+        with self._lock:
+            return [o for o in self.down.values() if o.length_s > self.tolerance_s]
 
     def check(self, session: str, spare: Collection[str] = ()) -> None:
         """Raise :class:`OutageTooLong` when an outage has lasted past the tolerance.

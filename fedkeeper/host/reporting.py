@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -95,19 +96,24 @@ class Reporter:
         self._events = (self.dir / "keeper.jsonl").open("a", encoding="utf-8")
         self._console = Console(file=self.stream, force_terminal=self.tty, highlight=False, soft_wrap=True)
         self._bar: tuple[int, Progress, TaskID] | None = None  # the round it shows
+        # async mode's aggregator call reports from a worker thread: one line at a time
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ events
     def event(self, kind: str, **fields: Any) -> None:
         record = {"time": datetime.now().isoformat(timespec="milliseconds"), "event": kind, **fields}
-        self._events.write(redact(json.dumps(record, default=str)) + "\n")
-        self._events.flush()
+        line = redact(json.dumps(record, default=str)) + "\n"
+        with self._lock:
+            self._events.write(line)
+            self._events.flush()
 
     def say(self, message: str) -> None:
         """One line; on a terminal it goes above the progress bar, which stays at the bottom."""
-        if self.tty:
-            self._console.print(redact(message), markup=False)
-        else:
-            print(redact(message), file=self.stream, flush=True)
+        with self._lock:
+            if self.tty:
+                self._console.print(redact(message), markup=False)
+            else:
+                print(redact(message), file=self.stream, flush=True)
 
     def progress(
         self, round_number: int, selected: int, done: int, failed: int, retried: int, elapsed: float

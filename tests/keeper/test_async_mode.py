@@ -8,21 +8,23 @@ failed activation is re-invoked; a keeper killed mid-stream resumes and counts e
 from __future__ import annotations
 
 import csv
+import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from fedkeeper.function.catalog import CLIENT_FUNCTION
+from fedkeeper.function.catalog import AGGREGATOR_FUNCTION, CLIENT_FUNCTION
 from fedkeeper.function.config import Config, parse_config
+from fedkeeper.function.invoke.base import ActivationRecord
 from fedkeeper.function.store.db import SessionStore, Store
 from fedkeeper.host.keeper import Keeper
 from fedkeeper.host.ledger import Ledger, LedgerStatus
 from fedkeeper.host.plan import Plan
-from fedkeeper.host.rounds import SessionFailed
+from fedkeeper.host.rounds import STOPPED, SessionFailed
 from fedkeeper.host.serve.documents import StatusReader
 from tests.keeper.fakes import WEIGHTS, Attempt, FakeClock, ScriptedProvider
 
@@ -48,6 +50,55 @@ class CountingProvider(ScriptedProvider):
         if self.revive:
             self.running[f"{activation_id}-revived"] = replace(self.running[activation_id])
         return activation_id
+
+
+@dataclass
+class SlowAggregatorProvider(CountingProvider):
+    """An aggregator that takes ``aggregate_s`` (clock time, during which clients finish) and, to
+    give the keeper the chance, answers only once a client was dispatched while it ran (or after
+    ``patience_s`` of real time): ``during[v]`` are the ``(client, version)`` dispatched while
+    version ``v``'s call was pending."""
+
+    aggregate_s: float = 1.0
+    patience_s: float = 2.0
+    during: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    unclaimed_then: list[int] = field(default_factory=list)  # updates waiting at each such dispatch
+    _pending: int | None = None
+    _dispatched: threading.Event = field(default_factory=threading.Event)
+
+    def invoke_async(self, name: str, params: Mapping[str, Any]) -> str:
+        activation_id = super().invoke_async(name, params)
+        pending = self._pending  # (the aggregator's thread may end the call meanwhile)
+        if pending is not None:
+            self.during[pending].append((int(params["client"]), int(params["version"])))
+            self.unclaimed_then.append(self.store.for_session(str(params["session"])).updates.unclaimed())
+            self._dispatched.set()
+        return activation_id
+
+    def invoke_sync(self, name: str, params: Mapping[str, Any], timeout_s: float) -> ActivationRecord:
+        if name == AGGREGATOR_FUNCTION and params.get("mode") == "async":
+            version = int(params["round"])
+            self.during[version] = []
+            self._dispatched.clear()
+            self._pending = version
+            self.clock.sleep(self.aggregate_s)
+            self._dispatched.wait(self.patience_s)
+            self._pending = None
+        return super().invoke_sync(name, params, timeout_s)
+
+
+@dataclass
+class DownWhileAggregatingProvider(CountingProvider):
+    """The platform goes down for ``outage_s`` (clock time) as version ``version``'s aggregator
+    call starts: that call, the stream's invokes and its polls all meet the outage."""
+
+    version: int = 1
+    outage_s: float = 5.0
+
+    def invoke_sync(self, name: str, params: Mapping[str, Any], timeout_s: float) -> ActivationRecord:
+        if name == AGGREGATOR_FUNCTION and int(params["round"]) == self.version and not self.down_until:
+            self.down_until = self.clock() + self.outage_s
+        return super().invoke_sync(name, params, timeout_s)
 
 
 def _config(tmp_path: Path, **server: Any) -> Config:
@@ -221,3 +272,74 @@ def test_a_keeper_killed_mid_stream_resumes_and_counts_every_update_exactly_once
     # no dispatch number was used twice across the two keepers
     dispatches = [e.round for e in Ledger(session).entries() if e.function == CLIENT_FUNCTION]
     assert len(dispatches) == len(set(dispatches))
+
+
+def test_clients_train_on_while_a_version_is_aggregated_and_every_update_still_counts_once(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    # clients finish within the aggregator's 1 s: each call sees some become ready
+    provider = SlowAggregatorProvider(clock, store, _script({0: 1.0, 1: 1.5, 2: 2.0, 3: 2.5}))
+    config = _config(tmp_path, max_in_flight=2, max_rounds=4, poll_interval_s=0.1)
+    session = store.for_session(_keeper(config, store, provider, clock).start())
+    assert session.record.get()["phase"] == "Succeeded"
+    # while each version's aggregator call ran, clients were re-dispatched, on that version
+    assert sorted(provider.during) == [0, 1, 2, 3]
+    for version, dispatched in provider.during.items():
+        assert dispatched, f"no client dispatched while version {version} was aggregated"
+        assert {v for _, v in dispatched} == {version}
+    # ... but none once the next buffer was full in the store (it would only pile up stale updates)
+    assert provider.unclaimed_then and max(provider.unclaimed_then) < 3
+    # exactly once: no update in two buffers, one update per dispatch
+    buffers = _buffers(session, 4)
+    assert [len(b) for b in buffers] == [3, 3, 3, 3]
+    every = [key for b in buffers for key in b]
+    assert len(every) == len(set(every))
+    fit = [e for e in Ledger(session).entries() if e.function == CLIENT_FUNCTION]
+    assert len({e.round for e in fit}) == len(fit)  # no dispatch number used twice
+    # what trained during an aggregation is folded into a later version, at its staleness
+    marks = {int(m["round"]): (v, int(m["version"])) for v in range(4) for m in session.updates.claimed(v)}
+    during_first = [
+        e.round for e in fit if e.round in marks and marks[e.round][1] == 0 and marks[e.round][0] >= 1
+    ]
+    assert during_first  # trained on version 0, claimed by a later version
+    # the ledger books every attempt: the aggregator calls, and what the stop cut off
+    assert sum(e.function == AGGREGATOR_FUNCTION for e in Ledger(session).entries()) == 4
+    assert all(e.settled for e in Ledger(session).entries())
+    cut_off = [e for e in fit if e.status == LedgerStatus.TIMED_OUT]
+    assert cut_off and all(e.error == STOPPED for e in cut_off)
+
+
+def test_an_outage_during_the_aggregator_call_is_waited_out_by_both_threads_at_no_retry(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    provider = DownWhileAggregatingProvider(clock, store, _script({c: 1.0 + c / 2 for c in range(CLIENTS)}))
+    # no retries at all: a charged failure would fail the aggregator, or give a client up
+    config = _config(tmp_path, max_in_flight=4, max_retries=0, poll_interval_s=0.1)
+    session = store.for_session(_keeper(config, store, provider, clock).start())
+    assert session.record.get()["phase"] == "Succeeded"
+    calls = [e for e in Ledger(session).entries() if e.function == AGGREGATOR_FUNCTION and e.round == 1]
+    statuses = [e.status for e in sorted(calls, key=lambda e: e.attempt)]
+    assert statuses[-1] == LedgerStatus.SUCCESS and len(statuses) > 1
+    assert set(statuses[:-1]) == {LedgerStatus.UNAVAILABLE}
+    every = [key for b in _buffers(session, 4) for key in b]
+    assert len(every) == 12 and len(every) == len(set(every))
+    assert {int(k.split("/")[0]) for b in _buffers(session, 4)[2:] for k in b} == set(range(CLIENTS))
+
+
+def test_a_slow_aggregator_holds_ready_clients_once_the_next_buffer_is_full(
+    store: Store, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    # 4 in flight, buffer 3, an aggregator slower than every client: without the hold, each call
+    # would see three updates stored and re-dispatch their clients on the old version regardless
+    provider = SlowAggregatorProvider(
+        clock, store, _script({0: 1.0, 1: 1.5, 2: 2.0, 3: 2.5}), aggregate_s=3.0, patience_s=0.2
+    )
+    config = _config(tmp_path, max_in_flight=4, max_rounds=4, poll_interval_s=0.1)
+    session = store.for_session(_keeper(config, store, provider, clock).start())
+    assert session.record.get()["phase"] == "Succeeded"
+    assert max(provider.unclaimed_then, default=0) < 3
+    every = [key for b in _buffers(session, 4) for key in b]
+    assert len(every) == 12 and len(every) == len(set(every))
