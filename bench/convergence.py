@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from fedkeeper.function.config import DataSampling, ModelParams, StrategyConfig, TrainingTestData
 from fedkeeper.function.learning.architecture import initial_weights
@@ -71,6 +72,22 @@ STRATEGY_PARAMS: dict[str, dict[str, Any]] = {
     "fedprox": {"proximal_mu": 0.1},  # no default in Flower; the middle of the FedProx paper's grid
     "scaffold": {},
 }
+
+
+def strategy_params(algorithm: str) -> tuple[str, dict[str, Any]]:
+    """The strategy name and parameters of an ``--algorithms`` entry: a name, or a variant
+    ``name:key=value;key=value`` whose values override the name's defaults above
+    (``fedavgm:server_momentum=0.9``); the entry is the run's key in ``convergence.json``."""
+    name, _, overrides = algorithm.partition(":")
+    params = dict(STRATEGY_PARAMS[name])
+    for item in filter(None, overrides.split(";")):
+        field_name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{algorithm!r}: {item!r} is not key=value")
+        params[field_name.strip()] = json.loads(value)
+    return name, params
+
+
 ADAM_LR = 0.001
 SGD_LR = 0.05  # the clients of an SGD-only strategy (SCAFFOLD's control-variate algebra)
 SEED = 0
@@ -104,7 +121,7 @@ class Setup:
 
     def model_params(self, algorithm: str, num_features: int, num_classes: int) -> ModelParams:
         """Adam lr 0.001 on the clients, SGD for a strategy whose algebra assumes it."""
-        sgd = strategy_class(algorithm).sgd_only
+        sgd = strategy_class(strategy_params(algorithm)[0]).sgd_only
         return ModelParams(
             model=self.model,  # type: ignore[arg-type]
             input_size=num_features,
@@ -195,7 +212,8 @@ def run(setup: Setup, algorithm: str, scheme: str, save: Callable[[RunResult], N
     spec = setup.data()
     dataset = load_dataset(spec)
     model = setup.model_params(algorithm, dataset.num_features, dataset.num_classes)
-    config = StrategyConfig.model_validate({"name": algorithm, **STRATEGY_PARAMS[algorithm]})
+    name, params = strategy_params(algorithm)
+    config = StrategyConfig.model_validate({"name": name, **params})
     sampling = DataSampling(method=scheme, shards_per_client=setup.shards_per_client, seed=setup.seed)  # type: ignore[arg-type]
     parts = partition(dataset.y_train, setup.clients, sampling)
     weights: Weights = initial_weights(model, dataset.num_features, dataset.num_classes)
@@ -204,7 +222,7 @@ def run(setup: Setup, algorithm: str, scheme: str, save: Callable[[RunResult], N
     result = RunResult(
         algorithm,
         scheme,
-        config.model_dump(mode="json") if config.params else {"name": algorithm},
+        config.model_dump(mode="json") if config.params else {"name": name},
         model.optimizer,
         model.learning_rate,
         setup.targets[scheme],
@@ -325,7 +343,7 @@ def table(setup: Setup, runs: dict[str, RunResult], algorithms: list[str]) -> st
     ]
     for algorithm in algorithms:
         model = setup.model_params(algorithm, 784, 10)
-        params = ", ".join(f"{k} {v}" for k, v in STRATEGY_PARAMS[algorithm].items()) or "defaults"
+        params = ", ".join(f"{k} {v}" for k, v in strategy_params(algorithm)[1].items()) or "defaults"
         found = [runs.get(key(algorithm, s)) for s in PARTITIONS]
         seconds = [r.seconds for f in found if f for r in f.history]
         per_round = f"{sum(seconds) / len(seconds):.0f}" if seconds else "-"
@@ -378,7 +396,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--quick", action="store_true", help="a smoke run: mnist5k, 10 clients (3 per round), 2 rounds"
     )
-    p.add_argument("--algorithms", default=",".join(ALGORITHMS), help="comma-separated, in run order")
+    p.add_argument(
+        "--algorithms",
+        default=",".join(ALGORITHMS),
+        help="comma-separated, in run order; a variant overrides parameters: fedavgm:server_momentum=0.9",
+    )
     p.add_argument("--partitions", default=",".join(PARTITIONS), help="comma-separated: iid, shards")
     p.add_argument("--out", type=Path, default=ROOT / "artifacts" / "convergence", help="results folder")
     p.add_argument(
@@ -391,8 +413,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.algorithms = [a for a in args.algorithms.split(",") if a]
     args.partitions = [s for s in args.partitions.split(",") if s]
     for name in args.algorithms:
-        if name not in STRATEGY_PARAMS:
+        try:
+            base, params = strategy_params(name)
+            StrategyConfig.model_validate({"name": base, **params})
+        except KeyError:
             p.error(f"--algorithms: unknown {name!r}; known: {', '.join(ALGORITHMS)}")
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = "".join(f"{part}: " for part in first["loc"])
+            p.error(f"--algorithms: {name!r}: {where}{first['msg']}")
+        except ValueError as exc:
+            p.error(f"--algorithms: {exc}")
     for name in args.partitions:
         if name not in PARTITIONS:
             p.error(f"--partitions: unknown {name!r}; known: {', '.join(PARTITIONS)}")
