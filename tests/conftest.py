@@ -101,7 +101,7 @@ _SESSION_STARTED = time.time() - 1
 
 @pytest.hookimpl(trylast=True)  # after tests/e2e/conftest.py has marked its tests slow
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Slow tests first: with ``-n 3`` the short ones then fill every worker to the end, instead
+    """Slow tests first: with ``-n 2`` the short ones then fill both workers to the end, instead
     of one worker finishing a long end-to-end test alone."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
@@ -109,7 +109,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """Every fixture and command stops what it started: the process table proves it at the end.
 
-    Checked once, by the run that started every worker (``-n 3`` runs this in the controller,
+    Checked once, by the run that started every worker (``-n 2`` runs this in the controller,
     after its workers are gone), so one worker never counts another's processes as left behind.
     """
     if hasattr(session.config, "workerinput"):
