@@ -18,23 +18,23 @@ keeper's thread only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from fedkeeper.function.backoff import Backoff
 from fedkeeper.function.catalog import INVOKER_FUNCTION
-from fedkeeper.function.config import ServerConfig
 from fedkeeper.function.errors import PlatformUnavailable, ProviderError, Unavailable
 from fedkeeper.function.invoke.base import ActivationRecord
-from fedkeeper.function.store.db import SessionStore
 from fedkeeper.function.store.statuses import UpdateStatus
-from fedkeeper.host.ledger import Ledger, LedgerEntry, LedgerStatus
-from fedkeeper.host.outages import OutageWatch
-from fedkeeper.host.plan import Plan
-from fedkeeper.host.providers.base import Provider
-from fedkeeper.host.rounds import RECORD_GRACE_S, STOPPED, SessionFailed, fetch_records
+from fedkeeper.host.ledger import LedgerEntry, LedgerStatus
+from fedkeeper.host.rounds import (
+    RECORD_GRACE_S,
+    STOPPED,
+    Driver,
+    DriverContext,
+    SessionFailed,
+    fetch_records,
+)
 
 
 @dataclass
@@ -67,35 +67,14 @@ class StreamState:
     counts: StreamCounts = field(default_factory=StreamCounts)
 
 
-class AsyncDriver:
-    """Keeps one session's clients training on the newest version, ``max_in_flight`` at a time.
+class AsyncDriver(Driver):
+    """Keeps one session's clients training on the newest version, ``max_in_flight`` at a time,
+    acting through the session's :class:`~fedkeeper.host.rounds.DriverContext`."""
 
-    Parameters are the :class:`~fedkeeper.host.rounds.RoundDriver`'s (less the budget mark).
-    """
-
-    def __init__(
-        self,
-        server: ServerConfig,
-        plan: Plan,
-        session: SessionStore,
-        ledger: Ledger,
-        providers: Mapping[tuple[str, str], Provider],
-        watch: OutageWatch,
-        retry: Backoff,
-        clock: Callable[[], float],
-        sleep: Callable[[float], None],
-    ) -> None:
-        self.server = server
-        self.plan = plan
-        self.session = session
-        self.ledger = ledger
-        self.providers = providers
-        self.watch = watch
-        self.outages = watch.outages
-        self.retry = retry
-        self.clock = clock
-        self.sleep = sleep
+    def __init__(self, context: DriverContext) -> None:
+        super().__init__(context)
         self.state = StreamState()
+        plan = self.plan
         via_invoker = [p.client for p in plan.placements if plan.invoked(p.client)[1] == INVOKER_FUNCTION]
         if via_invoker:
             raise SessionFailed(

@@ -59,7 +59,7 @@ from fedkeeper.host.plan import Key, Plan
 from fedkeeper.host.providers.base import Provider
 from fedkeeper.host.reconfiguration import Reconfigurer
 from fedkeeper.host.reporting import Reporter, Stopwatch
-from fedkeeper.host.rounds import MIN_POLL_S, ClosedRound, RoundDriver, SessionFailed
+from fedkeeper.host.rounds import MIN_POLL_S, ClosedRound, DriverContext, RoundDriver, SessionFailed
 
 __all__ = ["Keeper", "SessionFailed", "new_session_id"]
 
@@ -252,6 +252,12 @@ class Keeper:
         late = ", late updates folded into the next round" if self.server.mode == "semi_async" else ""
         return f"{self.server.num_clients_per_round} per round{late}"
 
+    def _driver_context(self) -> DriverContext:
+        return DriverContext(
+            self.server, self.plan, self.session, self.ledger, self.providers, self.watch, self.retry,
+            self.clock, self.sleep,
+        )  # fmt: skip
+
     def _train(self) -> str:
         """Initialise if needed, then run rounds from the store's state to a stop rule."""
         record = self.session.record
@@ -260,10 +266,7 @@ class Keeper:
         record.set_phase(Phase.RUNNING, "RoundsStarted")
         if self.server.mode == "async":
             return self._train_async()
-        driver = RoundDriver(
-            self.server, self.plan, self.session, self.ledger, self.providers, self.watch, self.retry,
-            self.clock, self.sleep, self.budget_since,
-        )  # fmt: skip
+        driver = RoundDriver(self._driver_context(), self.budget_since)
         hosting = {p.key for p in self.plan.placements}
         fleets = {
             f"{platform}/{cluster}": provider
@@ -293,10 +296,7 @@ class Keeper:
         dies between the two finds the same buffer when it resumes, and an update is in one only.
         """
         record = self.session.record
-        driver = AsyncDriver(
-            self.server, self.plan, self.session, self.ledger, self.providers, self.watch, self.retry,
-            self.clock, self.sleep,
-        )  # fmt: skip
+        driver = AsyncDriver(self._driver_context())
         driver.restore()
         watch = Stopwatch()
         while True:

@@ -117,10 +117,12 @@ class RoundState:
     retries: int = 0
 
 
-class RoundDriver:
-    """Drives one session's rounds from open to closed.
+@dataclass(frozen=True)
+class DriverContext:
+    """What a session's drivers (:class:`RoundDriver`, the async stream's
+    :class:`~fedkeeper.host.async_rounds.AsyncDriver`) act through; the keeper builds it once.
 
-    Parameters
+    Attributes
     ----------
     server
         ``server_config``: quorum (``min_fit_fraction``), deadline, retries, time-outs, polling.
@@ -138,48 +140,64 @@ class RoundDriver:
         The backoff between a client's attempts.
     clock, sleep
         Monotonic time and waiting; injected so tests run rounds on a fake clock.
-    budget_since
-        Client attempts before this (wall time) do not count against their retries.
     """
 
-    def __init__(
-        self,
-        server: ServerConfig,
-        plan: Plan,
-        session: SessionStore,
-        ledger: Ledger,
-        providers: Mapping[tuple[str, str], Provider],
-        watch: OutageWatch,
-        retry: Backoff,
-        clock: Callable[[], float],
-        sleep: Callable[[float], None],
-        budget_since: datetime | None = None,
-    ) -> None:
-        self.server = server
-        self.plan = plan
-        self.session = session
-        self.ledger = ledger
-        self.providers = providers
-        self.watch = watch
-        self.outages = watch.outages
-        self.retry = retry
-        self.clock = clock
-        self.sleep = sleep
-        self.budget_since = budget_since
-        self.client_only = plan.client_only()
-        self.dispatch_batch = DISPATCH_BATCH  # clients invoked per pass of the round loop
-        # Backpressure: a platform's 429 ends the invoke at once, and its number of attempts in
-        # flight then is the most this driver keeps there (until the driver is made again).
-        self.windows: dict[tuple[str, str], int] = {}
-        for provider in providers.values():
-            provider.retry_throttled = False
-        # semi_async: activations still running when their round closed, by (round, client), with
-        # when they were sent (driver clock). Polled until their record comes, never retried.
-        self.late: dict[tuple[int, int], tuple[LedgerEntry, float]] | None = None
+    server: ServerConfig
+    plan: Plan
+    session: SessionStore
+    ledger: Ledger
+    providers: Mapping[tuple[str, str], Provider]
+    watch: OutageWatch
+    retry: Backoff
+    clock: Callable[[], float]
+    sleep: Callable[[float], None]
+
+
+class Driver:
+    """The part every driver shares: its context's pieces, by name."""
+
+    def __init__(self, context: DriverContext) -> None:
+        self.context = context
+        self.server = context.server
+        self.plan = context.plan
+        self.session = context.session
+        self.ledger = context.ledger
+        self.providers = context.providers
+        self.watch = context.watch
+        self.outages = context.watch.outages
+        self.retry = context.retry
+        self.clock = context.clock
+        self.sleep = context.sleep
 
     @property
     def reporter(self) -> Reporter:
         return self.watch.reporter
+
+
+class RoundDriver(Driver):
+    """Drives one session's rounds from open to closed.
+
+    Parameters
+    ----------
+    context
+        The session's :class:`DriverContext`.
+    budget_since
+        Client attempts before this (wall time) do not count against their retries.
+    """
+
+    def __init__(self, context: DriverContext, budget_since: datetime | None = None) -> None:
+        super().__init__(context)
+        self.budget_since = budget_since
+        self.client_only = self.plan.client_only()
+        self.dispatch_batch = DISPATCH_BATCH  # clients invoked per pass of the round loop
+        # Backpressure: a platform's 429 ends the invoke at once, and its number of attempts in
+        # flight then is the most this driver keeps there (until the driver is made again).
+        self.windows: dict[tuple[str, str], int] = {}
+        for provider in self.providers.values():
+            provider.retry_throttled = False
+        # semi_async: activations still running when their round closed, by (round, client), with
+        # when they were sent (driver clock). Polled until their record comes, never retried.
+        self.late: dict[tuple[int, int], tuple[LedgerEntry, float]] | None = None
 
     # ------------------------------------------------------------------ the round
     def run(self, round_number: int) -> ClosedRound:

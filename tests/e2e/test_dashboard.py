@@ -17,7 +17,9 @@ from typing import Any
 import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
 
 from fedkeeper.function.store.db import Store
 from fedkeeper.host.fabric.process import FabricProcess
@@ -45,6 +47,16 @@ def total(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: st
     """The sum of ``name``'s samples that carry ``labels``."""
     wanted = set(labels.items())
     return sum(v for (n, have), v in samples.items() if n == name and wanted <= have)
+
+
+def _text_of(browser: WebDriver, selector: str) -> str:
+    """The text of the element at ``selector``, found again if a redraw replaced it mid-read."""
+    for _ in range(20):
+        try:
+            return str(browser.find_element(By.CSS_SELECTOR, selector).text)
+        except StaleElementReferenceException:
+            time.sleep(0.1)
+    raise AssertionError(f"{selector}: replaced by every redraw for 2 s")
 
 
 def test_dashboard_plot_gains_a_point_per_round_while_a_session_trains_and_metrics_follow_it(
@@ -87,9 +99,10 @@ def test_dashboard_plot_gains_a_point_per_round_while_a_session_trains_and_metri
         wait_for(lambda: browser.find_element(By.ID, "phase").text == "Succeeded", 15, "the final phase")
         assert len(plot.find_elements(By.CSS_SELECTOR, "circle.point.accuracy")) == ROUNDS
         assert len(plot.find_elements(By.CSS_SELECTOR, "circle.point.loss")) == ROUNDS
-        row = browser.find_element(By.CSS_SELECTOR, '#activations tr[data-place="openwhisk/local"]')
-        assert int(row.find_element(By.CSS_SELECTOR, 'td[data-status="success"]').text) >= 4 * ROUNDS
-        assert browser.find_element(By.ID, "aggregations").text == str(ROUNDS)
+        # The page redraws its tables every 0.5 s: read the cell afresh, in one lookup.
+        success = '#activations tr[data-place="openwhisk/local"] td[data-status="success"]'
+        assert int(_text_of(browser, success)) >= 4 * ROUNDS
+        assert _text_of(browser, "#aggregations") == str(ROUNDS)
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         screenshot = tmp_path / "dashboard.png"
         assert browser.save_screenshot(str(screenshot))

@@ -23,7 +23,7 @@ from fedkeeper.host.ledger import Ledger, LedgerStatus
 from fedkeeper.host.outages import Outages, OutageWatch
 from fedkeeper.host.plan import Plan
 from fedkeeper.host.reporting import Reporter
-from fedkeeper.host.rounds import ClosedRound, RoundDriver, SessionFailed
+from fedkeeper.host.rounds import ClosedRound, DriverContext, RoundDriver, SessionFailed
 from tests.keeper.fakes import Attempt, FakeClock, ScriptedProvider
 
 CLIENTS = 4
@@ -64,9 +64,11 @@ class Rig:
             outages, self.reporter, self.session.id, self.plan.client_only(), self.clock.sleep
         )
         return RoundDriver(
-            self.server, self.plan, self.session, Ledger(self.session),
-            {("openwhisk", "local"): self.provider}, watch, retry_policy(self.server.retry_backoff_s),
-            self.clock, self.clock.sleep,
+            DriverContext(
+                self.server, self.plan, self.session, Ledger(self.session),
+                {("openwhisk", "local"): self.provider}, watch, retry_policy(self.server.retry_backoff_s),
+                self.clock, self.clock.sleep,
+            )
         )  # fmt: skip
 
     def dying_driver(self, dies_at: float) -> RoundDriver:
