@@ -11,9 +11,11 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -26,7 +28,7 @@ from fedkeeper.host.fabric.process import FabricProcess
 from fedkeeper.host.serve.process import ServeProcess
 
 from .browser import headless_chromium
-from .conftest import training_config
+from .conftest import E2E_LIMITS, training_config
 from .helpers import run_session, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,6 +51,15 @@ def total(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: st
     return sum(v for (n, have), v in samples.items() if n == name and wanted <= have)
 
 
+@pytest.fixture
+def slowed_fabric() -> Iterator[FabricProcess]:
+    """Warm rounds take about a second; each client waits 2 s more so the page (redrawn every
+    0.5 s) and the test (looking every 0.25 s) see every round's plot before the next one's."""
+    faults = {"seed": 1, "actions": {"fl_client": {"latency_ms": 2000}}}
+    with FabricProcess(limits=E2E_LIMITS, faults=faults) as process:
+        yield process
+
+
 def _text_of(browser: WebDriver, selector: str) -> str:
     """The text of the element at ``selector``, found again if a redraw replaced it mid-read."""
     for _ in range(20):
@@ -60,9 +71,9 @@ def _text_of(browser: WebDriver, selector: str) -> str:
 
 
 def test_dashboard_plot_gains_a_point_per_round_while_a_session_trains_and_metrics_follow_it(
-    fabric: FabricProcess, mongo_url: str, tmp_path: Path
+    slowed_fabric: FabricProcess, mongo_url: str, tmp_path: Path
 ) -> None:
-    data = training_config(fabric.url, mongo_url, tmp_path / "logs", max_rounds=ROUNDS)
+    data = training_config(slowed_fabric.url, mongo_url, tmp_path / "logs", max_rounds=ROUNDS)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(data))
     mongo = data["scenarios"]["federated_learning"]["mongo_config"]
