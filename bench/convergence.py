@@ -74,18 +74,38 @@ STRATEGY_PARAMS: dict[str, dict[str, Any]] = {
 }
 
 
-def strategy_params(algorithm: str) -> tuple[str, dict[str, Any]]:
-    """The strategy name and parameters of an ``--algorithms`` entry: a name, or a variant
-    ``name:key=value;key=value`` whose values override the name's defaults above
-    (``fedavgm:server_momentum=0.9``); the entry is the run's key in ``convergence.json``."""
+# Variant keys that set the clients' local training (``model_params``), not the strategy.
+CLIENT_KEYS = {"client_optimizer": "optimizer", "client_learning_rate": "learning_rate"}
+
+
+def _variant(algorithm: str) -> tuple[str, dict[str, Any]]:
+    """The name and the ``key=value`` overrides of an ``--algorithms`` entry."""
     name, _, overrides = algorithm.partition(":")
-    params = dict(STRATEGY_PARAMS[name])
+    values: dict[str, Any] = {}
     for item in filter(None, overrides.split(";")):
         field_name, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"{algorithm!r}: {item!r} is not key=value")
-        params[field_name.strip()] = json.loads(value)
+        try:
+            values[field_name.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            values[field_name.strip()] = value  # a bare word: client_optimizer=sgd
+    return name, values
+
+
+def strategy_params(algorithm: str) -> tuple[str, dict[str, Any]]:
+    """The strategy name and parameters of an ``--algorithms`` entry: a name, or a variant
+    ``name:key=value;key=value`` whose values override the name's defaults above
+    (``fedavgm:server_momentum=0.9``); the entry is the run's key in ``convergence.json``."""
+    name, values = _variant(algorithm)
+    params = dict(STRATEGY_PARAMS[name])
+    params.update({k: v for k, v in values.items() if k not in CLIENT_KEYS})
     return name, params
+
+
+def client_params(algorithm: str) -> dict[str, Any]:
+    """The ``model_params`` overrides of a variant (``fedavgm:client_learning_rate=0.002``)."""
+    return {CLIENT_KEYS[k]: v for k, v in _variant(algorithm)[1].items() if k in CLIENT_KEYS}
 
 
 ADAM_LR = 0.001
@@ -120,18 +140,29 @@ class Setup:
         return TrainingTestData(dataset=self.dataset, seed=self.seed)  # type: ignore[arg-type]
 
     def model_params(self, algorithm: str, num_features: int, num_classes: int) -> ModelParams:
-        """Adam lr 0.001 on the clients, SGD for a strategy whose algebra assumes it."""
+        """Adam lr 0.001 on the clients, SGD for a strategy whose algebra assumes it; a variant's
+        ``client_optimizer`` / ``client_learning_rate`` override them."""
         sgd = strategy_class(strategy_params(algorithm)[0]).sgd_only
-        return ModelParams(
-            model=self.model,  # type: ignore[arg-type]
-            input_size=num_features,
-            output_size=num_classes,
-            optimizer="sgd" if sgd else "adam",
-            learning_rate=SGD_LR if sgd else ADAM_LR,
-            local_epochs=self.local_epochs,
-            batch_size=self.batch_size,
-            seed=self.seed,
-        )
+        try:
+            params = ModelParams.model_validate(
+                {
+                    "model": self.model,
+                    "input_size": num_features,
+                    "output_size": num_classes,
+                    "optimizer": "sgd" if sgd else "adam",
+                    "learning_rate": SGD_LR if sgd else ADAM_LR,
+                    "local_epochs": self.local_epochs,
+                    "batch_size": self.batch_size,
+                    "seed": self.seed,
+                    **client_params(algorithm),
+                }
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ValueError(f"{algorithm!r}: client_{first['loc'][0]}: {first['msg']}") from None
+        if sgd and params.optimizer != "sgd":
+            raise ValueError(f"{algorithm!r}: {strategy_params(algorithm)[0]} needs client_optimizer sgd")
+        return params
 
 
 QUICK = Setup(
@@ -416,6 +447,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         try:
             base, params = strategy_params(name)
             StrategyConfig.model_validate({"name": base, **params})
+            Setup().model_params(name, 784, 10)
         except KeyError:
             p.error(f"--algorithms: unknown {name!r}; known: {', '.join(ALGORITHMS)}")
         except ValidationError as exc:

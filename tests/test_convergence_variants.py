@@ -31,10 +31,25 @@ def test_a_variant_overrides_its_algorithms_defaults_and_keeps_the_rest(bench: M
     assert args.algorithms == ["fedavg", "fedavgm:server_momentum=0.9"]
 
 
+def test_a_variant_sets_the_clients_optimizer_and_learning_rate_apart_from_the_strategy(
+    bench: ModuleType,
+) -> None:
+    entry = "fedavgm:server_momentum=0.7;client_optimizer=nadam;client_learning_rate=0.002"
+    assert bench.strategy_params(entry) == ("fedavgm", {"server_momentum": 0.7})
+    model = bench.Setup().model_params(entry, 784, 10)
+    assert (model.optimizer, model.learning_rate) == ("nadam", 0.002)
+    default = bench.Setup().model_params("fedavgm", 784, 10)
+    assert (default.optimizer, default.learning_rate) == ("adam", 0.001)
+    assert bench.Setup().model_params("scaffold", 784, 10).optimizer == "sgd"
+
+
 @pytest.mark.parametrize(
     ("entry", "says"),
     [
         ("fedx", "unknown 'fedx'"),
+        ("fedavg:client_optimizer=rmsprop", "client_optimizer: Input should be 'adam', 'sgd' or 'nadam'"),
+        ("fedavg:client_learning_rate=-1", "client_learning_rate: Input should be greater than 0"),
+        ("scaffold:client_optimizer=adam", "scaffold needs client_optimizer sgd"),
         ("fedavgm:bogus=1", "unknown parameter(s) 'bogus'; valid: server_learning_rate"),
         ("fedavgm:server_momentum", "'server_momentum' is not key=value"),
     ],
