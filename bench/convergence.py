@@ -103,11 +103,6 @@ def strategy_params(algorithm: str) -> tuple[str, dict[str, Any]]:
     return name, params
 
 
-def client_params(algorithm: str) -> dict[str, Any]:
-    """The ``model_params`` overrides of a variant (``fedavgm:client_learning_rate=0.002``)."""
-    return {CLIENT_KEYS[k]: v for k, v in _variant(algorithm)[1].items() if k in CLIENT_KEYS}
-
-
 ADAM_LR = 0.001
 SGD_LR = 0.05  # the clients of an SGD-only strategy (SCAFFOLD's control-variate algebra)
 SEED = 0
@@ -142,7 +137,9 @@ class Setup:
     def model_params(self, algorithm: str, num_features: int, num_classes: int) -> ModelParams:
         """Adam lr 0.001 on the clients, SGD for a strategy whose algebra assumes it; a variant's
         ``client_optimizer`` / ``client_learning_rate`` override them."""
-        sgd = strategy_class(strategy_params(algorithm)[0]).sgd_only
+        name, values = _variant(algorithm)
+        sgd = strategy_class(name).sgd_only
+        client = {CLIENT_KEYS[k]: v for k, v in values.items() if k in CLIENT_KEYS}
         try:
             params = ModelParams.model_validate(
                 {
@@ -154,14 +151,15 @@ class Setup:
                     "local_epochs": self.local_epochs,
                     "batch_size": self.batch_size,
                     "seed": self.seed,
-                    **client_params(algorithm),
+                    **client,
                 }
             )
         except ValidationError as exc:
-            first = exc.errors()[0]
-            raise ValueError(f"{algorithm!r}: client_{first['loc'][0]}: {first['msg']}") from None
+            first = exc.errors()[0]  # only a variant's client keys can be invalid here
+            variant_key = {field: k for k, field in CLIENT_KEYS.items()}[str(first["loc"][0])]
+            raise ValueError(f"{algorithm!r}: {variant_key}: {first['msg']}") from None
         if sgd and params.optimizer != "sgd":
-            raise ValueError(f"{algorithm!r}: {strategy_params(algorithm)[0]} needs client_optimizer sgd")
+            raise ValueError(f"{algorithm!r}: {name} needs client_optimizer sgd")
         return params
 
 
